@@ -1,0 +1,6 @@
+"""Core data types shared by every layer. Nothing here knows about files, HTTP or Ray."""
+
+from aivd.core.detections import Detections
+from aivd.core.labels import DEEPPCB_CLASSES, LabelMap
+
+__all__ = ["Detections", "LabelMap", "DEEPPCB_CLASSES"]
