@@ -1,0 +1,1 @@
+"""Readers for images and box-annotated data sets, and a synthetic PCB generator."""
