@@ -1,0 +1,1 @@
+"""Evaluation: the official DeepPCB protocol, per-class metrics and diagnostic reports."""

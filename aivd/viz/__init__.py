@@ -1,0 +1,1 @@
+"""Annotators: draw detections on images. Separate from models, as in supervision."""
