@@ -1,0 +1,1 @@
+"""The `aivd` command line."""

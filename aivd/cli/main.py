@@ -1,0 +1,249 @@
+"""`aivd`: inspect images, evaluate on DeepPCB, train the built-in models, run benchmarks and the demo."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from aivd.pipeline.inputs import TemplateMode
+
+app = typer.Typer(help="Edge-cloud visual inspection of industrial defects.", no_args_is_help=True, add_completion=False)
+train_app = typer.Typer(help="Train the built-in models.", no_args_is_help=True)
+bench_app = typer.Typer(help="Benchmarks; each prints one JSON object.", no_args_is_help=True)
+app.add_typer(train_app, name="train")
+app.add_typer(bench_app, name="bench")
+
+console = Console(stderr=True, soft_wrap=True)  # one error per line, never wrapped
+DEEPPCB_HELP = "DeepPCB root (the folder holding PCBData/); default: $AIVD_DEEPPCB_ROOT or ../shared/data/deeppcb."
+
+
+def progress_bar() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
+        console=console, transient=False, disable=not console.is_terminal,
+    )
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    console.print(f"[red]error:[/red] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+def resolve_deeppcb(root: Optional[Path]) -> Path:
+    from aivd.data.deeppcb import default_root
+
+    root = root or default_root()
+    if root is None:
+        raise fail("no DeepPCB root: pass --deeppcb ROOT or set AIVD_DEEPPCB_ROOT")
+    return root
+
+
+def _load_detector(model: Optional[Path], min_confidence: Optional[float]):
+    from aivd.edge.detector import ModelError, load_detector
+
+    try:
+        return load_detector(model, min_confidence)
+    except ModelError as error:
+        raise fail(str(error)) from None
+
+
+@app.command()
+def inspect(
+    paths: list[Path] = typer.Argument(None, help="Image files or folders (searched recursively)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder: results.jsonl, annotated/, deeppcb/."),
+    deeppcb: Optional[Path] = typer.Option(None, help="Inspect an official DeepPCB split instead of PATHS. " + DEEPPCB_HELP),
+    split: str = typer.Option("test", help="DeepPCB split: trainval or test."),
+    model: Optional[Path] = typer.Option(None, help="ONNX detector: an aivd model or an Ultralytics YOLO export. Default: built-in."),
+    template: Optional[Path] = typer.Option(None, help="One aligned template for every image."),
+    templates: TemplateMode = typer.Option(TemplateMode.auto, help="auto: use NAME_temp beside NAME_test; require: missing is an error; none: ignore."),
+    min_confidence: Optional[float] = typer.Option(None, min=0.0, max=1.0, help="Score threshold; default: the model's calibrated one."),
+    edge_only: bool = typer.Option(True, "--edge-only/--with-cloud", help="Edge detector alone. The cloud tier is not available yet."),
+    annotate: bool = typer.Option(True, help="Write annotated images to OUT/annotated/."),
+) -> None:
+    """Find defects in images and write one JSON record per image."""
+    from aivd.data.deeppcb import DatasetError
+    from aivd.pipeline.inputs import tasks_from_deeppcb, tasks_from_paths
+    from aivd.pipeline.inspect import InspectOptions, inspect_tasks
+
+    if not edge_only:
+        raise fail("the cloud analysis tier is not available in this version; run with --edge-only")
+    if bool(paths) == bool(deeppcb):
+        raise fail("give either image PATHS or --deeppcb ROOT, not both and not neither")
+    if template is not None and not template.is_file():
+        raise fail(f"{template}: template not found")
+    try:
+        tasks = tasks_from_deeppcb(resolve_deeppcb(deeppcb), split) if deeppcb else tasks_from_paths(paths, templates, template)
+    except DatasetError as error:
+        raise fail(str(error)) from None
+    if not tasks:
+        raise fail("no images found in the given paths")
+    detector = _load_detector(model, min_confidence)
+    options = InspectOptions(annotate=annotate, deeppcb_results=bool(deeppcb), edge_only=edge_only)
+
+    with progress_bar() as progress:
+        bar = progress.add_task("inspecting", total=len(tasks))
+
+        def on_result(record) -> None:
+            if record.status == "error":
+                console.print(f"[red]error:[/red] {record.image}: {record.error}", highlight=False)
+            progress.advance(bar)
+
+        summary = inspect_tasks(tasks, detector, out, options, on_result)
+    console.print(
+        f"{summary.ok} of {summary.images} images inspected, {summary.defects} defects, {summary.failed} failed, "
+        f"{summary.images_per_s:.1f} images/s -> {out / 'results.jsonl'}", highlight=False,
+    )
+    if summary.failed:
+        raise typer.Exit(1)
+
+
+@app.command("eval")
+def eval_command(
+    results: Optional[Path] = typer.Option(None, help="Result files to score: a folder of ID.txt, an inspect --out folder, or res.zip. Default: run the detector."),
+    deeppcb: Optional[Path] = typer.Option(None, help=DEEPPCB_HELP),
+    split: str = typer.Option("test", help="DeepPCB split: trainval or test."),
+    gt_zip: Optional[Path] = typer.Option(None, help="Official ground truth zip (evaluation/gt.zip) instead of the split's annotation files."),
+    model: Optional[Path] = typer.Option(None, help="Detector to run when --results is not given. Default: built-in."),
+    min_confidence: Optional[float] = typer.Option(None, min=0.0, max=1.0, help="Score threshold for the detector run."),
+    report: Optional[Path] = typer.Option(None, help="Write the HTML diagnostic report here."),
+    as_json: bool = typer.Option(False, "--json", help="Print the metrics as one JSON object."),
+) -> None:
+    """Score detections with the official DeepPCB protocol, plus per-class metrics and a confusion matrix."""
+    from aivd.data.deeppcb import DatasetError
+    from aivd.eval.deeppcb_eval import evaluate_results, ground_truth_from_split, ground_truth_from_zip, read_results
+    from aivd.eval.report import write_report
+
+    root = resolve_deeppcb(deeppcb)
+    try:
+        truth, image_paths = ground_truth_from_split(root, split)
+        if gt_zip is not None:
+            truth = ground_truth_from_zip(gt_zip)
+        if results is not None:
+            predictions, source = read_results(results), str(results)
+        else:
+            predictions, source = _detect_split(root, split, model, min_confidence), "live run"
+        output = evaluate_results(predictions, truth)
+    except DatasetError as error:
+        raise fail(str(error)) from None
+    if report:
+        write_report(report, f"DeepPCB {split}: {source}", output.result.summary(), output.classes, output.confusion, output.result.matches, image_paths)
+    if as_json:
+        print(json.dumps(output.to_json()))
+        return
+    _print_eval(output)
+    if report:
+        console.print(f"report -> {report}")
+
+
+def _detect_split(root: Path, split: str, model: Optional[Path], min_confidence: Optional[float]) -> dict:
+    from aivd.data.deeppcb import load_split
+    from aivd.data.images import ImageError, read_pair
+
+    detector = _load_detector(model, min_confidence)
+    samples = load_split(root, split)
+    predictions = {}
+    with progress_bar() as progress:
+        for sample in progress.track(samples, description="detecting"):
+            try:
+                image, template = read_pair(sample.test_path, sample.template_path)
+            except ImageError as error:
+                console.print(f"[red]error:[/red] {error}", highlight=False)
+                continue  # scored as no detections, so the failure costs recall and shows in the numbers
+            predictions[sample.image_id] = detector.detect(image, template if detector.uses_template else None)
+    return predictions
+
+
+def _print_eval(output) -> None:
+    summary = output.result.summary()
+    out = Console()
+    out.print(
+        f"F-score [bold]{summary['fscore']:.4f}[/bold]  AP [bold]{summary['ap']:.4f}[/bold]  precision {summary['precision']:.4f}  "
+        f"recall {summary['recall']:.4f}  ({summary['images']} images, {summary['ground_truth']} defects, {summary['detections']} detections)"
+    )
+    table = Table("class", "precision", "recall", "F1", "truth", "detected", "correct")
+    for name, row in output.classes.items():
+        table.add_row(name, f"{row['precision']:.4f}", f"{row['recall']:.4f}", f"{row['f1']:.4f}", str(row["ground_truth"]), str(row["detections"]), str(row["correct"]))
+    out.print(table)
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("aivd-demo"), "--out", "-o", help="Output folder."),
+    model: Optional[Path] = typer.Option(None, help="ONNX detector. Default: built-in."),
+) -> None:
+    """Inspect the bundled DeepPCB samples, score them and write OUT/report.html."""
+    from aivd.pipeline.demo import run_demo
+
+    result = run_demo(_load_detector(model, None), out)
+    console.print(
+        f"{result['images']} images, {result['defects']} defects found; F-score {result['fscore']:.3f}, "
+        f"precision {result['precision']:.3f}, recall {result['recall']:.3f}", highlight=False,
+    )
+    console.print(f"open {result['report']} in a browser; records in {out / 'results.jsonl'}", highlight=False)
+    if result["failed"]:
+        raise typer.Exit(1)
+
+
+@train_app.command("detector")
+def train_detector_command(
+    deeppcb: Optional[Path] = typer.Option(None, help=DEEPPCB_HELP),
+    out: Path = typer.Option(Path("runs/detector"), help="Output folder: detector.onnx, training.json, checkpoint."),
+    epochs: int = typer.Option(40, min=1),
+    batch_size: int = typer.Option(16, min=1),
+    lr: float = typer.Option(3e-3, min=0.0),
+    seed: int = typer.Option(0),
+    limit: Optional[int] = typer.Option(None, min=10, help="Use only the first N trainval samples (smoke tests)."),
+    threads: int = typer.Option(2, min=1, help="CPU threads for torch."),
+) -> None:
+    """Train the built-in template-aware detector on DeepPCB trainval and export it to ONNX."""
+    try:
+        from aivd.training.detector import DetectorTrainConfig, train_detector
+    except ImportError as error:
+        raise fail(f"training needs the 'train' extra (pip install 'aivd[train]'): {error}") from None
+    config = DetectorTrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, limit=limit, threads=threads)
+    root = resolve_deeppcb(deeppcb)
+    with progress_bar() as progress:
+        bar = progress.add_task("training", total=epochs)
+
+        def on_epoch(record: dict) -> None:
+            progress.console.print(
+                f"epoch {record['epoch']:3d}  loss {record['loss']:.3f}  val F {record['fscore']:.4f}  AP {record['ap']:.4f}  "
+                f"thr {record['threshold']:.2f}", highlight=False,
+            )
+            progress.advance(bar)
+
+        record = train_detector(root, out, config, on_epoch)
+    best = record["best"]
+    console.print(f"best epoch {best['epoch']}: val F-score {best['fscore']:.4f}, AP {best['ap']:.4f} -> {record['onnx']}")
+
+
+@bench_app.command("inspect")
+def bench_inspect_command(
+    deeppcb: Optional[Path] = typer.Option(None, help=DEEPPCB_HELP),
+    split: str = typer.Option("test", help="DeepPCB split to run over."),
+    limit: Optional[int] = typer.Option(None, min=1, help="Only the first N images."),
+    model: Optional[Path] = typer.Option(None, help="ONNX detector. Default: built-in."),
+    annotate: bool = typer.Option(True, help="Include writing annotated images, as `aivd inspect` does by default."),
+    repeat: int = typer.Option(1, min=1, help="Passes over the images."),
+) -> None:
+    """Edge inspection speed end to end at batch 1 (decode, pre/post-processing, ONNX), and peak memory."""
+    from aivd.bench.inspect_speed import bench_inspect
+    from aivd.pipeline.inputs import tasks_from_deeppcb
+
+    tasks = tasks_from_deeppcb(resolve_deeppcb(deeppcb), split)[:limit]
+    print(json.dumps(bench_inspect(tasks, _load_detector(model, None), annotate, repeat=repeat)))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

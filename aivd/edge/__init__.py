@@ -1,0 +1,1 @@
+"""Edge tier: fast detectors that say where the defects are."""

@@ -1,0 +1,142 @@
+"""Edge detectors behind one small interface, run with ONNX Runtime.
+
+- `TemplateDetector`: the built-in template-aware model (`aivd train detector`); its ONNX metadata carries
+  labels, input scale and the score threshold calibrated on held-out data.
+- `YoloOnnxDetector`: a user's own detector exported by Ultralytics (`yolo export format=onnx`), whose output
+  is (1, 4 + classes, anchors) with centre-x, centre-y, width, height and per-class scores.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+from typing import Protocol
+
+import cv2
+import numpy as np
+import onnxruntime as ort
+
+from aivd.core import Detections, LabelMap
+from aivd.edge import centernet
+
+BUILTIN_MODEL = Path(__file__).parent / "models" / "deeppcb_centernet.onnx"
+
+
+class ModelError(ValueError):
+    """A model file that cannot be used; the message names the file and why."""
+
+
+class Detector(Protocol):
+    name: str
+    labels: LabelMap
+    uses_template: bool
+
+    def detect(self, image: np.ndarray, template: np.ndarray | None = None) -> Detections: ...
+
+
+def _session(path: Path, threads: int) -> ort.InferenceSession:
+    if not path.is_file():
+        raise ModelError(f"{path}: model file not found")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as error:  # onnxruntime raises several private exception types
+        raise ModelError(f"{path}: not a loadable ONNX model ({str(error).splitlines()[0]})") from None
+
+
+class TemplateDetector:
+    """The built-in CenterNet-style detector; uses an aligned template when one is given."""
+
+    uses_template = True
+
+    def __init__(self, path: str | Path = BUILTIN_MODEL, min_confidence: float | None = None, threads: int = 2):
+        self.path = Path(path)
+        self.session = _session(self.path, threads)
+        meta = self.session.get_modelmeta().custom_metadata_map
+        if meta.get("aivd_model") != "centernet-lite":
+            raise ModelError(f"{self.path}: not an aivd built-in detector (metadata aivd_model missing)")
+        self.labels = LabelMap(tuple(json.loads(meta["labels"])))
+        self.input_scale = float(meta["input_scale"])
+        self.min_confidence = float(meta["score_threshold"]) if min_confidence is None else min_confidence
+        self.name = f"builtin:{self.path.stem}"
+
+    def detect(self, image: np.ndarray, template: np.ndarray | None = None) -> Detections:
+        x = centernet.make_input(image, template, self.input_scale)
+        peaks, sizes, offsets = self.session.run(None, {"input": x})
+        height, width = image.shape[:2]
+        return centernet.decode(peaks[0], sizes[0], offsets[0], self.labels, self.input_scale, (width, height), self.min_confidence)
+
+
+def _yolo_names(meta: dict[str, str], path: Path) -> LabelMap:
+    raw = meta.get("names")
+    if not raw:
+        raise ModelError(f"{path}: no 'names' metadata; is this an Ultralytics ONNX export?")
+    try:
+        names = ast.literal_eval(raw)  # Ultralytics writes a Python dict literal, e.g. "{0: 'open', ...}"
+    except (ValueError, SyntaxError):
+        raise ModelError(f"{path}: unreadable 'names' metadata {raw[:80]!r}") from None
+    if isinstance(names, dict):
+        names = [names[k] for k in sorted(names)]
+    return LabelMap(tuple(str(n) for n in names))
+
+
+class YoloOnnxDetector:
+    """A user-supplied Ultralytics YOLO (v8/11 layout) ONNX detector; sees the test image only."""
+
+    uses_template = False
+
+    def __init__(self, path: str | Path, min_confidence: float = 0.25, nms_iou: float = 0.5, threads: int = 2):
+        self.path = Path(path)
+        self.session = _session(self.path, threads)
+        self.labels = _yolo_names(self.session.get_modelmeta().custom_metadata_map, self.path)
+        model_input = self.session.get_inputs()[0]
+        height, width = model_input.shape[2:]
+        if not (isinstance(height, int) and isinstance(width, int)):
+            height = width = 640  # dynamic exports: Ultralytics' default size
+        self.input_size = (int(width), int(height))
+        self.input_name = model_input.name
+        self.min_confidence = min_confidence
+        self.nms_iou = nms_iou
+        self.name = f"yolo:{self.path.stem}"
+
+    def detect(self, image: np.ndarray, template: np.ndarray | None = None) -> Detections:
+        height, width = image.shape[:2]
+        in_w, in_h = self.input_size
+        # Letterbox as Ultralytics does: keep the aspect ratio, pad with grey 114 centred.
+        gain = min(in_w / width, in_h / height)
+        new_w, new_h = round(width * gain), round(height * gain)
+        pad_x, pad_y = (in_w - new_w) / 2, (in_h - new_h) / 2
+        canvas = np.full((in_h, in_w), 114, np.uint8)
+        left, top = int(round(pad_x - 0.1)), int(round(pad_y - 0.1))
+        canvas[top : top + new_h, left : left + new_w] = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+        x = np.repeat(canvas[None, None].astype(np.float32) / 255, 3, axis=1)
+        output = self.session.run(None, {self.input_name: x})[0][0]  # (4 + classes, anchors)
+        if output.shape[0] != 4 + len(self.labels):
+            raise ModelError(f"{self.path}: output has {output.shape[0]} rows, expected 4 + {len(self.labels)} classes")
+        scores = output[4:]
+        class_id = scores.argmax(axis=0)
+        confidence = scores[class_id, np.arange(scores.shape[1])]
+        keep = confidence >= self.min_confidence
+        cx, cy, w, h = output[:4, keep]
+        xyxy = np.stack([cx - w / 2 - left, cy - h / 2 - top, cx + w / 2 - left, cy + h / 2 - top], axis=1) / gain
+        xyxy[:, [0, 2]] = xyxy[:, [0, 2]].clip(0, width)
+        xyxy[:, [1, 3]] = xyxy[:, [1, 3]].clip(0, height)
+        confidence, class_id = confidence[keep], class_id[keep]
+        # Ultralytics' default NMS is per class.
+        boxes = [[float(a), float(b), float(c - a), float(d - b)] for a, b, c, d in xyxy]
+        kept = cv2.dnn.NMSBoxesBatched(boxes, confidence.tolist(), class_id.tolist(), self.min_confidence, self.nms_iou) if len(boxes) else []
+        kept = np.asarray(kept, np.int64).reshape(-1)
+        return Detections(xyxy[kept], confidence[kept], class_id[kept], self.labels).sorted_by_confidence()
+
+
+def load_detector(path: str | Path | None = None, min_confidence: float | None = None, threads: int = 2) -> Detector:
+    """The built-in detector, or the ONNX file at `path` (aivd built-in or Ultralytics YOLO layout)."""
+    if path is None:
+        return TemplateDetector(BUILTIN_MODEL, min_confidence, threads)
+    session_meta = _session(Path(path), threads).get_modelmeta().custom_metadata_map
+    if session_meta.get("aivd_model") == "centernet-lite":
+        return TemplateDetector(path, min_confidence, threads)
+    return YoloOnnxDetector(path, 0.25 if min_confidence is None else min_confidence, threads=threads)

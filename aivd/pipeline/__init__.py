@@ -1,0 +1,1 @@
+"""Inspection pipeline: inputs -> edge detection -> records, annotated images and result files."""

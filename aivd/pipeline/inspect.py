@@ -1,0 +1,135 @@
+"""Run the edge detector over inspection tasks and write what was found.
+
+Reading and decoding the next images overlaps with inference (OpenCV and ONNX Runtime release the GIL);
+results are written in input order so runs are reproducible.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+
+from aivd.core import Detections
+from aivd.data.deeppcb import format_submission
+from aivd.data.images import ImageError, ImageLimits, read_pair
+from aivd.edge.detector import Detector
+from aivd.pipeline.inputs import InspectionTask
+from aivd.pipeline.records import DefectRecord, InspectionRecord
+from aivd.viz.annotate import draw_detections
+
+
+@dataclass
+class InspectOptions:
+    annotate: bool = True
+    deeppcb_results: bool = False  # also write OUT/deeppcb/ID.txt in the official submission format
+    edge_only: bool = True  # the cloud tier is not wired in yet; kept so the flag means the same later
+    prefetch: int = 4
+    limits: ImageLimits = field(default_factory=ImageLimits)
+
+
+@dataclass
+class InspectSummary:
+    images: int = 0
+    ok: int = 0
+    failed: int = 0
+    defects: int = 0
+    wall_s: float = 0.0
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images / self.wall_s if self.wall_s else 0.0
+
+
+class ResultWriter:
+    """Owns the output folder: results.jsonl, annotated/ and deeppcb/."""
+
+    def __init__(self, out_dir: Path, options: InspectOptions):
+        self.out_dir = Path(out_dir)
+        self.options = options
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        if options.annotate:
+            (self.out_dir / "annotated").mkdir(exist_ok=True)
+        if options.deeppcb_results:
+            (self.out_dir / "deeppcb").mkdir(exist_ok=True)
+        self._jsonl = open(self.out_dir / "results.jsonl", "w", encoding="utf-8")
+
+    def write(self, record: InspectionRecord, image=None, detections: Detections | None = None) -> None:
+        self._jsonl.write(json.dumps(record.model_dump(mode="json")) + "\n")
+        if detections is None:
+            return
+        if self.options.annotate and image is not None:
+            cv2.imwrite(str(self.out_dir / "annotated" / f"{record.image_id}.jpg"), draw_detections(image, detections))
+        if self.options.deeppcb_results:
+            (self.out_dir / "deeppcb" / f"{record.image_id}.txt").write_text(format_submission(detections))
+
+    def close(self) -> None:
+        self._jsonl.close()
+
+
+def _load(task: InspectionTask, limits: ImageLimits):
+    started = time.perf_counter()
+    if task.error:
+        return None, None, ImageError(task.image_path, task.error), 0.0
+    try:
+        image, template = read_pair(task.image_path, task.template_path, limits)
+    except ImageError as error:
+        return None, None, error, 0.0
+    return image, template, None, (time.perf_counter() - started) * 1000
+
+
+def _prefetched(tasks: list[InspectionTask], options: InspectOptions) -> Iterator:
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = [pool.submit(_load, task, options.limits) for task in tasks[: options.prefetch]]
+        for index, task in enumerate(tasks):
+            loaded = pending[index].result()
+            pending[index] = None  # release the decoded images as soon as they are used
+            if index + options.prefetch < len(tasks):
+                pending.append(pool.submit(_load, tasks[index + options.prefetch], options.limits))
+            yield task, loaded
+
+
+def inspect_tasks(
+    tasks: list[InspectionTask],
+    detector: Detector,
+    out_dir: Path,
+    options: InspectOptions = InspectOptions(),
+    on_result: Callable[[InspectionRecord], None] | None = None,
+) -> InspectSummary:
+    """Inspect every task, write one record per task, and never stop on a bad input."""
+    summary = InspectSummary()
+    writer = ResultWriter(out_dir, options)
+    started = time.perf_counter()
+    try:
+        for task, (image, template, error, read_ms) in _prefetched(tasks, options):
+            summary.images += 1
+            base = {"image": str(task.image_path), "image_id": task.image_id, "template": str(task.template_path) if task.template_path else None}
+            if error is not None:
+                record = InspectionRecord(**base, status="error", error=error.reason, detector=detector.name)
+                summary.failed += 1
+                summary.failures.append(str(error))
+                writer.write(record)
+            else:
+                detect_started = time.perf_counter()
+                detections = detector.detect(image, template if detector.uses_template else None)
+                detect_ms = (time.perf_counter() - detect_started) * 1000
+                record = InspectionRecord(
+                    **base, status="ok", error=None, detector=detector.name,
+                    defects=[DefectRecord(**d, source="edge") for d in detections.to_records()],
+                    timings_ms={"read": round(read_ms, 2), "detect": round(detect_ms, 2), "total": round(read_ms + detect_ms, 2)},
+                )
+                summary.ok += 1
+                summary.defects += len(detections)
+                writer.write(record, image, detections)
+            if on_result:
+                on_result(record)
+    finally:
+        writer.close()
+        summary.wall_s = time.perf_counter() - started
+    return summary

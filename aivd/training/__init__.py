@@ -1,0 +1,1 @@
+"""Training commands. The only part of aivd that imports torch."""

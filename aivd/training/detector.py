@@ -1,0 +1,284 @@
+"""`aivd train detector`: train the built-in edge detector on DeepPCB and export it to ONNX.
+
+Recipe (the model card records the exact command and numbers):
+- inputs built by `aivd.edge.centernet.make_input`, the function inference uses;
+- random crops of the scaled image (the network is fully convolutional, so inference sees whole images);
+- the 8 flips/rotations of the square (PCB defect classes do not depend on orientation), mild photometric
+  jitter and noise, one-pixel template misalignment, and template dropout so the model also works alone;
+- CenterNet losses: focal loss on Gaussian centre heat-maps, L1 on sizes and offsets;
+- 10% of trainval held out (every 10th sample) to choose the epoch and calibrate the score threshold;
+  the official test split is never looked at.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from aivd.core import DEEPPCB_CLASSES, Detections
+from aivd.data.deeppcb import DeepPCBSample, load_split
+from aivd.data.images import read_pair
+from aivd.edge.centernet import OUTPUT_STRIDE, decode, make_input
+from aivd.eval.protocol import best_threshold, evaluate
+from aivd.training.detector_net import CenterNetLite, ExportWrapper
+
+
+@dataclass(frozen=True)
+class DetectorTrainConfig:
+    epochs: int = 40
+    batch_size: int = 16
+    crop: int = 224  # in network-input pixels (448 px of a DeepPCB image at input_scale 0.5)
+    crops_per_image: int = 1
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    input_scale: float = 0.5
+    template_dropout: float = 0.1
+    misalign_prob: float = 0.2
+    size_loss_weight: float = 0.1
+    seed: int = 0
+    threads: int = 2
+    limit: int | None = None  # use only the first N trainval samples (smoke tests)
+
+
+@dataclass
+class LoadedSample:
+    image_id: str
+    planes: np.ndarray  # (2, H, W) uint8: test and template at input scale
+    boxes: np.ndarray  # (N, 4) at input scale
+    classes: np.ndarray
+    full_size: tuple[int, int]
+    ground_truth: Detections
+
+
+def load_samples(samples: list[DeepPCBSample], input_scale: float) -> list[LoadedSample]:
+    loaded = []
+    for sample in samples:
+        test, template = read_pair(sample.test_path, sample.template_path)
+        planes = make_input(test, template, input_scale)[0, :2]
+        gt = sample.ground_truth()
+        loaded.append(
+            LoadedSample(
+                sample.image_id,
+                np.round(planes * 255).astype(np.uint8),
+                gt.xyxy * input_scale,
+                gt.class_id.copy(),
+                (test.shape[1], test.shape[0]),
+                gt,
+            )
+        )
+    return loaded
+
+
+def gaussian_radius(height: float, width: float, min_overlap: float = 0.7) -> float:
+    """CenterNet's radius: the largest centre shift that keeps IoU >= min_overlap (smallest of its 3 cases)."""
+    b1, c1 = height + width, width * height * (1 - min_overlap) / (1 + min_overlap)
+    r1 = (b1 + math.sqrt(b1**2 - 4 * c1)) / 2
+    b2, c2 = 2 * (height + width), (1 - min_overlap) * width * height
+    r2 = (b2 + math.sqrt(b2**2 - 16 * c2)) / 2
+    a3, b3, c3 = 4 * min_overlap, -2 * min_overlap * (height + width), (min_overlap - 1) * width * height
+    r3 = (b3 + math.sqrt(b3**2 - 4 * a3 * c3)) / 2
+    return min(r1, r2, r3)
+
+
+def dihedral(planes: np.ndarray, boxes: np.ndarray, k: int, flip: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Rotate square planes by k*90 degrees (counter-clockwise) and optionally flip left-right, boxes too."""
+    size = planes.shape[-1]
+    boxes = boxes.copy()
+    for _ in range(k):
+        planes = np.rot90(planes, 1, axes=(1, 2))
+        x1, y1, x2, y2 = boxes.T
+        boxes = np.stack([y1, size - x2, y2, size - x1], axis=1)
+    if flip:
+        planes = planes[:, :, ::-1]
+        boxes = np.stack([size - boxes[:, 2], boxes[:, 1], size - boxes[:, 0], boxes[:, 3]], axis=1)
+    return np.ascontiguousarray(planes), boxes
+
+
+class CropSampler:
+    """Makes augmented training crops and their CenterNet targets."""
+
+    def __init__(self, config: DetectorTrainConfig, num_classes: int, rng: np.random.Generator):
+        self.config = config
+        self.num_classes = num_classes
+        self.rng = rng
+
+    def __call__(self, sample: LoadedSample) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        cfg, rng = self.config, self.rng
+        planes, boxes = sample.planes, sample.boxes
+        if planes.shape[1] == planes.shape[2]:
+            planes, boxes = dihedral(planes, boxes, int(rng.integers(4)), bool(rng.integers(2)))
+        height, width = planes.shape[1:]
+        crop = min(cfg.crop, height, width)
+        y0 = int(rng.integers(0, height - crop + 1)) // OUTPUT_STRIDE * OUTPUT_STRIDE
+        x0 = int(rng.integers(0, width - crop + 1)) // OUTPUT_STRIDE * OUTPUT_STRIDE
+        image = planes[:, y0 : y0 + crop, x0 : x0 + crop].astype(np.float32) / 255
+        template_present = rng.random() >= cfg.template_dropout
+        x = np.zeros((3, crop, crop), np.float32)
+        x[0] = self._photometric(image[0])
+        if template_present:
+            template = image[1]
+            if rng.random() < cfg.misalign_prob:
+                template = np.roll(template, tuple(rng.integers(-1, 2, size=2)), axis=(0, 1))
+            x[1] = self._photometric(template)
+            x[2] = 1.0
+        boxes = boxes - np.array([x0, y0, x0, y0], np.float32)
+        return (x, *self._targets(boxes, sample.classes, crop // OUTPUT_STRIDE))
+
+    def _photometric(self, plane: np.ndarray) -> np.ndarray:
+        rng = self.rng
+        plane = plane * rng.uniform(0.85, 1.1) + rng.uniform(-0.08, 0.08)
+        if rng.random() < 0.3:
+            plane = plane + rng.normal(0, 0.03, plane.shape).astype(np.float32)
+        return plane.clip(0, 1)
+
+    def _targets(self, boxes: np.ndarray, classes: np.ndarray, out: int):
+        heat = np.zeros((self.num_classes, out, out), np.float32)
+        size = np.zeros((2, out, out), np.float32)
+        offset = np.zeros((2, out, out), np.float32)
+        mask = np.zeros((out, out), np.float32)
+        yy, xx = np.mgrid[0:out, 0:out]
+        for (x1, y1, x2, y2), class_id in zip(boxes / OUTPUT_STRIDE, classes):
+            cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+            if not (0 <= cx < out and 0 <= cy < out):
+                continue  # centre outside this crop: the object is another crop's to learn
+            ix, iy = int(cx), int(cy)
+            radius = max(0, int(gaussian_radius(y2 - y1, x2 - x1)))
+            sigma = (2 * radius + 1) / 6
+            gaussian = np.exp(-((xx - ix) ** 2 + (yy - iy) ** 2) / (2 * sigma**2))
+            heat[class_id] = np.maximum(heat[class_id], gaussian)
+            size[:, iy, ix] = (x2 - x1, y2 - y1)
+            offset[:, iy, ix] = (cx - ix, cy - iy)
+            mask[iy, ix] = 1.0
+        return heat, size, offset, mask
+
+
+def focal_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """CenterNet's penalty-reduced focal loss (alpha 2, beta 4), normalised by the number of centres."""
+    pred = torch.sigmoid(logits).clamp(1e-4, 1 - 1e-4)
+    positive = target.eq(1).float()
+    negative_weight = torch.pow(1 - target, 4)
+    pos_loss = torch.log(pred) * torch.pow(1 - pred, 2) * positive
+    neg_loss = torch.log(1 - pred) * torch.pow(pred, 2) * negative_weight * (1 - positive)
+    return -(pos_loss.sum() + neg_loss.sum()) / positive.sum().clamp(min=1)
+
+
+def detection_loss(outputs, targets, size_weight: float) -> tuple[torch.Tensor, dict]:
+    logits, size, offset = outputs
+    heat_t, size_t, offset_t, mask = targets
+    mask = mask.unsqueeze(1)
+    count = mask.sum().clamp(min=1)
+    heat_loss = focal_loss(logits, heat_t)
+    size_loss = (F.l1_loss(size, size_t, reduction="none") * mask).sum() / count
+    offset_loss = (F.l1_loss(offset, offset_t, reduction="none") * mask).sum() / count
+    total = heat_loss + size_weight * size_loss + offset_loss
+    return total, {"heat": heat_loss.item(), "size": size_loss.item(), "offset": offset_loss.item()}
+
+
+@torch.no_grad()
+def predict(net: CenterNetLite, samples: list[LoadedSample], input_scale: float, min_confidence: float = 0.05) -> list[tuple[str, Detections, Detections]]:
+    """Detections of the torch model on whole images, through the same decode as ONNX inference."""
+    net.eval()
+    wrapper = ExportWrapper(net)
+    results = []
+    for sample in samples:
+        x = np.zeros((1, 3, *sample.planes.shape[1:]), np.float32)
+        x[0, :2] = sample.planes / 255
+        x[0, 2] = 1.0
+        peaks, size, offset = (t[0].numpy() for t in wrapper(torch.from_numpy(x)))
+        detections = decode(peaks, size, offset, DEEPPCB_CLASSES, input_scale, sample.full_size, min_confidence)
+        results.append((sample.image_id, detections, sample.ground_truth))
+    return results
+
+
+def export_onnx(net: CenterNetLite, path: Path, metadata: dict) -> None:
+    import onnx
+
+    net.eval()
+    dummy = torch.zeros(1, 3, 320, 320)
+    torch.onnx.export(
+        ExportWrapper(net), dummy, str(path), input_names=["input"], output_names=["peaks", "sizes", "offsets"],
+        dynamic_axes={"input": {0: "batch", 2: "height", 3: "width"}}, opset_version=17, dynamo=False,
+    )
+    model = onnx.load(str(path))
+    for key, value in metadata.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value if isinstance(value, str) else json.dumps(value)
+    onnx.save(model, str(path))
+
+
+def train_detector(root: Path, out_dir: Path, config: DetectorTrainConfig, progress=None) -> dict:
+    """Train, select the best epoch on the held-out tenth of trainval, export ONNX; returns the training record."""
+    random.seed(config.seed)
+    np.random.seed(config.seed)
+    torch.manual_seed(config.seed)
+    torch.set_num_threads(config.threads)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    samples = load_split(root, "trainval")[: config.limit]
+    val_samples = samples[9::10]
+    train_samples = [s for i, s in enumerate(samples) if i % 10 != 9]
+    train = load_samples(train_samples, config.input_scale)
+    val = load_samples(val_samples, config.input_scale)
+
+    rng = np.random.default_rng(config.seed)
+    sampler = CropSampler(config, len(DEEPPCB_CLASSES), rng)
+    net = CenterNetLite(len(DEEPPCB_CLASSES))
+    optimizer = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    steps_per_epoch = max(1, math.ceil(len(train) * config.crops_per_image / config.batch_size))
+    total_steps = steps_per_epoch * config.epochs
+    warmup = min(steps_per_epoch, total_steps // 10 + 1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, step / total_steps))),
+    )
+
+    history, best = [], {"fscore": -1.0}
+    checkpoint = out_dir / "detector_best.pt"
+    started = time.time()
+    for epoch in range(1, config.epochs + 1):
+        net.train()
+        order = rng.permutation(np.repeat(np.arange(len(train)), config.crops_per_image))
+        losses = []
+        for step in range(steps_per_epoch):
+            batch = [sampler(train[i]) for i in order[step * config.batch_size : (step + 1) * config.batch_size]]
+            x, *targets = (torch.from_numpy(np.stack(parts)) for parts in zip(*batch))
+            loss, parts = detection_loss(net(x), targets, config.size_loss_weight)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            losses.append(loss.item())
+        val_predictions = predict(net, val, config.input_scale)
+        threshold, _ = best_threshold(val_predictions)
+        val_result = evaluate([(i, d.with_min_confidence(threshold), g) for i, d, g in val_predictions])
+        record = {"epoch": epoch, "loss": float(np.mean(losses)), "threshold": threshold, **val_result.summary(), "elapsed_s": round(time.time() - started, 1)}
+        history.append(record)
+        if val_result.fscore > best["fscore"]:
+            best = record
+            torch.save(net.state_dict(), checkpoint)
+        if progress:
+            progress(record)
+
+    net.load_state_dict(torch.load(checkpoint))
+    metadata = {
+        "aivd_model": "centernet-lite",
+        "labels": list(DEEPPCB_CLASSES.names),
+        "input_scale": config.input_scale,
+        "output_stride": OUTPUT_STRIDE,
+        "score_threshold": best["threshold"],
+        "train_config": asdict(config),
+        "best_epoch": best["epoch"],
+    }
+    onnx_path = out_dir / "detector.onnx"
+    export_onnx(net, onnx_path, metadata)
+    record = {"config": asdict(config), "best": best, "history": history, "onnx": str(onnx_path)}
+    (out_dir / "training.json").write_text(json.dumps(record, indent=2))
+    return record

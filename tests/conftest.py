@@ -1,0 +1,28 @@
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from aivd.core import DEEPPCB_CLASSES, Detections
+from aivd.data.deeppcb import default_root
+
+SAMPLES = Path(__file__).resolve().parents[1] / "aivd" / "data" / "samples" / "deeppcb"
+
+
+def dets(boxes, scores=None, classes=None) -> Detections:
+    boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+    scores = np.ones(len(boxes)) if scores is None else scores
+    classes = np.zeros(len(boxes), int) if classes is None else classes
+    return Detections(boxes, scores, classes, DEEPPCB_CLASSES)
+
+
+@pytest.fixture(scope="session")
+def deeppcb_root() -> Path:
+    """The real DeepPCB data set. CI sets AIVD_REQUIRE_DATA=1 so that a missing data set fails instead of skipping."""
+    root = default_root()
+    if root is None or not (root / "PCBData").is_dir():
+        if os.environ.get("AIVD_REQUIRE_DATA") == "1":
+            pytest.fail("DeepPCB not found: set AIVD_DEEPPCB_ROOT or place it at ../shared/data/deeppcb")
+        pytest.skip("DeepPCB data set not available")
+    return root

@@ -1,0 +1,116 @@
+"""The `aivd` command as a user runs it, in a subprocess."""
+
+import ctypes
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import zipfile
+
+import pytest
+
+from conftest import SAMPLES
+
+pytestmark = pytest.mark.integration
+SUBMISSION_LINE = re.compile(r"^\d+,\d+,\d+,\d+,\d+\.\d+,(open|short|mousebite|spur|copper|pin-hole)$")
+
+
+def aivd(*args, check_rc=None, **kwargs):
+    result = subprocess.run([sys.executable, "-m", "aivd.cli.main", *map(str, args)], capture_output=True, text=True, timeout=300, **kwargs)
+    if check_rc is not None:
+        assert result.returncode == check_rc, result.stderr
+    return result
+
+
+def test_inspect_folder_writes_records_and_annotated_images(tmp_path):
+    result = aivd("inspect", SAMPLES, "--out", tmp_path, check_rc=0)
+    records = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert len(records) == 6  # templates are paired, not inspected
+    for record in records:
+        assert record["status"] == "ok" and record["error"] is None
+        assert record["template"].endswith("_temp.jpg")
+        assert set(record["timings_ms"]) == {"read", "detect", "total"}
+        for defect in record["defects"]:
+            assert defect["source"] == "edge" and 0 <= defect["confidence"] <= 1
+            x1, y1, x2, y2 = defect["bbox"]
+            assert 0 <= x1 <= x2 <= 640 and 0 <= y1 <= y2 <= 640
+    assert sorted(p.name for p in (tmp_path / "annotated").iterdir()) == sorted(f"{r['image_id']}.jpg" for r in records)
+    assert "6 of 6 images inspected" in result.stderr
+
+
+def test_inspect_exits_non_zero_and_names_each_bad_file(tmp_path):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    shutil.copy(SAMPLES / "92000111_test.jpg", inputs / "good.jpg")
+    (inputs / "zero.jpg").write_bytes(b"")
+    result = aivd("inspect", inputs, "--out", tmp_path / "out", check_rc=1)
+    assert f"{inputs / 'zero.jpg'}: empty file (0 bytes)" in result.stderr
+    statuses = [json.loads(line)["status"] for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
+    assert sorted(statuses) == ["error", "ok"]
+
+
+def test_bad_arguments_are_refused_clearly(tmp_path):
+    assert "either image PATHS or --deeppcb" in aivd("inspect", "--out", tmp_path, check_rc=2).stderr
+    assert "cloud analysis tier is not available" in aivd("inspect", SAMPLES, "--out", tmp_path, "--with-cloud", check_rc=2).stderr
+    broken = tmp_path / "broken.onnx"
+    broken.write_text("nope")
+    assert "not a loadable ONNX model" in aivd("inspect", SAMPLES, "--out", tmp_path, "--model", broken, check_rc=2).stderr
+    assert "not a DeepPCB root" in aivd("eval", "--deeppcb", tmp_path, check_rc=2).stderr
+
+
+def drop_permission_override() -> None:
+    """In the child, before exec: drop the capabilities that let root read any folder (CAP_DAC_OVERRIDE = 1,
+    CAP_DAC_READ_SEARCH = 2) from the bounding set, so root is refused like any other user."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    for capability in (1, 2):
+        if libc.prctl(24, capability, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
+            os._exit(97)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="uses Linux capabilities")
+def test_unreadable_folder_is_reported_and_the_rest_inspected(tmp_path):
+    locked = tmp_path / "in" / "locked"
+    locked.mkdir(parents=True)
+    shutil.copy(SAMPLES / "92000111_test.jpg", tmp_path / "in" / "a.jpg")
+    shutil.copy(SAMPLES / "92000111_test.jpg", locked / "b.jpg")
+    locked.chmod(0)
+    try:
+        result = aivd("inspect", tmp_path / "in", "--out", tmp_path / "out", preexec_fn=drop_permission_override)
+    finally:
+        locked.chmod(0o755)
+    assert result.returncode == 1, result.stderr
+    assert f"{locked}: cannot list folder (Permission denied)" in result.stderr
+    records = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
+    assert sorted(r["status"] for r in records) == ["error", "ok"]
+
+
+def test_deeppcb_inspect_then_eval_matches_a_live_eval(tmp_path, deeppcb_root):
+    aivd("inspect", "--deeppcb", deeppcb_root, "--split", "test", "--out", tmp_path, "--no-annotate", check_rc=0)
+    files = sorted((tmp_path / "deeppcb").glob("*.txt"))
+    with zipfile.ZipFile(deeppcb_root / "evaluation" / "gt.zip") as official_truth:
+        assert [f.name for f in files] == sorted(official_truth.namelist())
+    lines = [line for f in files for line in f.read_text().splitlines()]
+    assert lines and all(SUBMISSION_LINE.match(line) for line in lines)
+    scored = json.loads(aivd("eval", "--deeppcb", deeppcb_root, "--results", tmp_path, "--json", check_rc=0).stdout)
+    official = json.loads(
+        aivd("eval", "--deeppcb", deeppcb_root, "--results", tmp_path, "--gt-zip", deeppcb_root / "evaluation" / "gt.zip", "--json",
+             "--report", tmp_path / "report.html", check_rc=0).stdout
+    )
+    live = json.loads(aivd("eval", "--deeppcb", deeppcb_root, "--json", check_rc=0).stdout)
+    assert scored == official
+    # Result files round coordinates to integers, so the live run may differ in the last digits only.
+    for key in ("fscore", "ap", "precision", "recall"):
+        assert scored[key] == pytest.approx(live[key], abs=2e-3)
+    assert set(scored["per_class"]) == {"open", "short", "mousebite", "spur", "copper", "pin-hole"}
+    html = (tmp_path / "report.html").read_text()
+    assert "Confusion matrix" in html and "data:image/jpeg;base64," in html
+
+
+def test_demo_writes_a_report(tmp_path):
+    result = aivd("demo", "--out", tmp_path, check_rc=0)
+    assert "6 images" in result.stderr
+    html = (tmp_path / "report.html").read_text()
+    assert html.count("data:image/jpeg;base64,") == 6
+    assert len(list((tmp_path / "deeppcb").glob("*.txt"))) == 6

@@ -1,0 +1,31 @@
+import numpy as np
+import pytest
+
+from aivd.core import DEEPPCB_CLASSES, Detections
+from aivd.core.detections import box_iou
+from conftest import dets
+
+
+def test_rejects_inconsistent_lengths_and_bad_boxes():
+    with pytest.raises(ValueError, match="lengths differ"):
+        Detections(np.zeros((2, 4)), np.zeros(1), np.zeros(2), DEEPPCB_CLASSES)
+    with pytest.raises(ValueError, match="x2 >= x1"):
+        dets([[10, 10, 5, 20]])
+    with pytest.raises(ValueError, match="class ids"):
+        dets([[0, 0, 1, 1]], classes=[6])
+
+
+def test_is_immutable_and_selectable():
+    d = dets([[0, 0, 10, 10], [5, 5, 20, 20]], scores=[0.2, 0.9], classes=[1, 4])
+    with pytest.raises(ValueError):
+        d.xyxy[0, 0] = 3
+    top = d.sorted_by_confidence()
+    assert top.class_names == ["copper", "short"]
+    assert len(d.with_min_confidence(0.5)) == 1
+    assert d[np.array([True, False])].class_names == ["short"]
+    assert d.to_records()[1] == {"bbox": [5.0, 5.0, 20.0, 20.0], "defect_type": "copper", "confidence": 0.9}
+
+
+def test_box_iou_uses_continuous_areas():
+    iou = box_iou(np.array([[0, 0, 10, 10]]), np.array([[5, 0, 15, 10], [20, 20, 30, 30], [0, 0, 10, 10]]))
+    assert iou[0] == pytest.approx([50 / 150, 0.0, 1.0])

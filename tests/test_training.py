@@ -1,0 +1,86 @@
+"""The detector trainer: export parity and a small, deterministic run through the CLI."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from aivd.core import DEEPPCB_CLASSES  # noqa: E402
+from aivd.data.deeppcb import read_annotation  # noqa: E402
+from aivd.edge.detector import TemplateDetector  # noqa: E402
+from aivd.training.detector import (  # noqa: E402
+    CropSampler, DetectorTrainConfig, LoadedSample, dihedral, export_onnx, predict,
+)
+from aivd.training.detector_net import CenterNetLite  # noqa: E402
+from aivd.data.images import read_pair  # noqa: E402
+from aivd.edge.centernet import make_input  # noqa: E402
+from conftest import SAMPLES  # noqa: E402
+
+
+def loaded_sample(image_id: str, scale: float = 0.5) -> LoadedSample:
+    test, template = read_pair(SAMPLES / f"{image_id}_test.jpg", SAMPLES / f"{image_id}_temp.jpg")
+    truth = read_annotation(SAMPLES / f"{image_id}.txt")
+    planes = np.round(make_input(test, template, scale)[0, :2] * 255).astype(np.uint8)
+    return LoadedSample(image_id, planes, truth.xyxy * scale, truth.class_id.copy(), (640, 640), truth)
+
+
+def test_onnx_export_gives_the_torch_models_detections(tmp_path):
+    torch.manual_seed(3)
+    net = CenterNetLite(len(DEEPPCB_CLASSES))
+    torch.nn.init.zeros_(net.heat[-1].bias)  # undo the 0.01 prior so an untrained net has peaks above 0.3
+    net.eval()
+    path = tmp_path / "m.onnx"
+    meta = {"aivd_model": "centernet-lite", "labels": list(DEEPPCB_CLASSES.names), "input_scale": 0.5, "output_stride": 4, "score_threshold": 0.0}
+    export_onnx(net, path, meta)
+    sample = loaded_sample("00041200")
+    (_, from_torch, _), = predict(net, [sample], 0.5, min_confidence=0.3)
+    test, template = read_pair(SAMPLES / "00041200_test.jpg", SAMPLES / "00041200_temp.jpg")
+    from_onnx = TemplateDetector(path, min_confidence=0.3).detect(test, template)
+    assert len(from_torch) > 0 and len(from_onnx) == len(from_torch)
+    np.testing.assert_allclose(from_onnx.xyxy, from_torch.xyxy, atol=0.05)
+    np.testing.assert_allclose(from_onnx.confidence, from_torch.confidence, atol=1e-4)
+
+
+def test_dihedral_transform_moves_boxes_with_the_pixels():
+    planes = np.zeros((2, 8, 8), np.uint8)
+    planes[:, 1:3, 5:8] = 255  # rows 1-2, columns 5-7
+    box = np.array([[5, 1, 8, 3]], np.float32)
+    for k in range(4):
+        for flip in (False, True):
+            moved, boxes = dihedral(planes, box, k, flip)
+            x1, y1, x2, y2 = boxes[0]
+            ys, xs = np.nonzero(moved[0])
+            assert (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1) == (x1, y1, x2, y2)
+
+
+def test_training_targets_put_a_peak_at_each_centre():
+    sample = loaded_sample("00041200")
+    config = DetectorTrainConfig(crop=320, template_dropout=0.0, misalign_prob=0.0)
+    sampler = CropSampler(config, 6, np.random.default_rng(0))
+    heat, size, offset, mask = sampler._targets(sample.boxes, sample.classes, 80)
+    assert int(mask.sum()) == len(sample.boxes)
+    for (x1, y1, x2, y2), class_id in zip(sample.boxes / 4, sample.classes):
+        ix, iy = int((x1 + x2) / 2), int((y1 + y2) / 2)
+        assert heat[class_id, iy, ix] == 1.0
+        assert size[:, iy, ix].tolist() == pytest.approx([x2 - x1, y2 - y1])
+
+
+@pytest.mark.integration
+def test_cli_training_runs_learns_and_is_deterministic(tmp_path, deeppcb_root):
+    def train(out):
+        command = [sys.executable, "-m", "aivd.cli.main", "train", "detector", "--deeppcb", str(deeppcb_root),
+                   "--out", str(out), "--epochs", "3", "--limit", "30", "--batch-size", "8", "--seed", "7"]
+        subprocess.run(command, check=True, capture_output=True, timeout=600)
+        return json.loads((out / "training.json").read_text())
+
+    first, second = train(tmp_path / "a"), train(tmp_path / "b")
+    losses = [epoch["loss"] for epoch in first["history"]]
+    assert len(losses) == 3 and losses[-1] < losses[0]
+    assert [e["loss"] for e in second["history"]] == losses
+    detector = TemplateDetector(tmp_path / "a" / "detector.onnx")
+    assert detector.labels == DEEPPCB_CLASSES
+    assert detector.min_confidence == first["best"]["threshold"]
