@@ -12,6 +12,12 @@ PALETTE = [(0, 159, 230), (0, 0, 213), (167, 114, 0), (66, 228, 240), (115, 158,
 GROUND_TRUTH_COLOUR = (60, 180, 60)
 
 
+def _text_colour(background: tuple[int, int, int]) -> tuple[int, int, int]:
+    """Black on light label backgrounds, white on dark ones (ITU-R BT.601 luma)."""
+    blue, green, red = background
+    return (0, 0, 0) if 0.114 * blue + 0.587 * green + 0.299 * red > 150 else (255, 255, 255)
+
+
 def to_bgr(image: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR) if image.ndim == 2 else image.copy()
 
@@ -29,5 +35,5 @@ def draw_detections(image: np.ndarray, detections: Detections, colour: tuple[int
         (text_w, text_h), _ = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
         top = p1[1] - text_h - 4 if p1[1] - text_h - 4 >= 0 else p2[1]
         cv2.rectangle(canvas, (p1[0], top), (p1[0] + text_w + 4, top + text_h + 4), box_colour, -1)
-        cv2.putText(canvas, label, (p1[0] + 2, top + text_h + 1), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA)
+        cv2.putText(canvas, label, (p1[0] + 2, top + text_h + 1), cv2.FONT_HERSHEY_SIMPLEX, scale, _text_colour(box_colour), 1, cv2.LINE_AA)
     return canvas
