@@ -119,3 +119,29 @@ def test_a_run_goes_on_past_bad_inputs_and_records_every_one(tmp_path):
     assert by_image["missing.jpg"]["error"] == "no such file or folder"
     assert (summary.ok, summary.failed) == (1, 4)
     assert (tmp_path / "out" / "annotated" / "00041200.jpg").is_file()
+
+
+class ExplodingDetector:
+    """A detector that fails on one particular image, as a model can on an input it was never meant for."""
+
+    name = "exploding"
+    uses_template = False
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.labels = inner.labels
+
+    def detect(self, image, template=None):
+        if image.shape[1] == 700:
+            raise RuntimeError("ONNX Runtime: invalid dimensions")
+        return self.inner.detect(image, template)
+
+
+def test_a_detector_failure_on_one_image_is_recorded_and_the_run_goes_on(tmp_path):
+    write_png(tmp_path / "a_odd.png", np.full((640, 700), 255, np.uint8))
+    shutil.copy(GOOD, tmp_path / "b.jpg")
+    records = []
+    summary = inspect_tasks(tasks_from_paths([tmp_path]), ExplodingDetector(TemplateDetector()), tmp_path / "out", InspectOptions(), records.append)
+    assert [r.status for r in records] == ["error", "ok"]
+    assert records[0].error == "detector failed: RuntimeError: ONNX Runtime: invalid dimensions"
+    assert (summary.ok, summary.failed) == (1, 1)

@@ -108,6 +108,24 @@ def test_deeppcb_inspect_then_eval_matches_a_live_eval(tmp_path, deeppcb_root):
     assert "Confusion matrix" in html and "data:image/jpeg;base64," in html
 
 
+def test_deeppcb_sample_with_a_missing_template_fails_alone(tmp_path):
+    aivd("synth", "--out", tmp_path / "data", "--count", "6", "--size", "320", check_rc=0)
+    templates = sorted((tmp_path / "data").rglob("*_temp.jpg"))
+    assert len(templates) == 6
+    test_list = (tmp_path / "data" / "PCBData" / "test.txt").read_text().split()
+    victim = next(t for t in templates if t.name.replace("_temp", "") in " ".join(test_list).replace("/", " "))
+    victim.unlink()
+    result = aivd("inspect", "--deeppcb", tmp_path / "data", "--split", "test", "--out", tmp_path / "out", check_rc=1)
+    assert f"template {victim} not found" in result.stderr
+    records = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
+    assert [r["status"] for r in records].count("error") == 1 and len(records) == 2
+    assert len(list((tmp_path / "out" / "deeppcb").glob("*.txt"))) == 1
+
+
+def test_synth_refuses_an_unknown_layout(tmp_path):
+    assert "unknown layout 'coco'" in aivd("synth", "--out", tmp_path, "--layout", "coco", check_rc=2).stderr
+
+
 def test_demo_writes_a_report(tmp_path):
     result = aivd("demo", "--out", tmp_path, check_rc=0)
     assert "6 images" in result.stderr

@@ -112,6 +112,7 @@ def eval_command(
     gt_zip: Optional[Path] = typer.Option(None, help="Official ground truth zip (evaluation/gt.zip) instead of the split's annotation files."),
     model: Optional[Path] = typer.Option(None, help="Detector to run when --results is not given. Default: built-in."),
     min_confidence: Optional[float] = typer.Option(None, min=0.0, max=1.0, help="Score threshold for the detector run."),
+    use_templates: bool = typer.Option(True, "--templates/--no-templates", help="Give the detector the aligned templates (live run)."),
     report: Optional[Path] = typer.Option(None, help="Write the HTML diagnostic report here."),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as one JSON object."),
 ) -> None:
@@ -128,7 +129,8 @@ def eval_command(
         if results is not None:
             predictions, source = read_results(results), str(results)
         else:
-            predictions, source = _detect_split(root, split, model, min_confidence), "live run"
+            predictions = _detect_split(root, split, model, min_confidence, use_templates)
+            source = "live run" if use_templates else "live run without templates"
         output = evaluate_results(predictions, truth)
     except DatasetError as error:
         raise fail(str(error)) from None
@@ -142,7 +144,7 @@ def eval_command(
         console.print(f"report -> {report}")
 
 
-def _detect_split(root: Path, split: str, model: Optional[Path], min_confidence: Optional[float]) -> dict:
+def _detect_split(root: Path, split: str, model: Optional[Path], min_confidence: Optional[float], use_templates: bool) -> dict:
     from aivd.data.deeppcb import load_split
     from aivd.data.images import ImageError, read_pair
 
@@ -156,7 +158,7 @@ def _detect_split(root: Path, split: str, model: Optional[Path], min_confidence:
             except ImageError as error:
                 console.print(f"[red]error:[/red] {error}", highlight=False)
                 continue  # scored as no detections, so the failure costs recall and shows in the numbers
-            predictions[sample.image_id] = detector.detect(image, template if detector.uses_template else None)
+            predictions[sample.image_id] = detector.detect(image, template if use_templates and detector.uses_template else None)
     return predictions
 
 
@@ -189,6 +191,24 @@ def demo(
     console.print(f"open {result['report']} in a browser; records in {out / 'results.jsonl'}", highlight=False)
     if result["failed"]:
         raise typer.Exit(1)
+
+
+@app.command()
+def synth(
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder."),
+    count: int = typer.Option(30, min=1, help="Number of test/template pairs."),
+    layout: str = typer.Option("deeppcb", help="deeppcb, voc or yolo."),
+    size: int = typer.Option(640, min=64, help="Image side in pixels."),
+    seed: int = typer.Option(0),
+) -> None:
+    """Write a synthetic PCB-defect data set (deterministic per seed) for trials, tests and drift experiments."""
+    from aivd.data.synthetic import SyntheticConfig, write_dataset
+
+    try:
+        write_dataset(out, count, SyntheticConfig(size=size, seed=seed), layout)
+    except ValueError as error:
+        raise fail(str(error)) from None
+    console.print(f"{count} synthetic pairs in {layout} layout -> {out}", highlight=False)
 
 
 @train_app.command("detector")

@@ -6,8 +6,9 @@ model's input and output: a model trained with one and served with another canno
 Input: 3 channels ``[test, template, template_present]`` in [0, 1], scaled by ``input_scale`` and padded to a
 multiple of ``PAD_MULTIPLE``. Without a template the second and third channels are zero, a case the model is
 trained on (template dropout), so it still detects from the test image alone.
-Output (stride ``OUTPUT_STRIDE`` in input pixels): per-class centre heat-maps already reduced to local peaks,
-box sizes and sub-cell centre offsets, both in output cells.
+Output (stride ``OUTPUT_STRIDE`` in input pixels): a class-agnostic objectness map already reduced to local
+peaks, per-class probabilities, box sizes and sub-cell centre offsets (both in output cells). A detection's
+confidence is objectness times the probability of its most likely class.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ def make_input(test: np.ndarray, template: np.ndarray | None, input_scale: float
 
 def decode(
     peaks: np.ndarray,
+    class_probs: np.ndarray,
     sizes: np.ndarray,
     offsets: np.ndarray,
     labels: LabelMap,
@@ -53,21 +55,20 @@ def decode(
     max_detections: int = 100,
     nms_iou: float = 0.5,
 ) -> Detections:
-    """Turn one image's outputs, shapes (C, h, w), (2, h, w), (2, h, w), into boxes in original pixels.
+    """Turn one image's outputs, shapes (1, h, w), (C, h, w), (2, h, w), (2, h, w), into boxes in original pixels.
 
-    Peaks of different classes at nearly the same place are one defect seen twice; the official metric pairs
-    boxes class-agnostically, so a class-agnostic NMS keeps only the most confident of them.
+    Peaks are 3x3 local maxima already; a class-agnostic NMS removes what is left of one defect seen twice at
+    neighbouring cells, since the official metric pairs boxes class-agnostically.
     """
     width, height = image_size
-    flat = peaks.reshape(-1)
-    candidates = np.flatnonzero(flat >= min_confidence)
-    if len(candidates) > 4 * max_detections:
-        candidates = candidates[np.argpartition(-flat[candidates], 4 * max_detections)[: 4 * max_detections]]
-    if len(candidates) == 0:
+    objectness = peaks[0]
+    ys, xs = np.nonzero(objectness >= min_confidence)
+    class_id = class_probs[:, ys, xs].argmax(axis=0)
+    scores = objectness[ys, xs] * class_probs[class_id, ys, xs]
+    keep = scores >= min_confidence
+    ys, xs, class_id, scores = ys[keep], xs[keep], class_id[keep], scores[keep]
+    if len(scores) == 0:
         return Detections.empty(labels)
-    cell_count = peaks.shape[1] * peaks.shape[2]
-    class_id, cell = np.divmod(candidates, cell_count)
-    ys, xs = np.divmod(cell, peaks.shape[2])
     to_pixels = OUTPUT_STRIDE / input_scale
     centre_x = (xs + offsets[0, ys, xs]) * to_pixels
     centre_y = (ys + offsets[1, ys, xs]) * to_pixels
@@ -76,7 +77,6 @@ def decode(
     xyxy = np.stack([centre_x - half_w, centre_y - half_h, centre_x + half_w, centre_y + half_h], axis=1)
     xyxy[:, [0, 2]] = xyxy[:, [0, 2]].clip(0, width)
     xyxy[:, [1, 3]] = xyxy[:, [1, 3]].clip(0, height)
-    scores = flat[candidates]
     keep = cv2.dnn.NMSBoxes(
         [[float(x1), float(y1), float(x2 - x1), float(y2 - y1)] for x1, y1, x2, y2 in xyxy],
         scores.tolist(), min_confidence, nms_iou, top_k=max_detections,

@@ -21,6 +21,7 @@ from aivd.core import Detections, LabelMap
 from aivd.edge import centernet
 
 BUILTIN_MODEL = Path(__file__).parent / "models" / "deeppcb_centernet.onnx"
+BUILTIN_OUTPUTS = ("peaks", "class_probs", "sizes", "offsets")
 
 
 class ModelError(ValueError):
@@ -58,6 +59,9 @@ class TemplateDetector:
         meta = self.session.get_modelmeta().custom_metadata_map
         if meta.get("aivd_model") != "centernet-lite":
             raise ModelError(f"{self.path}: not an aivd built-in detector (metadata aivd_model missing)")
+        outputs = [o.name for o in self.session.get_outputs()]
+        if outputs != list(BUILTIN_OUTPUTS):
+            raise ModelError(f"{self.path}: outputs {outputs}, expected {list(BUILTIN_OUTPUTS)}; retrain it with this version of aivd")
         self.labels = LabelMap(tuple(json.loads(meta["labels"])))
         self.input_scale = float(meta["input_scale"])
         self.min_confidence = float(meta["score_threshold"]) if min_confidence is None else min_confidence
@@ -65,9 +69,11 @@ class TemplateDetector:
 
     def detect(self, image: np.ndarray, template: np.ndarray | None = None) -> Detections:
         x = centernet.make_input(image, template, self.input_scale)
-        peaks, sizes, offsets = self.session.run(None, {"input": x})
+        peaks, class_probs, sizes, offsets = self.session.run(None, {"input": x})
         height, width = image.shape[:2]
-        return centernet.decode(peaks[0], sizes[0], offsets[0], self.labels, self.input_scale, (width, height), self.min_confidence)
+        return centernet.decode(
+            peaks[0], class_probs[0], sizes[0], offsets[0], self.labels, self.input_scale, (width, height), self.min_confidence
+        )
 
 
 def _yolo_names(meta: dict[str, str], path: Path) -> LabelMap:

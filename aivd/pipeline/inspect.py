@@ -95,6 +95,30 @@ def _prefetched(tasks: list[InspectionTask], options: InspectOptions) -> Iterato
             yield task, loaded
 
 
+def _inspect_one(task: InspectionTask, loaded, detector: Detector) -> tuple[InspectionRecord, Detections | None]:
+    """One task's record; every failure, reading or detecting, becomes an error record."""
+    image, template, error, read_ms = loaded
+    base = {
+        "image": str(task.image_path), "image_id": task.image_id, "detector": detector.name,
+        "template": str(task.template_path) if task.template_path else None,
+    }
+    if error is None:
+        started = time.perf_counter()
+        try:
+            detections = detector.detect(image, template if detector.uses_template else None)
+        except Exception as failure:  # a model failing on one image must not end the run
+            error = ImageError(task.image_path, f"detector failed: {type(failure).__name__}: {failure}")
+        detect_ms = (time.perf_counter() - started) * 1000
+    if error is not None:
+        return InspectionRecord(**base, status="error", error=error.reason), None
+    record = InspectionRecord(
+        **base, status="ok", error=None,
+        defects=[DefectRecord(**d, source="edge") for d in detections.to_records()],
+        timings_ms={"read": round(read_ms, 2), "detect": round(detect_ms, 2), "total": round(read_ms + detect_ms, 2)},
+    )
+    return record, detections
+
+
 def inspect_tasks(
     tasks: list[InspectionTask],
     detector: Detector,
@@ -107,26 +131,16 @@ def inspect_tasks(
     writer = ResultWriter(out_dir, options)
     started = time.perf_counter()
     try:
-        for task, (image, template, error, read_ms) in _prefetched(tasks, options):
+        for task, loaded in _prefetched(tasks, options):
+            record, detections = _inspect_one(task, loaded, detector)
             summary.images += 1
-            base = {"image": str(task.image_path), "image_id": task.image_id, "template": str(task.template_path) if task.template_path else None}
-            if error is not None:
-                record = InspectionRecord(**base, status="error", error=error.reason, detector=detector.name)
+            if detections is None:
                 summary.failed += 1
-                summary.failures.append(str(error))
-                writer.write(record)
+                summary.failures.append(f"{record.image}: {record.error}")
             else:
-                detect_started = time.perf_counter()
-                detections = detector.detect(image, template if detector.uses_template else None)
-                detect_ms = (time.perf_counter() - detect_started) * 1000
-                record = InspectionRecord(
-                    **base, status="ok", error=None, detector=detector.name,
-                    defects=[DefectRecord(**d, source="edge") for d in detections.to_records()],
-                    timings_ms={"read": round(read_ms, 2), "detect": round(detect_ms, 2), "total": round(read_ms + detect_ms, 2)},
-                )
                 summary.ok += 1
                 summary.defects += len(detections)
-                writer.write(record, image, detections)
+            writer.write(record, loaded[0], detections)
             if on_result:
                 on_result(record)
     finally:

@@ -5,7 +5,8 @@ Recipe (the model card records the exact command and numbers):
 - random crops of the scaled image (the network is fully convolutional, so inference sees whole images);
 - the 8 flips/rotations of the square (PCB defect classes do not depend on orientation), mild photometric
   jitter and noise, one-pixel template misalignment, and template dropout so the model also works alone;
-- CenterNet losses: focal loss on Gaussian centre heat-maps, L1 on sizes and offsets;
+- CenterNet losses: focal loss on a class-agnostic Gaussian centre heat-map, L1 on sizes and offsets, and
+  cross-entropy for the class head on the cells near each centre, weighted by the Gaussian;
 - 10% of trainval held out (every 10th sample) to choose the epoch and calibrate the score threshold;
   the official test split is never looked at.
 """
@@ -140,7 +141,9 @@ class CropSampler:
         return plane.clip(0, 1)
 
     def _targets(self, boxes: np.ndarray, classes: np.ndarray, out: int):
-        heat = np.zeros((self.num_classes, out, out), np.float32)
+        heat = np.zeros((1, out, out), np.float32)
+        class_target = np.zeros((out, out), np.int64)
+        class_weight = np.zeros((out, out), np.float32)
         size = np.zeros((2, out, out), np.float32)
         offset = np.zeros((2, out, out), np.float32)
         mask = np.zeros((out, out), np.float32)
@@ -153,11 +156,18 @@ class CropSampler:
             radius = max(0, int(gaussian_radius(y2 - y1, x2 - x1)))
             sigma = (2 * radius + 1) / 6
             gaussian = np.exp(-((xx - ix) ** 2 + (yy - iy) ** 2) / (2 * sigma**2))
-            heat[class_id] = np.maximum(heat[class_id], gaussian)
+            # Class supervision near the centre; where two objects' Gaussians meet, the nearer one owns the cell.
+            owned = (gaussian >= CLASS_SUPPORT) & (gaussian > heat[0])
+            class_target[owned] = class_id
+            class_weight[owned] = gaussian[owned]
+            heat[0] = np.maximum(heat[0], gaussian)
             size[:, iy, ix] = (x2 - x1, y2 - y1)
             offset[:, iy, ix] = (cx - ix, cy - iy)
             mask[iy, ix] = 1.0
-        return heat, size, offset, mask
+        return heat, class_target, class_weight, size, offset, mask
+
+
+CLASS_SUPPORT = 0.3  # cells whose centre Gaussian is at least this train the class head
 
 
 def focal_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -171,15 +181,16 @@ def focal_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def detection_loss(outputs, targets, size_weight: float) -> tuple[torch.Tensor, dict]:
-    logits, size, offset = outputs
-    heat_t, size_t, offset_t, mask = targets
+    logits, class_logits, size, offset = outputs
+    heat_t, class_t, class_w, size_t, offset_t, mask = targets
     mask = mask.unsqueeze(1)
     count = mask.sum().clamp(min=1)
     heat_loss = focal_loss(logits, heat_t)
+    class_loss = (F.cross_entropy(class_logits, class_t, reduction="none") * class_w).sum() / class_w.sum().clamp(min=1)
     size_loss = (F.l1_loss(size, size_t, reduction="none") * mask).sum() / count
     offset_loss = (F.l1_loss(offset, offset_t, reduction="none") * mask).sum() / count
-    total = heat_loss + size_weight * size_loss + offset_loss
-    return total, {"heat": heat_loss.item(), "size": size_loss.item(), "offset": offset_loss.item()}
+    total = heat_loss + class_loss + size_weight * size_loss + offset_loss
+    return total, {"heat": heat_loss.item(), "class": class_loss.item(), "size": size_loss.item(), "offset": offset_loss.item()}
 
 
 @torch.no_grad()
@@ -192,8 +203,8 @@ def predict(net: CenterNetLite, samples: list[LoadedSample], input_scale: float,
         x = np.zeros((1, 3, *sample.planes.shape[1:]), np.float32)
         x[0, :2] = sample.planes / 255
         x[0, 2] = 1.0
-        peaks, size, offset = (t[0].numpy() for t in wrapper(torch.from_numpy(x)))
-        detections = decode(peaks, size, offset, DEEPPCB_CLASSES, input_scale, sample.full_size, min_confidence)
+        peaks, class_probs, size, offset = (t[0].numpy() for t in wrapper(torch.from_numpy(x)))
+        detections = decode(peaks, class_probs, size, offset, DEEPPCB_CLASSES, input_scale, sample.full_size, min_confidence)
         results.append((sample.image_id, detections, sample.ground_truth))
     return results
 
@@ -204,7 +215,7 @@ def export_onnx(net: CenterNetLite, path: Path, metadata: dict) -> None:
     net.eval()
     dummy = torch.zeros(1, 3, 320, 320)
     torch.onnx.export(
-        ExportWrapper(net), dummy, str(path), input_names=["input"], output_names=["peaks", "sizes", "offsets"],
+        ExportWrapper(net), dummy, str(path), input_names=["input"], output_names=["peaks", "class_probs", "sizes", "offsets"],
         dynamic_axes={"input": {0: "batch", 2: "height", 3: "width"}}, opset_version=17, dynamo=False,
     )
     model = onnx.load(str(path))

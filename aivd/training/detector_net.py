@@ -1,6 +1,10 @@
 """The built-in edge detector network: a small CenterNet over depthwise-separable blocks with a light FPN.
 
-About 0.3 M parameters; sized so that a 640x640 DeepPCB pair runs at well over 40 images/s on two CPU cores
+Heads: one class-agnostic objectness heat-map, a softmax class head, box sizes and centre offsets. Keeping
+"is there a defect" apart from "which class" means an uncertain class does not split a defect's evidence over
+several heat-maps (which lost recall and produced duplicates), and the class head gets a proper softmax.
+
+About 0.13 M parameters; sized so that a 640x640 DeepPCB pair runs at well over 40 images/s on two CPU cores
 through ONNX Runtime (see docs/BENCHMARKS.md). Outputs are at stride 4 of the network input.
 """
 
@@ -48,14 +52,15 @@ class CenterNetLite(nn.Module):
         self.stage16 = stage(c3, c4, 2)
         self.lateral = nn.ModuleList([conv_bn(c, neck, 1) for c in (c2, c3, c4)])
         self.fuse = nn.Sequential(separable(neck, neck), separable(neck, neck))
-        self.heat = nn.Sequential(separable(neck, neck), nn.Conv2d(neck, num_classes, 1))
+        self.heat = nn.Sequential(separable(neck, neck), nn.Conv2d(neck, 1, 1))
+        self.classes = nn.Sequential(separable(neck, neck), nn.Conv2d(neck, num_classes, 1))
         self.size = nn.Sequential(separable(neck, neck), nn.Conv2d(neck, 2, 1))
         self.offset = nn.Sequential(separable(neck, neck), nn.Conv2d(neck, 2, 1))
         # Focal-loss prior: start every cell at p = 0.01 so early training is not swamped by negatives.
         nn.init.constant_(self.heat[-1].bias, -math.log((1 - 0.01) / 0.01))
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Return heat-map logits (N, C, h, w), sizes (N, 2, h, w) and offsets (N, 2, h, w)."""
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Return objectness logits (N, 1, h, w), class logits (N, C, h, w), sizes and offsets (N, 2, h, w)."""
         f4 = self.stage4(self.stem(x))
         f8 = self.stage8(f4)
         f16 = self.stage16(f8)
@@ -63,18 +68,18 @@ class CenterNetLite(nn.Module):
         top = self.lateral[1](f8) + F.interpolate(top, size=f8.shape[-2:], mode="nearest")
         top = self.lateral[0](f4) + F.interpolate(top, size=f4.shape[-2:], mode="nearest")
         features = self.fuse(top)
-        return self.heat(features), self.size(features), self.offset(features)
+        return self.heat(features), self.classes(features), self.size(features), self.offset(features)
 
 
 class ExportWrapper(nn.Module):
-    """What the ONNX file computes: sigmoid heat reduced to 3x3 local maxima, sizes, offsets."""
+    """What the ONNX file computes: objectness reduced to 3x3 local maxima, class probabilities, sizes, offsets."""
 
     def __init__(self, net: CenterNetLite):
         super().__init__()
         self.net = net
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        logits, size, offset = self.net(x)
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        logits, class_logits, size, offset = self.net(x)
         heat = torch.sigmoid(logits)
         peaks = heat * (F.max_pool2d(heat, 3, stride=1, padding=1) == heat).to(heat.dtype)
-        return peaks, size, offset
+        return peaks, torch.softmax(class_logits, dim=1), size, offset
