@@ -85,3 +85,19 @@ def test_cli_training_runs_learns_and_is_deterministic(tmp_path, deeppcb_root):
     detector = TemplateDetector(tmp_path / "a" / "detector.onnx")
     assert detector.labels == DEEPPCB_CLASSES
     assert detector.min_confidence == first["best"]["threshold"]
+
+
+@pytest.mark.integration
+def test_cli_refiner_training_packages_a_detector_that_uses_it(tmp_path, deeppcb_root):
+    def run(*args):
+        subprocess.run([sys.executable, "-m", "aivd.cli.main", *map(str, args)], check=True, capture_output=True, timeout=600)
+
+    run("train", "detector", "--deeppcb", deeppcb_root, "--out", tmp_path / "det", "--epochs", "1", "--limit", "20")
+    run("train", "refiner", "--deeppcb", deeppcb_root, "--detector", tmp_path / "det" / "detector.onnx",
+        "--out", tmp_path / "ref", "--epochs", "1", "--limit", "20")
+    record = json.loads((tmp_path / "ref" / "training.json").read_text())
+    detector = TemplateDetector(tmp_path / "ref" / "deeppcb_centernet.onnx")
+    assert detector.refiner is not None
+    assert detector.min_confidence == record["pipeline"]["threshold"]
+    test, template = read_pair(SAMPLES / "00041200_test.jpg", SAMPLES / "00041200_temp.jpg")
+    assert isinstance(detector.detect(test, template).class_names, list)

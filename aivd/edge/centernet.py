@@ -43,32 +43,26 @@ def make_input(test: np.ndarray, template: np.ndarray | None, input_scale: float
     return planes
 
 
-def decode(
+def candidates(
     peaks: np.ndarray,
     class_probs: np.ndarray,
     sizes: np.ndarray,
     offsets: np.ndarray,
-    labels: LabelMap,
     input_scale: float,
     image_size: tuple[int, int],
-    min_confidence: float,
+    min_objectness: float,
     max_detections: int = 100,
     nms_iou: float = 0.5,
-) -> Detections:
-    """Turn one image's outputs, shapes (1, h, w), (C, h, w), (2, h, w), (2, h, w), into boxes in original pixels.
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One image's outputs, shapes (1, h, w), (C, h, w), (2, h, w), (2, h, w), as candidate boxes in original
+    pixels: (N, 4) xyxy, (N,) objectness and (N, C) class probabilities.
 
     Peaks are 3x3 local maxima already; a class-agnostic NMS removes what is left of one defect seen twice at
     neighbouring cells, since the official metric pairs boxes class-agnostically.
     """
     width, height = image_size
-    objectness = peaks[0]
-    ys, xs = np.nonzero(objectness >= min_confidence)
-    class_id = class_probs[:, ys, xs].argmax(axis=0)
-    scores = objectness[ys, xs] * class_probs[class_id, ys, xs]
-    keep = scores >= min_confidence
-    ys, xs, class_id, scores = ys[keep], xs[keep], class_id[keep], scores[keep]
-    if len(scores) == 0:
-        return Detections.empty(labels)
+    ys, xs = np.nonzero(peaks[0] >= min_objectness)
+    objectness = peaks[0, ys, xs]
     to_pixels = OUTPUT_STRIDE / input_scale
     centre_x = (xs + offsets[0, ys, xs]) * to_pixels
     centre_y = (ys + offsets[1, ys, xs]) * to_pixels
@@ -79,7 +73,20 @@ def decode(
     xyxy[:, [1, 3]] = xyxy[:, [1, 3]].clip(0, height)
     keep = cv2.dnn.NMSBoxes(
         [[float(x1), float(y1), float(x2 - x1), float(y2 - y1)] for x1, y1, x2, y2 in xyxy],
-        scores.tolist(), min_confidence, nms_iou, top_k=max_detections,
+        objectness.tolist(), min_objectness, nms_iou, top_k=max_detections,
     )
     keep = np.asarray(keep, dtype=np.int64).reshape(-1)
-    return Detections(xyxy[keep], scores[keep], class_id[keep], labels).sorted_by_confidence()
+    return xyxy[keep], objectness[keep], class_probs[:, ys[keep], xs[keep]].T
+
+
+def score(xyxy: np.ndarray, objectness: np.ndarray, class_probs: np.ndarray, labels: LabelMap, min_confidence: float) -> Detections:
+    """Each candidate takes its most likely class; confidence = objectness x that class's probability."""
+    class_id = class_probs.argmax(axis=1) if len(class_probs) else np.zeros(0, np.int64)
+    confidence = objectness * class_probs[np.arange(len(class_id)), class_id]
+    return Detections(xyxy, confidence, class_id, labels).with_min_confidence(min_confidence).sorted_by_confidence()
+
+
+def decode(peaks, class_probs, sizes, offsets, labels: LabelMap, input_scale: float, image_size: tuple[int, int], min_confidence: float) -> Detections:
+    """`candidates` then `score`, for the detector alone."""
+    boxes, objectness, probs = candidates(peaks, class_probs, sizes, offsets, input_scale, image_size, min_confidence)
+    return score(boxes, objectness, probs, labels, min_confidence)

@@ -1,7 +1,9 @@
 """Edge detectors behind one small interface, run with ONNX Runtime.
 
 - `TemplateDetector`: the built-in template-aware model (`aivd train detector`); its ONNX metadata carries
-  labels, input scale and the score threshold calibrated on held-out data.
+  labels, input scale, the score threshold calibrated on held-out data and, optionally, the file name of a
+  second-stage class refiner beside it (`aivd train refiner`) that re-decides each box's class from a
+  full-resolution crop.
 - `YoloOnnxDetector`: a user's own detector exported by Ultralytics (`yolo export format=onnx`), whose output
   is (1, 4 + classes, anchors) with centre-x, centre-y, width, height and per-class scores.
 """
@@ -19,6 +21,7 @@ import onnxruntime as ort
 
 from aivd.core import Detections, LabelMap
 from aivd.edge import centernet
+from aivd.edge.crops import crop_windows
 
 BUILTIN_MODEL = Path(__file__).parent / "models" / "deeppcb_centernet.onnx"
 BUILTIN_OUTPUTS = ("peaks", "class_probs", "sizes", "offsets")
@@ -65,15 +68,19 @@ class TemplateDetector:
         self.labels = LabelMap(tuple(json.loads(meta["labels"])))
         self.input_scale = float(meta["input_scale"])
         self.min_confidence = float(meta["score_threshold"]) if min_confidence is None else min_confidence
+        self.refiner = _session(self.path.parent / meta["refiner"], threads) if meta.get("refiner") else None
         self.name = f"builtin:{self.path.stem}"
 
     def detect(self, image: np.ndarray, template: np.ndarray | None = None) -> Detections:
         x = centernet.make_input(image, template, self.input_scale)
         peaks, class_probs, sizes, offsets = self.session.run(None, {"input": x})
         height, width = image.shape[:2]
-        return centernet.decode(
-            peaks[0], class_probs[0], sizes[0], offsets[0], self.labels, self.input_scale, (width, height), self.min_confidence
+        boxes, objectness, probs = centernet.candidates(
+            peaks[0], class_probs[0], sizes[0], offsets[0], self.input_scale, (width, height), self.min_confidence
         )
+        if self.refiner is not None and len(boxes):
+            probs = self.refiner.run(None, {"crops": crop_windows(image, template, boxes)})[0]
+        return centernet.score(boxes, objectness, probs, self.labels, self.min_confidence)
 
 
 def _yolo_names(meta: dict[str, str], path: Path) -> LabelMap:

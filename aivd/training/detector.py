@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import random
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ from aivd.data.deeppcb import DeepPCBSample, load_split
 from aivd.data.images import read_pair
 from aivd.edge.centernet import OUTPUT_STRIDE, decode, make_input
 from aivd.eval.protocol import best_threshold, evaluate
+from aivd.training.common import holdout_split, seed_everything, write_metadata
 from aivd.training.detector_net import CenterNetLite, ExportWrapper
 
 
@@ -210,32 +210,20 @@ def predict(net: CenterNetLite, samples: list[LoadedSample], input_scale: float,
 
 
 def export_onnx(net: CenterNetLite, path: Path, metadata: dict) -> None:
-    import onnx
-
     net.eval()
     dummy = torch.zeros(1, 3, 320, 320)
     torch.onnx.export(
         ExportWrapper(net), dummy, str(path), input_names=["input"], output_names=["peaks", "class_probs", "sizes", "offsets"],
         dynamic_axes={"input": {0: "batch", 2: "height", 3: "width"}}, opset_version=17, dynamo=False,
     )
-    model = onnx.load(str(path))
-    for key, value in metadata.items():
-        entry = model.metadata_props.add()
-        entry.key, entry.value = key, value if isinstance(value, str) else json.dumps(value)
-    onnx.save(model, str(path))
+    write_metadata(path, metadata)
 
 
 def train_detector(root: Path, out_dir: Path, config: DetectorTrainConfig, progress=None) -> dict:
     """Train, select the best epoch on the held-out tenth of trainval, export ONNX; returns the training record."""
-    random.seed(config.seed)
-    np.random.seed(config.seed)
-    torch.manual_seed(config.seed)
-    torch.set_num_threads(config.threads)
+    seed_everything(config.seed, config.threads)
     out_dir.mkdir(parents=True, exist_ok=True)
-
-    samples = load_split(root, "trainval")[: config.limit]
-    val_samples = samples[9::10]
-    train_samples = [s for i, s in enumerate(samples) if i % 10 != 9]
+    train_samples, val_samples = holdout_split(load_split(root, "trainval")[: config.limit])
     train = load_samples(train_samples, config.input_scale)
     val = load_samples(val_samples, config.input_scale)
 

@@ -1,0 +1,34 @@
+"""What the trainers share: the held-out split, seeding and ONNX metadata."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def holdout_split(samples: list) -> tuple[list, list]:
+    """Every 10th sample of trainval (9, 19, ...) is held out to choose the epoch and calibrate thresholds."""
+    return [s for i, s in enumerate(samples) if i % 10 != 9], samples[9::10]
+
+
+def seed_everything(seed: int, threads: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.set_num_threads(threads)
+
+
+def write_metadata(path: Path, values: dict) -> None:
+    """Set (or replace) string metadata entries of an ONNX file; non-strings are stored as JSON."""
+    import onnx
+
+    model = onnx.load(str(path))
+    for key, value in values.items():
+        existing = [entry for entry in model.metadata_props if entry.key == key]
+        entry = existing[0] if existing else model.metadata_props.add()
+        entry.key, entry.value = key, value if isinstance(value, str) else json.dumps(value)
+    onnx.save(model, str(path))
