@@ -7,12 +7,12 @@ import struct
 import cv2
 import numpy as np
 import pytest
+from conftest import SAMPLES
 
 from aivd.data.images import ImageError, read_gray, read_pair
 from aivd.edge.detector import TemplateDetector
 from aivd.pipeline.inputs import TemplateMode, tasks_from_paths
 from aivd.pipeline.inspect import InspectOptions, inspect_tasks
-from conftest import SAMPLES
 
 GOOD = SAMPLES / "00041200_test.jpg"
 

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
+from conftest import dets
 
 from aivd.core import DEEPPCB_CLASSES, Detections
 from aivd.core.detections import box_iou
-from conftest import dets
 
 
 def test_rejects_inconsistent_lengths_and_bad_boxes():

@@ -1,11 +1,11 @@
 """The DeepPCB protocol on hand-computed cases."""
 
 import pytest
-
-from aivd.eval.metrics import confusion_matrix, per_class
-from aivd.core import DEEPPCB_CLASSES
-from aivd.eval.protocol import average_precision, evaluate, match_image
 from conftest import dets
+
+from aivd.core import DEEPPCB_CLASSES
+from aivd.eval.metrics import confusion_matrix, per_class
+from aivd.eval.protocol import average_precision, evaluate, match_image
 
 
 def test_pairing_is_class_agnostic_so_a_wrong_class_blocks_a_later_right_one():

@@ -9,23 +9,29 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from conftest import SAMPLES  # noqa: E402
+
 from aivd.core import DEEPPCB_CLASSES  # noqa: E402
 from aivd.data.deeppcb import read_annotation  # noqa: E402
-from aivd.edge.detector import TemplateDetector  # noqa: E402
-from aivd.training.detector import (  # noqa: E402
-    CropSampler, DetectorTrainConfig, LoadedSample, dihedral, export_onnx, predict,
-)
-from aivd.training.detector_net import CenterNetLite  # noqa: E402
 from aivd.data.images import read_pair  # noqa: E402
 from aivd.edge.centernet import make_input  # noqa: E402
-from conftest import SAMPLES  # noqa: E402
+from aivd.edge.detector import TemplateDetector  # noqa: E402
+from aivd.training.detector import (  # noqa: E402
+    CropSampler,
+    DetectorTrainConfig,
+    LoadedSample,
+    dihedral,
+    export_onnx,
+    predict,
+)
+from aivd.training.detector_net import CenterNetLite  # noqa: E402
 
 
 def loaded_sample(image_id: str, scale: float = 0.5) -> LoadedSample:
     test, template = read_pair(SAMPLES / f"{image_id}_test.jpg", SAMPLES / f"{image_id}_temp.jpg")
     truth = read_annotation(SAMPLES / f"{image_id}.txt")
     planes = np.round(make_input(test, template, scale)[0, :2] * 255).astype(np.uint8)
-    return LoadedSample(image_id, planes, truth.xyxy * scale, truth.class_id.copy(), (640, 640), truth)
+    return LoadedSample(image_id, planes, np.stack([test, template]), truth.xyxy * scale, truth.class_id.copy(), (640, 640), truth)
 
 
 def test_onnx_export_gives_the_torch_models_detections(tmp_path):
@@ -101,3 +107,19 @@ def test_cli_refiner_training_packages_a_detector_that_uses_it(tmp_path, deeppcb
     assert detector.min_confidence == record["pipeline"]["threshold"]
     test, template = read_pair(SAMPLES / "00041200_test.jpg", SAMPLES / "00041200_temp.jpg")
     assert isinstance(detector.detect(test, template).class_names, list)
+
+
+def test_training_window_matches_the_inference_input_when_not_augmented():
+    sample = loaded_sample("00041200")
+    config = DetectorTrainConfig(crop=224, misalign_prob=0.0, thickness_prob=0.0)
+    window = CropSampler(config, 6, np.random.default_rng(0))._window(sample.originals, 48, 96, 224)
+    np.testing.assert_array_equal(window, sample.planes[:, 48:272, 96:320])
+
+
+def test_change_thickness_grows_or_shrinks_conductors_by_about_a_pixel():
+    from aivd.training.common import change_thickness
+
+    board = np.full((100, 100), 255, np.uint8)
+    board[40:60, 10:90] = 0  # a 20 px wide conductor
+    copper_rows = {int((change_thickness(board, np.random.default_rng(seed)) < 128).sum(axis=0)[50]) for seed in range(20)}
+    assert copper_rows == {18, 22}

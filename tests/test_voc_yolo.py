@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from aivd.core import DEEPPCB_CLASSES, Detections, LabelMap
-from aivd.data.deeppcb import DatasetError
 from aivd.data.box_samples import BoxSample
+from aivd.data.deeppcb import DatasetError
 from aivd.data.synthetic import generate_pair, write_dataset
 from aivd.data.voc import format_voc_annotation, load_voc_dataset, normalise_class_name, read_voc_annotation
 from aivd.data.yolo import format_yolo_annotation, load_yolo_dataset, read_yolo_annotation

@@ -6,7 +6,6 @@ import os
 import platform
 import resource
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np

@@ -221,13 +221,18 @@ def train_detector_command(
     seed: int = typer.Option(0),
     limit: Optional[int] = typer.Option(None, min=10, help="Use only the first N trainval samples (smoke tests)."),
     threads: int = typer.Option(2, min=1, help="CPU threads for torch."),
+    init_from: Optional[Path] = typer.Option(None, help="Fine-tune from this checkpoint (a detector_best.pt)."),
 ) -> None:
     """Train the built-in template-aware detector on DeepPCB trainval and export it to ONNX."""
     try:
         from aivd.training.detector import DetectorTrainConfig, train_detector
     except ImportError as error:
         raise fail(f"training needs the 'train' extra (pip install 'aivd[train]'): {error}") from None
-    config = DetectorTrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, limit=limit, threads=threads)
+    if init_from is not None and not init_from.is_file():
+        raise fail(f"{init_from}: checkpoint not found")
+    config = DetectorTrainConfig(
+        epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, limit=limit, threads=threads, init_from=str(init_from) if init_from else None
+    )
     root = resolve_deeppcb(deeppcb)
     with progress_bar() as progress:
         bar = progress.add_task("training", total=epochs)

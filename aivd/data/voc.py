@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from aivd.core import Detections, LabelMap
+from aivd.data.box_samples import BoxSample
 from aivd.data.deeppcb import DatasetError
 from aivd.data.images import IMAGE_SUFFIXES
-from aivd.data.box_samples import BoxSample
 
 _BOX_TAGS = ("xmin", "ymin", "xmax", "ymax")
 _SEPARATORS = re.compile(r"[-_\s]+")

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 
 from aivd.core import Detections, LabelMap
+from aivd.data.box_samples import BoxSample
 from aivd.data.deeppcb import DatasetError
 from aivd.data.images import IMAGE_SUFFIXES
-from aivd.data.box_samples import BoxSample
 
 # Exporters round normalised values and some clip late, so a box may poke just past the image edge.
 TOLERANCE = 1e-3

@@ -4,7 +4,8 @@ Recipe (the model card records the exact command and numbers):
 - inputs built by `aivd.edge.centernet.make_input`, the function inference uses;
 - random crops of the scaled image (the network is fully convolutional, so inference sees whole images);
 - the 8 flips/rotations of the square (PCB defect classes do not depend on orientation), mild photometric
-  jitter and noise, one-pixel template misalignment, and template dropout so the model also works alone;
+  jitter and noise, template misalignment of up to 2 px and one-pixel conductor thickness changes of either
+  image (see `change_thickness`), all at full resolution, and template dropout so the model also works alone;
 - CenterNet losses: focal loss on a class-agnostic Gaussian centre heat-map, L1 on sizes and offsets, and
   cross-entropy for the class head on the cells near each centre, weighted by the Gaussian;
 - 10% of trainval held out (every 10th sample) to choose the epoch and calibrate the score threshold;
@@ -19,6 +20,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from torch.nn import functional as F
@@ -28,7 +30,7 @@ from aivd.data.deeppcb import DeepPCBSample, load_split
 from aivd.data.images import read_pair
 from aivd.edge.centernet import OUTPUT_STRIDE, decode, make_input
 from aivd.eval.protocol import best_threshold, evaluate
-from aivd.training.common import holdout_split, seed_everything, write_metadata
+from aivd.training.common import change_thickness, holdout_split, seed_everything, write_metadata
 from aivd.training.detector_net import CenterNetLite, ExportWrapper
 
 
@@ -42,17 +44,21 @@ class DetectorTrainConfig:
     weight_decay: float = 1e-4
     input_scale: float = 0.5
     template_dropout: float = 0.1
-    misalign_prob: float = 0.2
+    misalign_prob: float = 0.5
+    max_misalign_px: int = 2  # full-resolution pixels
+    thickness_prob: float = 0.5
     size_loss_weight: float = 0.1
     seed: int = 0
     threads: int = 2
     limit: int | None = None  # use only the first N trainval samples (smoke tests)
+    init_from: str | None = None  # a checkpoint (detector_best.pt) to fine-tune from
 
 
 @dataclass
 class LoadedSample:
     image_id: str
     planes: np.ndarray  # (2, H, W) uint8: test and template at input scale
+    originals: np.ndarray  # (2, H', W') uint8: test and template at full resolution
     boxes: np.ndarray  # (N, 4) at input scale
     classes: np.ndarray
     full_size: tuple[int, int]
@@ -69,6 +75,7 @@ def load_samples(samples: list[DeepPCBSample], input_scale: float) -> list[Loade
             LoadedSample(
                 sample.image_id,
                 np.round(planes * 255).astype(np.uint8),
+                np.stack([test, template]),
                 gt.xyxy * input_scale,
                 gt.class_id.copy(),
                 (test.shape[1], test.shape[0]),
@@ -111,27 +118,40 @@ class CropSampler:
         self.num_classes = num_classes
         self.rng = rng
 
-    def __call__(self, sample: LoadedSample) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def __call__(self, sample: LoadedSample) -> tuple[np.ndarray, ...]:
         cfg, rng = self.config, self.rng
-        planes, boxes = sample.planes, sample.boxes
-        if planes.shape[1] == planes.shape[2]:
-            planes, boxes = dihedral(planes, boxes, int(rng.integers(4)), bool(rng.integers(2)))
-        height, width = planes.shape[1:]
+        height, width = sample.planes.shape[1:]
         crop = min(cfg.crop, height, width)
         y0 = int(rng.integers(0, height - crop + 1)) // OUTPUT_STRIDE * OUTPUT_STRIDE
         x0 = int(rng.integers(0, width - crop + 1)) // OUTPUT_STRIDE * OUTPUT_STRIDE
-        image = planes[:, y0 : y0 + crop, x0 : x0 + crop].astype(np.float32) / 255
-        template_present = rng.random() >= cfg.template_dropout
+        planes = self._window(sample.originals, y0, x0, crop)
+        boxes = sample.boxes - np.array([x0, y0, x0, y0], np.float32)
+        planes, boxes = dihedral(planes, boxes, int(rng.integers(4)), bool(rng.integers(2)))
+        image = planes.astype(np.float32) / 255
         x = np.zeros((3, crop, crop), np.float32)
         x[0] = self._photometric(image[0])
-        if template_present:
-            template = image[1]
-            if rng.random() < cfg.misalign_prob:
-                template = np.roll(template, tuple(rng.integers(-1, 2, size=2)), axis=(0, 1))
-            x[1] = self._photometric(template)
+        if rng.random() >= cfg.template_dropout:
+            x[1] = self._photometric(image[1])
             x[2] = 1.0
-        boxes = boxes - np.array([x0, y0, x0, y0], np.float32)
         return (x, *self._targets(boxes, sample.classes, crop // OUTPUT_STRIDE))
+
+    def _window(self, originals: np.ndarray, y0: int, x0: int, crop: int) -> np.ndarray:
+        """The crop at full resolution, augmented there (misalignment, thickness), then scaled like `make_input`."""
+        cfg, rng = self.config, self.rng
+        full = round(crop / cfg.input_scale)
+        top, left = round(y0 / cfg.input_scale), round(x0 / cfg.input_scale)
+        shift_y = shift_x = 0
+        if rng.random() < cfg.misalign_prob:
+            shift_y, shift_x = (int(v) for v in rng.integers(-cfg.max_misalign_px, cfg.max_misalign_px + 1, size=2))
+        bottom_limit, right_limit = originals.shape[1] - full, originals.shape[2] - full
+        t_top, t_left = min(max(top + shift_y, 0), bottom_limit), min(max(left + shift_x, 0), right_limit)
+        windows = [originals[0, top : top + full, left : left + full], originals[1, t_top : t_top + full, t_left : t_left + full]]
+        if rng.random() < cfg.thickness_prob:
+            which = int(rng.integers(2))
+            windows[which] = change_thickness(windows[which], rng)
+        if full != crop:
+            windows = [cv2.resize(w, (crop, crop), interpolation=cv2.INTER_AREA) for w in windows]
+        return np.stack(windows)
 
     def _photometric(self, plane: np.ndarray) -> np.ndarray:
         rng = self.rng
@@ -230,6 +250,8 @@ def train_detector(root: Path, out_dir: Path, config: DetectorTrainConfig, progr
     rng = np.random.default_rng(config.seed)
     sampler = CropSampler(config, len(DEEPPCB_CLASSES), rng)
     net = CenterNetLite(len(DEEPPCB_CLASSES))
+    if config.init_from:
+        net.load_state_dict(torch.load(config.init_from))
     optimizer = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = max(1, math.ceil(len(train) * config.crops_per_image / config.batch_size))
     total_steps = steps_per_epoch * config.epochs

@@ -2,7 +2,8 @@
 
 Trained on ground-truth boxes of DeepPCB trainval with jitter that imitates the detector's box noise (centre
 shift and size change of up to about a fifth), the 8 flips/rotations, photometric jitter and template dropout;
-the same held-out tenth of trainval as the detector chooses the epoch.
+one-pixel conductor thickness changes (see `change_thickness`); the same held-out tenth of trainval as the
+detector chooses the epoch.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from aivd.core import DEEPPCB_CLASSES
 from aivd.data.deeppcb import load_split
 from aivd.data.images import read_pair
 from aivd.edge.crops import crop_windows
-from aivd.training.common import holdout_split, seed_everything, write_metadata
+from aivd.training.common import change_thickness, holdout_split, seed_everything, write_metadata
 from aivd.training.detector_net import conv_bn
 
 REFINER_FILE = "deeppcb_refiner.onnx"
@@ -36,6 +37,7 @@ class RefinerTrainConfig:
     weight_decay: float = 1e-4
     jitter: float = 0.2  # largest centre shift and size change, as a fraction of the box size
     template_dropout: float = 0.1
+    thickness_prob: float = 0.3
     seed: int = 0
     threads: int = 2
     limit: int | None = None
@@ -102,10 +104,15 @@ def make_batch(data: BoxSet, indices: np.ndarray, rng: np.random.Generator | Non
     crops = []
     for index, box in zip(indices, boxes):
         owner = data.image_index[index]
-        template = data.templates[owner]
+        image, template = data.images[owner], data.templates[owner]
+        if rng is not None and rng.random() < config.thickness_prob:
+            if rng.integers(2):
+                image = change_thickness(image, rng)
+            else:
+                template = change_thickness(template, rng)
         if rng is not None and rng.random() < config.template_dropout:
             template = None
-        crop = crop_windows(data.images[owner], template, box[None])[0]
+        crop = crop_windows(image, template, box[None])[0]
         if rng is not None:
             crop = np.rot90(crop, int(rng.integers(4)), axes=(1, 2))
             if rng.integers(2):
