@@ -104,7 +104,8 @@ def test_deeppcb_inspect_then_eval_matches_a_live_eval(tmp_path, deeppcb_root):
         assert scored[key] == pytest.approx(live[key], abs=2e-3)
     assert set(scored["per_class"]) == {"open", "short", "mousebite", "spur", "copper", "pin-hole"}
     html = (tmp_path / "report.html").read_text()
-    assert "Confusion matrix" in html and "data:image/jpeg;base64," in html
+    assert "Confusion matrix" in html and "Per board group" in html and "data:image/jpeg;base64," in html
+    assert set(scored["per_group"]) >= {"90100", "12100"}
 
 
 def test_deeppcb_sample_with_a_missing_template_fails_alone(tmp_path):

@@ -63,3 +63,13 @@ def test_per_class_and_confusion_matrix():
     matrix = confusion_matrix(result, DEEPPCB_CLASSES)
     counts = {(r, c): n for r, row in zip(matrix["rows"], matrix["counts"]) for c, n in zip(matrix["columns"], row) if n}
     assert counts == {("open", "open"): 1, ("short", "spur"): 1, ("mousebite", "missed"): 1, ("background", "copper"): 1}
+
+
+def test_per_group_figures_come_from_the_same_pairing():
+    from aivd.eval.deeppcb_eval import evaluate_results
+
+    truth = {"a": dets([[0, 0, 10, 10]], classes=[0]), "b": dets([[0, 0, 10, 10]], classes=[1])}
+    found = {"a": dets([[0, 0, 10, 10]], scores=[0.9], classes=[0]), "b": dets([[0, 0, 10, 10]], scores=[0.9], classes=[2])}
+    output = evaluate_results(found, truth, {"a": "group1", "b": "group2"})
+    assert output.groups["group1"]["fscore"] == 1.0 and output.groups["group2"]["fscore"] == 0.0
+    assert output.to_json()["fscore"] == pytest.approx(0.5)

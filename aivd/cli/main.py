@@ -131,11 +131,15 @@ def eval_command(
         else:
             predictions = _detect_split(root, split, model, min_confidence, use_templates)
             source = "live run" if use_templates else "live run without templates"
-        output = evaluate_results(predictions, truth)
+        # DeepPCB's board group is the folder an image lies in; four test groups are absent from trainval.
+        output = evaluate_results(predictions, truth, {image_id: path.parent.name for image_id, path in image_paths.items()})
     except DatasetError as error:
         raise fail(str(error)) from None
     if report:
-        write_report(report, f"DeepPCB {split}: {source}", output.result.summary(), output.classes, output.confusion, output.result.matches, image_paths)
+        write_report(
+            report, f"DeepPCB {split}: {source}", output.result.summary(), output.classes, output.confusion,
+            output.result.matches, image_paths, groups=output.groups,
+        )
     if as_json:
         print(json.dumps(output.to_json()))
         return
@@ -173,6 +177,11 @@ def _print_eval(output) -> None:
     for name, row in output.classes.items():
         table.add_row(name, f"{row['precision']:.4f}", f"{row['recall']:.4f}", f"{row['f1']:.4f}", str(row["ground_truth"]), str(row["detections"]), str(row["correct"]))
     out.print(table)
+    if output.groups:
+        groups = Table("board group", "images", "precision", "recall", "F-score", "AP")
+        for name, row in output.groups.items():
+            groups.add_row(name, str(row["images"]), f"{row['precision']:.4f}", f"{row['recall']:.4f}", f"{row['fscore']:.4f}", f"{row['ap']:.4f}")
+        out.print(groups)
 
 
 @app.command()

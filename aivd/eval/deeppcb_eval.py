@@ -17,9 +17,18 @@ class EvalOutput:
     result: ProtocolResult
     classes: dict
     confusion: dict
+    groups: dict
 
     def to_json(self) -> dict:
-        return {**self.result.summary(), "per_class": self.classes, "confusion": self.confusion}
+        return {**self.result.summary(), "per_class": self.classes, "confusion": self.confusion, "per_group": self.groups}
+
+
+def per_group(result: ProtocolResult, group_of: dict[str, str]) -> dict[str, dict]:
+    """The protocol's figures for each board group (DeepPCB's groupNNNNN folders), from the same pairing."""
+    by_group: dict[str, list] = {}
+    for match in result.matches:
+        by_group.setdefault(group_of.get(match.image_id, "?"), []).append((match.image_id, match.detections, match.ground_truth))
+    return {group: evaluate(pairs).summary() for group, pairs in sorted(by_group.items())}
 
 
 def _read_zip_texts(path: Path) -> dict[str, str]:
@@ -52,7 +61,9 @@ def read_results(path: Path) -> dict[str, Detections]:
     return {file.stem: parse_submission(file.read_text(), str(file)) for file in sorted(folder.glob("*.txt"))}
 
 
-def evaluate_results(predictions: dict[str, Detections], ground_truth: dict[str, Detections], min_confidence: float = 0.0) -> EvalOutput:
+def evaluate_results(
+    predictions: dict[str, Detections], ground_truth: dict[str, Detections], group_of: dict[str, str] | None = None, min_confidence: float = 0.0
+) -> EvalOutput:
     """Every ground-truth image is evaluated; one with no result file counts as no detections, as in the official
     script. A result for an image that is not in the ground truth is an error, as there."""
     unknown = sorted(set(predictions) - set(ground_truth))
@@ -64,4 +75,5 @@ def evaluate_results(predictions: dict[str, Detections], ground_truth: dict[str,
         for image_id, truth in sorted(ground_truth.items())
     ]
     result = evaluate(pairs)
-    return EvalOutput(result, per_class(result, DEEPPCB_CLASSES), confusion_matrix(result, DEEPPCB_CLASSES))
+    groups = per_group(result, group_of) if group_of else {}
+    return EvalOutput(result, per_class(result, DEEPPCB_CLASSES), confusion_matrix(result, DEEPPCB_CLASSES), groups)

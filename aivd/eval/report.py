@@ -62,6 +62,7 @@ def write_report(
     worst: int = 24,
     extra: dict | None = None,
     include_correct: bool = False,
+    groups: dict | None = None,
 ) -> Path:
     """Write the report; the `worst` images (most errors first) are drawn with ground truth and detections.
 
@@ -71,7 +72,7 @@ def write_report(
     shown = [m for m in ranked if include_correct or m.false_positives + m.missed > 0][:worst]
     samples = [_sample_view(m, image_paths.get(m.image_id)) for m in shown]
     html = _environment.get_template("eval_report.html").render(
-        title=title, summary=summary, classes=classes, confusion=confusion, samples=samples, extra=extra or {},
+        title=title, summary=summary, classes=classes, confusion=confusion, samples=samples, extra=extra or {}, groups=groups or {},
     )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
