@@ -129,6 +129,8 @@ def test_synth_refuses_an_unknown_layout(tmp_path):
 def test_demo_writes_a_report(tmp_path):
     result = aivd("demo", "--out", tmp_path, check_rc=0)
     assert "6 images" in result.stderr
+    # The shipped model must still find the bundled samples' defects (it scores 0.95 on them).
+    assert float(re.search(r"F-score (\d\.\d+)", result.stderr).group(1)) >= 0.9
     html = (tmp_path / "report.html").read_text()
     assert html.count("data:image/jpeg;base64,") == 6
     assert len(list((tmp_path / "deeppcb").glob("*.txt"))) == 6
