@@ -85,7 +85,7 @@ def inspect(
     if not tasks:
         raise fail("no images found in the given paths")
     detector = _load_detector(model, min_confidence)
-    options = InspectOptions(annotate=annotate, deeppcb_results=bool(deeppcb), edge_only=edge_only)
+    options = InspectOptions(annotate=annotate, deeppcb_results=bool(deeppcb))
 
     with progress_bar() as progress:
         bar = progress.add_task("inspecting", total=len(tasks))

@@ -59,9 +59,9 @@ class TemplateDetector:
 
     uses_template = True
 
-    def __init__(self, path: str | Path = BUILTIN_MODEL, min_confidence: float | None = None, threads: int = 2):
+    def __init__(self, path: str | Path = BUILTIN_MODEL, min_confidence: float | None = None, threads: int = 2, session=None):
         self.path = Path(path)
-        self.session = _session(self.path, threads)
+        self.session = session or _session(self.path, threads)
         meta = self.session.get_modelmeta().custom_metadata_map
         if meta.get("aivd_model") != "centernet-lite":
             raise ModelError(f"{self.path}: not an aivd built-in detector (metadata aivd_model missing)")
@@ -104,9 +104,9 @@ class YoloOnnxDetector:
 
     uses_template = False
 
-    def __init__(self, path: str | Path, min_confidence: float = 0.25, nms_iou: float = 0.5, threads: int = 2):
+    def __init__(self, path: str | Path, min_confidence: float = 0.25, nms_iou: float = 0.5, threads: int = 2, session=None):
         self.path = Path(path)
-        self.session = _session(self.path, threads)
+        self.session = session or _session(self.path, threads)
         self.labels = _yolo_names(self.session.get_modelmeta().custom_metadata_map, self.path)
         model_input = self.session.get_inputs()[0]
         height, width = model_input.shape[2:]
@@ -152,7 +152,7 @@ def load_detector(path: str | Path | None = None, min_confidence: float | None =
     """The built-in detector, or the ONNX file at `path` (aivd built-in or Ultralytics YOLO layout)."""
     if path is None:
         return TemplateDetector(BUILTIN_MODEL, min_confidence, threads)
-    session_meta = _session(Path(path), threads).get_modelmeta().custom_metadata_map
-    if session_meta.get("aivd_model") == "centernet-lite":
-        return TemplateDetector(path, min_confidence, threads)
-    return YoloOnnxDetector(path, 0.25 if min_confidence is None else min_confidence, threads=threads)
+    session = _session(Path(path), threads)
+    if session.get_modelmeta().custom_metadata_map.get("aivd_model") == "centernet-lite":
+        return TemplateDetector(path, min_confidence, threads, session)
+    return YoloOnnxDetector(path, 0.25 if min_confidence is None else min_confidence, threads=threads, session=session)

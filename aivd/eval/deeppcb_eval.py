@@ -62,7 +62,7 @@ def read_results(path: Path) -> dict[str, Detections]:
 
 
 def evaluate_results(
-    predictions: dict[str, Detections], ground_truth: dict[str, Detections], group_of: dict[str, str] | None = None, min_confidence: float = 0.0
+    predictions: dict[str, Detections], ground_truth: dict[str, Detections], group_of: dict[str, str] | None = None
 ) -> EvalOutput:
     """Every ground-truth image is evaluated; one with no result file counts as no detections, as in the official
     script. A result for an image that is not in the ground truth is an error, as there."""
@@ -71,7 +71,7 @@ def evaluate_results(
         raise DatasetError(f"results for images not in the ground truth: {', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}")
     empty = Detections.empty(DEEPPCB_CLASSES)
     pairs = [
-        (image_id, predictions.get(image_id, empty).with_min_confidence(min_confidence), truth)
+        (image_id, predictions.get(image_id, empty), truth)
         for image_id, truth in sorted(ground_truth.items())
     ]
     result = evaluate(pairs)

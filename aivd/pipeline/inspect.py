@@ -28,7 +28,6 @@ from aivd.viz.annotate import draw_detections
 class InspectOptions:
     annotate: bool = True
     deeppcb_results: bool = False  # also write OUT/deeppcb/ID.txt in the official submission format
-    edge_only: bool = True  # the cloud tier is not wired in yet; kept so the flag means the same later
     prefetch: int = 4
     limits: ImageLimits = field(default_factory=ImageLimits)
 
@@ -40,7 +39,6 @@ class InspectSummary:
     failed: int = 0
     defects: int = 0
     wall_s: float = 0.0
-    failures: list[str] = field(default_factory=list)
 
     @property
     def images_per_s(self) -> float:
@@ -136,7 +134,6 @@ def inspect_tasks(
             summary.images += 1
             if detections is None:
                 summary.failed += 1
-                summary.failures.append(f"{record.image}: {record.error}")
             else:
                 summary.ok += 1
                 summary.defects += len(detections)
