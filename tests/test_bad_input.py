@@ -145,3 +145,15 @@ def test_a_detector_failure_on_one_image_is_recorded_and_the_run_goes_on(tmp_pat
     assert [r.status for r in records] == ["error", "ok"]
     assert records[0].error == "detector failed: RuntimeError: ONNX Runtime: invalid dimensions"
     assert (summary.ok, summary.failed) == (1, 1)
+
+
+def test_images_with_the_same_name_in_different_folders_keep_their_own_outputs(tmp_path):
+    for folder in ("a", "b", "c"):
+        (tmp_path / folder).mkdir()
+        shutil.copy(GOOD, tmp_path / folder / "x.jpg")
+    shutil.copy(GOOD, tmp_path / "a" / "x-2.jpg")  # an id the renaming must not reuse
+    tasks = tasks_from_paths([tmp_path], TemplateMode.none)
+    # Sorted walk: a/x-2.jpg, a/x.jpg, b/x.jpg, c/x.jpg.
+    assert [t.image_id for t in tasks] == ["x-2", "x", "x-3", "x-4"]
+    inspect_tasks(tasks, TemplateDetector(), tmp_path / "out", InspectOptions())
+    assert len(list((tmp_path / "out" / "annotated").iterdir())) == 4

@@ -7,7 +7,7 @@ exceptions, so they are reported and recorded like any other bad input and the r
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 from pathlib import Path
 
@@ -64,6 +64,21 @@ def _walk(folder: Path) -> tuple[list[Path], list[InspectionTask]]:
     return images, failures
 
 
+def _with_unique_ids(tasks: list[InspectionTask]) -> list[InspectionTask]:
+    """Image ids name output files (annotated/ID.jpg), so `a/x.jpg` and `b/x.jpg` must not both be `x`:
+    a repeated id gets `-2`, `-3`, ... in input order, which is stable."""
+    taken: set[str] = set()
+    unique = []
+    for task in tasks:
+        image_id, count = task.image_id, 1
+        while image_id in taken:
+            count += 1
+            image_id = f"{task.image_id}-{count}"
+        taken.add(image_id)
+        unique.append(task if image_id == task.image_id else replace(task, image_id=image_id))
+    return unique
+
+
 def tasks_from_paths(paths: list[Path], template_mode: TemplateMode = TemplateMode.auto, template: Path | None = None) -> list[InspectionTask]:
     """Tasks for files and folders (searched recursively for image files), in a stable order.
 
@@ -87,7 +102,7 @@ def tasks_from_paths(paths: list[Path], template_mode: TemplateMode = TemplateMo
             if found is None and template_mode is TemplateMode.require:
                 error = f"no aligned template found (expected {_image_id(image)}{TEMPLATE_SUFFIX}{image.suffix} beside it or --template)"
             tasks.append(InspectionTask(_image_id(image), image, found, error))
-    return tasks
+    return _with_unique_ids(tasks)
 
 
 def tasks_from_deeppcb(root: Path, split: str) -> list[InspectionTask]:
