@@ -150,20 +150,12 @@ def eval_command(
 
 def _detect_split(root: Path, split: str, model: Optional[Path], min_confidence: Optional[float], use_templates: bool) -> dict:
     from aivd.data.deeppcb import load_split
-    from aivd.data.images import ImageError, read_pair
+    from aivd.eval.deeppcb_eval import detect_samples
 
     detector = _load_detector(model, min_confidence)
-    samples = load_split(root, split)
-    predictions = {}
     with progress_bar() as progress:
-        for sample in progress.track(samples, description="detecting"):
-            try:
-                image, template = read_pair(sample.test_path, sample.template_path)
-            except ImageError as error:
-                console.print(f"[red]error:[/red] {error}", highlight=False)
-                continue  # scored as no detections, so the failure costs recall and shows in the numbers
-            predictions[sample.image_id] = detector.detect(image, template if use_templates and detector.uses_template else None)
-    return predictions
+        samples = progress.track(load_split(root, split), description="detecting")
+        return detect_samples(detector, samples, use_templates, lambda error: console.print(f"[red]error:[/red] {error}", highlight=False))
 
 
 def _print_eval(output) -> None:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import zipfile
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from aivd.core import DEEPPCB_CLASSES, Detections
-from aivd.data.deeppcb import DatasetError, load_split, parse_annotation, parse_submission
+from aivd.data.deeppcb import DatasetError, DeepPCBSample, load_split, parse_annotation, parse_submission
+from aivd.data.images import ImageError, read_pair
+from aivd.edge.detector import Detector
 from aivd.eval.metrics import confusion_matrix, per_class
 from aivd.eval.protocol import ProtocolResult, evaluate
 
@@ -47,6 +50,23 @@ def ground_truth_from_zip(path: Path) -> dict[str, Detections]:
 def ground_truth_from_split(root: Path, split: str) -> tuple[dict[str, Detections], dict[str, Path]]:
     samples = load_split(root, split)
     return {s.image_id: s.ground_truth() for s in samples}, {s.image_id: s.test_path for s in samples}
+
+
+def detect_samples(
+    detector: Detector, samples: Iterable[DeepPCBSample], use_templates: bool = True, on_error: Callable[[ImageError], None] | None = None
+) -> dict[str, Detections]:
+    """Run a detector over DeepPCB samples. A pair that cannot be read is reported to `on_error` and left out,
+    so it is scored as no detections and its failure shows in the recall."""
+    predictions = {}
+    for sample in samples:
+        try:
+            image, template = read_pair(sample.test_path, sample.template_path)
+        except ImageError as error:
+            if on_error:
+                on_error(error)
+            continue
+        predictions[sample.image_id] = detector.detect(image, template if use_templates and detector.uses_template else None)
+    return predictions
 
 
 def read_results(path: Path) -> dict[str, Detections]:

@@ -21,7 +21,7 @@ from torch.nn import functional as F
 
 from aivd.core import DEEPPCB_CLASSES
 from aivd.data.deeppcb import load_split
-from aivd.data.images import read_pair
+from aivd.data.images import ImageError, read_pair
 from aivd.edge.crops import crop_windows
 from aivd.training.common import change_thickness, holdout_split, seed_everything, write_metadata
 from aivd.training.detector_net import conv_bn
@@ -148,16 +148,18 @@ def package_with_detector(detector_path: Path, out_dir: Path, val_samples) -> di
     import shutil
 
     from aivd.edge.detector import BUILTIN_MODEL, TemplateDetector
+    from aivd.eval.deeppcb_eval import detect_samples
     from aivd.eval.protocol import best_threshold, evaluate
 
     detector_out = out_dir / BUILTIN_MODEL.name
     shutil.copyfile(detector_path, detector_out)
     write_metadata(detector_out, {"refiner": REFINER_FILE})
     detector = TemplateDetector(detector_out, min_confidence=0.05)
-    pairs = []
-    for sample in val_samples:
-        image, template = read_pair(sample.test_path, sample.template_path)
-        pairs.append((sample.image_id, detector.detect(image, template), sample.ground_truth()))
+    def stop(error: ImageError) -> None:
+        raise error  # calibrating on an incomplete held-out set would be silently wrong
+
+    predictions = detect_samples(detector, val_samples, on_error=stop)
+    pairs = [(sample.image_id, predictions[sample.image_id], sample.ground_truth()) for sample in val_samples]
     threshold, _ = best_threshold(pairs)
     write_metadata(detector_out, {"score_threshold": threshold})
     result = evaluate([(i, d.with_min_confidence(threshold), g) for i, d, g in pairs]).summary()
