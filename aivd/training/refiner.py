@@ -1,29 +1,25 @@
 """`aivd train refiner`: the detector's second stage, a small CNN that re-decides each box's class.
 
-Trained on ground-truth boxes of DeepPCB trainval with jitter that imitates the detector's box noise (centre
-shift and size change of up to about a fifth), the 8 flips/rotations, photometric jitter and template dropout;
-one-pixel conductor thickness changes (see `change_thickness`); the same held-out tenth of trainval as the
-detector chooses the epoch.
+Trained on ground-truth boxes of DeepPCB trainval with the augmentation of `crop_training` (box jitter of up to
+about a fifth of the box); 48x48 crops at a fixed 1.5x context.
 """
 
 from __future__ import annotations
 
 import json
-import math
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from aivd.core import DEEPPCB_CLASSES
 from aivd.data.deeppcb import load_split
-from aivd.data.images import ImageError, read_pair
-from aivd.edge.crops import crop_windows
-from aivd.training.common import change_thickness, holdout_split, seed_everything, write_metadata
+from aivd.data.images import ImageError
+from aivd.edge.crops import CONTEXT, CROP_SIZE, MIN_SIDE
+from aivd.training.common import holdout_split, seed_everything, write_metadata
+from aivd.training.crop_training import AugmentConfig, CropRecipe, LoopConfig, export_probabilities, load_boxes, train_loop
 from aivd.training.detector_net import conv_bn
 
 REFINER_FILE = "deeppcb_refiner.onnx"
@@ -61,85 +57,9 @@ class RefinerNet(nn.Module):
         return self.head(self.features(x).mean(dim=(2, 3)))
 
 
-class ProbabilityWrapper(nn.Module):
-    def __init__(self, net: RefinerNet):
-        super().__init__()
-        self.net = net
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.net(x), dim=1)
-
-
-@dataclass
-class BoxSet:
-    images: list[np.ndarray]
-    templates: list[np.ndarray]
-    image_index: np.ndarray  # per box
-    boxes: np.ndarray  # (N, 4)
-    classes: np.ndarray
-
-
-def load_boxes(samples) -> BoxSet:
-    images, templates, owner, boxes, classes = [], [], [], [], []
-    for index, sample in enumerate(samples):
-        image, template = read_pair(sample.test_path, sample.template_path)
-        truth = sample.ground_truth()
-        images.append(image)
-        templates.append(template)
-        owner += [index] * len(truth)
-        boxes.append(truth.xyxy)
-        classes.append(truth.class_id)
-    return BoxSet(images, templates, np.array(owner), np.concatenate(boxes), np.concatenate(classes))
-
-
-def jittered(boxes: np.ndarray, rng: np.random.Generator, amount: float) -> np.ndarray:
-    size = np.stack([boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]], axis=1)
-    centre = (boxes[:, :2] + boxes[:, 2:]) / 2 + rng.uniform(-amount, amount, size.shape) * size
-    size = size * rng.uniform(1 - amount, 1 + amount, size.shape)
-    return np.concatenate([centre - size / 2, centre + size / 2], axis=1)
-
-
-def make_batch(data: BoxSet, indices: np.ndarray, rng: np.random.Generator | None, config: RefinerTrainConfig) -> np.ndarray:
-    boxes = data.boxes[indices] if rng is None else jittered(data.boxes[indices], rng, config.jitter)
-    crops = []
-    for index, box in zip(indices, boxes):
-        owner = data.image_index[index]
-        image, template = data.images[owner], data.templates[owner]
-        if rng is not None and rng.random() < config.thickness_prob:
-            if rng.integers(2):
-                image = change_thickness(image, rng)
-            else:
-                template = change_thickness(template, rng)
-        if rng is not None and rng.random() < config.template_dropout:
-            template = None
-        crop = crop_windows(image, template, box[None])[0]
-        if rng is not None:
-            crop = np.rot90(crop, int(rng.integers(4)), axes=(1, 2))
-            if rng.integers(2):
-                crop = crop[:, :, ::-1]
-            crop = crop.copy()
-            crop[:2] = (crop[:2] * rng.uniform(0.85, 1.1) + rng.uniform(-0.08, 0.08)).clip(0, 1)
-        crops.append(crop)
-    return np.stack(crops)
-
-
-@torch.no_grad()
-def accuracy(net: RefinerNet, data: BoxSet, config: RefinerTrainConfig) -> float:
-    net.eval()
-    predictions = []
-    for start in range(0, len(data.classes), 256):
-        indices = np.arange(start, min(start + 256, len(data.classes)))
-        predictions.append(net(torch.from_numpy(make_batch(data, indices, None, config))).argmax(1).numpy())
-    return float((np.concatenate(predictions) == data.classes).mean())
-
-
-def export_refiner(net: RefinerNet, path: Path, metadata: dict) -> None:
-    net.eval()
-    torch.onnx.export(
-        ProbabilityWrapper(net), torch.zeros(1, 3, 48, 48), str(path), input_names=["crops"], output_names=["class_probs"],
-        dynamic_axes={"crops": {0: "boxes"}}, opset_version=17, dynamo=False,
-    )
-    write_metadata(path, metadata)
+def recipe_and_augment(config: RefinerTrainConfig) -> tuple[CropRecipe, AugmentConfig]:
+    recipe = CropRecipe(CROP_SIZE, CONTEXT, (CONTEXT, CONTEXT), MIN_SIDE)
+    return recipe, AugmentConfig(config.jitter, config.template_dropout, config.thickness_prob)
 
 
 def package_with_detector(detector_path: Path, out_dir: Path, val_samples) -> dict:
@@ -175,36 +95,11 @@ def train_refiner(root: Path, detector_path: Path, out_dir: Path, config: Refine
 
     rng = np.random.default_rng(config.seed)
     net = RefinerNet(len(DEEPPCB_CLASSES))
-    optimizer = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    steps_per_epoch = math.ceil(len(train.classes) / config.batch_size)
-    total = steps_per_epoch * config.epochs
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(1.0, step / total))))
-    history, best = [], {"accuracy": -1.0}
-    checkpoint = out_dir / "refiner_best.pt"
-    started = time.time()
-    for epoch in range(1, config.epochs + 1):
-        net.train()
-        order = rng.permutation(len(train.classes))
-        losses = []
-        for step in range(steps_per_epoch):
-            indices = order[step * config.batch_size : (step + 1) * config.batch_size]
-            x = torch.from_numpy(make_batch(train, indices, rng, config))
-            loss = F.cross_entropy(net(x), torch.from_numpy(train.classes[indices]))
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            losses.append(loss.item())
-        record = {"epoch": epoch, "loss": float(np.mean(losses)), "accuracy": accuracy(net, val, config), "elapsed_s": round(time.time() - started, 1)}
-        history.append(record)
-        if record["accuracy"] > best["accuracy"]:
-            best = record
-            torch.save(net.state_dict(), checkpoint)
-        if progress:
-            progress(record)
-    net.load_state_dict(torch.load(checkpoint))
+    recipe, augment = recipe_and_augment(config)
+    loop = LoopConfig(config.epochs, config.batch_size, config.lr, config.weight_decay)
+    best, history = train_loop(net, train, val, recipe, augment, loop, rng, out_dir / "refiner_best.pt", progress)
     onnx_path = out_dir / REFINER_FILE
-    export_refiner(net, onnx_path, {"aivd_model": "crop-refiner", "labels": list(DEEPPCB_CLASSES.names), "train_config": asdict(config), "best_epoch": best["epoch"]})
+    export_probabilities(net, onnx_path, CROP_SIZE, {"aivd_model": "crop-refiner", "labels": list(DEEPPCB_CLASSES.names), "train_config": asdict(config), "best_epoch": best["epoch"]})
     pipeline = package_with_detector(detector_path, out_dir, val_samples)
     record = {"config": asdict(config), "best": best, "history": history, "onnx": str(onnx_path), "pipeline": pipeline}
     (out_dir / "training.json").write_text(json.dumps(record, indent=2))
