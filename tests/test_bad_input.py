@@ -130,11 +130,12 @@ class ExplodingDetector:
     def __init__(self, inner):
         self.inner = inner
         self.labels = inner.labels
+        self.min_confidence = inner.min_confidence
 
-    def detect(self, image, template=None):
+    def detect(self, image, template=None, min_confidence=None):
         if image.shape[1] == 700:
             raise RuntimeError("ONNX Runtime: invalid dimensions")
-        return self.inner.detect(image, template)
+        return self.inner.detect(image, template, min_confidence)
 
 
 def test_a_detector_failure_on_one_image_is_recorded_and_the_run_goes_on(tmp_path):

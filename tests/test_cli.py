@@ -30,13 +30,31 @@ def test_inspect_folder_writes_records_and_annotated_images(tmp_path):
     for record in records:
         assert record["status"] == "ok" and record["error"] is None
         assert record["template"].endswith("_temp.jpg")
-        assert set(record["timings_ms"]) == {"read", "detect", "total"}
+        assert set(record["timings_ms"]) == {"read", "detect", "crop", "analyze", "total"}
+        assert record["analyzer"] == "builtin" and record["cloud_error"] is None
         for defect in record["defects"]:
-            assert defect["source"] == "edge" and 0 <= defect["confidence"] <= 1
+            assert defect["source"] == "cloud:builtin" and 0 <= defect["confidence"] <= 1
+            assert defect["severity"] in ("critical", "major", "minor") and defect["description"] and defect["recommended_action"]
             x1, y1, x2, y2 = defect["bbox"]
             assert 0 <= x1 <= x2 <= 640 and 0 <= y1 <= y2 <= 640
     assert sorted(p.name for p in (tmp_path / "annotated").iterdir()) == sorted(f"{r['image_id']}.jpg" for r in records)
     assert "6 of 6 images inspected" in result.stderr
+
+
+def test_edge_only_inspection_skips_the_cloud(tmp_path):
+    aivd("inspect", SAMPLES, "--out", tmp_path, "--edge-only", "--no-annotate", check_rc=0)
+    records = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert {r["analyzer"] for r in records} == {None}
+    assert {d["source"] for r in records for d in r["defects"]} == {"edge"}
+    assert set(records[0]["timings_ms"]) == {"read", "detect", "total"}
+
+
+def test_an_unreachable_cloud_leaves_the_edge_results_marked(tmp_path):
+    result = aivd("inspect", SAMPLES, "--out", tmp_path, "--cloud", "http://127.0.0.1:9", "--no-annotate", check_rc=0)
+    records = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert all(r["status"] == "ok" and r["cloud_error"] for r in records)
+    assert {d["source"] for r in records for d in r["defects"]} == {"edge"}
+    assert "cloud unavailable for 6 images" in result.stderr
 
 
 def test_inspect_exits_non_zero_and_names_each_bad_file(tmp_path):
@@ -52,7 +70,7 @@ def test_inspect_exits_non_zero_and_names_each_bad_file(tmp_path):
 
 def test_bad_arguments_are_refused_clearly(tmp_path):
     assert "either image PATHS or --deeppcb" in aivd("inspect", "--out", tmp_path, check_rc=2).stderr
-    assert "cloud analysis tier is not available" in aivd("inspect", SAMPLES, "--out", tmp_path, "--with-cloud", check_rc=2).stderr
+    assert "not an aivd crop classifier" in aivd("inspect", SAMPLES, "--out", tmp_path, "--classifier", SAMPLES.parents[2] / "edge" / "models" / "deeppcb_centernet.onnx", check_rc=2).stderr
     broken = tmp_path / "broken.onnx"
     broken.write_text("nope")
     assert "not a loadable ONNX model" in aivd("inspect", SAMPLES, "--out", tmp_path, "--model", broken, check_rc=2).stderr

@@ -1,4 +1,4 @@
-"""End-to-end edge inspection speed: JPEG decode, pre/post-processing and ONNX inference at batch 1."""
+"""End-to-end inspection speed: JPEG decode, pre/post-processing, edge and cloud inference at batch 1."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from aivd.edge.detector import Detector
+from aivd.pipeline.engine import EdgeCloudPipeline
 from aivd.pipeline.inputs import InspectionTask
 from aivd.pipeline.inspect import InspectOptions, inspect_tasks
 
@@ -21,28 +21,34 @@ def _percentiles(values: list[float]) -> dict[str, float]:
     return {f"p{q}": round(float(np.percentile(array, q)), 2) for q in (50, 90, 99)} | {"mean": round(float(array.mean()), 2)}
 
 
-def bench_inspect(tasks: list[InspectionTask], detector: Detector, annotate: bool, warmup: int = 5, repeat: int = 1) -> dict:
+def bench_inspect(tasks: list[InspectionTask], pipeline: EdgeCloudPipeline, annotate: bool, warmup: int = 5, repeat: int = 1) -> dict:
     """Run the real `inspect_tasks` over `tasks` (`repeat` times) into a scratch folder and report its speed."""
     with tempfile.TemporaryDirectory() as scratch:
         options = InspectOptions(annotate=annotate, deeppcb_results=True)
-        inspect_tasks(tasks[:warmup], detector, Path(scratch) / "warmup", options)
-        detect_ms, read_ms, wall = [], [], 0.0
-        processed = 0
+        inspect_tasks(tasks[:warmup], pipeline, Path(scratch) / "warmup", options)
+        stages: dict[str, list[float]] = {}
+        wall, processed, regions, sent, received = 0.0, 0, 0, 0, 0
         for run in range(repeat):
             records = []
-            summary = inspect_tasks(tasks, detector, Path(scratch) / f"run{run}", options, records.append)
+            summary = inspect_tasks(tasks, pipeline, Path(scratch) / f"run{run}", options, records.append)
             wall += summary.wall_s
             processed += summary.images
-            detect_ms += [r.timings_ms["detect"] for r in records if r.status == "ok"]
-            read_ms += [r.timings_ms["read"] for r in records if r.status == "ok"]
+            for record in records:
+                if record.status == "ok":
+                    for stage, ms in record.timings_ms.items():
+                        stages.setdefault(stage, []).append(ms)
+                    regions += len(record.defects) + len(record.rejected) if pipeline.analyzer else 0
+                    sent, received = sent + record.bytes_to_cloud, received + record.bytes_from_cloud
     return {
         "images": processed,
         "images_per_s": round(processed / wall, 2),
         "wall_s": round(wall, 3),
         "annotate": annotate,
-        "detect_ms": _percentiles(detect_ms),
-        "read_ms": _percentiles(read_ms),
+        "stage_ms": {stage: _percentiles(values) for stage, values in stages.items()},
+        "regions_per_image": round(regions / max(1, processed), 2),
+        "bytes_to_cloud_per_image": round(sent / max(1, processed)),
+        "bytes_from_cloud_per_image": round(received / max(1, processed)),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "detector": detector.name,
+        "pipeline": pipeline.name,
         "machine": {"cpus": os.cpu_count(), "processor": platform.machine(), "onnxruntime": ort.__version__},
     }

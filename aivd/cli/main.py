@@ -54,6 +54,43 @@ def _load_detector(model: Optional[Path], min_confidence: Optional[float]):
         raise fail(str(error)) from None
 
 
+DEEPPCB_PIXELS_PER_MM = 48.0
+EDGE_ONLY = typer.Option(False, "--edge-only", help="Edge detector alone: no cloud analysis.")
+CLOUD_URL = typer.Option(None, "--cloud", help="URL of an `aivd serve cloud` service. Default: the built-in analyzer in this process.")
+CLASSIFIER = typer.Option(None, help="Cloud crop-classifier ONNX (from `aivd train classifier`). Default: built-in.")
+KNOWLEDGE = typer.Option(None, help="Defect knowledge-base YAML for the built-in analyzer. Default: DeepPCB's.")
+PROPOSAL = typer.Option(None, min=0.0, max=1.0, help="Edge score from which candidates go to the cloud. Default: the classifier's calibrated one.")
+PIXELS_PER_MM = typer.Option(None, min=0.0, help="Imaging scale for sizes in mm. Default: 48 for DeepPCB input, else unknown.")
+
+
+def _load_pipeline(
+    model: Optional[Path], min_confidence: Optional[float], edge_only: bool, cloud: Optional[str] = None,
+    classifier: Optional[Path] = None, knowledge: Optional[Path] = None, proposal: Optional[float] = None,
+    pixels_per_mm: Optional[float] = None,
+):
+    """The detector, and unless `edge_only` the cloud analyzer: built in, or a remote service at `cloud`."""
+    from aivd.cloud.knowledge import KnowledgeError
+    from aivd.edge.detector import ModelError
+    from aivd.pipeline.engine import EdgeCloudPipeline
+
+    detector = _load_detector(model, min_confidence)
+    if edge_only:
+        return EdgeCloudPipeline(detector)
+    try:
+        if cloud:
+            from aivd.cloud.http_client import HttpAnalyzer
+
+            analyzer = HttpAnalyzer(cloud)
+        else:
+            from aivd.cloud.builtin import BUILTIN_CLASSIFIER, BuiltinAnalyzer
+            from aivd.cloud.knowledge import DEFAULT_KNOWLEDGE
+
+            analyzer = BuiltinAnalyzer(classifier or BUILTIN_CLASSIFIER, knowledge or DEFAULT_KNOWLEDGE)
+    except (ModelError, KnowledgeError) as error:
+        raise fail(str(error)) from None
+    return EdgeCloudPipeline(detector, analyzer, proposal, pixels_per_mm)
+
+
 @app.command()
 def inspect(
     paths: list[Path] = typer.Argument(None, help="Image files or folders (searched recursively)."),
@@ -63,17 +100,20 @@ def inspect(
     model: Optional[Path] = typer.Option(None, help="ONNX detector: an aivd model or an Ultralytics YOLO export. Default: built-in."),
     template: Optional[Path] = typer.Option(None, help="One aligned template for every image."),
     templates: TemplateMode = typer.Option(TemplateMode.auto, help="auto: use NAME_temp beside NAME_test; require: missing is an error; none: ignore."),
-    min_confidence: Optional[float] = typer.Option(None, min=0.0, max=1.0, help="Score threshold; default: the model's calibrated one."),
-    edge_only: bool = typer.Option(True, "--edge-only/--with-cloud", help="Edge detector alone. The cloud tier is not available yet."),
+    min_confidence: Optional[float] = typer.Option(None, min=0.0, max=1.0, help="Edge score threshold; default: the model's calibrated one."),
+    edge_only: bool = EDGE_ONLY,
+    cloud: Optional[str] = CLOUD_URL,
+    classifier: Optional[Path] = CLASSIFIER,
+    knowledge: Optional[Path] = KNOWLEDGE,
+    proposal_threshold: Optional[float] = PROPOSAL,
+    pixels_per_mm: Optional[float] = PIXELS_PER_MM,
     annotate: bool = typer.Option(True, help="Write annotated images to OUT/annotated/."),
 ) -> None:
-    """Find defects in images and write one JSON record per image."""
+    """Find defects in images (edge), analyse each (cloud) and write one JSON record per image."""
     from aivd.data.deeppcb import DatasetError
     from aivd.pipeline.inputs import tasks_from_deeppcb, tasks_from_paths
     from aivd.pipeline.inspect import InspectOptions, inspect_tasks
 
-    if not edge_only:
-        raise fail("the cloud analysis tier is not available in this version; run with --edge-only")
     if bool(paths) == bool(deeppcb):
         raise fail("give either image PATHS or --deeppcb ROOT, not both and not neither")
     if template is not None and not template.is_file():
@@ -84,7 +124,9 @@ def inspect(
         raise fail(str(error)) from None
     if not tasks:
         raise fail("no images found in the given paths")
-    detector = _load_detector(model, min_confidence)
+    if pixels_per_mm is None and deeppcb:
+        pixels_per_mm = DEEPPCB_PIXELS_PER_MM
+    pipeline = _load_pipeline(model, min_confidence, edge_only, cloud, classifier, knowledge, proposal_threshold, pixels_per_mm)
     options = InspectOptions(annotate=annotate, deeppcb_results=bool(deeppcb))
 
     with progress_bar() as progress:
@@ -95,11 +137,18 @@ def inspect(
                 console.print(f"[red]error:[/red] {record.image}: {record.error}", highlight=False)
             progress.advance(bar)
 
-        summary = inspect_tasks(tasks, detector, out, options, on_result)
+        summary = inspect_tasks(tasks, pipeline, out, options, on_result)
     console.print(
         f"{summary.ok} of {summary.images} images inspected, {summary.defects} defects, {summary.failed} failed, "
         f"{summary.images_per_s:.1f} images/s -> {out / 'results.jsonl'}", highlight=False,
     )
+    if pipeline.analyzer is not None:
+        console.print(f"cloud: {summary.rejected} edge candidates judged not defects", highlight=False)
+    if summary.cloud_failed:
+        console.print(
+            f"[yellow]warning:[/yellow] cloud unavailable for {summary.cloud_failed} images; their defects are the edge's own "
+            "(see cloud_error in results.jsonl)", highlight=False,
+        )
     if summary.failed:
         raise typer.Exit(1)
 
@@ -113,6 +162,10 @@ def eval_command(
     model: Optional[Path] = typer.Option(None, help="Detector to run when --results is not given. Default: built-in."),
     min_confidence: Optional[float] = typer.Option(None, min=0.0, max=1.0, help="Score threshold for the detector run."),
     use_templates: bool = typer.Option(True, "--templates/--no-templates", help="Give the detector the aligned templates (live run)."),
+    edge_only: bool = EDGE_ONLY,
+    cloud: Optional[str] = CLOUD_URL,
+    classifier: Optional[Path] = CLASSIFIER,
+    proposal_threshold: Optional[float] = PROPOSAL,
     report: Optional[Path] = typer.Option(None, help="Write the HTML diagnostic report here."),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as one JSON object."),
 ) -> None:
@@ -129,8 +182,9 @@ def eval_command(
         if results is not None:
             predictions, source = read_results(results), str(results)
         else:
-            predictions = _detect_split(root, split, model, min_confidence, use_templates)
-            source = "live run" if use_templates else "live run without templates"
+            pipeline = _load_pipeline(model, min_confidence, edge_only, cloud, classifier, None, proposal_threshold, DEEPPCB_PIXELS_PER_MM)
+            predictions = _detect_split(root, split, pipeline, use_templates)
+            source = f"live run of {pipeline.name}" + ("" if use_templates else " without templates")
         # DeepPCB's board group is the folder an image lies in; four test groups are absent from trainval.
         output = evaluate_results(predictions, truth, {image_id: path.parent.name for image_id, path in image_paths.items()})
     except DatasetError as error:
@@ -148,14 +202,13 @@ def eval_command(
         console.print(f"report -> {report}")
 
 
-def _detect_split(root: Path, split: str, model: Optional[Path], min_confidence: Optional[float], use_templates: bool) -> dict:
+def _detect_split(root: Path, split: str, pipeline, use_templates: bool) -> dict:
     from aivd.data.deeppcb import load_split
     from aivd.eval.deeppcb_eval import detect_samples
 
-    detector = _load_detector(model, min_confidence)
     with progress_bar() as progress:
         samples = progress.track(load_split(root, split), description="detecting")
-        return detect_samples(detector, samples, use_templates, lambda error: console.print(f"[red]error:[/red] {error}", highlight=False))
+        return detect_samples(pipeline, samples, use_templates, lambda error: console.print(f"[red]error:[/red] {error}", highlight=False))
 
 
 def _print_eval(output) -> None:
@@ -180,11 +233,12 @@ def _print_eval(output) -> None:
 def demo(
     out: Path = typer.Option(Path("aivd-demo"), "--out", "-o", help="Output folder."),
     model: Optional[Path] = typer.Option(None, help="ONNX detector. Default: built-in."),
+    edge_only: bool = EDGE_ONLY,
 ) -> None:
     """Inspect the bundled DeepPCB samples, score them and write OUT/report.html."""
     from aivd.pipeline.demo import run_demo
 
-    result = run_demo(_load_detector(model, None), out)
+    result = run_demo(_load_pipeline(model, None, edge_only, pixels_per_mm=DEEPPCB_PIXELS_PER_MM), out)
     console.print(
         f"{result['images']} images, {result['defects']} defects found; F-score {result['fscore']:.3f}, "
         f"precision {result['precision']:.3f}, recall {result['recall']:.3f}", highlight=False,
@@ -281,6 +335,52 @@ def train_refiner_command(
     )
 
 
+@train_app.command("classifier")
+def train_classifier_command(
+    deeppcb: Optional[Path] = typer.Option(None, help=DEEPPCB_HELP),
+    detector: Optional[Path] = typer.Option(None, help="Edge detector whose candidates it learns from and is calibrated with. Default: built-in."),
+    out: Path = typer.Option(Path("runs/classifier"), help="Output folder: deeppcb_classifier.onnx, training.json."),
+    epochs: int = typer.Option(10, min=1),
+    seed: int = typer.Option(0),
+    context_min: float = typer.Option(1.2, min=0.5, help="Smallest context factor k drawn per training crop."),
+    context_max: float = typer.Option(2.0, min=0.5, help="Largest context factor k drawn per training crop."),
+    context: float = typer.Option(1.6, min=0.5, help="Context factor at inference."),
+    min_side: int = typer.Option(32, min=1, help="Smallest crop window in image pixels."),
+    jitter: float = typer.Option(0.2, min=0.0, max=0.5, help="Box jitter at training, as a fraction of the box size."),
+    edge_boxes: bool = typer.Option(True, "--edge-boxes/--no-edge-boxes", help="Also learn from the edge detector's own candidate boxes."),
+    limit: Optional[int] = typer.Option(None, min=10, help="Use only the first N trainval samples (smoke tests)."),
+    threads: int = typer.Option(2, min=1, help="CPU threads for torch."),
+) -> None:
+    """Train the cloud tier's crop classifier (six classes + no-defect) and calibrate its thresholds."""
+    try:
+        from aivd.training.cloud_classifier import ClassifierTrainConfig, train_classifier
+    except ImportError as error:
+        raise fail(f"training needs the 'train' extra (pip install 'aivd[train]'): {error}") from None
+    if detector is not None and not detector.is_file():
+        raise fail(f"{detector}: detector model not found")
+    from aivd.core.regions import MIN_SIDE, TRANSPORT_CONTEXT
+
+    if not context_min <= context_max:
+        raise fail("context-min must not exceed context-max")
+    if context > TRANSPORT_CONTEXT or min_side > MIN_SIDE:
+        raise fail(f"the edge sends regions of {TRANSPORT_CONTEXT}x the box, at least {MIN_SIDE} pixels: context and min-side must fit")
+    config = ClassifierTrainConfig(
+        epochs=epochs, seed=seed, context=context, context_min=context_min, context_max=context_max, min_side=min_side,
+        jitter=jitter, edge_boxes=edge_boxes, limit=limit, threads=threads,
+    )
+
+    def on_epoch(record: dict) -> None:
+        console.print(f"epoch {record['epoch']:3d}  loss {record['loss']:.3f}  val crop accuracy {record['accuracy']:.4f}", highlight=False)
+
+    record = train_classifier(resolve_deeppcb(deeppcb), detector, out, config, on_epoch)
+    chosen = record["calibration"]["chosen"]
+    console.print(
+        f"best epoch {record['best']['epoch']}: crop accuracy {record['best']['accuracy']:.4f}; edge + cloud on held-out trainval: "
+        f"F {chosen['fscore']:.4f} at proposal threshold {chosen['proposal_threshold']}, score threshold {chosen['score_threshold']} -> {out}",
+        highlight=False,
+    )
+
+
 @bench_app.command("inspect")
 def bench_inspect_command(
     deeppcb: Optional[Path] = typer.Option(None, help=DEEPPCB_HELP),
@@ -289,13 +389,16 @@ def bench_inspect_command(
     model: Optional[Path] = typer.Option(None, help="ONNX detector. Default: built-in."),
     annotate: bool = typer.Option(True, help="Include writing annotated images, as `aivd inspect` does by default."),
     repeat: int = typer.Option(1, min=1, help="Passes over the images."),
+    edge_only: bool = EDGE_ONLY,
+    cloud: Optional[str] = CLOUD_URL,
 ) -> None:
-    """Edge inspection speed end to end at batch 1 (decode, pre/post-processing, ONNX), and peak memory."""
+    """Inspection speed end to end at batch 1 (decode, pre/post-processing, edge and cloud models), and peak memory."""
     from aivd.bench.inspect_speed import bench_inspect
     from aivd.pipeline.inputs import tasks_from_deeppcb
 
     tasks = tasks_from_deeppcb(resolve_deeppcb(deeppcb), split)[:limit]
-    print(json.dumps(bench_inspect(tasks, _load_detector(model, None), annotate, repeat=repeat)))
+    pipeline = _load_pipeline(model, None, edge_only, cloud, pixels_per_mm=DEEPPCB_PIXELS_PER_MM)
+    print(json.dumps(bench_inspect(tasks, pipeline, annotate, repeat=repeat)))
 
 
 def main() -> None:

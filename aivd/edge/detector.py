@@ -36,7 +36,12 @@ class Detector(Protocol):
     labels: LabelMap
     uses_template: bool
 
-    def detect(self, image: np.ndarray, template: np.ndarray | None = None) -> Detections: ...
+    min_confidence: float  # the calibrated (or user's) threshold for decisions made at the edge
+
+    def detect(self, image: np.ndarray, template: np.ndarray | None = None, min_confidence: float | None = None) -> Detections:
+        """Defects in `image`; `min_confidence` overrides the detector's threshold for this call (the edge-cloud
+        pipeline proposes lower-scoring candidates for the cloud to verify)."""
+        ...
 
 
 def _session(path: Path, threads: int) -> ort.InferenceSession:
@@ -74,16 +79,17 @@ class TemplateDetector:
         self.refiner = _session(self.path.parent / meta["refiner"], threads) if meta.get("refiner") else None
         self.name = f"builtin:{self.path.stem}"
 
-    def detect(self, image: np.ndarray, template: np.ndarray | None = None) -> Detections:
+    def detect(self, image: np.ndarray, template: np.ndarray | None = None, min_confidence: float | None = None) -> Detections:
+        threshold = self.min_confidence if min_confidence is None else min_confidence
         x = centernet.make_input(image, template, self.input_scale)
         peaks, class_probs, sizes, offsets = self.session.run(None, {"input": x})
         height, width = image.shape[:2]
         boxes, objectness, probs = centernet.candidates(
-            peaks[0], class_probs[0], sizes[0], offsets[0], self.input_scale, (width, height), self.min_confidence
+            peaks[0], class_probs[0], sizes[0], offsets[0], self.input_scale, (width, height), threshold
         )
         if self.refiner is not None and len(boxes):
             probs = self.refiner.run(None, {"crops": crop_windows(image, template, boxes)})[0]
-        return centernet.score(boxes, objectness, probs, self.labels, self.min_confidence)
+        return centernet.score(boxes, objectness, probs, self.labels, threshold)
 
 
 def _yolo_names(meta: dict[str, str], path: Path) -> LabelMap:
@@ -118,7 +124,8 @@ class YoloOnnxDetector:
         self.nms_iou = nms_iou
         self.name = f"yolo:{self.path.stem}"
 
-    def detect(self, image: np.ndarray, template: np.ndarray | None = None) -> Detections:
+    def detect(self, image: np.ndarray, template: np.ndarray | None = None, min_confidence: float | None = None) -> Detections:
+        threshold = self.min_confidence if min_confidence is None else min_confidence
         height, width = image.shape[:2]
         in_w, in_h = self.input_size
         # Letterbox as Ultralytics does: keep the aspect ratio, pad with grey 114 centred.
@@ -135,7 +142,7 @@ class YoloOnnxDetector:
         scores = output[4:]
         class_id = scores.argmax(axis=0)
         confidence = scores[class_id, np.arange(scores.shape[1])]
-        keep = confidence >= self.min_confidence
+        keep = confidence >= threshold
         cx, cy, w, h = output[:4, keep]
         xyxy = np.stack([cx - w / 2 - left, cy - h / 2 - top, cx + w / 2 - left, cy + h / 2 - top], axis=1) / gain
         xyxy[:, [0, 2]] = xyxy[:, [0, 2]].clip(0, width)
@@ -143,7 +150,7 @@ class YoloOnnxDetector:
         confidence, class_id = confidence[keep], class_id[keep]
         # Ultralytics' default NMS is per class.
         boxes = [[float(a), float(b), float(c - a), float(d - b)] for a, b, c, d in xyxy]
-        kept = cv2.dnn.NMSBoxesBatched(boxes, confidence.tolist(), class_id.tolist(), self.min_confidence, self.nms_iou) if len(boxes) else []
+        kept = cv2.dnn.NMSBoxesBatched(boxes, confidence.tolist(), class_id.tolist(), threshold, self.nms_iou) if len(boxes) else []
         kept = np.asarray(kept, np.int64).reshape(-1)
         return Detections(xyxy[kept], confidence[kept], class_id[kept], self.labels).sorted_by_confidence()
 

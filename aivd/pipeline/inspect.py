@@ -1,4 +1,5 @@
-"""Run the edge detector over inspection tasks and write what was found.
+"""Run the pipeline (edge detector, and the cloud tier when configured) over inspection tasks and write what
+was found.
 
 Reading and decoding the next images overlaps with inference (OpenCV and ONNX Runtime release the GIL);
 results are written in input order so runs are reproducible.
@@ -19,8 +20,9 @@ from aivd.core import Detections
 from aivd.data.deeppcb import format_submission
 from aivd.data.images import ImageError, ImageLimits, read_pair
 from aivd.edge.detector import Detector
+from aivd.pipeline.engine import EdgeCloudPipeline
 from aivd.pipeline.inputs import InspectionTask
-from aivd.pipeline.records import DefectRecord, InspectionRecord
+from aivd.pipeline.records import InspectionRecord
 from aivd.viz.annotate import draw_detections
 
 
@@ -38,6 +40,10 @@ class InspectSummary:
     ok: int = 0
     failed: int = 0
     defects: int = 0
+    rejected: int = 0  # edge candidates the cloud judged not to be defects
+    cloud_failed: int = 0  # images the cloud could not analyse; their defects are the edge's
+    bytes_to_cloud: int = 0
+    bytes_from_cloud: int = 0
     wall_s: float = 0.0
 
     @property
@@ -93,50 +99,56 @@ def _prefetched(tasks: list[InspectionTask], options: InspectOptions) -> Iterato
             yield task, loaded
 
 
-def _inspect_one(task: InspectionTask, loaded, detector: Detector) -> tuple[InspectionRecord, Detections | None]:
+def _inspect_one(task: InspectionTask, loaded, pipeline: EdgeCloudPipeline) -> tuple[InspectionRecord, Detections | None]:
     """One task's record; every failure, reading or detecting, becomes an error record."""
     image, template, error, read_ms = loaded
     base = {
-        "image": str(task.image_path), "image_id": task.image_id, "detector": detector.name,
+        "image": str(task.image_path), "image_id": task.image_id, "detector": pipeline.detector.name,
+        "analyzer": pipeline.analyzer.name if pipeline.analyzer else None,
         "template": str(task.template_path) if task.template_path else None,
     }
     if error is None:
-        started = time.perf_counter()
         try:
-            detections = detector.detect(image, template if detector.uses_template else None)
+            result = pipeline.run(image, template, task.image_id)
         except Exception as failure:  # a model failing on one image must not end the run
             error = ImageError(task.image_path, f"detector failed: {type(failure).__name__}: {failure}")
-        detect_ms = (time.perf_counter() - started) * 1000
     if error is not None:
         return InspectionRecord(**base, status="error", error=error.reason), None
+    timings = {"read": round(read_ms, 2), **result.timings_ms}
+    timings["total"] = round(sum(timings.values()), 2)
     record = InspectionRecord(
-        **base, status="ok", error=None,
-        defects=[DefectRecord(**d, source="edge") for d in detections.to_records()],
-        timings_ms={"read": round(read_ms, 2), "detect": round(detect_ms, 2), "total": round(read_ms + detect_ms, 2)},
+        **base, status="ok", error=None, cloud_error=result.cloud_error, defects=result.defects, rejected=result.rejected,
+        timings_ms=timings, bytes_to_cloud=result.bytes_to_cloud, bytes_from_cloud=result.bytes_from_cloud,
     )
-    return record, detections
+    return record, result.detections
 
 
 def inspect_tasks(
     tasks: list[InspectionTask],
-    detector: Detector,
+    pipeline: EdgeCloudPipeline | Detector,
     out_dir: Path,
     options: InspectOptions = InspectOptions(),
     on_result: Callable[[InspectionRecord], None] | None = None,
 ) -> InspectSummary:
     """Inspect every task, write one record per task, and never stop on a bad input."""
+    if not isinstance(pipeline, EdgeCloudPipeline):
+        pipeline = EdgeCloudPipeline(pipeline)
     summary = InspectSummary()
     writer = ResultWriter(out_dir, options)
     started = time.perf_counter()
     try:
         for task, loaded in _prefetched(tasks, options):
-            record, detections = _inspect_one(task, loaded, detector)
+            record, detections = _inspect_one(task, loaded, pipeline)
             summary.images += 1
             if detections is None:
                 summary.failed += 1
             else:
                 summary.ok += 1
                 summary.defects += len(detections)
+                summary.rejected += len(record.rejected)
+                summary.cloud_failed += record.cloud_error is not None
+                summary.bytes_to_cloud += record.bytes_to_cloud
+                summary.bytes_from_cloud += record.bytes_from_cloud
             writer.write(record, loaded[0], detections)
             if on_result:
                 on_result(record)

@@ -1,4 +1,9 @@
-"""The result records `aivd inspect` writes, one JSON object per input image in results.jsonl."""
+"""The result records `aivd inspect` writes, one JSON object per input image in results.jsonl.
+
+With the cloud tier a defect carries the cloud's analysis (severity, causes, description, action) and the
+measurements aivd takes from the pixels; edge-only defects leave those fields null. The JSON Schema of
+`InspectionRecord` is published in docs/schema/.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +11,21 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from aivd.cloud.schema import Measurements, Severity
+
 
 class DefectRecord(BaseModel):
     bbox: tuple[float, float, float, float] = Field(description="x1, y1, x2, y2 in pixels of the input image")
     defect_type: str = Field(description="class name, e.g. open, short, mousebite, spur, copper, pin-hole")
     confidence: float = Field(ge=0, le=1)
-    source: str = Field(description="which tier produced the class: 'edge' or 'cloud:<backend>'")
+    source: str = Field(description="which tier decided the class: 'edge' or 'cloud:<backend>'")
+    edge_type: str | None = Field(None, description="the edge detector's class, when the cloud decided")
+    edge_confidence: float | None = Field(None, ge=0, le=1, description="the edge detector's score, when the cloud decided")
+    severity: Severity | None = None
+    likely_causes: list[str] = Field(default_factory=list)
+    description: str | None = None
+    recommended_action: str | None = None
+    measurements: Measurements | None = None
 
 
 class InspectionRecord(BaseModel):
@@ -21,5 +35,12 @@ class InspectionRecord(BaseModel):
     status: Literal["ok", "error"]
     error: str | None = Field(description="why the image could not be inspected; null when status is ok")
     detector: str | None = None
+    analyzer: str | None = Field(None, description="the cloud backend that analysed the regions; null for edge-only")
+    cloud_error: str | None = Field(
+        None, description="why the cloud tier could not analyse this image; its defects are then the edge's own")
     defects: list[DefectRecord] = []
-    timings_ms: dict[str, float] = Field(default_factory=dict, description="per stage: read, detect, total")
+    rejected: list[DefectRecord] = Field(
+        default_factory=list, description="edge candidates the cloud judged not to be defects, kept for audit")
+    timings_ms: dict[str, float] = Field(default_factory=dict, description="per stage: read, detect, analyze, total")
+    bytes_to_cloud: int = Field(0, description="request bytes sent to a remote cloud tier for this image")
+    bytes_from_cloud: int = Field(0, description="response bytes received from a remote cloud tier for this image")

@@ -1,0 +1,87 @@
+"""The built-in cloud backend: an ONNX crop classifier (`aivd train classifier`) plus pixel measurements and
+the knowledge base's text.
+
+The classifier answers for six defect classes and `no-defect`; a region is a defect when its most likely
+defect class reaches the score threshold calibrated on held-out data (stored in the model's metadata with the
+edge proposal threshold it was calibrated with).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from aivd.cloud.analyzer import AnalyzerError
+from aivd.cloud.knowledge import DEFAULT_KNOWLEDGE, KnowledgeBase
+from aivd.cloud.measure import measure
+from aivd.cloud.schema import DefectAnalysis
+from aivd.core import Region
+from aivd.edge.crops import crop_windows
+from aivd.edge.detector import ModelError, _session
+
+BUILTIN_CLASSIFIER = Path(__file__).parent / "models" / "deeppcb_classifier.onnx"
+DEFAULT_PROPOSAL_THRESHOLD = 0.05
+DEFAULT_SCORE_THRESHOLD = 0.5
+
+
+class CropClassifier:
+    """The ONNX model alone: regions in, class probabilities out."""
+
+    def __init__(self, path: str | Path = BUILTIN_CLASSIFIER, threads: int = 2):
+        self.path = Path(path)
+        self.session = _session(self.path, threads)
+        meta = self.session.get_modelmeta().custom_metadata_map
+        if meta.get("aivd_model") != "crop-classifier":
+            raise ModelError(f"{self.path}: not an aivd crop classifier (metadata aivd_model missing)")
+        labels = json.loads(meta["labels"])
+        self.reject_label = meta["reject_label"]
+        self.class_names = [name for name in labels if name != self.reject_label]
+        self.reject_index = labels.index(self.reject_label)
+        self.crop_size, self.context, self.min_side = int(meta["crop_size"]), float(meta["context"]), int(meta["min_side"])
+        self.proposal_threshold = float(meta.get("proposal_threshold", DEFAULT_PROPOSAL_THRESHOLD))
+        self.score_threshold = float(meta.get("score_threshold", DEFAULT_SCORE_THRESHOLD))
+
+    def probabilities(self, regions: Sequence[Region]) -> np.ndarray:
+        """(N, classes + 1) probabilities, the reject class at `reject_index`."""
+        if not regions:
+            return np.zeros((0, len(self.class_names) + 1), np.float32)
+        crops = np.concatenate([
+            crop_windows(r.image, r.template, np.array([r.box]), self.crop_size, self.context, self.min_side) for r in regions
+        ])
+        return self.session.run(None, {"crops": crops})[0]
+
+    def decide(self, probs: np.ndarray, threshold: float | None = None) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """Per region: the most likely defect class, its probability, and whether it is a defect."""
+        defect_probs = np.delete(probs, self.reject_index, axis=1)
+        best = defect_probs.argmax(axis=1)
+        confidence = defect_probs[np.arange(len(best)), best]
+        return [self.class_names[i] for i in best], confidence, confidence >= (self.score_threshold if threshold is None else threshold)
+
+
+class BuiltinAnalyzer:
+    name = "builtin"
+
+    def __init__(self, model: str | Path = BUILTIN_CLASSIFIER, knowledge: str | Path = DEFAULT_KNOWLEDGE, threads: int = 2):
+        self.classifier = CropClassifier(model, threads)
+        self.knowledge = KnowledgeBase.load(knowledge)
+        missing = set(self.classifier.class_names) - set(self.knowledge.classes)
+        if missing:
+            raise ModelError(f"{model}: classes {sorted(missing)} are not in the knowledge base {knowledge}")
+        self.proposal_threshold = self.classifier.proposal_threshold
+
+    def analyze(self, regions: Sequence[Region]) -> list[DefectAnalysis]:
+        try:
+            probs = self.classifier.probabilities(regions)
+        except Exception as error:  # onnxruntime raises private types; a bad batch must not end the caller's run
+            raise AnalyzerError(f"classifier failed: {type(error).__name__}: {error}") from None
+        names, confidence, is_defect = self.classifier.decide(probs)
+        return [
+            self.knowledge.analysis(name, round(float(score), 4), bool(defect), measure(region), region.edge_class)
+            for region, name, score, defect in zip(regions, names, confidence, is_defect)
+        ]
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,112 @@
+"""One image through the edge and, when configured, the cloud tier.
+
+Edge only: the detector's boxes at its calibrated threshold are the defects. With a cloud analyzer: the edge
+proposes every candidate down to the (lower) proposal threshold, crops a region around each, and the cloud
+decides per region whether it is a defect, of which class, and writes the record. If the cloud fails, the
+image keeps the edge's own decisions, marked with `cloud_error`, so an unreachable cloud never stops a line.
+
+`EdgeCloudPipeline` is also a `Detector` (its `detect` returns the final boxes), so evaluation and benchmarks
+measure the full pipeline exactly as they measure the edge alone.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from aivd.cloud.analyzer import Analyzer, AnalyzerError
+from aivd.cloud.schema import DefectAnalysis
+from aivd.core import Detections, LabelMap, cut_regions
+from aivd.edge.detector import Detector
+from aivd.pipeline.records import DefectRecord
+
+
+@dataclass
+class ImageResult:
+    detections: Detections  # the final defects, for the official result files and annotated images
+    defects: list[DefectRecord]
+    rejected: list[DefectRecord] = field(default_factory=list)
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    cloud_error: str | None = None
+    bytes_to_cloud: int = 0
+    bytes_from_cloud: int = 0
+
+
+def _edge_records(detections: Detections) -> list[DefectRecord]:
+    return [DefectRecord(**d, source="edge") for d in detections.to_records()]
+
+
+def _cloud_record(box, analysis: DefectAnalysis, edge_class: str, edge_confidence: float, source: str) -> DefectRecord:
+    return DefectRecord(
+        bbox=tuple(round(float(v), 1) for v in box), defect_type=analysis.defect_type, confidence=analysis.confidence,
+        source=source, edge_type=edge_class, edge_confidence=round(edge_confidence, 4), severity=analysis.severity,
+        likely_causes=analysis.likely_causes, description=analysis.description,
+        recommended_action=analysis.recommended_action, measurements=analysis.measurements,
+    )
+
+
+class EdgeCloudPipeline:
+    uses_template = True
+
+    def __init__(self, detector: Detector, analyzer: Analyzer | None = None, proposal_threshold: float | None = None,
+                 pixels_per_mm: float | None = None):
+        self.detector = detector
+        self.analyzer = analyzer
+        self.labels: LabelMap = detector.labels
+        self.uses_template = detector.uses_template
+        self.edge_threshold = detector.min_confidence
+        default_proposal = getattr(analyzer, "proposal_threshold", self.edge_threshold)
+        self.proposal_threshold = default_proposal if proposal_threshold is None else proposal_threshold
+        self.pixels_per_mm = pixels_per_mm
+        self.name = detector.name if analyzer is None else f"{detector.name}+cloud:{analyzer.name}"
+        self.min_confidence = self.edge_threshold
+
+    def detect(self, image: np.ndarray, template: np.ndarray | None = None, min_confidence: float | None = None) -> Detections:
+        return self.run(image, template, "image").detections
+
+    def run(self, image: np.ndarray, template: np.ndarray | None, image_id: str) -> ImageResult:
+        template = template if self.detector.uses_template else None
+        started = time.perf_counter()
+        if self.analyzer is None:
+            edge = self.detector.detect(image, template)
+            return ImageResult(edge, _edge_records(edge), timings_ms={"detect": _ms_since(started)})
+        candidates = self.detector.detect(image, template, min(self.proposal_threshold, self.edge_threshold))
+        timings = {"detect": _ms_since(started)}
+        edge = candidates.with_min_confidence(self.edge_threshold)
+        proposals = candidates.with_min_confidence(self.proposal_threshold)
+        started = time.perf_counter()
+        regions = cut_regions(image, template, proposals, image_id, self.pixels_per_mm)
+        timings["crop"] = _ms_since(started)
+        started = time.perf_counter()
+        try:
+            analyses = self.analyzer.analyze(regions) if regions else []
+        except AnalyzerError as error:
+            timings["analyze"] = _ms_since(started)
+            return ImageResult(edge, _edge_records(edge), timings_ms=timings, cloud_error=str(error), **self._bytes())
+        timings["analyze"] = _ms_since(started)
+        return self._combine(proposals, regions, analyses, timings)
+
+    def _bytes(self) -> dict:
+        return {"bytes_to_cloud": getattr(self.analyzer, "last_bytes_sent", 0), "bytes_from_cloud": getattr(self.analyzer, "last_bytes_received", 0)}
+
+    def _combine(self, proposals: Detections, regions, analyses: list[DefectAnalysis], timings: dict) -> ImageResult:
+        source = f"cloud:{self.analyzer.name}"
+        defects, rejected, keep, class_ids, scores = [], [], [], [], []
+        for index, (region, analysis) in enumerate(zip(regions, analyses)):
+            record = _cloud_record(proposals.xyxy[index], analysis, region.edge_class, region.edge_confidence, source)
+            if analysis.is_defect and analysis.defect_type in self.labels.names:
+                defects.append(record)
+                keep.append(index)
+                class_ids.append(self.labels.id(analysis.defect_type))
+                scores.append(analysis.confidence)
+            else:
+                rejected.append(record)
+        final = Detections(proposals.xyxy[keep], np.array(scores, np.float32), np.array(class_ids, np.int64), self.labels)
+        order = np.argsort(-final.confidence, kind="stable")
+        return ImageResult(final[order], [defects[i] for i in order], rejected, timings, **self._bytes())
+
+
+def _ms_since(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 2)

@@ -1,0 +1,52 @@
+"""Choose the built-in classifier's two thresholds on held-out data, through the real inference path.
+
+The edge proposes every candidate scoring at least the proposal threshold; the cloud keeps those whose defect
+probability reaches the score threshold. A lower proposal threshold finds more defects but sends more regions;
+the pair with the best F-score on the held-out samples wins (the higher proposal threshold on a tie).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from aivd.cloud.builtin import CropClassifier
+from aivd.core import DEEPPCB_CLASSES, Detections, cut_regions
+from aivd.data.images import read_pair
+from aivd.edge.detector import TemplateDetector
+from aivd.eval.protocol import best_threshold
+from aivd.training.common import write_metadata
+
+PROPOSAL_CANDIDATES = (0.03, 0.05, 0.08, 0.1, 0.15, 0.2, 0.3)
+
+
+def cloud_detections(edge: Detections, names: list[str], confidence: np.ndarray) -> Detections:
+    """The edge's boxes with the cloud's classes and scores."""
+    class_id = np.array([DEEPPCB_CLASSES.id(n) for n in names], np.int64)
+    return Detections(edge.xyxy, confidence, class_id, DEEPPCB_CLASSES).sorted_by_confidence()
+
+
+def calibrate_classifier(classifier_path: Path, detector_path: Path | None, samples) -> dict:
+    detector = TemplateDetector(detector_path, min_confidence=min(PROPOSAL_CANDIDATES)) if detector_path else (
+        TemplateDetector(min_confidence=min(PROPOSAL_CANDIDATES)))
+    classifier = CropClassifier(classifier_path)
+    scored = []  # per sample: edge detections, cloud classes and scores for all of them, ground truth
+    for sample in samples:
+        image, template = read_pair(sample.test_path, sample.template_path)
+        edge = detector.detect(image, template)
+        names, confidence, _ = classifier.decide(classifier.probabilities(cut_regions(image, template, edge, sample.image_id)))
+        scored.append((sample.image_id, edge, names, confidence, sample.ground_truth()))
+    table, best = [], None
+    for proposal in PROPOSAL_CANDIDATES:
+        pairs = []
+        for image_id, edge, names, confidence, truth in scored:
+            keep = np.flatnonzero(edge.confidence >= proposal)
+            pairs.append((image_id, cloud_detections(edge[keep], [names[i] for i in keep], confidence[keep]), truth))
+        threshold, fscore = best_threshold(pairs)
+        regions = sum(len(p[1]) for p in pairs)
+        table.append({"proposal_threshold": proposal, "score_threshold": threshold, "fscore": round(fscore, 4), "regions_per_image": round(regions / len(pairs), 2)})
+        if best is None or table[-1]["fscore"] >= best["fscore"]:
+            best = table[-1]
+    write_metadata(classifier_path, {"proposal_threshold": str(best["proposal_threshold"]), "score_threshold": str(best["score_threshold"])})
+    return {"chosen": best, "table": table}

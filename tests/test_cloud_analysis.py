@@ -1,0 +1,153 @@
+"""The cloud tier's parts that need no server: regions, pixel measurements, the knowledge base, the schema,
+the built-in analyzer and the edge-cloud pipeline."""
+
+import cv2
+import numpy as np
+import pytest
+from conftest import SAMPLES, dets
+
+from aivd.cloud.builtin import BuiltinAnalyzer
+from aivd.cloud.knowledge import KnowledgeBase, KnowledgeError
+from aivd.cloud.measure import measure
+from aivd.cloud.schema import Measurements, Severity, analysis_json_schema
+from aivd.core import Region, cut_regions
+from aivd.data.deeppcb import read_annotation
+from aivd.data.images import read_pair
+from aivd.edge.detector import load_detector
+from aivd.pipeline.engine import EdgeCloudPipeline
+
+
+def board(*bars) -> np.ndarray:
+    """White background with dark copper bars, as DeepPCB's binarised images are."""
+    image = np.full((80, 80), 255, np.uint8)
+    for x1, y1, x2, y2 in bars:
+        cv2.rectangle(image, (x1, y1), (x2, y2), 0, -1)
+    return image
+
+
+def region(image, template, box, scale=None) -> Region:
+    return Region("r#0", image, template, box, (0, 0), "open", 0.5, scale)
+
+
+def test_cut_regions_crop_around_each_box_and_map_back_to_the_image():
+    image = np.arange(200 * 300, dtype=np.uint32).reshape(200, 300).astype(np.uint8)
+    found = dets([[100, 50, 120, 70], [0, 0, 10, 30]], [0.9, 0.4], [1, 2])
+    first, second = cut_regions(image, image.copy(), found, "img", pixels_per_mm=48)
+    assert first.region_id == "img#0" and first.edge_class == "short" and first.edge_confidence == pytest.approx(0.9)
+    assert first.image.shape == (44, 44)  # 2.2 x 20 pixels
+    assert first.image_box == pytest.approx((100, 50, 120, 70))
+    x, y = first.origin
+    assert np.array_equal(first.image, image[y : y + 44, x : x + 44]) and np.array_equal(first.template, first.image)
+    # At the border the window is clipped, not padded: the crop holds only real pixels.
+    assert second.origin == (0, 0) and second.image_box == pytest.approx((0, 0, 10, 30)) and second.image.shape == (48, 38)
+    assert cut_regions(image, None, found, "img")[0].template is None
+
+
+def test_region_rejects_inconsistent_crops():
+    with pytest.raises(ValueError, match="template shape"):
+        Region("x#0", np.zeros((10, 10), np.uint8), np.zeros((10, 12), np.uint8), (1, 1, 5, 5), (0, 0), "open", 0.5)
+    with pytest.raises(ValueError, match="2-D uint8"):
+        Region("x#0", np.zeros((10, 10, 3), np.uint8), None, (1, 1, 5, 5), (0, 0), "open", 0.5)
+    with pytest.raises(ValueError, match="x2 >= x1"):
+        Region("x#0", np.zeros((10, 10), np.uint8), None, (5, 1, 1, 5), (0, 0), "open", 0.5)
+
+
+def test_a_bridge_between_two_conductors_joins_them():
+    template = board((10, 10, 69, 25), (10, 45, 69, 60))
+    test = board((10, 10, 69, 25), (10, 45, 69, 60), (35, 25, 42, 45))
+    m = measure(region(test, template, (32, 22, 46, 48), scale=48))
+    assert m.joins_conductors is True and m.splits_conductor is False
+    assert m.extra_copper_px == 8 * 19 and m.missing_copper_px == 0
+    assert m.width_mm == pytest.approx(14 / 48, abs=1e-3) and m.changed_area_mm2 == pytest.approx(152 / 48**2, abs=1e-4)
+
+
+def test_a_cut_conductor_is_split_and_a_nick_is_not():
+    template = board((10, 30, 69, 45))
+    cut = board((10, 30, 35, 45), (42, 30, 69, 45))
+    nick = board((10, 30, 69, 45))
+    nick[30:36, 35:42] = 255
+    assert measure(region(cut, template, (32, 28, 46, 48))).splits_conductor is True
+    nicked = measure(region(nick, template, (32, 28, 46, 48)))
+    assert nicked.splits_conductor is False and nicked.missing_copper_px == 6 * 7
+    assert nicked.width_mm is None  # no scale, no millimetres
+
+
+def test_without_a_template_only_sizes_are_measured():
+    m = measure(region(board((10, 30, 69, 45)), None, (32, 28, 46, 48), scale=48))
+    assert m.width_mm is not None and m.joins_conductors is None and m.changed_area_px is None
+
+
+def test_knowledge_base_rules_choose_severity_and_compose_text():
+    base = KnowledgeBase.load()
+    assert set(base.classes) == {"open", "short", "mousebite", "spur", "copper", "pin-hole"}
+    joined = Measurements(width_px=20, height_px=20, width_mm=0.42, height_mm=0.42, joins_conductors=True)
+    short = base.analysis("short", 0.93, True, joined, "short")
+    assert short.severity is Severity.critical and "separate in the template" in short.description and "0.42 x 0.42 mm" in short.description
+    assert short.likely_causes and short.recommended_action.startswith("Reject")
+    small = Measurements(width_px=10, height_px=10, width_mm=0.2, height_mm=0.2, changed_area_mm2=0.01)
+    assert base.analysis("pin-hole", 0.9, True, small, "pin-hole").severity is Severity.minor
+    large = small.model_copy(update={"width_mm": 0.6})
+    assert base.analysis("pin-hole", 0.9, True, large, "pin-hole").severity is Severity.major
+    # Unknown measurements never satisfy a rule: without a scale the default severity applies.
+    assert base.analysis("pin-hole", 0.9, True, Measurements(width_px=40, height_px=40), "pin-hole").severity is Severity.minor
+    rejected = base.analysis("spur", 0.1, False, small, "spur")
+    assert rejected.severity is None and "false alarm" in rejected.description
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("version: [", "not valid YAML"),
+        ("version: 1\nname: x\nclasses: {open: {summary: s, likely_causes: [], default: fatal, action: {}}}", "classes.open.default"),
+        ("version: 1\nname: x\nclasses: {open: {summary: s, likely_causes: [], default: minor, "
+         "action: {minor: a, major: b}}}", "no text for severity critical"),
+        ("version: 1\nname: x\nclasses: {open: {summary: s, likely_causes: [], default: minor, "
+         "severity: [{when: {colour: 1}, severity: major}], action: {minor: a, major: b, critical: c}}}", "unknown measurement colour"),
+    ],
+)
+def test_a_broken_knowledge_base_is_reported_with_its_file(tmp_path, content, message):
+    path = tmp_path / "kb.yaml"
+    path.write_text(content)
+    with pytest.raises(KnowledgeError, match=message) as error:
+        KnowledgeBase.load(path)
+    assert str(path) in str(error.value)
+
+
+def test_the_llm_schema_limits_classes_and_leaves_measurements_to_aivd():
+    schema = analysis_json_schema(["open", "short"])
+    assert schema["properties"]["defect_type"]["enum"] == ["open", "short"]
+    assert "measurements" not in schema["properties"] and "measurements" not in schema["required"]
+    assert schema["additionalProperties"] is False and "Severity" in schema["$defs"]
+
+
+def _sample(image_id="00041200"):
+    image, template = read_pair(SAMPLES / f"{image_id}_test.jpg", SAMPLES / f"{image_id}_temp.jpg")
+    return image, template, read_annotation(SAMPLES / f"{image_id}.txt")
+
+
+def test_builtin_analyzer_recognises_true_defects_on_bundled_samples():
+    analyzer = BuiltinAnalyzer()
+    correct = total = 0
+    for path in sorted(SAMPLES.glob("*_test.jpg")):
+        image, template, truth = _sample(path.stem[:-5])
+        analyses = analyzer.analyze(cut_regions(image, template, truth, path.stem, pixels_per_mm=48))
+        assert len(analyses) == len(truth)
+        for analysis, name in zip(analyses, truth.class_names):
+            total += 1
+            correct += analysis.is_defect and analysis.defect_type == name
+            assert analysis.measurements is not None and analysis.measurements.width_mm is not None
+    assert correct / total >= 0.9, f"{correct} of {total}"
+
+
+def test_pipeline_with_the_cloud_keeps_verified_defects_and_records_the_rest():
+    image, template, truth = _sample()
+    pipeline = EdgeCloudPipeline(load_detector(), BuiltinAnalyzer(), pixels_per_mm=48)
+    result = pipeline.run(image, template, "00041200")
+    assert pipeline.proposal_threshold < pipeline.edge_threshold
+    assert len(result.defects) == len(result.detections) > 0
+    assert all(d.source == "cloud:builtin" and d.severity is not None and d.description for d in result.defects)
+    assert all(r.severity is None for r in result.rejected)
+    assert list(result.detections.confidence) == sorted(result.detections.confidence, reverse=True)
+    assert set(result.timings_ms) == {"detect", "crop", "analyze"}
+    edge_only = EdgeCloudPipeline(load_detector()).run(image, template, "00041200")
+    assert all(d.source == "edge" and d.severity is None for d in edge_only.defects)
