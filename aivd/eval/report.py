@@ -2,26 +2,17 @@
 
 from __future__ import annotations
 
-import base64
 from pathlib import Path
 
-import cv2
 import numpy as np
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from aivd.data.images import ImageError, read_gray
 from aivd.eval.protocol import ImageMatch
 from aivd.viz.annotate import GROUND_TRUTH_COLOUR, draw_detections
+from aivd.web.assets import jpeg_data_uri
 
 _environment = Environment(loader=PackageLoader("aivd.eval", "templates"), autoescape=select_autoescape(["html"]))
-
-
-def _jpeg_data_url(image: np.ndarray, max_side: int = 640) -> str:
-    scale = max_side / max(image.shape[:2])
-    if scale < 1:
-        image = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
-    ok, encoded = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 85])
-    return "data:image/jpeg;base64," + base64.b64encode(encoded.tobytes()).decode() if ok else ""
 
 
 def _sample_view(match: ImageMatch, image_path: Path | None) -> dict:
@@ -47,7 +38,7 @@ def _sample_view(match: ImageMatch, image_path: Path | None) -> dict:
         truth = draw_detections(image, match.ground_truth, colour=GROUND_TRUTH_COLOUR, show_score=False)
         predicted = draw_detections(image, match.detections)
         gap = np.full((image.shape[0], 8, 3), 255, np.uint8)
-        view["picture"] = _jpeg_data_url(np.hstack([truth, gap, predicted]), max_side=1280)
+        view["picture"] = jpeg_data_uri(np.hstack([truth, gap, predicted]), max_side=1280)
     return view
 
 

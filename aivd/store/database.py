@@ -1,0 +1,253 @@
+"""Inspection results in a relational database: one row per run, per image, per defect and per timed stage.
+
+SQLAlchemy Core with portable types only, so the same code writes the default SQLite file and a shared
+PostgreSQL server (`postgresql+psycopg://...`, with the driver installed by whoever needs it). Lists and the
+pydantic measurements are stored as JSON text rather than native JSON columns for the same reason.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    create_engine,
+    func,
+    select,
+    update,
+)
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
+
+from aivd.pipeline.records import DefectRecord, InspectionRecord
+
+metadata = MetaData()
+
+runs = Table(
+    "runs", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True)),  # null: the run stopped before finish_run
+    Column("command", Text, nullable=False),
+    Column("config", Text, nullable=False),
+    Column("images", Integer),
+    Column("ok", Integer),
+    Column("failed", Integer),
+    Column("defects", Integer),
+)
+
+images = Table(
+    "images", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("run_id", Integer, ForeignKey("runs.id"), nullable=False, index=True),
+    Column("image_id", String(255), nullable=False),
+    Column("image", Text, nullable=False),
+    Column("template", Text),
+    Column("status", String(16), nullable=False),
+    Column("error", Text),
+    Column("detector", String(255)),
+    Column("analyzer", String(255)),
+    Column("cloud_error", Text),
+    Column("bytes_to_cloud", BigInteger, nullable=False),
+    Column("bytes_from_cloud", BigInteger, nullable=False),
+)
+
+defects = Table(
+    "defects", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("image_row_id", Integer, ForeignKey("images.id"), nullable=False, index=True),
+    Column("rejected", Boolean, nullable=False),  # an edge candidate the cloud judged not to be a defect
+    Column("x1", Float, nullable=False),
+    Column("y1", Float, nullable=False),
+    Column("x2", Float, nullable=False),
+    Column("y2", Float, nullable=False),
+    Column("defect_type", String(64), nullable=False, index=True),
+    Column("confidence", Float, nullable=False),
+    Column("source", String(255), nullable=False),
+    Column("edge_type", String(64)),
+    Column("edge_confidence", Float),
+    Column("severity", String(16)),
+    Column("likely_causes", Text, nullable=False),
+    Column("description", Text),
+    Column("recommended_action", Text),
+    Column("measurements", Text),
+)
+
+# The primary key starts with image_row_id, so it is also the index for joining on that foreign key.
+timings = Table(
+    "timings", metadata,
+    Column("image_row_id", Integer, ForeignKey("images.id"), primary_key=True),
+    Column("stage", String(64), primary_key=True),
+    Column("ms", Float, nullable=False),
+)
+
+_IMAGE_FIELDS = ("image_id", "image", "template", "status", "error", "detector", "analyzer", "cloud_error", "bytes_to_cloud", "bytes_from_cloud")
+_DEFECT_FIELDS = ("defect_type", "confidence", "source", "edge_type", "edge_confidence", "severity", "description", "recommended_action")
+_SUMMARY_FIELDS = ("images", "ok", "failed", "defects")
+
+
+class StoreError(RuntimeError):
+    """The result database cannot be opened or written."""
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _defect_row(defect: DefectRecord, rejected: bool) -> dict:
+    data = defect.model_dump(mode="json")
+    x1, y1, x2, y2 = data["bbox"]
+    return {
+        "rejected": rejected, "x1": x1, "y1": y1, "x2": x2, "y2": y2,
+        **{name: data[name] for name in _DEFECT_FIELDS},
+        "likely_causes": json.dumps(data["likely_causes"]),
+        "measurements": json.dumps(data["measurements"]) if data["measurements"] is not None else None,
+    }
+
+
+def _defect_record(row) -> DefectRecord:
+    return DefectRecord(
+        bbox=(row.x1, row.y1, row.x2, row.y2),
+        **{name: getattr(row, name) for name in _DEFECT_FIELDS},
+        likely_causes=json.loads(row.likely_causes),
+        measurements=json.loads(row.measurements) if row.measurements is not None else None,
+    )
+
+
+class ResultStore:
+    """Appends inspection runs to the database at a SQLAlchemy URL, e.g. `sqlite:///out/aivd.sqlite`.
+
+    `add` buffers records and writes them `batch_size` at a time in one transaction, because a commit per
+    image (an fsync on SQLite, a round trip on a server) would cost more than the inspection of a small image.
+    `close` writes what is buffered, also when a run ends in an exception. Not thread-safe: add from one thread.
+    """
+
+    def __init__(self, url: str, batch_size: int = 64):
+        self.batch_size = batch_size
+        self._pending: list[tuple[int, InspectionRecord]] = []
+        self._closed = False
+        self.url = url  # for messages; replaced by the parsed URL without its password once it parses
+        with self._errors("open"):
+            parsed = make_url(url)
+            self.url = parsed.render_as_string(hide_password=True)
+            self._engine = create_engine(parsed)
+            metadata.create_all(self._engine)  # the first connection: an unwritable file or unreachable server fails here
+
+    @contextmanager
+    def _errors(self, action: str) -> Iterator[None]:
+        """Database failures, from a bad URL to a lost connection, as one StoreError saying what failed."""
+        try:
+            yield
+        except ImportError as error:  # SQLAlchemy imports the driver a URL names only when the engine is made
+            raise StoreError(f"cannot {action} the result database {self.url}: its driver is not installed ({error})") from error
+        except SQLAlchemyError as error:
+            reason = getattr(error, "orig", None) or error
+            raise StoreError(f"cannot {action} the result database {self.url}: {reason}") from error
+
+    def __enter__(self) -> ResultStore:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def start_run(self, command: str, config: dict) -> int:
+        """A new run's id; `config` is stored as JSON, with values JSON lacks (paths) as their text."""
+        with self._errors("write"), self._engine.begin() as connection:
+            result = connection.execute(runs.insert().values(started_at=_now(), command=command, config=json.dumps(config, default=str)))
+            return result.inserted_primary_key[0]
+
+    def add(self, run_id: int, record: InspectionRecord) -> None:
+        self._pending.append((run_id, record))
+        if len(self._pending) >= self.batch_size:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the buffered records in one transaction."""
+        pending, self._pending = self._pending, []
+        if not pending:
+            return
+        image_rows = [{"run_id": run_id, **{name: getattr(record, name) for name in _IMAGE_FIELDS}} for run_id, record in pending]
+        with self._errors("write"), self._engine.begin() as connection:
+            if self._engine.dialect.insert_executemany_returning_sort_by_parameter_order:
+                # The new row ids in the order of the rows: on a server (PostgreSQL) one round trip per batch, not per image.
+                inserted = connection.execute(images.insert().returning(images.c.id, sort_by_parameter_order=True), image_rows)
+                row_ids = inserted.scalars().all()
+            else:  # databases without RETURNING (MySQL): an insert per image to learn its id
+                row_ids = [connection.execute(images.insert(), row).inserted_primary_key[0] for row in image_rows]
+            defect_rows, timing_rows = [], []
+            for row_id, (_, record) in zip(row_ids, pending):
+                defect_rows += [{"image_row_id": row_id, **_defect_row(d, rejected=False)} for d in record.defects]
+                defect_rows += [{"image_row_id": row_id, **_defect_row(d, rejected=True)} for d in record.rejected]
+                timing_rows += [{"image_row_id": row_id, "stage": stage, "ms": ms} for stage, ms in record.timings_ms.items()]
+            if defect_rows:
+                connection.execute(defects.insert(), defect_rows)
+            if timing_rows:
+                connection.execute(timings.insert(), timing_rows)
+
+    def finish_run(self, run_id: int, summary: dict) -> None:
+        """Write what is buffered and record the run's end and its totals (images, ok, failed, defects in `summary`)."""
+        self.flush()
+        totals = {name: summary[name] for name in _SUMMARY_FIELDS if name in summary}
+        with self._errors("write"), self._engine.begin() as connection:
+            connection.execute(update(runs).where(runs.c.id == run_id).values(finished_at=_now(), **totals))
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        try:
+            self.flush()
+        finally:
+            self._closed = True
+            self._engine.dispose()
+
+    def defect_counts(self, run_id: int) -> dict[str, int]:
+        """Reported defects (not the rejected candidates) of a run per class, most frequent first."""
+        self.flush()
+        count = func.count().label("count")
+        query = (
+            select(defects.c.defect_type, count)
+            .join(images, defects.c.image_row_id == images.c.id)
+            .where(images.c.run_id == run_id, defects.c.rejected.is_(False))
+            .group_by(defects.c.defect_type)
+            .order_by(count.desc(), defects.c.defect_type)
+        )
+        with self._errors("read"), self._engine.connect() as connection:
+            return {row.defect_type: row.count for row in connection.execute(query)}
+
+    def records(self, run_id: int) -> list[InspectionRecord]:
+        """A run's records as they were added, in the order they were added."""
+        self.flush()
+        in_run = images.c.run_id == run_id
+        with self._errors("read"), self._engine.connect() as connection:
+            image_rows = connection.execute(select(images).where(in_run).order_by(images.c.id)).all()
+            defect_rows = connection.execute(
+                select(defects).join(images, defects.c.image_row_id == images.c.id).where(in_run).order_by(defects.c.id)).all()
+            timing_rows = connection.execute(
+                select(timings).join(images, timings.c.image_row_id == images.c.id).where(in_run)).all()
+        found: dict[int, list[DefectRecord]] = {row.id: [] for row in image_rows}
+        rejected: dict[int, list[DefectRecord]] = {row.id: [] for row in image_rows}
+        for row in defect_rows:
+            (rejected if row.rejected else found)[row.image_row_id].append(_defect_record(row))
+        stages: dict[int, dict[str, float]] = {row.id: {} for row in image_rows}
+        for row in timing_rows:
+            stages[row.image_row_id][row.stage] = row.ms
+        return [
+            InspectionRecord(
+                **{name: getattr(row, name) for name in _IMAGE_FIELDS},
+                defects=found[row.id], rejected=rejected[row.id], timings_ms=stages[row.id],
+            )
+            for row in image_rows
+        ]

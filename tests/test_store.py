@@ -1,0 +1,148 @@
+"""The result database: records round-trip through a real SQLite file, runs append, bad URLs fail clearly."""
+
+import sys
+import time
+
+import pytest
+from sqlalchemy import create_engine, func, select
+
+from aivd.cloud.schema import Measurements
+from aivd.pipeline.records import DefectRecord, InspectionRecord
+from aivd.store import ResultStore, StoreError
+from aivd.store.database import images, runs
+
+
+def cloud_record(index: int) -> InspectionRecord:
+    """An image the cloud analysed: one reported defect with every field, one rejected candidate."""
+    return InspectionRecord(
+        image=f"boards/{index:05d}_test.jpg", image_id=f"{index:05d}", template=f"boards/{index:05d}_temp.jpg",
+        status="ok", error=None, detector="centernet", analyzer="builtin", cloud_error=None,
+        defects=[DefectRecord(
+            bbox=(10.5, 20.0, 42.25, 60.0), defect_type="short", confidence=0.93, source="cloud:builtin",
+            edge_type="spur", edge_confidence=0.41, severity="critical", likely_causes=["under-etching", "dust on the film"],
+            description="Copper bridges two conductors.", recommended_action="Scrap the board; check the etcher.",
+            measurements=Measurements(width_px=31.75, height_px=40.0, width_mm=0.79, height_mm=1.0, changed_area_px=210,
+                                      joins_conductors=True, splits_conductor=False),
+        )],
+        rejected=[DefectRecord(
+            bbox=(100.0, 100.0, 110.0, 112.0), defect_type="pin-hole", confidence=0.2, source="cloud:builtin",
+            edge_type="pin-hole", edge_confidence=0.31, description="Texture of the laminate, not a defect.",
+            recommended_action="None.",
+        )],
+        timings_ms={"read": 1.5, "detect": 12.25, "crop": 0.5, "analyze": 40.0, "total": 54.25},
+        bytes_to_cloud=12_345, bytes_from_cloud=678,
+    )
+
+
+def edge_record(index: int, classes=("open", "open", "mousebite")) -> InspectionRecord:
+    """An edge-only image: defects without any cloud field."""
+    return InspectionRecord(
+        image=f"boards/{index:05d}_test.jpg", image_id=f"{index:05d}", template=None, status="ok", error=None,
+        detector="centernet",
+        defects=[DefectRecord(bbox=(i, i, i + 8.0, i + 9.0), defect_type=name, confidence=0.5 + i / 100, source="edge")
+                 for i, name in enumerate(classes)],
+        timings_ms={"read": 1.0, "detect": 10.0, "total": 11.0},
+    )
+
+
+def error_record(index: int) -> InspectionRecord:
+    return InspectionRecord(image=f"boards/{index:05d}_test.jpg", image_id=f"{index:05d}", template=None, status="error",
+                            error="truncated image file", detector="centernet")
+
+
+@pytest.fixture
+def url(tmp_path):
+    return f"sqlite:///{tmp_path / 'aivd.sqlite'}"
+
+
+@pytest.mark.parametrize("returning", [True, False], ids=["insert-returning", "insert-per-image"])
+def test_records_round_trip_through_a_sqlite_file(url, returning):
+    added = [cloud_record(1), edge_record(2), error_record(3), edge_record(4, classes=())]
+    with ResultStore(url) as store:
+        # without RETURNING for a batch (MySQL), images are inserted one by one: the same rows must come back
+        store._engine.dialect.insert_executemany_returning_sort_by_parameter_order = returning
+        run_id = store.start_run("aivd inspect boards/", {"detector": "centernet", "out": "out"})
+        for record in added:
+            store.add(run_id, record)
+        store.finish_run(run_id, {"images": 4, "ok": 3, "failed": 1, "defects": 4, "wall_s": 1.0})
+    with ResultStore(url) as reopened:  # read back from the file, not from anything held in memory
+        assert reopened.records(run_id) == added
+        assert reopened.defect_counts(run_id) == {"open": 2, "mousebite": 1, "short": 1}
+    with create_engine(url).connect() as connection:
+        run = connection.execute(select(runs)).one()
+    assert (run.images, run.ok, run.failed, run.defects) == (4, 3, 1, 4)
+    assert run.finished_at is not None and run.command == "aivd inspect boards/"
+
+
+def test_runs_append_to_the_same_database(url, tmp_path):
+    with ResultStore(url) as store:
+        first = store.start_run("aivd inspect a", {"out": tmp_path})  # a Path in the config is stored as its text
+        store.add(first, edge_record(1))
+        store.finish_run(first, {"images": 1, "ok": 1, "failed": 0, "defects": 3})
+    with ResultStore(url) as store:
+        second = store.start_run("aivd inspect b", {})
+        store.add(second, cloud_record(1))
+        store.add(second, cloud_record(2))
+        assert second != first
+        assert [r.image_id for r in store.records(first)] == ["00001"]
+        assert [r.image_id for r in store.records(second)] == ["00001", "00002"]
+        assert store.defect_counts(first) == {"open": 2, "mousebite": 1}
+        assert store.defect_counts(second) == {"short": 2}  # the rejected candidates are not counted
+    with create_engine(url).connect() as connection:
+        rows = connection.execute(select(runs).order_by(runs.c.id)).all()
+    assert [row.command for row in rows] == ["aivd inspect a", "aivd inspect b"]
+    assert str(tmp_path) in rows[0].config
+    assert rows[1].finished_at is None  # never finished: the run is marked as incomplete
+
+
+def test_records_are_written_in_batches_and_on_close(url):
+    store = ResultStore(url, batch_size=64)
+    run_id = store.start_run("aivd inspect", {})
+    observer = create_engine(url)
+
+    def stored() -> int:
+        with observer.connect() as connection:
+            return connection.execute(select(func.count()).select_from(images)).scalar_one()
+
+    for index in range(63):
+        store.add(run_id, edge_record(index))
+    assert stored() == 0
+    store.add(run_id, edge_record(63))
+    assert stored() == 64
+    store.add(run_id, edge_record(64))
+    store.close()
+    assert stored() == 65
+    store.close()  # closing twice is harmless
+    observer.dispose()
+
+
+def test_adding_500_records_is_cheap(url):
+    with ResultStore(url) as store:
+        run_id = store.start_run("aivd inspect", {})
+        started = time.perf_counter()
+        for index in range(500):
+            store.add(run_id, cloud_record(index) if index % 2 else edge_record(index))
+        store.flush()
+        per_image_ms = (time.perf_counter() - started) * 1000 / 500
+        stored = store.records(run_id)
+    assert len(stored) == 500, f"{per_image_ms:.3f} ms per image"
+    print(f"store: {per_image_ms:.3f} ms per image added")
+
+
+@pytest.mark.parametrize("bad_url, reason", [
+    ("not a database url", "Could not parse"),
+    ("nosuchdatabase://host/db", "Can't load plugin"),
+    ("sqlite:///{tmp}/missing/folder/aivd.sqlite", "unable to open database file"),
+    ("sqlite:///{tmp}/a-file/aivd.sqlite", "unable to open database file"),
+])
+def test_a_url_that_cannot_be_opened_raises_store_error(tmp_path, bad_url, reason):
+    (tmp_path / "a-file").write_text("a file, not a folder")
+    with pytest.raises(StoreError, match=reason):
+        ResultStore(bad_url.format(tmp=tmp_path))
+
+
+def test_a_missing_driver_is_named_and_the_password_hidden(monkeypatch):
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # as if psycopg were not installed, whether or not it is
+    with pytest.raises(StoreError, match="driver is not installed") as raised:
+        ResultStore("postgresql+psycopg://inspector:s3cret@db.example/aivd")
+    assert "s3cret" not in str(raised.value) and "inspector:***@db.example" in str(raised.value)
