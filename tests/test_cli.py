@@ -12,6 +12,8 @@ import zipfile
 import pytest
 from conftest import SAMPLES
 
+from aivd.pipeline.records import InspectionRecord
+
 pytestmark = pytest.mark.integration
 SUBMISSION_LINE = re.compile(r"^\d+,\d+,\d+,\d+,\d+\.\d+,(open|short|mousebite|spur|copper|pin-hole)$")
 
@@ -39,6 +41,11 @@ def test_inspect_folder_writes_records_and_annotated_images(tmp_path):
             assert 0 <= x1 <= x2 <= 640 and 0 <= y1 <= y2 <= 640
     assert sorted(p.name for p in (tmp_path / "annotated").iterdir()) == sorted(f"{r['image_id']}.jpg" for r in records)
     assert "6 of 6 images inspected" in result.stderr
+    from aivd.store import ResultStore
+
+    with ResultStore(f"sqlite:///{tmp_path / 'aivd.sqlite'}") as store:
+        assert store.records(1) == [InspectionRecord.model_validate(r) for r in records]
+    assert "Latency" in (tmp_path / "report.html").read_text()
 
 
 def test_edge_only_inspection_skips_the_cloud(tmp_path):
@@ -70,6 +77,7 @@ def test_inspect_exits_non_zero_and_names_each_bad_file(tmp_path):
 
 def test_bad_arguments_are_refused_clearly(tmp_path):
     assert "either image PATHS or --deeppcb" in aivd("inspect", "--out", tmp_path, check_rc=2).stderr
+    assert "cannot open the result database" in aivd("inspect", SAMPLES, "--out", tmp_path, "--db", "nosuchdb://x", check_rc=2).stderr
     assert "not an aivd crop classifier" in aivd("inspect", SAMPLES, "--out", tmp_path, "--classifier", SAMPLES.parents[2] / "edge" / "models" / "deeppcb_centernet.onnx", check_rc=2).stderr
     broken = tmp_path / "broken.onnx"
     broken.write_text("nope")
@@ -149,6 +157,9 @@ def test_demo_writes_a_report(tmp_path):
     assert "6 images" in result.stderr
     # The shipped model must still find the bundled samples' defects (it scores 0.95 on them).
     assert float(re.search(r"F-score (\d\.\d+)", result.stderr).group(1)) >= 0.9
-    html = (tmp_path / "report.html").read_text()
-    assert html.count("data:image/jpeg;base64,") == 6
+    evaluation = (tmp_path / "evaluation.html").read_text()
+    assert evaluation.count("data:image/jpeg;base64,") == 6
+    report = (tmp_path / "report.html").read_text()
+    assert report.count("data:image/jpeg;base64,") == 6 and "critical" in report
     assert len(list((tmp_path / "deeppcb").glob("*.txt"))) == 6
+    assert (tmp_path / "aivd.sqlite").stat().st_size > 0

@@ -151,3 +151,14 @@ def test_pipeline_with_the_cloud_keeps_verified_defects_and_records_the_rest():
     assert set(result.timings_ms) == {"detect", "crop", "analyze"}
     edge_only = EdgeCloudPipeline(load_detector()).run(image, template, "00041200")
     assert all(d.source == "edge" and d.severity is None for d in edge_only.defects)
+
+
+def test_published_json_schemas_match_the_code():
+    import json
+    from pathlib import Path
+
+    from aivd.pipeline.schemas import schemas
+
+    docs = Path(__file__).resolve().parents[1] / "docs" / "schema"
+    for name, schema in schemas().items():
+        assert json.loads((docs / name).read_text()) == schema, f"docs/schema/{name} is stale: run `aivd schema`"

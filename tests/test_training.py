@@ -123,3 +123,22 @@ def test_change_thickness_grows_or_shrinks_conductors_by_about_a_pixel():
     board[40:60, 10:90] = 0  # a 20 px wide conductor
     copper_rows = {int((change_thickness(board, np.random.default_rng(seed)) < 128).sum(axis=0)[50]) for seed in range(20)}
     assert copper_rows == {18, 22}
+
+
+@pytest.mark.integration
+def test_cli_classifier_training_exports_a_calibrated_cloud_model(tmp_path, deeppcb_root):
+    from aivd.cloud.builtin import BuiltinAnalyzer
+    from aivd.core import cut_regions
+
+    subprocess.run([sys.executable, "-m", "aivd.cli.main", "train", "classifier", "--deeppcb", str(deeppcb_root),
+                    "--out", str(tmp_path), "--epochs", "1", "--limit", "20"], check=True, capture_output=True, timeout=600)
+    record = json.loads((tmp_path / "training.json").read_text())
+    assert record["train_rejects"] > 0  # the edge's false alarms became no-defect examples
+    chosen = record["calibration"]["chosen"]
+    analyzer = BuiltinAnalyzer(tmp_path / "deeppcb_classifier.onnx")
+    assert analyzer.proposal_threshold == chosen["proposal_threshold"]
+    assert analyzer.classifier.score_threshold == chosen["score_threshold"]
+    assert analyzer.classifier.reject_label == "no-defect" and len(analyzer.classifier.class_names) == 6
+    test, template = read_pair(SAMPLES / "00041200_test.jpg", SAMPLES / "00041200_temp.jpg")
+    truth = read_annotation(SAMPLES / "00041200.txt")
+    assert len(analyzer.analyze(cut_regions(test, template, truth, "00041200"))) == len(truth)

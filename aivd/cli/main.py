@@ -108,11 +108,15 @@ def inspect(
     proposal_threshold: Optional[float] = PROPOSAL,
     pixels_per_mm: Optional[float] = PIXELS_PER_MM,
     annotate: bool = typer.Option(True, help="Write annotated images to OUT/annotated/."),
+    db: Optional[str] = typer.Option(None, help="SQLAlchemy URL of the result database, e.g. postgresql+psycopg://... Default: OUT/aivd.sqlite."),
+    report: bool = typer.Option(True, help="Write OUT/report.html."),
 ) -> None:
-    """Find defects in images (edge), analyse each (cloud) and write one JSON record per image."""
+    """Find defects in images (edge), analyse each (cloud) and write one JSON record per image, the database
+    and an HTML report."""
     from aivd.data.deeppcb import DatasetError
     from aivd.pipeline.inputs import tasks_from_deeppcb, tasks_from_paths
-    from aivd.pipeline.inspect import InspectOptions, inspect_tasks
+    from aivd.pipeline.inspect import InspectOptions, ResultWriter, inspect_tasks
+    from aivd.store import StoreError
 
     if bool(paths) == bool(deeppcb):
         raise fail("give either image PATHS or --deeppcb ROOT, not both and not neither")
@@ -127,7 +131,15 @@ def inspect(
     if pixels_per_mm is None and deeppcb:
         pixels_per_mm = DEEPPCB_PIXELS_PER_MM
     pipeline = _load_pipeline(model, min_confidence, edge_only, cloud, classifier, knowledge, proposal_threshold, pixels_per_mm)
-    options = InspectOptions(annotate=annotate, deeppcb_results=bool(deeppcb))
+    options = InspectOptions(
+        annotate=annotate, deeppcb_results=bool(deeppcb), database=db or "", report=report, command=" ".join(["aivd", *sys.argv[1:]]),
+        config={"pipeline": pipeline.name, "edge_threshold": pipeline.edge_threshold, "proposal_threshold": pipeline.proposal_threshold,
+                "pixels_per_mm": pixels_per_mm, "images": len(tasks)},
+    )
+    try:
+        writer = ResultWriter(out, options)
+    except StoreError as error:
+        raise fail(str(error)) from None
 
     with progress_bar() as progress:
         bar = progress.add_task("inspecting", total=len(tasks))
@@ -137,7 +149,7 @@ def inspect(
                 console.print(f"[red]error:[/red] {record.image}: {record.error}", highlight=False)
             progress.advance(bar)
 
-        summary = inspect_tasks(tasks, pipeline, out, options, on_result)
+        summary = inspect_tasks(tasks, pipeline, writer, options, on_result)
     console.print(
         f"{summary.ok} of {summary.images} images inspected, {summary.defects} defects, {summary.failed} failed, "
         f"{summary.images_per_s:.1f} images/s -> {out / 'results.jsonl'}", highlight=False,
@@ -235,7 +247,7 @@ def demo(
     model: Optional[Path] = typer.Option(None, help="ONNX detector. Default: built-in."),
     edge_only: bool = EDGE_ONLY,
 ) -> None:
-    """Inspect the bundled DeepPCB samples, score them and write OUT/report.html."""
+    """Inspect the bundled DeepPCB samples, score them, and write OUT/report.html and OUT/evaluation.html."""
     from aivd.pipeline.demo import run_demo
 
     result = run_demo(_load_pipeline(model, None, edge_only, pixels_per_mm=DEEPPCB_PIXELS_PER_MM), out)
@@ -243,7 +255,10 @@ def demo(
         f"{result['images']} images, {result['defects']} defects found; F-score {result['fscore']:.3f}, "
         f"precision {result['precision']:.3f}, recall {result['recall']:.3f}", highlight=False,
     )
-    console.print(f"open {result['report']} in a browser; records in {out / 'results.jsonl'}", highlight=False)
+    console.print(
+        f"open {result['report']} (the inspection report) and {result['evaluation']} (scores against the annotations) in a browser; "
+        f"records in {out / 'results.jsonl'} and {out / 'aivd.sqlite'}", highlight=False,
+    )
     if result["failed"]:
         raise typer.Exit(1)
 
@@ -264,6 +279,15 @@ def synth(
     except ValueError as error:
         raise fail(str(error)) from None
     console.print(f"{count} synthetic pairs in {layout} layout -> {out}", highlight=False)
+
+
+@app.command()
+def schema(out: Path = typer.Option(Path("docs/schema"), "--out", "-o", help="Folder for the JSON Schema files.")) -> None:
+    """Write the JSON Schemas of the records aivd produces (results.jsonl lines, cloud analyses)."""
+    from aivd.pipeline.schemas import write_schemas
+
+    for path in write_schemas(out):
+        console.print(f"wrote {path}", highlight=False)
 
 
 @train_app.command("detector")
@@ -347,7 +371,7 @@ def train_classifier_command(
     context: float = typer.Option(1.6, min=0.5, help="Context factor at inference."),
     min_side: int = typer.Option(32, min=1, help="Smallest crop window in image pixels."),
     jitter: float = typer.Option(0.2, min=0.0, max=0.5, help="Box jitter at training, as a fraction of the box size."),
-    edge_boxes: bool = typer.Option(True, "--edge-boxes/--no-edge-boxes", help="Also learn from the edge detector's own candidate boxes."),
+    edge_positives: bool = typer.Option(True, "--edge-positives/--no-edge-positives", help="Also learn from the edge's candidate boxes on defects (its real box noise)."),
     limit: Optional[int] = typer.Option(None, min=10, help="Use only the first N trainval samples (smoke tests)."),
     threads: int = typer.Option(2, min=1, help="CPU threads for torch."),
 ) -> None:
@@ -366,7 +390,7 @@ def train_classifier_command(
         raise fail(f"the edge sends regions of {TRANSPORT_CONTEXT}x the box, at least {MIN_SIDE} pixels: context and min-side must fit")
     config = ClassifierTrainConfig(
         epochs=epochs, seed=seed, context=context, context_min=context_min, context_max=context_max, min_side=min_side,
-        jitter=jitter, edge_boxes=edge_boxes, limit=limit, threads=threads,
+        jitter=jitter, edge_positives=edge_positives, limit=limit, threads=threads,
     )
 
     def on_epoch(record: dict) -> None:
@@ -399,6 +423,31 @@ def bench_inspect_command(
     tasks = tasks_from_deeppcb(resolve_deeppcb(deeppcb), split)[:limit]
     pipeline = _load_pipeline(model, None, edge_only, cloud, pixels_per_mm=DEEPPCB_PIXELS_PER_MM)
     print(json.dumps(bench_inspect(tasks, pipeline, annotate, repeat=repeat)))
+
+
+@bench_app.command("crops")
+def bench_crops_command(
+    deeppcb: Optional[Path] = typer.Option(None, help=DEEPPCB_HELP),
+    split: str = typer.Option("test", help="DeepPCB split."),
+    classifier: Optional[Path] = CLASSIFIER,
+    model: Optional[Path] = typer.Option(None, help="Edge detector whose candidates are classified. Default: built-in."),
+    proposal_threshold: Optional[float] = PROPOSAL,
+    limit: Optional[int] = typer.Option(None, min=1, help="Only the first N images."),
+) -> None:
+    """Crop classification accuracy of the cloud classifier on ground-truth boxes and on the edge's boxes."""
+    from aivd.bench.crop_accuracy import crop_accuracy
+    from aivd.cloud.builtin import BUILTIN_CLASSIFIER, CropClassifier
+    from aivd.data.deeppcb import load_split
+    from aivd.edge.detector import ModelError
+
+    try:
+        crop_model = CropClassifier(classifier or BUILTIN_CLASSIFIER)
+    except ModelError as error:
+        raise fail(str(error)) from None
+    with progress_bar() as progress:
+        samples = progress.track(load_split(resolve_deeppcb(deeppcb), split)[:limit], description="classifying")
+        result = crop_accuracy(crop_model, _load_detector(model, None), samples, proposal_threshold)
+    print(json.dumps({"split": split, **result}))
 
 
 def main() -> None:

@@ -1,4 +1,6 @@
-"""`aivd demo`: inspect the bundled DeepPCB samples and score them, so a new user sees the whole path work."""
+"""`aivd demo`: inspect the bundled DeepPCB samples and score them, so a new user sees the whole path work:
+OUT/report.html is what a quality engineer reads after any inspection, OUT/evaluation.html scores the run
+against the samples' annotations."""
 
 from __future__ import annotations
 
@@ -19,9 +21,9 @@ def run_demo(pipeline: EdgeCloudPipeline, out_dir: Path, samples: Path = SAMPLES
     summary = inspect_tasks(tasks, pipeline, out_dir, InspectOptions(annotate=True, deeppcb_results=True))
     truth = {task.image_id: read_annotation(samples / f"{task.image_id}.txt") for task in tasks}
     output = evaluate_results(read_results(out_dir), truth)
-    report = write_report(
-        out_dir / "report.html", "aivd demo: bundled DeepPCB samples", output.result.summary(), output.classes,
+    evaluation = write_report(
+        out_dir / "evaluation.html", "aivd demo: bundled DeepPCB samples", output.result.summary(), output.classes,
         output.confusion, output.result.matches, {t.image_id: t.image_path for t in tasks}, include_correct=True,
         extra={"pipeline": pipeline.name, "speed": f"{summary.images_per_s:.1f} images/s ({summary.images} images, including start-up)"},
     )
-    return {"images": summary.images, "failed": summary.failed, "defects": summary.defects, "report": str(report), **output.result.summary()}
+    return {"images": summary.images, "failed": summary.failed, "defects": summary.defects, "report": str(out_dir / "report.html"), "evaluation": str(evaluation), **output.result.summary()}

@@ -11,7 +11,7 @@ import json
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import cv2
@@ -23,7 +23,9 @@ from aivd.edge.detector import Detector
 from aivd.pipeline.engine import EdgeCloudPipeline
 from aivd.pipeline.inputs import InspectionTask
 from aivd.pipeline.records import InspectionRecord
+from aivd.store import ResultStore
 from aivd.viz.annotate import draw_detections
+from aivd.web import annotated_image_loader, write_inspection_report
 
 
 @dataclass
@@ -32,6 +34,10 @@ class InspectOptions:
     deeppcb_results: bool = False  # also write OUT/deeppcb/ID.txt in the official submission format
     prefetch: int = 4
     limits: ImageLimits = field(default_factory=ImageLimits)
+    database: str | None = ""  # SQLAlchemy URL; "" means OUT/aivd.sqlite, None no database
+    report: bool = True  # write OUT/report.html
+    command: str = ""  # recorded with the run in the database
+    config: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -52,20 +58,30 @@ class InspectSummary:
 
 
 class ResultWriter:
-    """Owns the output folder: results.jsonl, annotated/ and deeppcb/."""
+    """Owns the output folder: results.jsonl, annotated/, deeppcb/, the database and report.html.
+
+    The database is opened first, so a bad --db URL fails before any work is done."""
 
     def __init__(self, out_dir: Path, options: InspectOptions):
         self.out_dir = Path(out_dir)
         self.options = options
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.store, self.run_id = None, None
+        if options.database is not None:
+            self.store = ResultStore(options.database or f"sqlite:///{self.out_dir / 'aivd.sqlite'}")
+            self.run_id = self.store.start_run(options.command, options.config)
         if options.annotate:
             (self.out_dir / "annotated").mkdir(exist_ok=True)
         if options.deeppcb_results:
             (self.out_dir / "deeppcb").mkdir(exist_ok=True)
         self._jsonl = open(self.out_dir / "results.jsonl", "w", encoding="utf-8")
+        self.records: list[InspectionRecord] = []
 
     def write(self, record: InspectionRecord, image=None, detections: Detections | None = None) -> None:
         self._jsonl.write(json.dumps(record.model_dump(mode="json")) + "\n")
+        self.records.append(record)
+        if self.store is not None:
+            self.store.add(self.run_id, record)
         if detections is None:
             return
         if self.options.annotate and image is not None:
@@ -73,8 +89,19 @@ class ResultWriter:
         if self.options.deeppcb_results:
             (self.out_dir / "deeppcb" / f"{record.image_id}.txt").write_text(format_submission(detections))
 
+    def finish(self, summary: InspectSummary) -> None:
+        if self.store is not None:
+            self.store.finish_run(self.run_id, asdict(summary))
+        if self.options.report:
+            write_inspection_report(
+                self.out_dir, self.records, extra={"command": self.options.command} if self.options.command else None,
+                image_loader=annotated_image_loader(self.out_dir),
+            )
+
     def close(self) -> None:
         self._jsonl.close()
+        if self.store is not None:
+            self.store.close()
 
 
 def _load(task: InspectionTask, limits: ImageLimits):
@@ -126,15 +153,16 @@ def _inspect_one(task: InspectionTask, loaded, pipeline: EdgeCloudPipeline) -> t
 def inspect_tasks(
     tasks: list[InspectionTask],
     pipeline: EdgeCloudPipeline | Detector,
-    out_dir: Path,
+    out: Path | ResultWriter,
     options: InspectOptions = InspectOptions(),
     on_result: Callable[[InspectionRecord], None] | None = None,
 ) -> InspectSummary:
-    """Inspect every task, write one record per task, and never stop on a bad input."""
+    """Inspect every task, write one record per task, and never stop on a bad input. `out` is the output
+    folder, or a `ResultWriter` already opened on one (to report a bad database before starting)."""
     if not isinstance(pipeline, EdgeCloudPipeline):
         pipeline = EdgeCloudPipeline(pipeline)
     summary = InspectSummary()
-    writer = ResultWriter(out_dir, options)
+    writer = out if isinstance(out, ResultWriter) else ResultWriter(out, options)
     started = time.perf_counter()
     try:
         for task, loaded in _prefetched(tasks, options):
@@ -152,6 +180,8 @@ def inspect_tasks(
             writer.write(record, loaded[0], detections)
             if on_result:
                 on_result(record)
+        summary.wall_s = time.perf_counter() - started  # the database records the inspection time alone
+        writer.finish(summary)
     finally:
         writer.close()
         summary.wall_s = time.perf_counter() - started
