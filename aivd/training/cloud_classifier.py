@@ -44,7 +44,7 @@ class ClassifierTrainConfig:
     context_max: float = 2.0
     min_side: int = 32
     jitter: float = 0.2
-    edge_boxes: bool = True  # learn from the edge detector's own candidates (its box noise and false alarms)
+    edge_positives: bool = True  # also learn from the edge's candidates on defects (its real box noise)
     template_dropout: float = 0.1
     thickness_prob: float = 0.3
     widths: tuple[int, int, int] = (24, 48, 96)
@@ -59,8 +59,9 @@ class ClassifierTrainConfig:
         return AugmentConfig(self.jitter, self.template_dropout, self.thickness_prob)
 
 
-def edge_candidates(detector: TemplateDetector):
-    """A `load_boxes` hook: the detector's candidates on a sample, labelled by their overlap with the truth."""
+def edge_candidates(detector: TemplateDetector, positives: bool = True):
+    """A `load_boxes` hook: the detector's candidates on a sample, labelled by their overlap with the truth;
+    without `positives` only the false alarms are kept."""
     from aivd.data.images import read_pair
 
     reject = len(DEEPPCB_CLASSES)
@@ -77,7 +78,7 @@ def edge_candidates(detector: TemplateDetector):
             best, owner = np.zeros(len(found)), np.zeros(len(found), np.int64)
         positive, negative = best >= 0.5, best < 0.25
         classes = np.where(positive, truth.class_id[owner] if len(truth) else reject, reject)
-        keep = positive | negative
+        keep = (positive | negative) if positives else negative
         return found.xyxy[keep], classes[keep]
 
     return extra
@@ -89,10 +90,9 @@ def train_classifier(root: Path, detector_path: Path | None, out_dir: Path, conf
     out_dir.mkdir(parents=True, exist_ok=True)
     train_samples, val_samples = holdout_split(load_split(root, "trainval")[: config.limit])
     detector = TemplateDetector(detector_path, min_confidence=MINING_THRESHOLD) if detector_path else TemplateDetector(min_confidence=MINING_THRESHOLD)
-    # Held-out accuracy is always measured with the edge's candidates, as the classifier will meet them.
-    mined = edge_candidates(detector)
-    train = load_boxes(train_samples, mined if config.edge_boxes else None)
-    val = load_boxes(val_samples, mined)
+    # Held-out accuracy is always measured on all the edge's candidates, as the classifier will meet them.
+    train = load_boxes(train_samples, edge_candidates(detector, config.edge_positives))
+    val = load_boxes(val_samples, edge_candidates(detector))
 
     rng = np.random.default_rng(config.seed)
     net = RefinerNet(len(DEEPPCB_CLASSES) + 1, config.widths)
