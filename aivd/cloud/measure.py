@@ -38,13 +38,14 @@ def _pieces(mask: np.ndarray) -> np.ndarray:
 
 def _touches_several(labels_a: np.ndarray, labels_b: np.ndarray, window: np.ndarray) -> bool:
     """Does any piece of `a` that reaches into `window` overlap two or more pieces of `b`?"""
-    for piece in np.unique(labels_a[window]):
-        if piece == 0:
-            continue
-        overlapped = np.unique(labels_b[labels_a == piece])
-        if np.count_nonzero(overlapped) >= 2:
-            return True
-    return False
+    in_window = np.unique(labels_a[window])
+    in_window = in_window[in_window > 0]
+    if not len(in_window):
+        return False
+    both = (labels_a > 0) & (labels_b > 0)
+    pairs = np.unique(labels_a[both].astype(np.int64) * (int(labels_b.max()) + 1) + labels_b[both])
+    partners = np.bincount(pairs // (int(labels_b.max()) + 1), minlength=int(labels_a.max()) + 1)
+    return bool((partners[in_window] >= 2).any())
 
 
 def measure(region: Region, copper_dark: bool = True) -> Measurements:
