@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from aivd.cli.serve import serve_app
 from aivd.pipeline.inputs import TemplateMode
 
 app = typer.Typer(help="Edge-cloud visual inspection of industrial defects.", no_args_is_help=True, add_completion=False)
@@ -19,6 +20,7 @@ train_app = typer.Typer(help="Train the built-in models.", no_args_is_help=True)
 bench_app = typer.Typer(help="Benchmarks; each prints one JSON object.", no_args_is_help=True)
 app.add_typer(train_app, name="train")
 app.add_typer(bench_app, name="bench")
+app.add_typer(serve_app, name="serve")
 
 console = Console(stderr=True, soft_wrap=True)  # one error per line, never wrapped
 DEEPPCB_HELP = "DeepPCB root (the folder holding PCBData/); default: $AIVD_DEEPPCB_ROOT or ../shared/data/deeppcb."
@@ -80,7 +82,10 @@ def _load_pipeline(
         if cloud:
             from aivd.cloud.http_client import HttpAnalyzer
 
-            analyzer = HttpAnalyzer(cloud)
+            try:
+                analyzer = HttpAnalyzer(cloud)
+            except ValueError as error:
+                raise fail(str(error)) from None
         else:
             from aivd.cloud.builtin import BUILTIN_CLASSIFIER, BuiltinAnalyzer
             from aivd.cloud.knowledge import DEFAULT_KNOWLEDGE
