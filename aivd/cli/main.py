@@ -90,7 +90,8 @@ def _load_pipeline(
             from aivd.cloud.builtin import BUILTIN_CLASSIFIER, BuiltinAnalyzer
             from aivd.cloud.knowledge import DEFAULT_KNOWLEDGE
 
-            analyzer = BuiltinAnalyzer(classifier or BUILTIN_CLASSIFIER, knowledge or DEFAULT_KNOWLEDGE)
+            # One thread: in-process, the analyzer runs beside the detector's two (inspect overlaps the tiers).
+            analyzer = BuiltinAnalyzer(classifier or BUILTIN_CLASSIFIER, knowledge or DEFAULT_KNOWLEDGE, threads=1)
     except (ModelError, KnowledgeError) as error:
         raise fail(str(error)) from None
     return EdgeCloudPipeline(detector, analyzer, proposal, pixels_per_mm)

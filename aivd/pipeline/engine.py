@@ -24,6 +24,16 @@ from aivd.pipeline.records import DefectRecord
 
 
 @dataclass
+class Proposal:
+    """What the edge hands the cloud for one image."""
+
+    edge: Detections  # the edge's own decisions at its threshold: the fallback if the cloud fails
+    proposals: Detections  # candidates at the proposal threshold, one region each
+    regions: list
+    timings_ms: dict[str, float]
+
+
+@dataclass
 class ImageResult:
     detections: Detections  # the final defects, for the official result files and annotated images
     defects: list[DefectRecord]
@@ -67,26 +77,36 @@ class EdgeCloudPipeline:
         return self.run(image, template, "image").detections
 
     def run(self, image: np.ndarray, template: np.ndarray | None, image_id: str) -> ImageResult:
+        return self.complete(self.propose(image, template, image_id))
+
+    def propose(self, image: np.ndarray, template: np.ndarray | None, image_id: str) -> Proposal:
+        """The edge's half: detection, and the regions to send to the cloud."""
         template = template if self.detector.uses_template else None
         started = time.perf_counter()
         if self.analyzer is None:
             edge = self.detector.detect(image, template)
-            return ImageResult(edge, _edge_records(edge), timings_ms={"detect": _ms_since(started)})
+            return Proposal(edge, edge, [], {"detect": _ms_since(started)})
         candidates = self.detector.detect(image, template, min(self.proposal_threshold, self.edge_threshold))
         timings = {"detect": _ms_since(started)}
-        edge = candidates.with_min_confidence(self.edge_threshold)
-        proposals = candidates.with_min_confidence(self.proposal_threshold)
         started = time.perf_counter()
+        proposals = candidates.with_min_confidence(self.proposal_threshold)
         regions = cut_regions(image, template, proposals, image_id, self.pixels_per_mm)
         timings["crop"] = _ms_since(started)
+        return Proposal(candidates.with_min_confidence(self.edge_threshold), proposals, regions, timings)
+
+    def complete(self, proposal: Proposal) -> ImageResult:
+        """The cloud's half (safe to run on another thread than `propose`): analysis and the final records."""
+        if self.analyzer is None:
+            return ImageResult(proposal.edge, _edge_records(proposal.edge), timings_ms=proposal.timings_ms)
+        timings = dict(proposal.timings_ms)
         started = time.perf_counter()
         try:
-            analyses = self.analyzer.analyze(regions) if regions else []
+            analyses = self.analyzer.analyze(proposal.regions) if proposal.regions else []
         except AnalyzerError as error:
             timings["analyze"] = _ms_since(started)
-            return ImageResult(edge, _edge_records(edge), timings_ms=timings, cloud_error=str(error), **self._bytes())
+            return ImageResult(proposal.edge, _edge_records(proposal.edge), timings_ms=timings, cloud_error=str(error), **self._bytes())
         timings["analyze"] = _ms_since(started)
-        return self._combine(proposals, regions, analyses, timings)
+        return self._combine(proposal.proposals, proposal.regions, analyses, timings)
 
     def _bytes(self) -> dict:
         return {"bytes_to_cloud": getattr(self.analyzer, "last_bytes_sent", 0), "bytes_from_cloud": getattr(self.analyzer, "last_bytes_received", 0)}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -20,12 +21,14 @@ from aivd.core import Detections
 from aivd.data.deeppcb import format_submission
 from aivd.data.images import ImageError, ImageLimits, read_pair
 from aivd.edge.detector import Detector
-from aivd.pipeline.engine import EdgeCloudPipeline
+from aivd.pipeline.engine import EdgeCloudPipeline, ImageResult, Proposal
 from aivd.pipeline.inputs import InspectionTask
 from aivd.pipeline.records import InspectionRecord
 from aivd.store import ResultStore
 from aivd.viz.annotate import draw_detections
 from aivd.web import annotated_image_loader, write_inspection_report
+
+CLOUD_IN_FLIGHT = 2  # images whose cloud half may be pending while the edge goes on
 
 
 @dataclass
@@ -126,28 +129,41 @@ def _prefetched(tasks: list[InspectionTask], options: InspectOptions) -> Iterato
             yield task, loaded
 
 
-def _inspect_one(task: InspectionTask, loaded, pipeline: EdgeCloudPipeline) -> tuple[InspectionRecord, Detections | None]:
-    """One task's record; every failure, reading or detecting, becomes an error record."""
-    image, template, error, read_ms = loaded
+def _start(task: InspectionTask, loaded, pipeline: EdgeCloudPipeline) -> Proposal | ImageError:
+    """The edge's half of one task; a failure to read or detect becomes the task's error."""
+    image, template, error, _ = loaded
+    if error is not None:
+        return error
+    try:
+        return pipeline.propose(image, template, task.image_id)
+    except Exception as failure:  # a model failing on one image must not end the run
+        return ImageError(task.image_path, f"detector failed: {type(failure).__name__}: {failure}")
+
+
+def _complete(pipeline: EdgeCloudPipeline, task: InspectionTask, started: Proposal | ImageError) -> ImageResult | ImageError:
+    """The cloud's half; a backend's AnalyzerError is handled by the pipeline, anything else fails the task."""
+    if isinstance(started, ImageError):
+        return started
+    try:
+        return pipeline.complete(started)
+    except Exception as failure:
+        return ImageError(task.image_path, f"analysis failed: {type(failure).__name__}: {failure}")
+
+
+def _record(task: InspectionTask, read_ms: float, pipeline: EdgeCloudPipeline, outcome: ImageResult | ImageError) -> InspectionRecord:
     base = {
         "image": str(task.image_path), "image_id": task.image_id, "detector": pipeline.detector.name,
         "analyzer": pipeline.analyzer.name if pipeline.analyzer else None,
         "template": str(task.template_path) if task.template_path else None,
     }
-    if error is None:
-        try:
-            result = pipeline.run(image, template, task.image_id)
-        except Exception as failure:  # a model failing on one image must not end the run
-            error = ImageError(task.image_path, f"detector failed: {type(failure).__name__}: {failure}")
-    if error is not None:
-        return InspectionRecord(**base, status="error", error=error.reason), None
-    timings = {"read": round(read_ms, 2), **result.timings_ms}
+    if isinstance(outcome, ImageError):
+        return InspectionRecord(**base, status="error", error=outcome.reason)
+    timings = {"read": round(read_ms, 2), **outcome.timings_ms}
     timings["total"] = round(sum(timings.values()), 2)
-    record = InspectionRecord(
-        **base, status="ok", error=None, cloud_error=result.cloud_error, defects=result.defects, rejected=result.rejected,
-        timings_ms=timings, bytes_to_cloud=result.bytes_to_cloud, bytes_from_cloud=result.bytes_from_cloud,
+    return InspectionRecord(
+        **base, status="ok", error=None, cloud_error=outcome.cloud_error, defects=outcome.defects, rejected=outcome.rejected,
+        timings_ms=timings, bytes_to_cloud=outcome.bytes_to_cloud, bytes_from_cloud=outcome.bytes_from_cloud,
     )
-    return record, result.detections
 
 
 def inspect_tasks(
@@ -164,22 +180,37 @@ def inspect_tasks(
     summary = InspectSummary()
     writer = out if isinstance(out, ResultWriter) else ResultWriter(out, options)
     started = time.perf_counter()
+
+    def finish(task: InspectionTask, loaded, outcome) -> None:
+        outcome = outcome.result()
+        record = _record(task, loaded[3], pipeline, outcome)
+        summary.images += 1
+        if isinstance(outcome, ImageError):
+            summary.failed += 1
+            detections = None
+        else:
+            detections = outcome.detections
+            summary.ok += 1
+            summary.defects += len(detections)
+            summary.rejected += len(record.rejected)
+            summary.cloud_failed += record.cloud_error is not None
+            summary.bytes_to_cloud += record.bytes_to_cloud
+            summary.bytes_from_cloud += record.bytes_from_cloud
+        writer.write(record, loaded[0], detections)
+        if on_result:
+            on_result(record)
+
     try:
-        for task, loaded in _prefetched(tasks, options):
-            record, detections = _inspect_one(task, loaded, pipeline)
-            summary.images += 1
-            if detections is None:
-                summary.failed += 1
-            else:
-                summary.ok += 1
-                summary.defects += len(detections)
-                summary.rejected += len(record.rejected)
-                summary.cloud_failed += record.cloud_error is not None
-                summary.bytes_to_cloud += record.bytes_to_cloud
-                summary.bytes_from_cloud += record.bytes_from_cloud
-            writer.write(record, loaded[0], detections)
-            if on_result:
-                on_result(record)
+        # The cloud's half of image i runs on its own thread while the edge works on image i + 1, as the two
+        # tiers would on two machines; records are still written in input order.
+        with ThreadPoolExecutor(max_workers=1) as cloud:
+            in_flight: deque = deque()
+            for task, loaded in _prefetched(tasks, options):
+                in_flight.append((task, loaded, cloud.submit(_complete, pipeline, task, _start(task, loaded, pipeline))))
+                if len(in_flight) > CLOUD_IN_FLIGHT:
+                    finish(*in_flight.popleft())
+            while in_flight:
+                finish(*in_flight.popleft())
         summary.wall_s = time.perf_counter() - started  # the database records the inspection time alone
         writer.finish(summary)
     finally:
