@@ -309,10 +309,8 @@ def train_detector_command(
     init_from: Optional[Path] = typer.Option(None, help="Fine-tune from this checkpoint (a detector_best.pt)."),
 ) -> None:
     """Train the built-in template-aware detector on DeepPCB trainval and export it to ONNX."""
-    try:
-        from aivd.training.detector import DetectorTrainConfig, train_detector
-    except ImportError as error:
-        raise fail(f"training needs the 'train' extra (pip install 'aivd[train]'): {error}") from None
+    training = _training_module("detector")
+    DetectorTrainConfig, train_detector = training.DetectorTrainConfig, training.train_detector
     if init_from is not None and not init_from.is_file():
         raise fail(f"{init_from}: checkpoint not found")
     config = DetectorTrainConfig(
@@ -334,6 +332,24 @@ def train_detector_command(
     console.print(f"best epoch {best['epoch']}: val F-score {best['fscore']:.4f}, AP {best['ap']:.4f} -> {record['onnx']}")
 
 
+def _training_module(name: str):
+    """aivd.training.NAME, or a clear exit when the 'train' extra (torch) is not installed."""
+    import importlib
+
+    try:
+        return importlib.import_module(f"aivd.training.{name}")
+    except ImportError as error:
+        raise fail(f"training needs the 'train' extra (pip install 'aivd[train]'): {error}") from None
+
+
+def _print_trained(record: dict, out: Path, result: str) -> None:
+    console.print(f"best epoch {record['best']['epoch']}: crop accuracy {record['best']['accuracy']:.4f}; {result} -> {out}", highlight=False)
+
+
+def _print_crop_epoch(record: dict) -> None:
+    console.print(f"epoch {record['epoch']:3d}  loss {record['loss']:.3f}  val crop accuracy {record['accuracy']:.4f}", highlight=False)
+
+
 @train_app.command("refiner")
 def train_refiner_command(
     detector: Path = typer.Option(..., help="The detector ONNX to pair the refiner with (from `aivd train detector`)."),
@@ -345,24 +361,16 @@ def train_refiner_command(
     threads: int = typer.Option(2, min=1, help="CPU threads for torch."),
 ) -> None:
     """Train the second-stage class refiner and package it with a detector, re-calibrating the threshold."""
-    try:
-        from aivd.training.refiner import RefinerTrainConfig, train_refiner
-    except ImportError as error:
-        raise fail(f"training needs the 'train' extra (pip install 'aivd[train]'): {error}") from None
+    training = _training_module("refiner")
+    RefinerTrainConfig, train_refiner = training.RefinerTrainConfig, training.train_refiner
     if not detector.is_file():
         raise fail(f"{detector}: detector model not found")
     config = RefinerTrainConfig(epochs=epochs, seed=seed, limit=limit, threads=threads)
 
-    def on_epoch(record: dict) -> None:
-        console.print(f"epoch {record['epoch']:3d}  loss {record['loss']:.3f}  val crop accuracy {record['accuracy']:.4f}", highlight=False)
-
-    record = train_refiner(resolve_deeppcb(deeppcb), detector, out, config, on_epoch)
+    record = train_refiner(resolve_deeppcb(deeppcb), detector, out, config, _print_crop_epoch)
     pipeline = record["pipeline"]
-    console.print(
-        f"best epoch {record['best']['epoch']}: crop accuracy {record['best']['accuracy']:.4f}; detector + refiner on held-out "
-        f"trainval: F {pipeline['val']['fscore']:.4f}, AP {pipeline['val']['ap']:.4f} at threshold {pipeline['threshold']:.2f} -> {out}",
-        highlight=False,
-    )
+    _print_trained(record, out, f"detector + refiner on held-out trainval: F {pipeline['val']['fscore']:.4f}, "
+                   f"AP {pipeline['val']['ap']:.4f} at threshold {pipeline['threshold']:.2f}")
 
 
 @train_app.command("classifier")
@@ -382,10 +390,8 @@ def train_classifier_command(
     threads: int = typer.Option(2, min=1, help="CPU threads for torch."),
 ) -> None:
     """Train the cloud tier's crop classifier (six classes + no-defect) and calibrate its thresholds."""
-    try:
-        from aivd.training.cloud_classifier import ClassifierTrainConfig, train_classifier
-    except ImportError as error:
-        raise fail(f"training needs the 'train' extra (pip install 'aivd[train]'): {error}") from None
+    training = _training_module("cloud_classifier")
+    ClassifierTrainConfig, train_classifier = training.ClassifierTrainConfig, training.train_classifier
     if detector is not None and not detector.is_file():
         raise fail(f"{detector}: detector model not found")
     from aivd.core.regions import MIN_SIDE, TRANSPORT_CONTEXT
@@ -399,16 +405,10 @@ def train_classifier_command(
         jitter=jitter, edge_positives=edge_positives, limit=limit, threads=threads,
     )
 
-    def on_epoch(record: dict) -> None:
-        console.print(f"epoch {record['epoch']:3d}  loss {record['loss']:.3f}  val crop accuracy {record['accuracy']:.4f}", highlight=False)
-
-    record = train_classifier(resolve_deeppcb(deeppcb), detector, out, config, on_epoch)
+    record = train_classifier(resolve_deeppcb(deeppcb), detector, out, config, _print_crop_epoch)
     chosen = record["calibration"]["chosen"]
-    console.print(
-        f"best epoch {record['best']['epoch']}: crop accuracy {record['best']['accuracy']:.4f}; edge + cloud on held-out trainval: "
-        f"F {chosen['fscore']:.4f} at proposal threshold {chosen['proposal_threshold']}, score threshold {chosen['score_threshold']} -> {out}",
-        highlight=False,
-    )
+    _print_trained(record, out, f"edge + cloud on held-out trainval: F {chosen['fscore']:.4f} at proposal threshold "
+                   f"{chosen['proposal_threshold']}, score threshold {chosen['score_threshold']}")
 
 
 @bench_app.command("inspect")
