@@ -303,3 +303,27 @@ def test_serve_cloud_command_serves():
         watchdog.cancel()
         process.terminate()
         process.wait(10)
+
+
+@pytest.mark.integration
+def test_inspection_through_the_service_matches_in_process_and_counts_traffic(service, builtin, tmp_path):
+    from aivd.edge.detector import load_detector
+    from aivd.pipeline.engine import EdgeCloudPipeline
+    from aivd.pipeline.inputs import TemplateMode, tasks_from_paths
+    from aivd.pipeline.inspect import InspectOptions, inspect_tasks
+
+    tasks = tasks_from_paths([SAMPLES], TemplateMode.require)
+    options = InspectOptions(annotate=False, database=None, report=False)
+    local, remote_records = [], []
+    inspect_tasks(tasks, EdgeCloudPipeline(load_detector(), builtin, pixels_per_mm=48), tmp_path / "local", options, local.append)
+    remote = HttpAnalyzer(service)
+    try:
+        summary = inspect_tasks(tasks, EdgeCloudPipeline(load_detector(), remote, pixels_per_mm=48), tmp_path / "remote", options,
+                                remote_records.append)
+    finally:
+        remote.close()
+    assert [d.model_dump(exclude={"source"}) for r in remote_records for d in r.defects] == [
+        d.model_dump(exclude={"source"}) for r in local for d in r.defects]
+    assert {d.source for r in remote_records for d in r.defects} == {"cloud:remote:builtin"}
+    assert all(r.bytes_to_cloud > 0 and r.bytes_from_cloud > 0 and r.cloud_error is None for r in remote_records)
+    assert summary.bytes_to_cloud == remote.bytes_sent and summary.bytes_from_cloud == remote.bytes_received
