@@ -13,6 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from aivd.cli.serve import serve_app
+from aivd.cli.simulate import simulate_app
 from aivd.pipeline.inputs import TemplateMode
 
 app = typer.Typer(help="Edge-cloud visual inspection of industrial defects.", no_args_is_help=True, add_completion=False)
@@ -21,6 +22,7 @@ bench_app = typer.Typer(help="Benchmarks; each prints one JSON object.", no_args
 app.add_typer(train_app, name="train")
 app.add_typer(bench_app, name="bench")
 app.add_typer(serve_app, name="serve")
+app.add_typer(simulate_app, name="simulate")
 
 console = Console(stderr=True, soft_wrap=True)  # one error per line, never wrapped
 DEEPPCB_HELP = "DeepPCB root (the folder holding PCBData/); default: $AIVD_DEEPPCB_ROOT or ../shared/data/deeppcb."

@@ -1,0 +1,207 @@
+"""Scheduling policies: pick the edge node that inspects a task.
+
+Each policy is a small class with one method, `choose(task, states, rng) -> node_id`, in the spirit of Ray Serve's
+RequestRouter. They know nothing of simpy, Ray, HTTP or files, so the simulator and the runtimes use them
+unchanged. A policy object may keep state between decisions (round-robin's cursor, aivd's smoothed scores), so
+each run makes its own with `make_policy`. All randomness comes from the `rng` the caller passes in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from aivd.scheduling.state import NodeState, Task
+
+
+class Policy(Protocol):
+    name: str
+
+    def choose(self, task: Task, states: Sequence[NodeState], rng: np.random.Generator) -> str: ...
+
+
+class AivdConfig(BaseModel):
+    """Parameters of the paper's score S = a*U + b*Q + d*B + e*L (each term in [0, 1], higher = better).
+
+    Defaults favour queue congestion because it is the only term the dispatcher knows exactly at decision time
+    (it counts its own in-flight tasks); U, B and L come from telemetry that is a period plus a delay old, and
+    in the simulator larger weights on them lowered throughput under load (docs/scheduling.md).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    a: float = Field(0.05, ge=0, description="weight of CPU idle U")
+    b: float = Field(0.85, ge=0, description="weight of queue headroom Q")
+    d: float = Field(0.05, ge=0, description="weight of relative bandwidth B")
+    e: float = Field(0.05, ge=0, description="weight of relative latency L")
+    eta: float = Field(0.2, ge=0, lt=1, description="weight of a node's previous smoothed score; 0 = no smoothing")
+    gamma: float = Field(0.5, gt=0, lt=1, description="multiplicative penalty for overloaded or anomalous nodes")
+    max_skips: int = Field(64, ge=1, description="a healthy node passed over this many decisions in a row is chosen")
+
+
+class PolicyConfig(BaseModel):
+    """Configuration for every policy in the registry; only `aivd` has parameters today."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    aivd: AivdConfig = AivdConfig()
+
+
+def eligible(states: Sequence[NodeState]) -> list[NodeState]:
+    """Healthy nodes; all of them if none is healthy, so that a task always has somewhere to wait."""
+    healthy = [s for s in states if s.healthy]
+    return healthy or list(states)
+
+
+def best_index(values: Sequence[float], rng: np.random.Generator) -> int:
+    """Index of the largest value, ties broken at random so that equal nodes share the work."""
+    top = max(values)
+    ties = [i for i, v in enumerate(values) if v == top]
+    return ties[0] if len(ties) == 1 else ties[int(rng.integers(len(ties)))]
+
+
+class RoundRobin:
+    name = "rr"
+
+    def __init__(self) -> None:
+        self._turn = 0
+
+    def choose(self, task: Task, states: Sequence[NodeState], rng: np.random.Generator) -> str:
+        nodes = eligible(states)
+        node = nodes[self._turn % len(nodes)]
+        self._turn += 1
+        return node.node_id
+
+
+class StaticResourceAware:
+    """The paper's SRA baseline: the node with the most idle CPU in its last telemetry."""
+
+    name = "sra"
+
+    def choose(self, task: Task, states: Sequence[NodeState], rng: np.random.Generator) -> str:
+        nodes = eligible(states)
+        return nodes[best_index([s.cpu_idle for s in nodes], rng)].node_id
+
+
+class UniformRandom:
+    name = "random"
+
+    def choose(self, task: Task, states: Sequence[NodeState], rng: np.random.Generator) -> str:
+        nodes = eligible(states)
+        return nodes[int(rng.integers(len(nodes)))].node_id
+
+
+class JoinShortestQueue:
+    name = "jsq"
+
+    def choose(self, task: Task, states: Sequence[NodeState], rng: np.random.Generator) -> str:
+        nodes = eligible(states)
+        return nodes[best_index([-s.queue_len for s in nodes], rng)].node_id
+
+
+class PowerOfTwoChoices:
+    """Ray Serve's default router: sample two nodes, send to the one with the shorter queue."""
+
+    name = "p2c"
+
+    def choose(self, task: Task, states: Sequence[NodeState], rng: np.random.Generator) -> str:
+        nodes = eligible(states)
+        if len(nodes) == 1:
+            return nodes[0].node_id
+        first, second = (nodes[int(i)] for i in rng.choice(len(nodes), size=2, replace=False))
+        return (second if second.queue_len < first.queue_len else first).node_id
+
+
+def expected_completion_s(task: Task, state: NodeState) -> float:
+    """Seconds until `task` would finish on the node: transfer, then the queue ahead of it, then itself."""
+    return state.latency_s + task.payload_bytes / state.bandwidth_bps + (state.queue_len + 1) / state.service_rate
+
+
+class ExpectedCompletionTime:
+    """Our policy: the node with the earliest expected completion, using the measured service rate."""
+
+    name = "ect"
+
+    def choose(self, task: Task, states: Sequence[NodeState], rng: np.random.Generator) -> str:
+        nodes = eligible(states)
+        return nodes[best_index([-expected_completion_s(task, s) for s in nodes], rng)].node_id
+
+
+class AivdScore:
+    """The paper's resource-aware score with smoothing, a penalty for bad nodes, a starvation floor and argmax.
+
+    Normalisation, every term in [0, 1] with higher = better:
+      U = cpu_idle;
+      Q = queue_bound / (queue_bound + queue_len)   (congestion inverted: an empty queue scores 1, one at the
+          bound 0.5; it never reaches 0, so nodes past the bound are still told apart by their queues instead of
+          all scoring 0 and the choice falling to U, B and L alone, which herds work onto the best link);
+      B = bandwidth / the best bandwidth among the candidates;
+      L = the lowest latency among the candidates / latency   (latency inverted: the fastest link scores 1).
+    B and L are relative to the other nodes so that the score does not depend on the units or the network.
+    """
+
+    name = "aivd"
+
+    def __init__(self, config: AivdConfig | None = None) -> None:
+        self.config = config or AivdConfig()
+        self._smoothed: dict[str, float] = {}
+        self._skips: dict[str, int] = {}
+
+    def raw_scores(self, states: Sequence[NodeState]) -> list[float]:
+        c = self.config
+        best_bw = max(s.bandwidth_bps for s in states)
+        # A latency floor of 1 microsecond keeps L finite for a node that reports zero latency.
+        best_lat = max(min(s.latency_s for s in states), 1e-6)
+        return [
+            c.a * s.cpu_idle
+            + c.b * s.queue_bound / (s.queue_bound + s.queue_len)
+            + c.d * s.bandwidth_bps / best_bw
+            + c.e * best_lat / max(s.latency_s, 1e-6)
+            for s in states
+        ]
+
+    @staticmethod
+    def penalised(state: NodeState) -> bool:
+        return state.queue_len > state.queue_bound or state.missed_heartbeats > 0 or state.errors > 0
+
+    def choose(self, task: Task, states: Sequence[NodeState], rng: np.random.Generator) -> str:
+        c = self.config
+        nodes = eligible(states)
+        scores = []
+        for state, raw in zip(nodes, self.raw_scores(nodes)):
+            previous = self._smoothed.get(state.node_id, raw)
+            smooth = c.eta * previous + (1.0 - c.eta) * raw
+            self._smoothed[state.node_id] = smooth
+            # The penalty applies after smoothing so that a node turning bad is avoided at once, not eta-slowly.
+            scores.append(smooth * c.gamma if self.penalised(state) else smooth)
+        starved = [i for i, s in enumerate(nodes) if self._skips.get(s.node_id, 0) >= c.max_skips]
+        if starved:
+            chosen = nodes[max(starved, key=lambda i: self._skips[nodes[i].node_id])]
+        else:
+            chosen = nodes[best_index(scores, rng)]
+        for state in nodes:
+            self._skips[state.node_id] = 0 if state is chosen else self._skips.get(state.node_id, 0) + 1
+        return chosen.node_id
+
+
+POLICIES: dict[str, Callable[[PolicyConfig], Policy]] = {
+    "rr": lambda config: RoundRobin(),
+    "sra": lambda config: StaticResourceAware(),
+    "random": lambda config: UniformRandom(),
+    "jsq": lambda config: JoinShortestQueue(),
+    "p2c": lambda config: PowerOfTwoChoices(),
+    "aivd": lambda config: AivdScore(config.aivd),
+    "ect": lambda config: ExpectedCompletionTime(),
+}
+
+
+def make_policy(name: str, config: PolicyConfig | None = None) -> Policy:
+    """A fresh policy by registry name; raises KeyError naming the known policies for an unknown one."""
+    try:
+        factory = POLICIES[name]
+    except KeyError:
+        raise KeyError(f"unknown policy {name!r}; known: {', '.join(POLICIES)}") from None
+    return factory(config or PolicyConfig())

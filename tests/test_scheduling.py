@@ -1,0 +1,129 @@
+"""Each scheduling policy's defining behaviour, on hand-made node states."""
+
+from collections import Counter
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from aivd.scheduling import POLICIES, AivdConfig, AivdScore, NodeState, PolicyConfig, Task, make_policy
+
+TASK = Task(0, 84_000)
+
+
+def node(node_id, **kw):
+    base = dict(cpu_idle=0.5, queue_len=2, queue_bound=8, bandwidth_bps=10e6, latency_s=0.01, service_rate=5.0)
+    return NodeState(node_id, **{**base, **kw})
+
+
+def rng(seed=0):
+    return np.random.default_rng(seed)
+
+
+def test_registry_names_and_unknown_policy():
+    assert set(POLICIES) == {"rr", "sra", "random", "jsq", "p2c", "aivd", "ect"}
+    for name in POLICIES:
+        assert make_policy(name).name == name
+    with pytest.raises(KeyError, match="known: rr"):
+        make_policy("fifo")
+
+
+def test_node_state_validates():
+    with pytest.raises(ValueError):
+        node("a", cpu_idle=1.5)
+    with pytest.raises(ValueError):
+        node("a", bandwidth_bps=0)
+    with pytest.raises(ValidationError):
+        AivdConfig(gamma=1.0)
+
+
+def test_round_robin_cycles_and_skips_unhealthy():
+    states = [node("a"), node("b", healthy=False), node("c")]
+    policy, r = make_policy("rr"), rng()
+    assert [policy.choose(TASK, states, r) for _ in range(5)] == ["a", "c", "a", "c", "a"]
+
+
+def test_sra_picks_most_idle_cpu():
+    states = [node("a", cpu_idle=0.2), node("b", cpu_idle=0.9, queue_len=50), node("c", cpu_idle=0.5)]
+    assert make_policy("sra").choose(TASK, states, rng()) == "b"
+
+
+def test_jsq_picks_shortest_queue_and_breaks_ties_at_random():
+    states = [node("a", queue_len=3), node("b", queue_len=1), node("c", queue_len=4)]
+    assert make_policy("jsq").choose(TASK, states, rng()) == "b"
+    tied = [node("a", queue_len=1), node("b", queue_len=1), node("c", queue_len=4)]
+    picks = Counter(make_policy("jsq").choose(TASK, tied, rng(s)) for s in range(200))
+    assert set(picks) == {"a", "b"} and min(picks.values()) > 60
+
+
+def test_p2c_picks_the_shorter_of_two_random_nodes():
+    states = [node("a", queue_len=0), node("b", queue_len=5), node("c", queue_len=9)]
+    policy, r = make_policy("p2c"), rng(1)
+    picks = Counter(policy.choose(TASK, states, r) for _ in range(3000))
+    # The longest queue is never chosen; the middle one only when paired with the longest: 1/3 of pairs.
+    assert picks["c"] == 0
+    assert picks["b"] / 3000 == pytest.approx(1 / 3, abs=0.04)
+
+
+def test_random_spreads_over_healthy_nodes():
+    states = [node("a"), node("b"), node("c", healthy=False)]
+    picks = Counter(make_policy("random").choose(TASK, states, rng(s)) for s in range(300))
+    assert set(picks) == {"a", "b"}
+
+
+def test_ect_prefers_the_fast_link_for_big_payloads_and_the_fast_node_for_small():
+    fast_link = node("fast_link", bandwidth_bps=100e6, service_rate=4.0)
+    fast_node = node("fast_node", bandwidth_bps=1e6, service_rate=10.0)
+    policy = make_policy("ect")
+    assert policy.choose(Task(1, 2_000_000), [fast_node, fast_link], rng()) == "fast_link"
+    assert policy.choose(Task(2, 1_000), [fast_node, fast_link], rng()) == "fast_node"
+
+
+def test_aivd_prefers_idle_short_queue_fast_link():
+    good = node("good", cpu_idle=1.0, queue_len=0, bandwidth_bps=20e6, latency_s=0.005)
+    bad = node("bad", cpu_idle=0.1, queue_len=6, bandwidth_bps=5e6, latency_s=0.05)
+    policy = AivdScore()
+    scores = policy.raw_scores([good, bad])
+    assert scores[0] == pytest.approx(sum(AivdConfig().model_dump(include={"a", "b", "d", "e"}).values()))
+    assert scores[1] < scores[0]
+    assert policy.choose(TASK, [bad, good], rng()) == "good"
+
+
+def test_aivd_penalty_turns_the_choice_away_from_overloaded_and_anomalous_nodes():
+    config = AivdConfig(a=1, b=0, d=0, e=0, eta=0, gamma=0.5)
+    slightly_worse = node("ok", cpu_idle=0.7)
+    for bad in (node("over", cpu_idle=0.9, queue_len=9), node("flaky", cpu_idle=0.9, missed_heartbeats=1),
+                node("errors", cpu_idle=0.9, errors=2)):
+        assert AivdScore(config).choose(TASK, [bad, slightly_worse], rng()) == "ok"
+        # Without the penalty condition the same node wins.
+        healthy_twin = node(bad.node_id, cpu_idle=0.9)
+        assert AivdScore(config).choose(TASK, [healthy_twin, slightly_worse], rng()) == bad.node_id
+
+
+def test_aivd_smoothing_delays_the_reaction_to_a_change():
+    config = AivdConfig(a=1, b=0, d=0, e=0, eta=0.8, max_skips=1000)
+    before = [node("x", cpu_idle=1.0), node("y", cpu_idle=0.5)]
+    after = [node("x", cpu_idle=0.4), node("y", cpu_idle=0.5)]
+    smoothed, unsmoothed = AivdScore(config), AivdScore(config.model_copy(update={"eta": 0.0}))
+    for policy in (smoothed, unsmoothed):
+        assert policy.choose(TASK, before, rng()) == "x"
+    assert unsmoothed.choose(TASK, after, rng()) == "y"
+    # Smoothed: x's score is 0.8*1.0 + 0.2*0.4 = 0.88 > 0.5, so it keeps x for a few decisions before switching.
+    picks = [smoothed.choose(TASK, after, rng()) for _ in range(10)]
+    assert picks[0] == "x" and picks[-1] == "y"
+
+
+def test_aivd_floor_stops_starvation():
+    config = AivdConfig(max_skips=5, eta=0)
+    states = [node("best", cpu_idle=1.0, queue_len=0), node("worst", cpu_idle=0.0, queue_len=7)]
+    policy = AivdScore(config)
+    picks = [policy.choose(TASK, states, rng()) for _ in range(18)]
+    assert picks.count("worst") == 3 and picks[5] == "worst"
+
+
+def test_every_policy_is_deterministic_for_a_seed():
+    states = [node(f"n{i}", cpu_idle=i / 10, queue_len=i % 3, latency_s=0.01 * (i + 1)) for i in range(6)]
+    for name in POLICIES:
+        runs = [[make_policy(name, PolicyConfig()).choose(Task(t, 84_000), states, r) for t in range(50)]
+                for r in (rng(7), rng(7))]
+        assert runs[0] == runs[1], name

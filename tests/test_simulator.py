@@ -1,0 +1,134 @@
+"""The discrete-event simulator and `aivd simulate`: reproducibility, conservation of tasks, capacity, heterogeneity."""
+
+import csv
+import json
+import time
+
+import numpy as np
+import pytest
+import simpy
+from typer.testing import CliRunner
+
+from aivd.cli.simulate import simulate_app
+from aivd.scheduling import POLICIES
+from aivd.sim import SCENARIOS, capacity_per_s, simulate, with_load
+from aivd.sim.engine import Link, Simulation, arrival_times
+from aivd.sim.scenarios import Arrivals, LinkProfile, NodeEvent
+
+
+def test_identical_seeds_give_identical_results_and_other_seeds_do_not():
+    first, second = (simulate(SCENARIOS[3], 6, "aivd", 1500, seed=11) for _ in range(2))
+    assert first == second
+    other = simulate(SCENARIOS[3], 6, "aivd", 1500, seed=12)
+    assert other.latency_mean_ms != first.latency_mean_ms
+
+
+@pytest.mark.parametrize("scenario", [1, 2, 3])
+def test_no_task_is_lost_even_with_crashes(scenario):
+    for policy in ("rr", "jsq", "ect"):
+        result = simulate(SCENARIOS[scenario], 4, policy, 800, seed=1)
+        assert result.lost == 0 and result.completed == 800 == sum(result.assigned.values())
+        assert result.latency_p50_ms <= result.latency_p95_ms <= result.latency_p99_ms
+        assert 0 < result.comm_latency_mean_ms < result.latency_mean_ms
+
+
+def test_capacity_bound_is_the_sum_of_service_rates():
+    # Node mix gpu, ipc, arm, ipc: 1/0.08 + 1/0.15 + 1/0.40 + 1/0.15
+    assert capacity_per_s(SCENARIOS[1], 4) == pytest.approx(12.5 + 6.667 + 2.5 + 6.667, abs=0.01)
+
+
+def test_throughput_never_exceeds_the_capacity_bound_at_saturation():
+    saturated = with_load(SCENARIOS[1], 2.0)
+    for policy in POLICIES:
+        result = simulate(saturated, 4, policy, 800, seed=3)
+        assert result.capacity_fraction <= 1.0, policy
+        assert all(0 <= u <= 1.0 + 1e-9 for u in result.utilisation.values()), policy
+
+
+@pytest.mark.parametrize("policy", ["jsq", "aivd", "ect"])
+def test_a_fast_node_gets_more_work_than_a_slow_one(policy):
+    result = simulate(SCENARIOS[1], 4, policy, 1500, seed=2)
+    gpu, arm = result.assigned["n0"], result.assigned["n2"]  # service means 0.08 s and 0.40 s
+    assert gpu > 2 * arm
+
+
+def test_round_robin_ignores_speed_and_loses_throughput_at_saturation():
+    saturated = with_load(SCENARIOS[1], 1.5)
+    rr, ect = (simulate(saturated, 4, p, 1500, seed=4) for p in ("rr", "ect"))
+    assert max(rr.assigned.values()) - min(rr.assigned.values()) <= 1
+    assert ect.throughput_per_s > rr.throughput_per_s
+
+
+def test_a_crash_is_seen_through_missed_heartbeats():
+    scenario = SCENARIOS[1].model_copy(update={"events": [NodeEvent(kind="crash", node=0, start_frac=0.3, duration_frac=0.4)]})
+    sim = Simulation(scenario, 4, "jsq", 1000, seed=5)
+    sim.start()
+    sim.env.run(until=0.5 * sim.expected_s)
+    states = {s.node_id: s for s in sim.states(sim.env.now)}
+    assert not states["n0"].healthy and states["n0"].missed_heartbeats >= scenario.unhealthy_after_missed
+    assert all(states[n].healthy for n in ("n1", "n2", "n3"))
+
+
+def test_bursty_arrivals_keep_the_mean_rate_but_vary_more():
+    poisson = arrival_times(Arrivals(kind="poisson", load=1), 50.0, 20_000, np.random.default_rng(0))
+    bursty = arrival_times(Arrivals(kind="bursty", load=1), 50.0, 20_000, np.random.default_rng(0))
+    for times in (poisson, bursty):
+        assert len(times) / times[-1] == pytest.approx(50.0, rel=0.1)
+        assert np.all(np.diff(times) >= 0)
+    counts = [np.bincount(t.astype(int)) for t in (poisson, bursty)]
+    assert counts[1].var() / counts[1].mean() > 3 * counts[0].var() / counts[0].mean()
+
+
+def test_link_values_depend_on_the_seed_not_on_the_order_of_queries():
+    profile = LinkProfile(kind="degraded", bandwidth_bps=1e6, latency_s=0.05, sigma=0.5, spike_prob=0.3, spike_factor=5)
+    forward, backward = (Link(simpy.Environment(), profile, np.random.default_rng(9)) for _ in range(2))
+    times = [0.5, 3.2, 7.9, 12.0]
+    assert [forward.at(t) for t in times] == [backward.at(t) for t in reversed(times)][::-1]
+    latencies = [forward.at(float(t))[1] for t in range(200)]
+    assert max(latencies) > 5 * min(latencies)  # spikes and fluctuation, not a constant
+
+
+@pytest.mark.integration
+def test_ten_thousand_tasks_simulate_in_seconds():
+    start = time.perf_counter()
+    result = simulate(SCENARIOS[3], 16, "aivd", 10_000, seed=0)
+    elapsed = time.perf_counter() - start
+    print(f"10,000 tasks, scenario 3, 16 nodes, aivd: {elapsed:.2f} s")
+    assert result.lost == 0 and result.completed == 10_000
+
+
+def test_cli_prints_one_json_object_per_the_issue():
+    result = CliRunner().invoke(simulate_app, ["--scenario", "2", "--nodes", "4", "--policies", "rr,jsq,aivd",
+                                               "--tasks", "400", "--seed", "3", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert set(report) == {"scenario", "nodes", "capacity_per_s", "policies"}
+    assert (report["scenario"], report["nodes"]) == (2, 4) and report["capacity_per_s"] == pytest.approx(28.333, abs=0.01)
+    assert list(report["policies"]) == ["rr", "jsq", "aivd"]
+    for summary in report["policies"].values():
+        assert summary["lost"] == 0 and summary["completed"] == 400
+        assert 0 < summary["throughput_per_s"] <= report["capacity_per_s"]
+        assert summary["latency_mean_ms"] > 0 and summary["latency_p99_ms"] >= summary["latency_p50_ms"]
+    again = CliRunner().invoke(simulate_app, ["--scenario", "2", "--nodes", "4", "--policies", "rr,jsq,aivd",
+                                              "--tasks", "400", "--seed", "3", "--json"])
+    assert again.output == result.output
+
+
+def test_cli_rejects_unknown_policies():
+    result = CliRunner().invoke(simulate_app, ["--policies", "rr,fifo", "--json"])
+    assert result.exit_code == 2 and "fifo" in result.output
+
+
+@pytest.mark.integration
+def test_sweep_writes_csv_and_figures(tmp_path):
+    result = CliRunner().invoke(simulate_app, ["sweep", "--out", str(tmp_path), "--scenarios", "1,3", "--nodes", "2,4",
+                                               "--policies", "rr,ect", "--tasks", "150"])
+    assert result.exit_code == 0, result.output
+    with (tmp_path / "results.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    # 2 scenarios x 2 node counts x (2 policies + 3 pipelines)
+    assert len(rows) == 20 and {r["run"] for r in rows} == {"rr", "ect", "pipeline:cloud-only", "pipeline:edge-cloud",
+                                                            "pipeline:aivd"}
+    assert all(r["lost"] == "0" for r in rows)
+    for name in ("scenario1_policies", "scenario1_pipelines", "scenario3_policies", "scenario3_pipelines"):
+        assert (tmp_path / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
