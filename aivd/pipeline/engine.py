@@ -58,8 +58,6 @@ def _cloud_record(box, analysis: DefectAnalysis, edge_class: str, edge_confidenc
 
 
 class EdgeCloudPipeline:
-    uses_template = True
-
     def __init__(self, detector: Detector, analyzer: Analyzer | None = None, proposal_threshold: float | None = None,
                  pixels_per_mm: float | None = None):
         self.detector = detector
@@ -74,7 +72,9 @@ class EdgeCloudPipeline:
         self.min_confidence = self.edge_threshold
 
     def detect(self, image: np.ndarray, template: np.ndarray | None = None, min_confidence: float | None = None) -> Detections:
-        return self.run(image, template, "image").detections
+        """The final defects; `min_confidence`, if given, filters them by their final (cloud or edge) score."""
+        found = self.run(image, template, "image").detections
+        return found if min_confidence is None else found.with_min_confidence(min_confidence)
 
     def run(self, image: np.ndarray, template: np.ndarray | None, image_id: str) -> ImageResult:
         return self.complete(self.propose(image, template, image_id))

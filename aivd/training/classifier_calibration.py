@@ -15,7 +15,7 @@ import numpy as np
 from aivd.cloud.builtin import CropClassifier
 from aivd.core import DEEPPCB_CLASSES, Detections, cut_regions
 from aivd.data.images import read_pair
-from aivd.edge.detector import TemplateDetector
+from aivd.edge.detector import BUILTIN_MODEL, TemplateDetector
 from aivd.eval.protocol import best_threshold
 from aivd.training.common import write_metadata
 
@@ -30,8 +30,7 @@ def cloud_detections(edge: Detections, names: list[str], confidence: np.ndarray)
 
 
 def calibrate_classifier(classifier_path: Path, detector_path: Path | None, samples) -> dict:
-    detector = TemplateDetector(detector_path, min_confidence=min(PROPOSAL_CANDIDATES)) if detector_path else (
-        TemplateDetector(min_confidence=min(PROPOSAL_CANDIDATES)))
+    detector = TemplateDetector(detector_path or BUILTIN_MODEL, min_confidence=min(PROPOSAL_CANDIDATES))
     classifier = CropClassifier(classifier_path)
     scored = []  # per sample: edge detections, cloud classes and scores for all of them, ground truth
     for sample in samples:

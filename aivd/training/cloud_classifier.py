@@ -21,7 +21,7 @@ import numpy as np
 from aivd.core import DEEPPCB_CLASSES
 from aivd.core.detections import box_iou
 from aivd.data.deeppcb import load_split
-from aivd.edge.detector import TemplateDetector
+from aivd.edge.detector import BUILTIN_MODEL, TemplateDetector
 from aivd.training.classifier_calibration import calibrate_classifier
 from aivd.training.common import holdout_split, seed_everything
 from aivd.training.crop_training import AugmentConfig, CropRecipe, LoopConfig, export_probabilities, load_boxes, train_loop
@@ -89,7 +89,7 @@ def train_classifier(root: Path, detector_path: Path | None, out_dir: Path, conf
     seed_everything(config.seed, config.threads)
     out_dir.mkdir(parents=True, exist_ok=True)
     train_samples, val_samples = holdout_split(load_split(root, "trainval")[: config.limit])
-    detector = TemplateDetector(detector_path, min_confidence=MINING_THRESHOLD) if detector_path else TemplateDetector(min_confidence=MINING_THRESHOLD)
+    detector = TemplateDetector(detector_path or BUILTIN_MODEL, min_confidence=MINING_THRESHOLD)
     # Held-out accuracy is always measured on all the edge's candidates, as the classifier will meet them.
     train = load_boxes(train_samples, edge_candidates(detector, config.edge_positives))
     val = load_boxes(val_samples, edge_candidates(detector))
