@@ -102,6 +102,8 @@ class EdgeCloudPipeline:
         started = time.perf_counter()
         try:
             analyses = self.analyzer.analyze(proposal.regions) if proposal.regions else []
+            if len(analyses) != len(proposal.regions):  # zip would silently drop regions
+                raise AnalyzerError(f"{self.analyzer.name} answered {len(analyses)} analyses for {len(proposal.regions)} regions")
         except AnalyzerError as error:
             timings["analyze"] = _ms_since(started)
             return ImageResult(proposal.edge, _edge_records(proposal.edge), timings_ms=timings, cloud_error=str(error), **self._bytes())
