@@ -164,3 +164,27 @@ def test_published_json_schemas_match_the_code():
     docs = Path(__file__).resolve().parents[1] / "docs" / "schema"
     for name, schema in schemas().items():
         assert json.loads((docs / name).read_text()) == schema, f"docs/schema/{name} is stale: run `aivd schema`"
+
+
+class ShortAnswer:
+    """A backend that loses one answer, as a buggy model server might."""
+
+    name = "short"
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def analyze(self, regions):
+        return self.inner.analyze(regions)[:-1]
+
+    def close(self):
+        pass
+
+
+def test_a_backend_that_loses_answers_is_a_cloud_failure_and_the_edge_result_stands():
+    image, template, _ = _sample()
+    detector = load_detector()
+    pipeline = EdgeCloudPipeline(detector, ShortAnswer(BuiltinAnalyzer()), proposal_threshold=0.2)
+    result = pipeline.run(image, template, "00041200")
+    assert "answered" in result.cloud_error and "regions" in result.cloud_error
+    assert [d.source for d in result.defects] == ["edge"] * len(detector.detect(image, template))
