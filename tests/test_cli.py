@@ -81,6 +81,10 @@ def test_bad_arguments_are_refused_clearly(tmp_path):
     assert "not an aivd crop classifier" in aivd("inspect", SAMPLES, "--out", tmp_path, "--classifier", SAMPLES.parents[2] / "edge" / "models" / "deeppcb_centernet.onnx", check_rc=2).stderr
     broken = tmp_path / "broken.onnx"
     broken.write_text("nope")
+    knowledge = tmp_path / "kb.yaml"
+    knowledge.write_text("classes: [")
+    assert f"{knowledge}: not valid YAML" in aivd("inspect", SAMPLES, "--out", tmp_path, "--knowledge", knowledge, check_rc=2).stderr
+    assert "must be http(s)://" in aivd("inspect", SAMPLES, "--out", tmp_path, "--cloud", "ftp://x", check_rc=2).stderr
     assert "not a loadable ONNX model" in aivd("inspect", SAMPLES, "--out", tmp_path, "--model", broken, check_rc=2).stderr
     assert "not a DeepPCB root" in aivd("eval", "--deeppcb", tmp_path, check_rc=2).stderr
 
