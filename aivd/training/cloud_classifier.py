@@ -62,12 +62,9 @@ class ClassifierTrainConfig:
 def edge_candidates(detector: TemplateDetector, positives: bool = True):
     """A `load_boxes` hook: the detector's candidates on a sample, labelled by their overlap with the truth;
     without `positives` only the false alarms are kept."""
-    from aivd.data.images import read_pair
-
     reject = len(DEEPPCB_CLASSES)
 
-    def extra(sample, truth):
-        image, template = read_pair(sample.test_path, sample.template_path)
+    def extra(image, template, truth):
         found = detector.detect(image, template)
         if not len(found):
             return np.zeros((0, 4)), np.zeros(0, np.int64)

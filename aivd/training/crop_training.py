@@ -53,14 +53,14 @@ class BoxSet:
 
 
 def load_boxes(samples, extra_boxes: Callable | None = None) -> BoxSet:
-    """Ground-truth boxes of `samples`; `extra_boxes(sample, truth)` may add (boxes, classes) per sample."""
+    """Ground-truth boxes of `samples`; `extra_boxes(image, template, truth)` may add (boxes, classes) per sample."""
     images, templates, owner, boxes, classes = [], [], [], [], []
     for index, sample in enumerate(samples):
         image, template = read_pair(sample.test_path, sample.template_path)
         truth = sample.ground_truth()
         sample_boxes, sample_classes = [truth.xyxy], [truth.class_id]
         if extra_boxes is not None:
-            more_boxes, more_classes = extra_boxes(sample, truth)
+            more_boxes, more_classes = extra_boxes(image, template, truth)
             sample_boxes.append(np.asarray(more_boxes, np.float32).reshape(-1, 4))
             sample_classes.append(np.asarray(more_classes, np.int64))
         images.append(image)
