@@ -45,6 +45,30 @@ def test_throughput_never_exceeds_the_capacity_bound_at_saturation():
         assert all(0 <= u <= 1.0 + 1e-9 for u in result.utilisation.values()), policy
 
 
+def test_late_binding_keeps_every_node_within_its_cap_and_loses_nothing():
+    from aivd.sim.engine import Simulation
+
+    run = Simulation(with_load(SCENARIOS[1], 1.5), 4, "jsq", 1500, seed=1, max_in_flight=2)
+    result = run.run()
+    assert result.lost == 0 and result.completed == 1500
+    assert max(node.peak_in_flight for node in run.nodes) == 2
+    # Held at the dispatcher instead of queued behind a slow board, saturation throughput rises.
+    unbounded = simulate(with_load(SCENARIOS[1], 1.5), 4, "jsq", 1500, seed=1)
+    assert result.throughput_per_s > 1.2 * unbounded.throughput_per_s
+
+
+def test_reachable_bound_counts_the_links_crashes_and_slow_downs():
+    normal = simulate(with_load(SCENARIOS[1], 1.5), 8, "ect", 2000, seed=0)
+    assert normal.reachable_per_s == pytest.approx(normal.capacity_per_s, rel=0.02)  # a fast LAN, no events
+    harsh = simulate(with_load(SCENARIOS[3], 1.5), 8, "ect", 2000, seed=0)
+    no_events = simulate(with_load(SCENARIOS[3].model_copy(update={"events": []}), 1.5), 8, "ect", 2000, seed=0)
+    # The crash and the 3x slow-down take capacity away; the bound sees it, the nominal capacity does not.
+    assert harsh.reachable_per_s < no_events.reachable_per_s < harsh.capacity_per_s
+    for result in (normal, harsh):
+        # Mean service times make it a bound up to the luck of the lognormal draws.
+        assert result.throughput_per_s <= result.reachable_per_s * 1.02
+
+
 @pytest.mark.parametrize("policy", ["jsq", "aivd", "ect"])
 def test_a_fast_node_gets_more_work_than_a_slow_one(policy):
     result = simulate(SCENARIOS[1], 4, policy, 1500, seed=2)

@@ -15,6 +15,7 @@ identical seeds give identical results and different policies see the same arriv
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -110,6 +111,8 @@ class RunResult:
     throughput_per_s: float
     capacity_per_s: float
     capacity_fraction: float
+    reachable_per_s: float
+    reachable_fraction: float
     latency_mean_ms: float
     latency_p50_ms: float
     latency_p95_ms: float
@@ -122,7 +125,7 @@ class RunResult:
     def summary(self) -> dict:
         """The per-policy JSON object of `aivd simulate`."""
         keys = ("throughput_per_s", "latency_mean_ms", "latency_p50_ms", "latency_p95_ms", "latency_p99_ms",
-                "comm_latency_mean_ms", "capacity_fraction")
+                "comm_latency_mean_ms", "capacity_fraction", "reachable_per_s", "reachable_fraction")
         out: dict = {k: round(float(getattr(self, k)), 3) for k in keys}
         out.update(lost=self.lost, completed=self.completed, assigned=self.assigned,
                    utilisation={k: round(v, 3) for k, v in self.utilisation.items()},
@@ -132,10 +135,14 @@ class RunResult:
 
 class Simulation:
     def __init__(self, scenario: Scenario, nodes: int, policy: str | None, tasks: int, seed: int,
-                 policy_config: PolicyConfig | None = None, upload: Upload = "crops") -> None:
+                 policy_config: PolicyConfig | None = None, upload: Upload = "crops",
+                 max_in_flight: int | None = None) -> None:
         if nodes < 1 or tasks < 1:
             raise ValueError("need at least one node and one task")
-        self.scenario, self.tasks = scenario, tasks
+        if max_in_flight is not None and max_in_flight < 1:
+            raise ValueError("max_in_flight must be at least 1")
+        self.scenario, self.tasks, self.max_in_flight = scenario, tasks, max_in_flight
+        self.waiting: deque[int] = deque()  # tasks held by the dispatcher while every node is at max_in_flight
         self.env = simpy.Environment()
         streams = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2 + nodes)]
         work_rng, self.policy_rng = streams[:2]
@@ -182,26 +189,40 @@ class Simulation:
 
     # --- processes ------------------------------------------------------------------------------------------
     def dispatcher(self):
-        payload = self.scenario.payload_bytes
         for i, at in enumerate(self.arrivals):
             yield self.env.timeout(at - self.env.now)
             if self.policy is None:  # cloud-only: no edge stage, the image goes straight up
                 self.env.process(self.to_cloud(i, self.env.now, 0.0))
                 continue
-            node = self.by_id[self.policy.choose(Task(i, payload), self.states(self.env.now), self.policy_rng)]
+            self.waiting.append(i)
+            self.dispatch_waiting()
+
+    def dispatch_waiting(self) -> None:
+        """Place waiting tasks in arrival order. Without `max_in_flight` every task is placed on arrival; with it,
+        only on nodes below the cap (late binding, as Ray Serve's max_ongoing_requests does), and the rest wait
+        here until an acknowledgement frees a slot."""
+        payload, cap = self.scenario.payload_bytes, self.max_in_flight
+        while self.waiting:
+            states = self.states(self.env.now)
+            if cap is not None:
+                states = [s for s in states if s.queue_len < cap]
+                if not states:
+                    return
+            i = self.waiting.popleft()
+            node = self.by_id[self.policy.choose(Task(i, payload), states, self.policy_rng)]
             node.in_flight += 1
             node.peak_in_flight = max(node.peak_in_flight, node.in_flight)
             self.env.process(self.task(i, node))
 
     def task(self, i: int, node: Node):
         env, s = self.env, self.scenario
-        arrived = env.now
+        arrived, dispatched = float(self.arrivals[i]), env.now
         with node.link.wire.request() as wire:
             yield wire
             bandwidth, latency = node.link.at(env.now)
             yield env.timeout(s.payload_bytes / bandwidth)
         yield env.timeout(latency)
-        comm = env.now - arrived  # link queue, transfer and propagation
+        comm = env.now - dispatched  # link queue, transfer and propagation
         with node.server.request() as slot:
             yield slot
             while env.now < node.down_until:  # crashed: the queue waits for the restart
@@ -239,6 +260,8 @@ class Simulation:
     def acknowledge(self, node: Node, latency: float):
         yield self.env.timeout(latency)
         node.in_flight -= 1
+        if self.waiting:
+            self.dispatch_waiting()
 
     def cloud(self):
         c, env = self.scenario.cloud, self.env
@@ -286,9 +309,13 @@ class Simulation:
         env.process(self.cloud())
         for node in self.nodes:
             env.process(self.telemetry(node))
-        for e in self.scenario.events:
-            node = self.nodes[e.node % len(self.nodes)]
-            env.process(self.event(node, e.kind, e.start_frac * self.expected_s, e.duration_frac * self.expected_s, e.factor))
+        for node, kind, start, end, factor in self.event_windows():
+            env.process(self.event(node, kind, start, end - start, factor))
+
+    def event_windows(self) -> list[tuple[Node, str, float, float, float]]:
+        """The scenario's events in seconds: (node, kind, start, end, slow-down factor)."""
+        return [(self.nodes[e.node % len(self.nodes)], e.kind, e.start_frac * self.expected_s,
+                 (e.start_frac + e.duration_frac) * self.expected_s, e.factor) for e in self.scenario.events]
 
     def run(self) -> RunResult:
         env = self.env
@@ -296,14 +323,40 @@ class Simulation:
         env.run(until=env.any_of([self.all_done, env.timeout(CUTOFF_FACTOR * self.expected_s + 60.0)]))
         return self.result()
 
+    def reachable_per_s(self, start: float, end: float) -> float:
+        """A tighter bound than the nominal capacity: the tasks per second the nodes would complete between `start`
+        and `end` if each were fed without pause, through its own link (the run's bandwidth and latency draws)
+        and its own slow-downs and crashes, at its mean service time. No policy can keep every node busier."""
+        windows = self.event_windows()
+        payload = self.scenario.payload_bytes
+        completed = 0
+        for node in self.nodes:
+            mine = [(kind, t0, t1, factor) for n, kind, t0, t1, factor in windows if n is node]
+            link_free = server_free = start
+            while True:
+                bandwidth, latency = node.link.at(link_free)
+                link_free += payload / bandwidth
+                begin = max(link_free + latency, server_free)
+                for kind, t0, t1, _ in mine:
+                    if kind == "crash" and t0 <= begin < t1:
+                        begin = t1
+                slow = math.prod(f for kind, t0, t1, f in mine if kind == "slow" and t0 <= begin < t1)
+                server_free = begin + node.cls.service_mean_s * slow
+                if server_free > end:
+                    break
+                completed += 1
+        return completed / (end - start)
+
     def result(self) -> RunResult:
         span = max(self.last_done - float(self.arrivals[0]), 1e-9)
         done = self.latency[~np.isnan(self.latency)] * 1000.0
         pct = np.percentile(done, [50, 95, 99]) if done.size else [math.nan] * 3
         throughput = float(self.completed / span)
+        reachable = self.reachable_per_s(float(self.arrivals[0]), float(self.arrivals[0]) + span)
         return RunResult(
             policy=self.policy.name if self.policy else "cloud-only", tasks=self.tasks, completed=self.completed, lost=self.tasks - self.completed,
             throughput_per_s=throughput, capacity_per_s=self.capacity, capacity_fraction=throughput / self.capacity,
+            reachable_per_s=reachable, reachable_fraction=throughput / reachable,
             latency_mean_ms=float(done.mean()) if done.size else math.nan,
             latency_p50_ms=float(pct[0]), latency_p95_ms=float(pct[1]), latency_p99_ms=float(pct[2]),
             comm_latency_mean_ms=float(self.comm[~np.isnan(self.latency)].mean() * 1000.0) if done.size else math.nan,
@@ -315,10 +368,12 @@ class Simulation:
 
 
 def simulate(scenario: Scenario, nodes: int, policy: str | None, tasks: int, seed: int,
-             policy_config: PolicyConfig | None = None, upload: Upload = "crops") -> RunResult:
+             policy_config: PolicyConfig | None = None, upload: Upload = "crops",
+             max_in_flight: int | None = None) -> RunResult:
     """Run one policy on one scenario; identical arguments give identical results.
 
     `policy=None` is the cloud-only pipeline (every image analysed in the cloud); `upload="image"` makes the edge
-    forward whole images instead of crops, as a traditional edge-cloud pipeline does.
+    forward whole images instead of crops, as a traditional edge-cloud pipeline does. `max_in_flight` caps the
+    tasks in flight per node; the dispatcher holds the rest and places each when a slot frees (late binding).
     """
-    return Simulation(scenario, nodes, policy, tasks, seed, policy_config, upload).run()
+    return Simulation(scenario, nodes, policy, tasks, seed, policy_config, upload, max_in_flight).run()
