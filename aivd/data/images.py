@@ -101,10 +101,15 @@ def read_pair(
         template = read_gray(template_path, limits)
     except ImageError as error:
         raise ImageError(test_path, f"template {error.path}: {error.reason}") from None
+    check_pair(test, template, test_path, template_path)
+    return test, template
+
+
+def check_pair(test: np.ndarray, template: np.ndarray, test_path: str | Path, template_path: str | Path) -> None:
+    """An aligned template must have the image's size."""
     if template.shape != test.shape:
         raise ImageError(
             test_path,
             f"template {template_path} is {template.shape[1]}x{template.shape[0]} "
             f"but the image is {test.shape[1]}x{test.shape[0]} (an aligned template of the same size is required)",
         )
-    return test, template

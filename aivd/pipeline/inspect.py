@@ -151,10 +151,16 @@ def _complete(pipeline: EdgeCloudPipeline, task: InspectionTask, started: Propos
 
 
 def _record(task: InspectionTask, read_ms: float, pipeline: EdgeCloudPipeline, outcome: ImageResult | ImageError) -> InspectionRecord:
+    template = str(task.template_path) if task.template_path else None
+    return inspection_record(str(task.image_path), task.image_id, template, pipeline, outcome, read_ms)
+
+
+def inspection_record(image: str, image_id: str, template: str | None, pipeline: EdgeCloudPipeline,
+                      outcome: ImageResult | ImageError, read_ms: float) -> InspectionRecord:
+    """The results.jsonl line for one image; also what the Ray runtime's HTTP API answers."""
     base = {
-        "image": str(task.image_path), "image_id": task.image_id, "detector": pipeline.detector.name,
-        "analyzer": pipeline.analyzer.name if pipeline.analyzer else None,
-        "template": str(task.template_path) if task.template_path else None,
+        "image": image, "image_id": image_id, "detector": pipeline.detector.name,
+        "analyzer": pipeline.analyzer.name if pipeline.analyzer else None, "template": template,
     }
     if isinstance(outcome, ImageError):
         return InspectionRecord(**base, status="error", error=outcome.reason)

@@ -44,3 +44,5 @@ class InspectionRecord(BaseModel):
     timings_ms: dict[str, float] = Field(default_factory=dict, description="per stage: read, detect, analyze, total")
     bytes_to_cloud: int = Field(0, description="request bytes sent to a remote cloud tier for this image")
     bytes_from_cloud: int = Field(0, description="response bytes received from a remote cloud tier for this image")
+    edge_node: str | None = Field(
+        None, description="the edge node (Ray Serve replica and its node class) that inspected the image; null in-process")

@@ -23,6 +23,7 @@ import numpy as np
 import simpy
 
 from aivd.scheduling import NodeState, PolicyConfig, Task, make_policy
+from aivd.sim.links import LinkTrace
 from aivd.sim.scenarios import NODE_CLASSES, Arrivals, LinkProfile, NodeClass, Scenario
 
 # A run still unfinished this many expected run lengths after its start is cut off; its unfinished tasks are lost.
@@ -59,25 +60,12 @@ def arrival_times(arrivals: Arrivals, rate: float, tasks: int, rng: np.random.Ge
     return np.asarray(times)
 
 
-class Link:
-    """Bandwidth and latency that change every epoch; epochs are drawn in order on first use, so the values
-    depend only on the seed, not on when the simulation asks for them."""
+class Link(LinkTrace):
+    """A dispatcher-to-node link: its trace plus a wire that carries one transfer at a time."""
 
     def __init__(self, env: simpy.Environment, profile: LinkProfile, rng: np.random.Generator) -> None:
-        self.profile, self.rng = profile, rng
+        super().__init__(profile, rng)
         self.wire = simpy.Resource(env, capacity=1)
-        self._bandwidth: list[float] = []
-        self._latency: list[float] = []
-
-    def at(self, t: float) -> tuple[float, float]:
-        p = self.profile
-        epoch = int(t / p.epoch_s)
-        while len(self._bandwidth) <= epoch:
-            factor = math.exp(p.sigma * self.rng.standard_normal() - p.sigma**2 / 2)
-            spike = p.spike_factor if self.rng.random() < p.spike_prob else 1.0
-            self._bandwidth.append(p.bandwidth_bps * factor / spike)
-            self._latency.append(p.latency_s / factor * spike)
-        return self._bandwidth[epoch], self._latency[epoch]
 
 
 @dataclass

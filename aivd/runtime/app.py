@@ -1,0 +1,246 @@
+"""The Ray Serve application: HTTP ingress -> edge detector replicas (routed by our policy) -> cloud analyzer.
+
+Each edge replica runs the same `EdgeCloudPipeline` as `aivd inspect`: `propose` (detection and crops) on its
+emulated device, then `complete`, whose analyzer is the cloud deployment reached through a handle and batched
+with `@serve.batch`. The ingress only forwards images and resends a request whose edge replica died.
+
+No `from __future__ import annotations` here: FastAPI reads the ingress's parameter types at run time.
+"""
+
+
+import asyncio
+import statistics
+import time
+from dataclasses import dataclass
+
+import ray
+from fastapi import FastAPI, File, Form, HTTPException, UploadFile
+from ray import serve
+from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+from ray.serve.config import RequestRouterConfig
+from ray.serve.handle import DeploymentHandle
+
+import aivd
+from aivd.cloud.analyzer import AnalyzerError
+from aivd.core import Region
+from aivd.data.images import ImageError, check_pair, decode_gray
+from aivd.pipeline.engine import EdgeCloudPipeline, ImageResult
+from aivd.pipeline.inspect import inspection_record
+from aivd.pipeline.records import InspectionRecord
+from aivd.runtime import telemetry
+from aivd.runtime.config import RAY_DEFAULT_ROUTER, ClusterConfig, EdgeNodeClass
+from aivd.runtime.emulation import EmulatedNode
+
+MAX_UPLOAD_BYTES = 32 * 1024 * 1024
+NODE_CLASS_RESOURCE = "aivd_class_"  # a Ray node offering aivd_class_<name> hosts edge replicas of that class
+EDGE_FAILURES = (ActorDiedError, ActorUnavailableError, RayActorError)
+
+
+class CloudHandleAnalyzer:
+    """The `Analyzer` interface over the cloud deployment's handle, for `EdgeCloudPipeline.complete`."""
+
+    def __init__(self, handle: DeploymentHandle, name: str, proposal_threshold: float, timeout_s: float) -> None:
+        self.handle, self.name = handle, name
+        self.proposal_threshold = proposal_threshold
+        self.timeout_s = timeout_s
+
+    def analyze(self, regions: list[Region]):
+        try:
+            return self.handle.analyze.remote(regions).result(timeout_s=self.timeout_s)
+        except Exception as error:  # any failure of the remote tier leaves the image with the edge's result
+            raise AnalyzerError(f"cloud deployment failed: {type(error).__name__}: {error}") from error
+
+
+@serve.deployment(name="cloud")
+class CloudAnalyzer:
+    def __init__(self, config: ClusterConfig) -> None:
+        from aivd.cloud.builtin import BUILTIN_CLASSIFIER, BuiltinAnalyzer
+        from aivd.cloud.knowledge import DEFAULT_KNOWLEDGE
+
+        self.analyzer = BuiltinAnalyzer(BUILTIN_CLASSIFIER, DEFAULT_KNOWLEDGE, threads=1)
+        self.analyze.set_max_batch_size(config.cloud.max_batch_size)
+        self.analyze.set_batch_wait_timeout_s(config.cloud.batch_wait_s)
+
+    def describe(self) -> dict:
+        return {"name": self.analyzer.name, "proposal_threshold": self.analyzer.proposal_threshold}
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
+    async def analyze(self, requests: list[list[Region]]) -> list[list]:
+        """Several edge requests' regions in one model call, split back per request."""
+        flat = [region for regions in requests for region in regions]
+        analyses = await asyncio.to_thread(self.analyzer.analyze, flat) if flat else []
+        out, start = [], 0
+        for regions in requests:
+            out.append(analyses[start:start + len(regions)])
+            start += len(regions)
+        return out
+
+
+def _replica_class(config: ClusterConfig) -> tuple[str, int, EdgeNodeClass]:
+    """This replica's id, rank and node class: from its Ray node's `aivd_class_<name>` resource, or by rank."""
+    context = serve.get_replica_context()
+    replica_id = context.replica_id.unique_id
+    rank = context.rank if isinstance(context.rank, int) else context.rank.rank
+    if config.placement == "resources":
+        node_id = ray.get_runtime_context().get_node_id()
+        resources = next((n["Resources"] for n in ray.nodes() if n["NodeID"] == node_id), {})
+        for name in resources:
+            if name.startswith(NODE_CLASS_RESOURCE):
+                return replica_id, rank, config.class_named(name.removeprefix(NODE_CLASS_RESOURCE))
+        raise RuntimeError(f"edge replica {replica_id} runs on a Ray node without an {NODE_CLASS_RESOURCE}<name> resource")
+    return replica_id, rank, config.class_for_rank(rank)
+
+
+@dataclass
+class EdgeAnswer:
+    record: InspectionRecord
+    transfer_ms: float
+
+
+@serve.deployment(name="edge")
+class EdgeNode:
+    async def __init__(self, config: ClusterConfig, cloud: DeploymentHandle | None) -> None:
+        from aivd.edge.detector import load_detector
+
+        self.replica_id, rank, self.node_class = _replica_class(config)
+        # Each replica's link draws its own trace, fixed by the config's seed and the replica's rank.
+        self.emulated = EmulatedNode(self.node_class.slowdown, self.node_class.link, seed=[config.seed, rank])
+        self.telemetry = telemetry.ReplicaTelemetry(self.node_class.name, self.emulated)
+        analyzer = None
+        if cloud is not None:
+            described = await cloud.describe.remote()
+            analyzer = CloudHandleAnalyzer(cloud, described["name"], described["proposal_threshold"], config.cloud.timeout_s)
+        # One ONNX thread: several replicas share this machine's cores (a real edge node would use all of its own).
+        self.pipeline = EdgeCloudPipeline(load_detector(threads=1), analyzer, pixels_per_mm=config.pixels_per_mm)
+
+    async def inspect(self, image: bytes, template: bytes | None, image_name: str, image_id: str) -> EdgeAnswer:
+        self.telemetry.ongoing += 1
+        try:
+            transfer_s = await self.emulated.receive(len(image) + len(template or b""))
+            started = time.perf_counter()
+            try:
+                test = decode_gray(image, image_name)
+                reference = decode_gray(template, f"{image_name} (template)") if template is not None else None
+                if reference is not None:
+                    check_pair(test, reference, image_name, f"{image_name} (template)")
+            except ImageError as error:
+                outcome: ImageResult | ImageError = error
+                read_ms = (time.perf_counter() - started) * 1000
+            else:
+                read_ms = (time.perf_counter() - started) * 1000
+                proposal, service_s = await self.emulated.serve(self.pipeline.propose, test, reference, image_id)
+                self.telemetry.served(service_s)
+                outcome = await asyncio.to_thread(self.pipeline.complete, proposal)
+            record = inspection_record(image_name, image_id, "uploaded" if template is not None else None,
+                                       self.pipeline, outcome, read_ms)
+            record.edge_node = f"{self.node_class.name}/{self.replica_id}"
+            record.timings_ms["transfer"] = round(transfer_s * 1000, 2)
+            await self.emulated.reply()
+            return EdgeAnswer(record, transfer_s * 1000)
+        except Exception:
+            self.telemetry.errors += 1
+            raise
+        finally:
+            self.telemetry.ongoing -= 1
+
+    def record_routing_stats(self) -> dict:
+        return self.telemetry.report()
+
+
+api = FastAPI(
+    title="aivd inspection", version=aivd.__version__,
+    description="Inspect images on the aivd cluster: each image goes to the edge node the scheduling policy picks, "
+                "its candidate regions to the cloud analyzer; the answer is the image's inspection record.",
+)
+
+
+@serve.deployment(name="ingress")
+@serve.ingress(api)
+class Ingress:
+    def __init__(self, edge: DeploymentHandle, config: ClusterConfig) -> None:
+        self.edge = edge
+        self.config = config
+
+    async def _upload(self, upload: UploadFile | None) -> bytes | None:
+        if upload is None:
+            return None
+        data = await upload.read(MAX_UPLOAD_BYTES + 1)
+        if len(data) > MAX_UPLOAD_BYTES:
+            raise HTTPException(413, f"{upload.filename}: over the limit of {MAX_UPLOAD_BYTES} bytes")
+        return data
+
+    async def _inspect(self, image: bytes, template: bytes | None, name: str, image_id: str) -> InspectionRecord:
+        failures = []
+        for _ in range(self.config.retries + 1):
+            try:
+                answer = await self.edge.inspect.remote(image, template, name, image_id)
+                return answer.record
+            except EDGE_FAILURES as error:  # the replica died with the request: send it to another one
+                failures.append(f"{type(error).__name__}")
+        return InspectionRecord(image=name, image_id=image_id, template=None, status="error",
+                                error=f"edge nodes failed {len(failures)} times ({', '.join(failures)})")
+
+    @api.post("/v1/inspect", response_model=InspectionRecord, summary="Inspect one image (and its template)")
+    async def inspect(self, image: UploadFile = File(..., description="the image: JPEG, PNG, BMP or TIFF"),
+                      template: UploadFile | None = File(None, description="its aligned defect-free template"),
+                      image_id: str | None = Form(None, description="default: the file name without extension")):
+        data, reference = await self._upload(image), await self._upload(template)
+        name = image.filename or "image"
+        return await self._inspect(data, reference, name, image_id or name.rsplit(".", 1)[0])
+
+    @api.post("/v1/inspect/batch", response_model=list[InspectionRecord], summary="Inspect several images at once")
+    async def inspect_batch(self, images: list[UploadFile] = File(...), templates: list[UploadFile] | None = File(None)):
+        if templates and len(templates) != len(images):
+            raise HTTPException(422, f"{len(images)} images but {len(templates)} templates; send one template per image or none")
+        pairs = zip(images, templates or [None] * len(images))
+        jobs = []
+        for index, (image, template) in enumerate(pairs):
+            name = image.filename or f"image-{index}"
+            jobs.append(self._inspect(await self._upload(image), await self._upload(template), name, name.rsplit(".", 1)[0]))
+        return list(await asyncio.gather(*jobs))
+
+    @api.get("/healthz")
+    def healthz(self) -> dict:
+        return {"status": "ok", "policy": self.config.policy, "edge_replicas": self.config.edge_replicas}
+
+    @api.get("/v1/router", summary="Time the routing policy took per decision in this ingress")
+    def router(self) -> dict:
+        seconds = list(telemetry.DECISION_SECONDS)
+        if not seconds:
+            return {"policy": self.config.policy, "decisions": 0}
+        ordered = sorted(seconds)
+        return {"policy": self.config.policy, "decisions": len(seconds),
+                "median_ms": round(statistics.median(seconds) * 1000, 4),
+                "p99_ms": round(ordered[int(0.99 * (len(ordered) - 1))] * 1000, 4)}
+
+
+def request_router_config(config: ClusterConfig) -> RequestRouterConfig:
+    stats = {"request_routing_stats_period_s": config.routing_stats_period_s,
+             "request_routing_stats_timeout_s": max(config.routing_stats_period_s, 1.0)}
+    if config.policy == RAY_DEFAULT_ROUTER:
+        return RequestRouterConfig(**stats)
+    return RequestRouterConfig(
+        request_router_class="aivd.runtime.router:PolicyRequestRouter",
+        request_router_kwargs={"policy": config.policy, "weights": config.weights.model_dump(),
+                               "queue_bound": config.max_ongoing_requests,
+                               "stats_period_s": config.routing_stats_period_s, "seed": config.seed},
+        **stats,
+    )
+
+
+def build_app(config: ClusterConfig):
+    """The bound application: `serve.run(build_app(config))`."""
+    cloud = None
+    if config.cloud.enabled:
+        cloud = CloudAnalyzer.options(
+            num_replicas=config.cloud.replicas, max_ongoing_requests=4 * config.cloud.max_batch_size,
+            ray_actor_options={"num_cpus": 0, "resources": config.cloud_resources},
+        ).bind(config)
+    edge = EdgeNode.options(
+        num_replicas=config.edge_replicas, max_ongoing_requests=config.max_ongoing_requests,
+        request_router_config=request_router_config(config),
+        ray_actor_options={"num_cpus": 0, "resources": config.edge_resources},
+    ).bind(config, cloud)
+    return Ingress.options(
+        max_ongoing_requests=10_000, ray_actor_options={"num_cpus": 0, "resources": config.ingress_resources},
+    ).bind(edge, config)
