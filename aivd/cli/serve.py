@@ -1,4 +1,4 @@
-"""`aivd serve`: run the cloud tier as an HTTP service."""
+"""`aivd serve`: the whole pipeline on Ray Serve (`--config cluster.yaml`), or the cloud tier alone (`cloud`)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,48 @@ from typing import Optional
 
 import typer
 
-serve_app = typer.Typer(help="Run aivd's services.", no_args_is_help=True)
+serve_app = typer.Typer(help="Run aivd's services.", invoke_without_command=True)
+
+
+@serve_app.callback()
+def cluster(
+    ctx: typer.Context,
+    config: Optional[Path] = typer.Option(None, "--config", "-c", dir_okay=False, help="cluster.yaml: node classes, replicas, policy, weights (docs/runtime.md)."),
+    address: Optional[str] = typer.Option(None, help="Join a running Ray cluster ('auto', or ray://HEAD:10001). Default: start a local Ray."),
+    policy: Optional[str] = typer.Option(None, help="Override the config's routing policy (aivd, ect, jsq, p2c, rr, sra, random, ray)."),
+    port: Optional[int] = typer.Option(None, min=1, max=65535, help="Override the config's HTTP port."),
+) -> None:
+    """Serve the edge-cloud pipeline on Ray Serve: POST /v1/inspect, /v1/inspect/batch, GET /healthz, /v1/router, /docs."""
+    if ctx.invoked_subcommand:
+        return
+    if config is None:
+        typer.echo(ctx.get_help())
+        raise typer.Exit(2)
+    import signal
+    import threading
+
+    from aivd.runtime.config import ConfigError, load_cluster_config
+
+    try:
+        settings = load_cluster_config(config)
+        overrides = {k: v for k, v in (("policy", policy), ("port", port)) if v is not None}
+        if overrides:
+            settings = type(settings).model_validate({**settings.model_dump(), **overrides})
+    except (ConfigError, ValueError) as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from None
+    from aivd.runtime.cluster import deploy, shutdown
+
+    url = deploy(settings, address)
+    typer.echo(f"aivd is serving at {url} (policy {settings.policy}, {settings.edge_replicas} edge replicas); Ctrl-C stops it")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        stop.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        shutdown()
 
 
 @serve_app.command("cloud")

@@ -1,0 +1,175 @@
+"""The Ray Serve runtime: its config, the replica telemetry and emulation, and, on a real multi-node local Ray
+cluster, inspections over HTTP that survive a node being killed mid-run."""
+
+import asyncio
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from aivd.runtime.config import ClusterConfig, ConfigError, load_cluster_config
+from aivd.runtime.emulation import EmulatedNode
+from aivd.runtime.telemetry import node_state
+from aivd.sim.links import LinkTrace
+from aivd.sim.scenarios import SCENARIOS, LinkProfile
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLES = REPO / "aivd" / "data" / "samples" / "deeppcb"
+
+
+def test_example_config_is_valid_and_replicas_fill_classes_in_order():
+    config = load_cluster_config(REPO / "docs" / "runtime" / "cluster.yaml")
+    assert config.edge_replicas == 4
+    assert [config.class_for_rank(r).name for r in range(5)] == [
+        "gpu-module", "industrial-pc", "industrial-pc", "arm-board", "gpu-module"]
+
+
+@pytest.mark.parametrize("text, reason", [
+    ("edge: []", "edge: List should have at least 1 item"),
+    ("edge: [{name: a, slowdown: 0.5}]", "edge.0.slowdown"),
+    ("edge: [{name: a}]\npolicy: fastest", "unknown policy 'fastest'"),
+    ("edge: [{name: a}, {name: a}]", "must be unique"),
+    ("edge: [{name: a}]\nreplicas: 3", "replicas: Extra inputs are not permitted"),
+    ("- just a list", "expected a mapping"),
+    ("edge: [", "not valid YAML"),
+])
+def test_bad_cluster_config_is_one_clear_error_naming_the_file(tmp_path, text, reason):
+    path = tmp_path / "cluster.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=reason) as raised:
+        load_cluster_config(path)
+    assert str(raised.value).startswith(str(path))
+
+
+def test_node_state_from_routing_stats():
+    now = 1000.0
+    stats = {"time": now - 0.2, "cpu_idle": 0.25, "queue_len": 9, "service_s": 0.5, "bandwidth_bps": 2e6,
+             "latency_s": 0.03, "errors": 1}
+    state = node_state("r1", stats, queue_len=3, queue_bound=4, period_s=0.5, now=now)
+    # The router's own in-flight count wins over the replica's older report.
+    assert (state.queue_len, state.service_rate, state.cpu_idle, state.errors) == (3, 2.0, 0.25, 1)
+    assert state.healthy and state.missed_heartbeats == 0
+    stale = node_state("r1", stats, None, 4, 0.5, now=now + 2.0)
+    assert stale.queue_len == 9 and stale.missed_heartbeats == 3 and not stale.healthy
+    fresh = node_state("r2", {}, None, 4, 0.5, now)  # a replica that has not reported yet looks ready for work
+    assert fresh.healthy and fresh.queue_len == 0 and fresh.cpu_idle == 1.0
+
+
+def test_emulated_link_charges_the_real_payload_at_the_trace_bandwidth():
+    profile = LinkProfile(kind="stable", bandwidth_bps=1_000_000, latency_s=0.02)
+    node = EmulatedNode(link=profile, seed=0)
+
+    async def two_transfers():
+        return await asyncio.gather(node.receive(50_000), node.receive(50_000))
+
+    started = time.monotonic()
+    first, second = asyncio.run(two_transfers())
+    # 50 kB at 1 MB/s = 50 ms each, one at a time on the wire, then 20 ms latency each.
+    assert 0.065 <= min(first, second) < 0.11
+    assert 0.115 <= max(first, second) < 0.2
+    assert time.monotonic() - started < 0.25
+
+
+def test_slowdown_stretches_the_measured_service_time():
+    node = EmulatedNode(slowdown=3.0)
+    result, service = asyncio.run(node.serve(time.sleep, 0.05))
+    assert result is None and 0.14 <= service < 0.25 and node.busy_s == service
+
+
+def test_emulated_link_follows_the_simulators_trace():
+    profile = SCENARIOS[3].links[1]
+    emulated = EmulatedNode(link=profile, seed=7).trace
+    simulated = LinkTrace(profile, np.random.default_rng(7))
+    assert [emulated.at(t) for t in (0.0, 3.5, 40.0)] == [simulated.at(t) for t in (0.0, 3.5, 40.0)]
+
+
+# --- a real local Ray cluster ---------------------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def inspect(url: str, stem: str):
+    import httpx
+
+    files = {"image": (f"{stem}_test.jpg", (SAMPLES / f"{stem}_test.jpg").read_bytes()),
+             "template": (f"{stem}_temp.jpg", (SAMPLES / f"{stem}_temp.jpg").read_bytes())}
+    return httpx.post(f"{url}/v1/inspect", files=files, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    pytest.importorskip("ray.serve")
+    import ray
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 2, "resources": {"aivd_head": 1}, "include_dashboard": False})
+    workers = [cluster.add_node(num_cpus=1, resources={"aivd_edge": 1}) for _ in range(3)]
+    ray.init(address=cluster.address, log_to_driver=False)
+    yield cluster, workers
+    from aivd.runtime.cluster import shutdown
+
+    shutdown()
+    cluster.shutdown()
+
+
+@pytest.mark.integration
+def test_cluster_inspects_over_http_and_survives_a_killed_node(ray_cluster):
+    import httpx
+
+    from aivd.runtime.cluster import deploy
+
+    cluster, workers = ray_cluster
+    config = ClusterConfig.model_validate({
+        "edge": [{"name": "fast", "replicas": 1}, {"name": "slow", "replicas": 2, "slowdown": 2}],
+        "policy": "ect", "pixels_per_mm": 48, "port": free_port(), "max_ongoing_requests": 2,
+        "edge_resources": {"aivd_edge": 1}, "cloud_resources": {"aivd_head": 0.01},
+        "ingress_resources": {"aivd_head": 0.01}, "routing_stats_period_s": 0.5,
+    })
+    url = deploy(config)
+    assert httpx.get(f"{url}/healthz").json()["edge_replicas"] == 3
+
+    # One image end to end: edge boxes, cloud records, the serving node named.
+    first = inspect(url, "00041200")
+    assert first.status_code == 200, first.text
+    record = first.json()
+    assert record["status"] == "ok" and record["defects"]
+    assert all(d["source"] == "cloud:builtin" and d["description"] for d in record["defects"])
+    assert record["edge_node"].split("/")[0] in {"fast", "slow"}
+
+    # A bad upload is an error record with the reason, as in results.jsonl, not a crash.
+    broken = httpx.post(f"{url}/v1/inspect", files={"image": ("broken.jpg", b"\xff\xd8 not really")}, timeout=60)
+    assert broken.status_code == 200
+    assert broken.json()["image"] == "broken.jpg" and broken.json()["status"] == "error" and "truncated" in broken.json()["error"]
+
+    # Kill one edge node while 48 requests are in flight or queued; every one must still complete.
+    stems = ["00041200", "13000198", "20085291"] * 16
+    with ThreadPoolExecutor(6) as pool:
+        futures = [pool.submit(inspect, url, stem) for stem in stems]
+        while sum(f.done() for f in futures) < 8:
+            time.sleep(0.05)
+        cluster.remove_node(workers[0], allow_graceful=False)
+        responses = [f.result() for f in futures]
+    assert [r.status_code for r in responses] == [200] * len(stems)
+    assert all(r.json()["status"] == "ok" for r in responses), [r.json()["error"] for r in responses]
+    served_before = {r.json()["edge_node"] for r in responses}
+
+    # A node joins again: the controller starts the missing replica there and the router gives it work.
+    cluster.add_node(num_cpus=1, resources={"aivd_edge": 1})
+    deadline = time.monotonic() + 120
+    new_nodes: set[str] = set()
+    while not new_nodes and time.monotonic() < deadline:
+        with ThreadPoolExecutor(4) as pool:
+            batch = list(pool.map(lambda stem: inspect(url, stem), stems[:8]))
+        assert all(r.status_code == 200 and r.json()["status"] == "ok" for r in batch)
+        new_nodes = {r.json()["edge_node"] for r in batch} - served_before
+    assert new_nodes, "the replica on the recovered node never received a request"
+
+    router = httpx.get(f"{url}/v1/router").json()
+    assert router["policy"] == "ect" and router["decisions"] >= len(stems) and router["median_ms"] < 5
