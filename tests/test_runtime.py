@@ -79,6 +79,14 @@ def test_slowdown_stretches_the_measured_service_time():
     assert result is None and 0.14 <= service < 0.25 and node.busy_s == service
 
 
+def test_device_service_time_pads_a_faster_machine_but_never_shortens_a_slower_one():
+    device = EmulatedNode(service_s=0.1, service_cv=0.2, seed=3)
+    services = [asyncio.run(device.serve(time.sleep, 0.0))[1] for _ in range(12)]
+    assert 0.07 < float(np.mean(services)) < 0.14 and np.std(services) > 0.005  # lognormal draws around 0.1 s
+    _, slow = asyncio.run(EmulatedNode(service_s=0.01, seed=3).serve(time.sleep, 0.08))
+    assert slow >= 0.08  # the machine was slower than the device: its own time stands
+
+
 def test_emulated_link_follows_the_simulators_trace():
     profile = SCENARIOS[3].links[1]
     emulated = EmulatedNode(link=profile, seed=7).trace

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -431,6 +432,39 @@ def bench_inspect_command(
     tasks = tasks_from_deeppcb(resolve_deeppcb(deeppcb), split)[:limit]
     pipeline = _load_pipeline(model, None, edge_only, cloud, pixels_per_mm=DEEPPCB_PIXELS_PER_MM)
     print(json.dumps(bench_inspect(tasks, pipeline, annotate, repeat=repeat)))
+
+
+@bench_app.command("cluster")
+def bench_cluster_command(
+    nodes: int = typer.Option(8, min=1, max=64, help="Emulated edge nodes (classes cycle gpu, ipc, arm, ipc)."),
+    scenario: int = typer.Option(3, min=1, max=3, help="Simulator scenario whose links and arrivals to copy."),
+    policies: str = typer.Option("aivd,ray,rr", help="Routing policies to compare; 'ray' is Ray Serve's own router."),
+    requests: int = typer.Option(600, min=1, help="Requests per policy."),
+    seed: int = typer.Option(0),
+    load: Optional[float] = typer.Option(None, min=0.01, help="Arrival rate as a fraction of the emulated capacity; default: the scenario's."),
+    time_scale: float = typer.Option(4.0, min=0.1, help="Service times = the simulator's x this (one machine runs slower devices)."),
+    max_ongoing: int = typer.Option(8, min=1, help="Requests in flight per edge replica (Ray's max_ongoing_requests)."),
+    port: int = typer.Option(8000, min=1, max=65535),
+    sample: Optional[Path] = typer.Option(None, exists=True, dir_okay=False, help="A *_test.jpg with its *_temp.jpg beside it. Default: a bundled DeepPCB pair."),
+) -> None:
+    """Drive real HTTP load through the Ray Serve runtime per policy; print measured and simulated figures as JSON."""
+    from aivd.bench.cluster import bench_cluster
+    from aivd.cli.simulate import check_policies, parse_list
+    from aivd.runtime.config import RAY_DEFAULT_ROUTER
+
+    names = parse_list(policies)
+    check_policies([n for n in names if n != RAY_DEFAULT_ROUTER] or ["rr"])
+    sample = sample or Path(__file__).resolve().parents[1] / "data" / "samples" / "deeppcb" / "20085291_test.jpg"
+    # Ray prints its workers' and raylets' messages on the driver's stdout; keep stdout for the one JSON object.
+    real_stdout = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        report = bench_cluster(nodes, scenario, names, requests, seed, load, time_scale, max_ongoing, port, sample)
+    finally:
+        sys.stdout.flush()
+        os.dup2(real_stdout, 1)
+        os.close(real_stdout)
+    print(json.dumps(report))
 
 
 @bench_app.command("crops")

@@ -104,7 +104,8 @@ class EdgeNode:
 
         self.replica_id, rank, self.node_class = _replica_class(config)
         # Each replica's link draws its own trace, fixed by the config's seed and the replica's rank.
-        self.emulated = EmulatedNode(self.node_class.slowdown, self.node_class.link, seed=[config.seed, rank])
+        self.emulated = EmulatedNode(self.node_class.slowdown, self.node_class.link, seed=[config.seed, rank],
+                                     service_s=self.node_class.service_s, service_cv=self.node_class.service_cv)
         self.telemetry = telemetry.ReplicaTelemetry(self.node_class.name, self.emulated)
         analyzer = None
         if cloud is not None:

@@ -34,6 +34,10 @@ class EdgeNodeClass(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,32}$")
     replicas: int = Field(1, ge=1, le=256)
     slowdown: float = Field(1.0, ge=1.0, le=1000.0, description="the replica's measured service times x this")
+    service_s: float | None = Field(
+        None, gt=0.0, le=3600.0, description="emulated device service time (mean): a service lasts at least one "
+        "lognormal draw of it, as in the simulator")
+    service_cv: float = Field(0.0, ge=0.0, le=10.0, description="coefficient of variation of those draws")
     link: LinkProfile | None = Field(None, description="emulated link from the ingress: bandwidth, latency, jitter")
 
 

@@ -43,7 +43,7 @@ class ReplicaTelemetry:
         now = time.monotonic()
         since, busy_before = self._last_report
         self._last_report = (now, self.emulated.busy_s)
-        if self.emulated.slowdown > 1.0 or self.emulated.trace is not None:
+        if self.emulated.emulated:
             # An emulated device shares this machine's CPUs with the others: its own busy share is its CPU.
             busy = (self.emulated.busy_s - busy_before) / max(now - since, 1e-6)
             cpu_idle = 1.0 - min(max(busy, 0.0), 1.0)

@@ -38,7 +38,10 @@ def capacity_per_s(scenario: Scenario, nodes: int) -> float:
 
 
 def node_class(scenario: Scenario, index: int) -> NodeClass:
-    return NODE_CLASSES[scenario.node_mix[index % len(scenario.node_mix)]]
+    cls = NODE_CLASSES[scenario.node_mix[index % len(scenario.node_mix)]]
+    if scenario.service_scale == 1.0:
+        return cls
+    return cls.model_copy(update={"service_mean_s": cls.service_mean_s * scenario.service_scale})
 
 
 def arrival_times(arrivals: Arrivals, rate: float, tasks: int, rng: np.random.Generator) -> np.ndarray:

@@ -94,6 +94,8 @@ class Scenario(Frozen):
     telemetry_delay_s: float = Field(ge=0)
     unhealthy_after_missed: int = Field(3, ge=1, description="missed heartbeats after which a node is unhealthy")
     queue_bound: int = Field(8, ge=1)
+    service_scale: float = Field(1.0, gt=0, description="every node class's service times x this (for emulations "
+                                 "on one machine, which run slower devices than the paper's)")
     payload_bytes: int = 2 * DEEPPCB_JPEG_BYTES
     cloud: CloudStage = CloudStage()
     events: list[NodeEvent] = []
