@@ -181,3 +181,25 @@ def test_cluster_inspects_over_http_and_survives_a_killed_node(ray_cluster):
 
     router = httpx.get(f"{url}/v1/router").json()
     assert router["policy"] == "ect" and router["decisions"] >= len(stems) and router["median_ms"] < 5
+
+
+@pytest.mark.integration
+def test_bench_cluster_prints_one_json_object_with_every_request_answered(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    pytest.importorskip("ray.serve")
+    run = subprocess.run(
+        [sys.executable, "-m", "aivd.cli.main", "bench", "cluster", "--nodes", "2", "--scenario", "1", "--policies", "ect,rr",
+         "--requests", "12", "--port", str(free_port())],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = json.loads(run.stdout)  # stdout holds the JSON object alone
+    assert set(report["policies"]) == set(report["simulator"]) == {"ect", "rr"}
+    for policy in ("ect", "rr"):
+        measured = report["policies"][policy]
+        assert (measured["completed"], measured["lost"], measured["errors"]) == (12, 0, 0)
+        assert measured["throughput_per_s"] > 0 and measured["latency_p99_ms"] >= measured["latency_p50_ms"]
+    assert report["policies"]["ect"]["router"]["decisions"] >= 12

@@ -245,3 +245,12 @@ def build_app(config: ClusterConfig):
     return Ingress.options(
         max_ongoing_requests=10_000, ray_actor_options={"num_cpus": 0, "resources": config.ingress_resources},
     ).bind(edge, config)
+
+
+def app_builder(args: dict):
+    """For `serve run aivd.runtime.app:app_builder config=cluster.yaml` and KubeRay's RayService import_path."""
+    from aivd.runtime.config import load_cluster_config
+
+    if "config" not in args:
+        raise ValueError("pass the cluster config: config=PATH/cluster.yaml")
+    return build_app(load_cluster_config(args["config"]))
