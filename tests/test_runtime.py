@@ -44,6 +44,18 @@ def test_bad_cluster_config_is_one_clear_error_naming_the_file(tmp_path, text, r
     assert str(raised.value).startswith(str(path))
 
 
+def test_app_builder_binds_the_three_deployments_from_a_config_file():
+    pytest.importorskip("ray.serve")
+    from aivd.runtime.app import app_builder
+
+    app = app_builder({"config": str(REPO / "docs" / "runtime" / "cluster.yaml")})
+    assert type(app).__name__ == "Application"
+    with pytest.raises(ValueError, match="config=PATH"):
+        app_builder({})
+    with pytest.raises(ConfigError, match="cannot read"):
+        app_builder({"config": "/nonexistent/cluster.yaml"})
+
+
 def test_node_state_from_routing_stats():
     now = 1000.0
     stats = {"time": now - 0.2, "cpu_idle": 0.25, "queue_len": 9, "service_s": 0.5, "bandwidth_bps": 2e6,
