@@ -106,6 +106,38 @@ def test_emulated_link_follows_the_simulators_trace():
     assert [emulated.at(t) for t in (0.0, 3.5, 40.0)] == [simulated.at(t) for t in (0.0, 3.5, 40.0)]
 
 
+def test_router_penalises_a_replica_reporting_errors_and_its_floor_still_feeds_it():
+    pytest.importorskip("ray.serve")
+    from types import SimpleNamespace
+
+    from ray.serve._private.common import DeploymentHandleSource, DeploymentID, ReplicaID
+
+    from aivd.runtime.router import PolicyRequestRouter
+
+    deployment = DeploymentID(name="edge", app_name="aivd")
+    router = PolicyRequestRouter(deployment_id=deployment, handle_source=DeploymentHandleSource.UNKNOWN,
+                                 use_replica_queue_len_cache=True)
+    router.initialize_state(policy="aivd", weights={"max_skips": 3, "eta": 0.0}, queue_bound=4, stats_period_s=0.5)
+    now = time.time()
+
+    # Ray's RunningReplica needs a live actor behind it; the router reads only these two attributes.
+    def replica(name: str, **stats):
+        return SimpleNamespace(replica_id=ReplicaID(unique_id=name, deployment_id=deployment),
+                               routing_stats={"time": now, "cpu_idle": 1.0, "service_s": 0.1, **stats})
+
+    healthy, erroring = replica("healthy"), replica("erroring", errors=2)
+
+    def choose():
+        ranks = asyncio.run(router.choose_replicas([healthy, erroring]))
+        return [[r.replica_id.unique_id for r in rank] for rank in ranks]
+
+    # Equal in every metric but the errors: the penalty sends work to the healthy one, the other is the fallback.
+    assert [choose() for _ in range(3)] == [[["healthy"], ["erroring"]]] * 3
+    # Passed over max_skips = 3 times in a row: the floor gives the erroring replica the next request.
+    assert choose() == [["erroring"], ["healthy"]]
+    assert choose() == [["healthy"], ["erroring"]]
+
+
 # --- a real local Ray cluster ---------------------------------------------------------------------------------------
 
 def free_port() -> int:
@@ -167,6 +199,16 @@ def test_cluster_inspects_over_http_and_survives_a_killed_node(ray_cluster):
     broken = httpx.post(f"{url}/v1/inspect", files={"image": ("broken.jpg", b"\xff\xd8 not really")}, timeout=60)
     assert broken.status_code == 200
     assert broken.json()["image"] == "broken.jpg" and broken.json()["status"] == "error" and "truncated" in broken.json()["error"]
+
+    # The batch form: one record per image, in order; mismatched template counts are refused.
+    pair = [(SAMPLES / f"20085291_{kind}.jpg").read_bytes() for kind in ("test", "temp")]
+    files = [("images", ("a_test.jpg", pair[0])), ("images", ("b_test.jpg", pair[0])),
+             ("templates", ("a_temp.jpg", pair[1])), ("templates", ("b_temp.jpg", pair[1]))]
+    batch = httpx.post(f"{url}/v1/inspect/batch", files=files, timeout=120)
+    assert batch.status_code == 200 and [r["image"] for r in batch.json()] == ["a_test.jpg", "b_test.jpg"]
+    assert all(r["status"] == "ok" for r in batch.json())
+    refused = httpx.post(f"{url}/v1/inspect/batch", files=files[:3], timeout=60)
+    assert refused.status_code == 422 and "2 images but 1 templates" in refused.json()["detail"]
 
     # Kill one edge node while 48 requests are in flight or queued; every one must still complete.
     stems = ["00041200", "13000198", "20085291"] * 16

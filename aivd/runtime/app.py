@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import ray
 from fastapi import FastAPI, File, Form, HTTPException, UploadFile
 from ray import serve
-from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+from ray.exceptions import RayActorError
 from ray.serve.config import RequestRouterConfig
 from ray.serve.handle import DeploymentHandle
 
@@ -33,7 +33,6 @@ from aivd.runtime.emulation import EmulatedNode
 
 MAX_UPLOAD_BYTES = 32 * 1024 * 1024
 NODE_CLASS_RESOURCE = "aivd_class_"  # a Ray node offering aivd_class_<name> hosts edge replicas of that class
-EDGE_FAILURES = (ActorDiedError, ActorUnavailableError, RayActorError)
 
 
 class CloudHandleAnalyzer:
@@ -176,10 +175,15 @@ class Ingress:
             try:
                 answer = await self.edge.inspect.remote(image, template, name, image_id)
                 return answer.record
-            except EDGE_FAILURES as error:  # the replica died with the request: send it to another one
-                failures.append(f"{type(error).__name__}")
-        return InspectionRecord(image=name, image_id=image_id, template=None, status="error",
-                                error=f"edge nodes failed {len(failures)} times ({', '.join(failures)})")
+            except RayActorError as error:  # the replica died or vanished with the request: send it to another
+                failures.append(type(error).__name__)
+            except Exception as error:  # the edge failed on this image: an error record, the service goes on
+                return self._failed(name, image_id, f"edge node failed: {type(error).__name__}: {error}")
+        return self._failed(name, image_id, f"edge nodes failed {len(failures)} times ({', '.join(failures)})")
+
+    @staticmethod
+    def _failed(name: str, image_id: str, reason: str) -> InspectionRecord:
+        return InspectionRecord(image=name, image_id=image_id, template=None, status="error", error=reason)
 
     @api.post("/v1/inspect", response_model=InspectionRecord, summary="Inspect one image (and its template)")
     async def inspect(self, image: UploadFile = File(..., description="the image: JPEG, PNG, BMP or TIFF"),
