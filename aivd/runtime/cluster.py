@@ -16,7 +16,8 @@ def deploy(config: ClusterConfig, address: str | None = None) -> str:
     """Deploy (or redeploy) the app and return its base URL. `address=None` starts a local Ray (or reuses the one
     this process already started); "auto" or "ray://..." joins a cluster started with `ray start`."""
     if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False, log_to_driver=False,
+        # "local" starts a fresh Ray even when another one runs on this machine; plain None would join that one.
+        ray.init(address=address or "local", include_dashboard=False, log_to_driver=False,
                  runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
     # One HTTP proxy, on the head: on one machine several Ray nodes would otherwise fight over the port.
     serve.start(http_options=HTTPOptions(host=config.host, port=config.port), proxy_location=ProxyLocation.HeadOnly)
