@@ -1,0 +1,68 @@
+"""Hard-example filters and the offload-budget controller."""
+
+import numpy as np
+import pytest
+from conftest import dets
+
+from aivd.collab.hard_examples import FILTERS, FilterConfig, is_hard, make_filter
+from aivd.collab.offload import BudgetController
+
+
+def boxes(scores):
+    n = len(scores)
+    return dets([[i, i, i + 5, i + 5] for i in range(n)], scores=np.asarray(scores, float))
+
+
+def test_threshold_sends_low_scores():
+    assert is_hard(make_filter(FilterConfig(name="threshold", params={"threshold": 0.6})), boxes([0.9, 0.59, 0.2])).tolist() == [False, True, True]
+
+
+def test_cross_entropy_and_margin_use_class_probabilities_when_given():
+    probs = np.array([[0.98, 0.01, 0.01], [0.4, 0.35, 0.25], [0.5, 0.5, 0.0]])
+    found = boxes([0.98, 0.4, 0.5])
+    entropy = make_filter(FilterConfig(name="cross_entropy", params={"threshold": 0.5}))
+    assert is_hard(entropy, found, probs).tolist() == [False, True, True]
+    margin = make_filter(FilterConfig(name="margin", params={"threshold": 0.2}))
+    assert is_hard(margin, found, probs).tolist() == [False, True, True]
+    # Without probabilities, the score is a two-way distribution: 0.5 is as unsure as it gets.
+    assert is_hard(margin, boxes([0.95, 0.5])).tolist() == [False, True]
+    with pytest.raises(ValueError, match="class_probs must be"):
+        entropy.uncertainty(found, probs[:2])
+
+
+def test_ibt_sends_a_whole_image_when_enough_of_its_boxes_are_unsure():
+    ibt = make_filter(FilterConfig(name="ibt", params={"threshold_img": 0.5, "threshold_box": 0.5}))
+    assert is_hard(ibt, boxes([0.9, 0.3])).tolist() == [True, True]  # half the boxes low: hard
+    assert is_hard(ibt, boxes([0.9, 0.8, 0.3])).tolist() == [False, False, False]
+
+
+def test_edge_only_cloud_only_and_random():
+    found = boxes([0.1, 0.5, 0.99] * 100)
+    assert not is_hard(make_filter("edge_only"), found).any()
+    assert is_hard(make_filter("cloud_only"), found).all()
+    share = is_hard(make_filter(FilterConfig(name="random", params={"probability": 0.3, "seed": 1})), found).mean()
+    assert 0.22 < share < 0.38
+
+
+def test_unknown_filter_or_parameter_is_refused():
+    with pytest.raises(ValueError, match="known: threshold"):
+        make_filter("entropy")
+    with pytest.raises(ValueError, match="filter 'margin'"):
+        make_filter(FilterConfig(name="margin", params={"cutoff": 0.1}))
+    assert set(FILTERS) == {"threshold", "cross_entropy", "margin", "ibt", "random", "edge_only", "cloud_only"}
+
+
+def test_budget_controller_holds_the_upload_ratio_when_scores_drift():
+    rng = np.random.default_rng(0)
+    controller = BudgetController(make_filter("threshold"), budget=0.3, window=500)
+    shares = []
+    for step in range(600):
+        # After image 300 the edge grows much less sure (drift): a fixed threshold would send most boxes.
+        centre = 0.85 if step < 300 else 0.45
+        found = boxes(np.clip(rng.normal(centre, 0.1, 8), 0, 1))
+        shares.append(controller.select(found).mean())
+    assert abs(np.mean(shares[100:300]) - 0.3) < 0.05
+    assert abs(np.mean(shares[400:]) - 0.3) < 0.05  # recovered within 100 images of the shift
+    assert 0.25 < controller.upload_ratio < 0.4
+    fixed = make_filter(FilterConfig(name="threshold", params={"threshold": 0.78}))
+    assert is_hard(fixed, boxes(np.clip(rng.normal(0.45, 0.1, 800), 0, 1))).mean() > 0.9
