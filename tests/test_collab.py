@@ -66,3 +66,35 @@ def test_budget_controller_holds_the_upload_ratio_when_scores_drift():
     assert 0.25 < controller.upload_ratio < 0.4
     fixed = make_filter(FilterConfig(name="threshold", params={"threshold": 0.78}))
     assert is_hard(fixed, boxes(np.clip(rng.normal(0.45, 0.1, 800), 0, 1))).mean() > 0.9
+
+
+def test_replay_takes_the_cloud_answer_for_sent_regions_and_the_edge_decision_for_the_rest():
+    from aivd.bench.collab import ImageOutcome, combine
+
+    candidates = dets([[0, 0, 10, 10], [20, 20, 30, 30], [40, 40, 50, 50]], scores=np.array([0.9, 0.3, 0.5]),
+                      classes=np.array([0, 1, 2]))
+    cloud = dets(candidates.xyxy, scores=np.array([0.95, 0.8, 0.0]), classes=np.array([3, 1, 0]))
+    outcome = ImageOutcome("x", dets([]), candidates, cloud, np.array([True, True, False]), np.array([100, 200, 300]), 5000)
+    edge_only = combine(outcome, np.zeros(3, bool), edge_threshold=0.35)
+    assert edge_only.class_id.tolist() == [0, 2] and edge_only.confidence.tolist() == pytest.approx([0.9, 0.5])
+    all_cloud = combine(outcome, np.ones(3, bool), edge_threshold=0.35)
+    assert all_cloud.class_id.tolist() == [3, 1]  # the cloud relabels the first, finds the second, rejects the third
+    mixed = combine(outcome, np.array([False, True, True]), edge_threshold=0.35)
+    assert sorted(mixed.class_id.tolist()) == [0, 1]
+
+
+@pytest.mark.integration
+def test_bench_collab_prints_the_curve_and_the_budget_run(deeppcb_root):
+    import json
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-m", "aivd.cli.main", "bench", "collab", "--deeppcb", str(deeppcb_root),
+                          "--split", "holdout", "--limit", "12"], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    report = json.loads(run.stdout)
+    ratios = [point["offload_ratio"] for point in report["curve"]]
+    assert ratios[0] == 0 and ratios[-1] == 1 and ratios == sorted(ratios)
+    assert report["curve"][0]["bytes_to_cloud"] == 0 and report["curve"][-1]["fscore"] == report["budget"]["fscore_all_cloud"]
+    assert report["curve"][0]["fscore"] == report["budget"]["fscore_edge_only"]
+    assert 0 < report["budget"]["offload_ratio"] < 0.5 and report["drift"] is None

@@ -467,6 +467,30 @@ def bench_cluster_command(
     print(json.dumps(report))
 
 
+@bench_app.command("collab")
+def bench_collab_command(
+    deeppcb: Optional[Path] = typer.Option(None, help=DEEPPCB_HELP),
+    split: str = typer.Option("test", help="test, trainval, or holdout (the held-out tenth of trainval, for choices)."),
+    limit: Optional[int] = typer.Option(None, min=1, help="Only the first N images."),
+    budget: float = typer.Option(0.3, min=0.0, max=1.0, help="Share of regions the online controller may send to the cloud."),
+    budget_filter: str = typer.Option("threshold", "--filter", help="Hard-example filter for the budget run: threshold, margin, cross_entropy, ibt, random."),
+    seed: int = typer.Option(0, help="Seed of the random filter."),
+) -> None:
+    """Offload only the hard regions: F-score and bytes against the upload ratio, and at a budget; one JSON object."""
+    from aivd.bench.collab import bench_collab
+    from aivd.collab.hard_examples import FILTERS
+    from aivd.data.deeppcb import holdout_split, load_split
+
+    if budget_filter not in FILTERS:
+        raise typer.BadParameter(f"unknown filter {budget_filter!r}; known: {', '.join(FILTERS)}", param_hint="--filter")
+    if split not in ("test", "trainval", "holdout"):
+        raise typer.BadParameter("test, trainval or holdout", param_hint="--split")
+    root = resolve_deeppcb(deeppcb)
+    samples = holdout_split(load_split(root, "trainval"))[1] if split == "holdout" else load_split(root, split)
+    pipeline = _load_pipeline(None, None, False, pixels_per_mm=DEEPPCB_PIXELS_PER_MM)
+    print(json.dumps(bench_collab(pipeline, samples[:limit], budget, budget_filter, seed)))
+
+
 @bench_app.command("crops")
 def bench_crops_command(
     deeppcb: Optional[Path] = typer.Option(None, help=DEEPPCB_HELP),

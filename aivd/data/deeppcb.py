@@ -128,3 +128,9 @@ def parse_submission(text: str, source: str = "<submission>") -> Detections:
         scores.append(score)
         classes.append(class_id)
     return Detections(np.array(boxes, np.float32).reshape(-1, 4), np.array(scores), np.array(classes), DEEPPCB_CLASSES)
+
+
+def holdout_split(samples: list) -> tuple[list, list]:
+    """Every 10th sample of trainval (9, 19, ...) is held out to choose epochs, thresholds and settings; the
+    test split is never used for a choice."""
+    return [s for i, s in enumerate(samples) if i % 10 != 9], samples[9::10]

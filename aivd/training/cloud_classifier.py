@@ -20,10 +20,10 @@ import numpy as np
 
 from aivd.core import DEEPPCB_CLASSES
 from aivd.core.detections import box_iou
-from aivd.data.deeppcb import load_split
+from aivd.data.deeppcb import holdout_split, load_split
 from aivd.edge.detector import BUILTIN_MODEL, TemplateDetector
 from aivd.training.classifier_calibration import calibrate_classifier
-from aivd.training.common import holdout_split, seed_everything
+from aivd.training.common import seed_everything
 from aivd.training.crop_training import AugmentConfig, CropRecipe, LoopConfig, export_probabilities, load_boxes, train_loop
 from aivd.training.refiner import RefinerNet
 

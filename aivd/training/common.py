@@ -1,4 +1,5 @@
-"""What the trainers share: the held-out split, seeding and ONNX metadata."""
+"""What the trainers share: seeding, augmentation helpers and ONNX metadata (the held-out split is
+`aivd.data.deeppcb.holdout_split`)."""
 
 from __future__ import annotations
 
@@ -12,10 +13,6 @@ import torch
 
 _KERNEL = np.ones((3, 3), np.uint8)
 
-
-def holdout_split(samples: list) -> tuple[list, list]:
-    """Every 10th sample of trainval (9, 19, ...) is held out to choose the epoch and calibrate thresholds."""
-    return [s for i, s in enumerate(samples) if i % 10 != 9], samples[9::10]
 
 
 def seed_everything(seed: int, threads: int) -> None:

@@ -26,11 +26,11 @@ import torch
 from torch.nn import functional as F
 
 from aivd.core import DEEPPCB_CLASSES, Detections
-from aivd.data.deeppcb import DeepPCBSample, load_split
+from aivd.data.deeppcb import DeepPCBSample, holdout_split, load_split
 from aivd.data.images import read_pair
 from aivd.edge.centernet import OUTPUT_STRIDE, decode, make_input
 from aivd.eval.protocol import best_threshold, evaluate
-from aivd.training.common import change_thickness, holdout_split, seed_everything, write_metadata
+from aivd.training.common import change_thickness, seed_everything, write_metadata
 from aivd.training.detector_net import CenterNetLite, ExportWrapper
 
 

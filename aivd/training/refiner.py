@@ -15,10 +15,10 @@ import torch
 from torch import nn
 
 from aivd.core import DEEPPCB_CLASSES
-from aivd.data.deeppcb import load_split
+from aivd.data.deeppcb import holdout_split, load_split
 from aivd.data.images import ImageError
 from aivd.edge.crops import CONTEXT, CROP_SIZE, MIN_SIDE
-from aivd.training.common import holdout_split, seed_everything, write_metadata
+from aivd.training.common import seed_everything, write_metadata
 from aivd.training.crop_training import AugmentConfig, CropRecipe, LoopConfig, export_probabilities, load_boxes, train_loop
 from aivd.training.detector_net import conv_bn
 

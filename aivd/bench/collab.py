@@ -1,0 +1,119 @@
+"""`aivd bench collab`: what offloading only the hard regions costs in accuracy and saves in bytes.
+
+Every image of the split goes through the edge once (detection, candidates at the cloud's proposal threshold,
+crops) and every candidate through the cloud analyzer once; the answers are kept. Then each offloading policy is
+replayed over them: a region sent to the cloud gets the cloud's decision, a region kept at the edge the edge's own
+(a defect if its score reaches the edge threshold). Official DeepPCB scoring throughout.
+
+- `curve`: per filter, the F-score and bytes at upload ratios 0, 0.1, ..., 1 (the cutoff set by quantile over
+  the whole split, an oracle placement of the cutoff that only the curve uses);
+- `budget`: the online `BudgetController` at a 30% budget, image by image in split order, against sending
+  everything (`fscore_all_cloud`); bytes are the JSON request bodies of `POST /v1/analyze` for the regions sent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from aivd.cloud.wire import encode_region
+from aivd.collab.hard_examples import FilterConfig, make_filter
+from aivd.collab.offload import BudgetController
+from aivd.core import Detections
+from aivd.data.images import read_pair
+from aivd.eval.protocol import evaluate
+from aivd.pipeline.engine import EdgeCloudPipeline
+
+RATIOS = tuple(round(0.1 * i, 1) for i in range(11))
+CURVE_FILTERS = ("threshold", "margin", "cross_entropy", "random")
+
+
+@dataclass
+class ImageOutcome:
+    """One image's candidates with both tiers' answers, so that any offloading policy can be replayed."""
+
+    image_id: str
+    truth: Detections
+    candidates: Detections  # the edge's candidates at the proposal threshold, with its classes and scores
+    cloud: Detections  # per candidate: the cloud's class and confidence (score 0 where it rejects the region)
+    cloud_keeps: np.ndarray  # per candidate: did the cloud call it a defect
+    request_bytes: np.ndarray  # per candidate: bytes of its region in an analyze request
+    image_bytes: int  # the test image and template files, what a cloud-only pipeline would upload
+
+
+def collect(pipeline: EdgeCloudPipeline, samples) -> list[ImageOutcome]:
+    """Run both tiers over every candidate of every image once."""
+    labels = pipeline.labels
+    outcomes = []
+    for sample in samples:
+        image, template = read_pair(sample.test_path, sample.template_path)
+        proposal = pipeline.propose(image, template, sample.image_id)
+        analyses = pipeline.analyzer.analyze(proposal.regions) if proposal.regions else []
+        keeps = np.array([a.is_defect and a.defect_type in labels.names for a in analyses], bool)
+        class_ids = np.array([labels.id(a.defect_type) if keep else 0 for a, keep in zip(analyses, keeps)], np.int64)
+        scores = np.array([a.confidence if keep else 0.0 for a, keep in zip(analyses, keeps)], np.float32)
+        candidates = proposal.proposals
+        sizes = np.array([len(encode_region(r).model_dump_json()) for r in proposal.regions], np.int64)
+        files = sum(p.stat().st_size for p in (sample.test_path, sample.template_path) if p is not None)
+        outcomes.append(ImageOutcome(sample.image_id, sample.ground_truth(), candidates,
+                                     Detections(candidates.xyxy, scores, class_ids, labels), keeps, sizes, files))
+    return outcomes
+
+
+def combine(outcome: ImageOutcome, sent: np.ndarray, edge_threshold: float) -> Detections:
+    """The image's final defects when the regions in `sent` went to the cloud and the rest stayed at the edge."""
+    at_edge = ~sent & (outcome.candidates.confidence >= edge_threshold)
+    from_cloud = sent & outcome.cloud_keeps
+    c, e = outcome.cloud, outcome.candidates
+    return Detections(np.concatenate([e.xyxy[at_edge], c.xyxy[from_cloud]]),
+                      np.concatenate([e.confidence[at_edge], c.confidence[from_cloud]]),
+                      np.concatenate([e.class_id[at_edge], c.class_id[from_cloud]]), e.labels)
+
+
+def replay(outcomes: list[ImageOutcome], masks: list[np.ndarray], edge_threshold: float) -> dict:
+    pairs = [(o.image_id, combine(o, m, edge_threshold), o.truth) for o, m in zip(outcomes, masks)]
+    regions = sum(len(m) for m in masks)
+    sent = sum(int(m.sum()) for m in masks)
+    return {"offload_ratio": round(sent / max(regions, 1), 4), "fscore": round(evaluate(pairs).fscore, 5),
+            "bytes_to_cloud": int(sum(int(o.request_bytes[m].sum()) for o, m in zip(outcomes, masks)))}
+
+
+def curve(outcomes: list[ImageOutcome], filter_name: str, edge_threshold: float, seed: int) -> list[dict]:
+    filter_ = make_filter(FilterConfig(name=filter_name, params={"seed": seed} if filter_name == "random" else {}))
+    uncertainty = [filter_.uncertainty(o.candidates) if len(o.candidates) else np.zeros(0) for o in outcomes]
+    pooled = np.concatenate(uncertainty)
+    points = []
+    for ratio in RATIOS:
+        # Above the (1 - ratio) quantile; ratio 0 sends nothing, ratio 1 everything.
+        cutoff = np.inf if ratio == 0 else (-np.inf if ratio == 1 else float(np.quantile(pooled, 1 - ratio)))
+        points.append(replay(outcomes, [u > cutoff for u in uncertainty], edge_threshold))
+    return points
+
+
+def budget_run(outcomes: list[ImageOutcome], filter_name: str, budget: float, edge_threshold: float) -> dict:
+    controller = BudgetController(make_filter(filter_name), budget=budget)
+    masks = [controller.select(o.candidates) for o in outcomes]
+    result = replay(outcomes, masks, edge_threshold)
+    everything = replay(outcomes, [np.ones(len(o.candidates), bool) for o in outcomes], edge_threshold)
+    return {
+        "filter": filter_name, "budget": budget, **result,
+        "fscore_all_cloud": everything["fscore"],
+        "fscore_edge_only": replay(outcomes, [np.zeros(len(o.candidates), bool) for o in outcomes], edge_threshold)["fscore"],
+        "fscore_share_of_all_cloud": round(result["fscore"] / everything["fscore"], 4),
+        "bytes_ratio_vs_cloud_only": round(result["bytes_to_cloud"] / max(everything["bytes_to_cloud"], 1), 4),
+        "bytes_ratio_vs_whole_images": round(result["bytes_to_cloud"] / max(sum(o.image_bytes for o in outcomes), 1), 4),
+    }
+
+
+def bench_collab(pipeline: EdgeCloudPipeline, samples, budget: float = 0.3, budget_filter: str = "margin", seed: int = 0) -> dict:
+    outcomes = collect(pipeline, samples)
+    threshold = pipeline.edge_threshold
+    return {
+        "images": len(outcomes), "regions": int(sum(len(o.candidates) for o in outcomes)),
+        "edge_threshold": threshold, "proposal_threshold": pipeline.proposal_threshold,
+        "curve": curve(outcomes, budget_filter, threshold, seed),
+        "curves": {name: curve(outcomes, name, threshold, seed) for name in CURVE_FILTERS},
+        "budget": budget_run(outcomes, budget_filter, budget, threshold),
+        "drift": None,  # the online update of the edge model is not built yet (issue 6, part 3)
+    }
