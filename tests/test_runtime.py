@@ -193,7 +193,7 @@ def test_cluster_inspects_over_http_and_survives_a_killed_node(ray_cluster):
     record = first.json()
     assert record["status"] == "ok" and record["defects"]
     assert all(d["source"] == "cloud:builtin" and d["description"] for d in record["defects"])
-    assert record["edge_node"].split("/")[0] in {"fast", "slow"}
+    assert record["edge_node"].split("/")[0] in {"fast", "slow"} and record["template"] == "00041200_temp.jpg"
 
     # A bad upload is an error record with the reason, as in results.jsonl, not a crash.
     broken = httpx.post(f"{url}/v1/inspect", files={"image": ("broken.jpg", b"\xff\xd8 not really")}, timeout=60)

@@ -91,8 +91,6 @@ async def drive(url: str, sends: np.ndarray, image: bytes, template: bytes, time
 
 def bench_cluster(nodes: int, scenario_id: int, policies: list[str], requests: int, seed: int, load: float | None,
                   time_scale: float, max_ongoing: int, port: int, sample: Path) -> dict:
-    import httpx as http
-
     from aivd.runtime.cluster import deploy, shutdown
 
     image = sample.with_name(sample.name.replace("_temp", "_test")).read_bytes()
@@ -110,13 +108,13 @@ def bench_cluster(nodes: int, scenario_id: int, policies: list[str], requests: i
         for policy in policies:
             config = emulated_config(scenario_id, nodes, time_scale, policy, max_ongoing, port, seed)
             url = deploy(config)
-            with http.Client(timeout=120) as client:  # warm every replica's model before the clock starts
+            with httpx.Client(timeout=120) as client:  # warm every replica's model before the clock starts
                 files = {"image": ("warm_test.jpg", image), "template": ("warm_temp.jpg", template)}
                 for _ in range(2 * nodes):
                     client.post(f"{url}/v1/inspect", files=files)
                 before = client.get(f"{url}/v1/router").json()
             result = asyncio.run(drive(url, sends, image, template, timeout_s=600))
-            with http.Client(timeout=30) as client:
+            with httpx.Client(timeout=30) as client:
                 result["router"] = client.get(f"{url}/v1/router").json()
             result["router"]["decisions_before_run"] = before.get("decisions", 0)
             report["policies"][policy] = result

@@ -113,16 +113,18 @@ class EdgeNode:
         # One ONNX thread: several replicas share this machine's cores (a real edge node would use all of its own).
         self.pipeline = EdgeCloudPipeline(load_detector(threads=1), analyzer, pixels_per_mm=config.pixels_per_mm)
 
-    async def inspect(self, image: bytes, template: bytes | None, image_name: str, image_id: str) -> EdgeAnswer:
+    async def inspect(self, image: bytes, template: bytes | None, image_name: str, image_id: str,
+                      template_name: str | None = None) -> EdgeAnswer:
+        template_name = template_name or f"{image_name} (template)"
         self.telemetry.ongoing += 1
         try:
             transfer_s = await self.emulated.receive(len(image) + len(template or b""))
             started = time.perf_counter()
             try:
                 test = decode_gray(image, image_name)
-                reference = decode_gray(template, f"{image_name} (template)") if template is not None else None
+                reference = decode_gray(template, template_name) if template is not None else None
                 if reference is not None:
-                    check_pair(test, reference, image_name, f"{image_name} (template)")
+                    check_pair(test, reference, image_name, template_name)
             except ImageError as error:
                 outcome: ImageResult | ImageError = error
                 read_ms = (time.perf_counter() - started) * 1000
@@ -131,7 +133,7 @@ class EdgeNode:
                 proposal, service_s = await self.emulated.serve(self.pipeline.propose, test, reference, image_id)
                 self.telemetry.served(service_s)
                 outcome = await asyncio.to_thread(self.pipeline.complete, proposal)
-            record = inspection_record(image_name, image_id, "uploaded" if template is not None else None,
+            record = inspection_record(image_name, image_id, template_name if template is not None else None,
                                        self.pipeline, outcome, read_ms)
             record.edge_node = f"{self.node_class.name}/{self.replica_id}"
             record.timings_ms["transfer"] = round(transfer_s * 1000, 2)
@@ -169,11 +171,12 @@ class Ingress:
             raise HTTPException(413, f"{upload.filename}: over the limit of {MAX_UPLOAD_BYTES} bytes")
         return data
 
-    async def _inspect(self, image: bytes, template: bytes | None, name: str, image_id: str) -> InspectionRecord:
+    async def _inspect(self, image: bytes, template: bytes | None, name: str, image_id: str,
+                       template_name: str | None) -> InspectionRecord:
         failures = []
         for _ in range(self.config.retries + 1):
             try:
-                answer = await self.edge.inspect.remote(image, template, name, image_id)
+                answer = await self.edge.inspect.remote(image, template, name, image_id, template_name)
                 return answer.record
             except RayActorError as error:  # the replica died or vanished with the request: send it to another
                 failures.append(type(error).__name__)
@@ -191,7 +194,8 @@ class Ingress:
                       image_id: str | None = Form(None, description="default: the file name without extension")):
         data, reference = await self._upload(image), await self._upload(template)
         name = image.filename or "image"
-        return await self._inspect(data, reference, name, image_id or name.rsplit(".", 1)[0])
+        template_name = template.filename if template is not None else None
+        return await self._inspect(data, reference, name, image_id or name.rsplit(".", 1)[0], template_name)
 
     @api.post("/v1/inspect/batch", response_model=list[InspectionRecord], summary="Inspect several images at once")
     async def inspect_batch(self, images: list[UploadFile] = File(...), templates: list[UploadFile] | None = File(None)):
@@ -201,7 +205,8 @@ class Ingress:
         jobs = []
         for index, (image, template) in enumerate(pairs):
             name = image.filename or f"image-{index}"
-            jobs.append(self._inspect(await self._upload(image), await self._upload(template), name, name.rsplit(".", 1)[0]))
+            jobs.append(self._inspect(await self._upload(image), await self._upload(template), name, name.rsplit(".", 1)[0],
+                                      template.filename if template is not None else None))
         return list(await asyncio.gather(*jobs))
 
     @api.get("/healthz")
