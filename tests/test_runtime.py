@@ -246,7 +246,7 @@ def test_bench_cluster_prints_one_json_object_with_every_request_answered(tmp_pa
     pytest.importorskip("ray.serve")
     run = subprocess.run(
         [sys.executable, "-m", "aivd.cli.main", "bench", "cluster", "--nodes", "2", "--scenario", "1", "--policies", "ect,rr",
-         "--requests", "12", "--port", str(free_port())],
+         "--requests", "12", "--json", "--port", str(free_port())],
         capture_output=True, text=True, timeout=600, cwd=tmp_path,
     )
     assert run.returncode == 0, run.stderr[-3000:]

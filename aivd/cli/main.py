@@ -60,6 +60,8 @@ def _load_detector(model: Optional[Path], min_confidence: Optional[float]):
 
 
 DEEPPCB_PIXELS_PER_MM = 48.0
+# Benchmarks always print one JSON object; --json is accepted so that commands written as `... --json` work.
+JSON_ALWAYS = typer.Option(True, "--json", help="Print one JSON object (the only output format).")
 EDGE_ONLY = typer.Option(False, "--edge-only", help="Edge detector alone: no cloud analysis.")
 CLOUD_URL = typer.Option(None, "--cloud", help="URL of an `aivd serve cloud` service. Default: the built-in analyzer in this process.")
 CLASSIFIER = typer.Option(None, help="Cloud crop-classifier ONNX (from `aivd train classifier`). Default: built-in.")
@@ -446,6 +448,7 @@ def bench_cluster_command(
     max_ongoing: int = typer.Option(8, min=1, help="Requests in flight per edge replica (Ray's max_ongoing_requests)."),
     port: int = typer.Option(8000, min=1, max=65535),
     sample: Optional[Path] = typer.Option(None, exists=True, dir_okay=False, help="A *_test.jpg with its *_temp.jpg beside it. Default: a bundled DeepPCB pair."),
+    as_json: bool = JSON_ALWAYS,
 ) -> None:
     """Drive real HTTP load through the Ray Serve runtime per policy; print measured and simulated figures as JSON."""
     from aivd.bench.cluster import bench_cluster
@@ -475,6 +478,7 @@ def bench_collab_command(
     budget: float = typer.Option(0.3, min=0.0, max=1.0, help="Share of regions the online controller may send to the cloud."),
     budget_filter: str = typer.Option("threshold", "--filter", help="Hard-example filter for the budget run: threshold, margin, cross_entropy, ibt, random."),
     seed: int = typer.Option(0, help="Seed of the random filter."),
+    as_json: bool = JSON_ALWAYS,
 ) -> None:
     """Offload only the hard regions: F-score and bytes against the upload ratio, and at a budget; one JSON object."""
     from aivd.bench.collab import bench_collab
