@@ -90,11 +90,32 @@ def test_bench_collab_prints_the_curve_and_the_budget_run(deeppcb_root):
     import sys
 
     run = subprocess.run([sys.executable, "-m", "aivd.cli.main", "bench", "collab", "--deeppcb", str(deeppcb_root),
-                          "--split", "holdout", "--limit", "12"], capture_output=True, text=True, timeout=300)
+                          "--split", "holdout", "--limit", "12", "--drift", "blur:1.5", "--json"],
+                         capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     report = json.loads(run.stdout)
     ratios = [point["offload_ratio"] for point in report["curve"]]
     assert ratios[0] == 0 and ratios[-1] == 1 and ratios == sorted(ratios)
     assert report["curve"][0]["bytes_to_cloud"] == 0 and report["curve"][-1]["fscore"] == report["budget"]["fscore_all_cloud"]
     assert report["curve"][0]["fscore"] == report["budget"]["fscore_edge_only"]
-    assert 0 < report["budget"]["offload_ratio"] < 0.5 and report["drift"] is None
+    assert 0 < report["budget"]["offload_ratio"] < 0.5
+    drift = report["drift"]
+    assert drift["phase"] == {"start": 6, "kind": "blur", "strength": 1.5}
+    # The same six images blurred: the edge alone loses accuracy.
+    assert drift["edge_fscore_after_drift"] < drift["edge_fscore_after_without_drift"]
+    assert drift["fscore_after_update"] is None
+
+
+def test_drift_degrades_image_and_template_alike_and_deterministically():
+    from aivd.data.drift import DriftPhase, drifted
+
+    image = np.tile(np.array([0, 255], np.uint8).repeat(4), (16, 2))
+    phases = [DriftPhase(start=3, kind="contrast_noise", strength=10.0)]
+    assert drifted(2, image, image, phases)[0] is image  # before the phase: untouched
+    test, template = drifted(5, image, image.copy(), phases, seed=1)
+    assert test.shape == image.shape and not np.array_equal(test, image)
+    assert np.array_equal(test, drifted(5, image, image, phases, seed=1)[0])  # same seed and position: same noise
+    blurred, _ = drifted(0, image, None, [DriftPhase(start=0, kind="blur", strength=1.0)])
+    assert len(np.unique(blurred)) > 2  # the black-white edges are softened into greys
+    with pytest.raises(ValueError, match="resample strength"):
+        drifted(0, image, None, [DriftPhase(start=0, kind="resample", strength=2.0)])

@@ -8,7 +8,10 @@ replayed over them: a region sent to the cloud gets the cloud's decision, a regi
 - `curve`: per filter, the F-score and bytes at upload ratios 0, 0.1, ..., 1 (the cutoff set by quantile over
   the whole split, an oracle placement of the cutoff that only the curve uses);
 - `budget`: the online `BudgetController` at a 30% budget, image by image in split order, against sending
-  everything (`fscore_all_cloud`); bytes are the JSON request bodies of `POST /v1/analyze` for the regions sent.
+  everything (`fscore_all_cloud`); bytes are the JSON request bodies of `POST /v1/analyze` for the regions sent;
+- `drift` (with a `DriftPhase`): the same controller over the split, shuffled into a stream whose imaging
+  degrades from one image on: F before and after, and after on the same images undrifted; the online update of
+  the edge model is not built yet.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from aivd.cloud.wire import encode_region
 from aivd.collab.hard_examples import FilterConfig, make_filter
 from aivd.collab.offload import BudgetController
 from aivd.core import Detections
+from aivd.data.drift import DriftPhase, drifted
 from aivd.data.images import read_pair
 from aivd.eval.protocol import evaluate
 from aivd.pipeline.engine import EdgeCloudPipeline
@@ -42,12 +46,12 @@ class ImageOutcome:
     image_bytes: int  # the test image and template files, what a cloud-only pipeline would upload
 
 
-def collect(pipeline: EdgeCloudPipeline, samples) -> list[ImageOutcome]:
-    """Run both tiers over every candidate of every image once."""
+def collect(pipeline: EdgeCloudPipeline, samples, drift: list[DriftPhase] = (), seed: int = 0) -> list[ImageOutcome]:
+    """Run both tiers over every candidate of every image once, as the (optionally drifting) camera sees it."""
     labels = pipeline.labels
     outcomes = []
-    for sample in samples:
-        image, template = read_pair(sample.test_path, sample.template_path)
+    for index, sample in enumerate(samples):
+        image, template = drifted(index, *read_pair(sample.test_path, sample.template_path), list(drift), seed)
         proposal = pipeline.propose(image, template, sample.image_id)
         analyses = pipeline.analyzer.analyze(proposal.regions) if proposal.regions else []
         keeps = np.array([a.is_defect and a.defect_type in labels.names for a in analyses], bool)
@@ -106,7 +110,33 @@ def budget_run(outcomes: list[ImageOutcome], filter_name: str, budget: float, ed
     }
 
 
-def bench_collab(pipeline: EdgeCloudPipeline, samples, budget: float = 0.3, budget_filter: str = "margin", seed: int = 0) -> dict:
+def drift_run(pipeline: EdgeCloudPipeline, samples, phase: DriftPhase, filter_name: str, budget: float, seed: int) -> dict:
+    """The split, shuffled by `seed` into a stream, drifts from image `phase.start` on; the budget controller runs
+    through it. `fscore_after_drift` is compared with the same images undrifted (`fscore_after_without_drift`).
+    No online update of the edge model yet: `fscore_after_update` and `images_to_recover` are null."""
+    if not 0 < phase.start < len(samples):
+        raise ValueError(f"the drift must start inside the stream of {len(samples)} images, got {phase.start}")
+    stream = [samples[i] for i in np.random.default_rng(seed).permutation(len(samples))]
+    threshold, start = pipeline.edge_threshold, phase.start
+    result: dict = {"phase": phase.model_dump(), "filter": filter_name, "budget": budget}
+    for label, drift in (("without_drift", []), ("drift", [phase])):
+        outcomes = collect(pipeline, stream, drift, seed)
+        controller = BudgetController(make_filter(filter_name), budget=budget)
+        masks = [controller.select(o.candidates) for o in outcomes]
+        edge = [np.zeros(len(o.candidates), bool) for o in outcomes]
+        before, after = replay(outcomes[:start], masks[:start], threshold), replay(outcomes[start:], masks[start:], threshold)
+        # The images before `start` are the same in both passes, so "before" is written twice with equal values.
+        result.update({
+            "fscore_before": before["fscore"], "offload_ratio_before": before["offload_ratio"],
+            f"fscore_after_{label}": after["fscore"], f"offload_ratio_after_{label}": after["offload_ratio"],
+            f"edge_fscore_after_{label}": replay(outcomes[start:], edge[start:], threshold)["fscore"],
+        })
+    result.update({"fscore_after_update": None, "images_to_recover": None})
+    return result
+
+
+def bench_collab(pipeline: EdgeCloudPipeline, samples, budget: float = 0.3, budget_filter: str = "threshold", seed: int = 0,
+                 drift: DriftPhase | None = None) -> dict:
     outcomes = collect(pipeline, samples)
     threshold = pipeline.edge_threshold
     return {
@@ -115,5 +145,5 @@ def bench_collab(pipeline: EdgeCloudPipeline, samples, budget: float = 0.3, budg
         "curve": curve(outcomes, budget_filter, threshold, seed),
         "curves": {name: curve(outcomes, name, threshold, seed) for name in CURVE_FILTERS},
         "budget": budget_run(outcomes, budget_filter, budget, threshold),
-        "drift": None,  # the online update of the edge model is not built yet (issue 6, part 3)
+        "drift": None if drift is None else drift_run(pipeline, samples, drift, budget_filter, budget, seed),
     }

@@ -477,7 +477,8 @@ def bench_collab_command(
     limit: Optional[int] = typer.Option(None, min=1, help="Only the first N images."),
     budget: float = typer.Option(0.3, min=0.0, max=1.0, help="Share of regions the online controller may send to the cloud."),
     budget_filter: str = typer.Option("threshold", "--filter", help="Hard-example filter for the budget run: threshold, margin, cross_entropy, ibt, random."),
-    seed: int = typer.Option(0, help="Seed of the random filter."),
+    seed: int = typer.Option(0, help="Seed of the random filter and the drift's noise."),
+    drift: Optional[str] = typer.Option(None, help="Also stream the split with the imaging degrading from its middle on: KIND:STRENGTH, KIND one of blur, contrast_noise, resample (e.g. blur:1.2)."),
     as_json: bool = JSON_ALWAYS,
 ) -> None:
     """Offload only the hard regions: F-score and bytes against the upload ratio, and at a budget; one JSON object."""
@@ -491,8 +492,20 @@ def bench_collab_command(
         raise typer.BadParameter("test, trainval or holdout", param_hint="--split")
     root = resolve_deeppcb(deeppcb)
     samples = holdout_split(load_split(root, "trainval"))[1] if split == "holdout" else load_split(root, split)
+    samples = samples[:limit]
+    phase = None
+    if drift:
+        from pydantic import ValidationError
+
+        from aivd.data.drift import DriftPhase
+
+        kind, _, strength = drift.partition(":")
+        try:
+            phase = DriftPhase(start=len(samples) // 2, kind=kind, strength=float(strength or "nan"))
+        except (ValidationError, ValueError):
+            raise typer.BadParameter("KIND:STRENGTH with KIND blur, contrast_noise or resample and STRENGTH > 0", param_hint="--drift") from None
     pipeline = _load_pipeline(None, None, False, pixels_per_mm=DEEPPCB_PIXELS_PER_MM)
-    print(json.dumps(bench_collab(pipeline, samples[:limit], budget, budget_filter, seed)))
+    print(json.dumps(bench_collab(pipeline, samples, budget, budget_filter, seed, phase)))
 
 
 @bench_app.command("crops")
