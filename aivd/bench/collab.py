@@ -139,11 +139,11 @@ def bench_collab(pipeline: EdgeCloudPipeline, samples, budget: float = 0.3, budg
                  drift: DriftPhase | None = None) -> dict:
     outcomes = collect(pipeline, samples)
     threshold = pipeline.edge_threshold
+    curves = {name: curve(outcomes, name, threshold, seed) for name in dict.fromkeys([*CURVE_FILTERS, budget_filter])}
     return {
         "images": len(outcomes), "regions": int(sum(len(o.candidates) for o in outcomes)),
         "edge_threshold": threshold, "proposal_threshold": pipeline.proposal_threshold,
-        "curve": curve(outcomes, budget_filter, threshold, seed),
-        "curves": {name: curve(outcomes, name, threshold, seed) for name in CURVE_FILTERS},
+        "curve": curves[budget_filter], "curves": curves,
         "budget": budget_run(outcomes, budget_filter, budget, threshold),
         "drift": None if drift is None else drift_run(pipeline, samples, drift, budget_filter, budget, seed),
     }
