@@ -11,7 +11,6 @@ No `from __future__ import annotations` here: FastAPI reads the ingress's parame
 import asyncio
 import statistics
 import time
-from dataclasses import dataclass
 
 import ray
 from fastapi import FastAPI, File, Form, HTTPException, UploadFile
@@ -90,12 +89,6 @@ def _replica_class(config: ClusterConfig) -> tuple[str, int, EdgeNodeClass]:
     return replica_id, rank, config.class_for_rank(rank)
 
 
-@dataclass
-class EdgeAnswer:
-    record: InspectionRecord
-    transfer_ms: float
-
-
 @serve.deployment(name="edge")
 class EdgeNode:
     async def __init__(self, config: ClusterConfig, cloud: DeploymentHandle | None) -> None:
@@ -114,7 +107,7 @@ class EdgeNode:
         self.pipeline = EdgeCloudPipeline(load_detector(threads=1), analyzer, pixels_per_mm=config.pixels_per_mm)
 
     async def inspect(self, image: bytes, template: bytes | None, image_name: str, image_id: str,
-                      template_name: str | None = None) -> EdgeAnswer:
+                      template_name: str | None = None) -> InspectionRecord:
         template_name = template_name or f"{image_name} (template)"
         self.telemetry.ongoing += 1
         try:
@@ -138,7 +131,7 @@ class EdgeNode:
             record.edge_node = f"{self.node_class.name}/{self.replica_id}"
             record.timings_ms["transfer"] = round(transfer_s * 1000, 2)
             await self.emulated.reply()
-            return EdgeAnswer(record, transfer_s * 1000)
+            return record
         except Exception:
             self.telemetry.errors += 1
             raise
@@ -176,8 +169,7 @@ class Ingress:
         failures = []
         for _ in range(self.config.retries + 1):
             try:
-                answer = await self.edge.inspect.remote(image, template, name, image_id, template_name)
-                return answer.record
+                return await self.edge.inspect.remote(image, template, name, image_id, template_name)
             except RayActorError as error:  # the replica died or vanished with the request: send it to another
                 failures.append(type(error).__name__)
             except Exception as error:  # the edge failed on this image: an error record, the service goes on
