@@ -119,3 +119,25 @@ def test_drift_degrades_image_and_template_alike_and_deterministically():
     assert len(np.unique(blurred)) > 2  # the black-white edges are softened into greys
     with pytest.raises(ValueError, match="resample strength"):
         drifted(0, image, None, [DriftPhase(start=0, kind="resample", strength=2.0)])
+
+
+def test_marginal_error_controller_settles_where_the_edge_errs_at_the_tolerated_rate():
+    from aivd.collab.offload import MarginalErrorController
+
+    rng = np.random.default_rng(2)
+    controller = MarginalErrorController(make_filter("threshold"), target=0.95, band=0.04, step=0.01)
+    for _ in range(3000):
+        scores = rng.uniform(0, 1, 10)
+        hard, uncertainty = controller.select(boxes(scores))
+        # The edge is wrong with probability equal to its uncertainty (1 - score): 5% errors at score 0.95.
+        edge_right = rng.random(10) >= uncertainty
+        controller.feedback(uncertainty[hard], edge_right[hard])
+    # Tolerating 5% errors, regions the edge scores below about 0.95 go to the cloud: cutoff near 0.05.
+    assert 0.02 < controller.filter.cutoff < 0.09
+    assert 0.9 < controller.upload_ratio < 0.99
+    strict = MarginalErrorController(make_filter("threshold"), target=0.7, band=0.04, step=0.01)
+    for _ in range(3000):
+        scores = rng.uniform(0, 1, 10)
+        hard, uncertainty = strict.select(boxes(scores))
+        strict.feedback(uncertainty[hard], (rng.random(10) >= uncertainty)[hard])
+    assert 0.25 < strict.filter.cutoff < 0.35 and strict.upload_ratio < controller.upload_ratio
