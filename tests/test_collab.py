@@ -81,6 +81,14 @@ def test_replay_takes_the_cloud_answer_for_sent_regions_and_the_edge_decision_fo
     assert all_cloud.class_id.tolist() == [3, 1]  # the cloud relabels the first, finds the second, rejects the third
     mixed = combine(outcome, np.array([False, True, True]), edge_threshold=0.35)
     assert sorted(mixed.class_id.tolist()) == [0, 1]
+    from aivd.bench.collab import edge_agrees
+
+    # Edge keeps 0 (class 0; cloud says class 3): wrong. Edge drops 1 (cloud keeps it): wrong. Edge keeps 2, cloud
+    # rejects it: wrong. Make the first agree and check it flips.
+    assert edge_agrees(outcome, 0.35).tolist() == [False, False, False]
+    agreeing = ImageOutcome("x", dets([]), candidates, dets(candidates.xyxy, scores=np.array([0.95, 0.0, 0.9]),
+                            classes=np.array([0, 0, 2])), np.array([True, False, True]), np.array([1, 1, 1]), 1)
+    assert edge_agrees(agreeing, 0.35).tolist() == [True, True, True]
 
 
 @pytest.mark.integration
@@ -99,6 +107,8 @@ def test_bench_collab_prints_the_curve_and_the_budget_run(deeppcb_root):
     assert report["curve"][0]["bytes_to_cloud"] == 0 and report["curve"][-1]["fscore"] == report["budget"]["fscore_all_cloud"]
     assert report["curve"][0]["fscore"] == report["budget"]["fscore_edge_only"]
     assert 0 < report["budget"]["offload_ratio"] < 0.5
+    assert [run["target"] for run in report["accuracy_target"]] == [0.9, 0.95, 0.98]
+    assert all(0 < run["offload_ratio"] <= 1 for run in report["accuracy_target"])
     drift = report["drift"]
     assert drift["phase"] == {"start": 6, "kind": "blur", "strength": 1.5}
     # The same six images blurred: the edge alone loses accuracy.

@@ -9,6 +9,8 @@ replayed over them: a region sent to the cloud gets the cloud's decision, a regi
   the whole split, an oracle placement of the cutoff that only the curve uses);
 - `budget`: the online `BudgetController` at a 30% budget, image by image in split order, against sending
   everything (`fscore_all_cloud`); bytes are the JSON request bodies of `POST /v1/analyze` for the regions sent;
+- `accuracy_target`: the `MarginalErrorController` for targets 0.9, 0.95 and 0.98 (edge-cloud agreement on the
+  regions sent is its only label);
 - `drift` (with a `DriftPhase`): the same controller over the split, shuffled into a stream whose imaging
   degrades from one image on: F before and after, and after on the same images undrifted; the online update of
   the edge model is not built yet.
@@ -22,7 +24,7 @@ import numpy as np
 
 from aivd.cloud.wire import encode_region
 from aivd.collab.hard_examples import FilterConfig, make_filter
-from aivd.collab.offload import BudgetController
+from aivd.collab.offload import BudgetController, MarginalErrorController
 from aivd.core import Detections
 from aivd.data.drift import DriftPhase, drifted
 from aivd.data.images import read_pair
@@ -110,6 +112,26 @@ def budget_run(outcomes: list[ImageOutcome], filter_name: str, budget: float, ed
     }
 
 
+def edge_agrees(outcome: ImageOutcome, edge_threshold: float) -> np.ndarray:
+    """Per candidate: would the edge's own decision (keep as its class, or drop) be the cloud's?"""
+    e = outcome.candidates
+    edge_keeps = e.confidence >= edge_threshold
+    same_class = e.class_id == outcome.cloud.class_id
+    return np.where(edge_keeps, outcome.cloud_keeps & same_class, ~outcome.cloud_keeps)
+
+
+def accuracy_target_run(outcomes: list[ImageOutcome], filter_name: str, target: float, edge_threshold: float, seed: int) -> dict:
+    """The `MarginalErrorController` image by image: the cloud's answers on what it is sent are its only labels."""
+    controller = MarginalErrorController(make_filter(filter_name), target=target, seed=seed)
+    masks = []
+    for outcome in outcomes:
+        sent, uncertainty = controller.select(outcome.candidates)
+        controller.feedback(uncertainty[sent], edge_agrees(outcome, edge_threshold)[sent])
+        masks.append(sent)
+    return {"filter": filter_name, "target": target, **replay(outcomes, masks, edge_threshold),
+            "final_cutoff": round(controller.filter.cutoff, 4)}
+
+
 def drift_run(pipeline: EdgeCloudPipeline, samples, phase: DriftPhase, filter_name: str, budget: float, seed: int) -> dict:
     """The split, shuffled by `seed` into a stream, drifts from image `phase.start` on; the budget controller runs
     through it. `fscore_after_drift` is compared with the same images undrifted (`fscore_after_without_drift`).
@@ -145,5 +167,6 @@ def bench_collab(pipeline: EdgeCloudPipeline, samples, budget: float = 0.3, budg
         "edge_threshold": threshold, "proposal_threshold": pipeline.proposal_threshold,
         "curve": curves[budget_filter], "curves": curves,
         "budget": budget_run(outcomes, budget_filter, budget, threshold),
+        "accuracy_target": [accuracy_target_run(outcomes, budget_filter, target, threshold, seed) for target in (0.9, 0.95, 0.98)],
         "drift": None if drift is None else drift_run(pipeline, samples, drift, budget_filter, budget, seed),
     }
