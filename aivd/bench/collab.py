@@ -132,17 +132,20 @@ def accuracy_target_run(outcomes: list[ImageOutcome], filter_name: str, target: 
             "final_cutoff": round(controller.filter.cutoff, 4)}
 
 
-def drift_run(pipeline: EdgeCloudPipeline, samples, phase: DriftPhase, filter_name: str, budget: float, seed: int) -> dict:
+def drift_run(pipeline: EdgeCloudPipeline, samples, clean: list[ImageOutcome], phase: DriftPhase, filter_name: str,
+              budget: float, seed: int) -> dict:
     """The split, shuffled by `seed` into a stream, drifts from image `phase.start` on; the budget controller runs
-    through it. `fscore_after_drift` is compared with the same images undrifted (`fscore_after_without_drift`).
-    No online update of the edge model yet: `fscore_after_update` and `images_to_recover` are null."""
+    through it. `fscore_after_drift` is compared with the same images undrifted (`fscore_after_without_drift`,
+    from `clean`, the split's outcomes already collected). No online update of the edge model yet:
+    `fscore_after_update` and `images_to_recover` are null."""
     if not 0 < phase.start < len(samples):
         raise ValueError(f"the drift must start inside the stream of {len(samples)} images, got {phase.start}")
-    stream = [samples[i] for i in np.random.default_rng(seed).permutation(len(samples))]
+    order = np.random.default_rng(seed).permutation(len(samples))
     threshold, start = pipeline.edge_threshold, phase.start
     result: dict = {"phase": phase.model_dump(), "filter": filter_name, "budget": budget}
-    for label, drift in (("without_drift", []), ("drift", [phase])):
-        outcomes = collect(pipeline, stream, drift, seed)
+    passes = (("without_drift", [clean[i] for i in order]),
+              ("drift", collect(pipeline, [samples[i] for i in order], [phase], seed)))
+    for label, outcomes in passes:
         controller = BudgetController(make_filter(filter_name), budget=budget)
         masks = [controller.select(o.candidates) for o in outcomes]
         edge = [np.zeros(len(o.candidates), bool) for o in outcomes]
@@ -168,5 +171,5 @@ def bench_collab(pipeline: EdgeCloudPipeline, samples, budget: float = 0.3, budg
         "curve": curves[budget_filter], "curves": curves,
         "budget": budget_run(outcomes, budget_filter, budget, threshold),
         "accuracy_target": [accuracy_target_run(outcomes, budget_filter, target, threshold, seed) for target in (0.9, 0.95, 0.98)],
-        "drift": None if drift is None else drift_run(pipeline, samples, drift, budget_filter, budget, seed),
+        "drift": None if drift is None else drift_run(pipeline, samples, outcomes, drift, budget_filter, budget, seed),
     }
