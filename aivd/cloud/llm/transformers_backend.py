@@ -193,19 +193,20 @@ class ConstrainedGenerator:
         return self.encoder.tokenizer.batch_decode(output[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
 
 
-def adapter_class_names(adapter: str | Path | None) -> tuple[str, ...] | None:
-    """The classes an adapter was trained on, from the training record `aivd finetune train` writes beside it."""
+def adapter_record(adapter: str | Path | None) -> dict:
+    """The training record `aivd finetune train` writes beside an adapter (its classes and prompt version), or {}."""
     if adapter is None:
-        return None
+        return {}
     for folder in (Path(adapter), Path(adapter).parent):
         if (folder / TRAINING_RECORD).is_file():
-            return tuple(json.loads((folder / TRAINING_RECORD).read_text())["class_names"])
-    return None
+            return json.loads((folder / TRAINING_RECORD).read_text())
+    return {}
 
 
 class TransformersAnalyzer:
-    """A local vision-language model as the cloud tier. The classes are those the adapter was trained on (see
-    `adapter_class_names`), else DeepPCB's; measurements are aivd's own, as in every backend."""
+    """A local vision-language model as the cloud tier. The classes and, unless `prompt` is given, the prompt
+    version are those the adapter was trained with (`adapter_record`), else DeepPCB's and the newest; measurements
+    are aivd's own, as in every backend."""
 
     def __init__(
         self, model: str | Path, adapter: str | Path | None = None, prompt: str | None = None, device: str = "auto",
@@ -214,8 +215,9 @@ class TransformersAnalyzer:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.name = f"transformers:{Path(model).name}"
-        self.prompt = load_prompt(prompt)
-        self.class_names = adapter_class_names(adapter) or tuple(DEEPPCB_CLASSES.names)
+        trained = adapter_record(adapter)
+        self.prompt = load_prompt(prompt or trained.get("prompt"))
+        self.class_names = tuple(trained.get("class_names", DEEPPCB_CLASSES.names))
         self.batch_size = batch_size
         network, encoder = load_vlm(model, adapter, device)
         self.generator = ConstrainedGenerator(network, encoder, self.class_names, max_new_tokens)
