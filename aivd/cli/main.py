@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from aivd.cli.finetune import finetune_app
 from aivd.cli.serve import serve_app
 from aivd.cli.simulate import simulate_app
 from aivd.pipeline.inputs import TemplateMode
@@ -24,6 +25,7 @@ app.add_typer(train_app, name="train")
 app.add_typer(bench_app, name="bench")
 app.add_typer(serve_app, name="serve")
 app.add_typer(simulate_app, name="simulate")
+app.add_typer(finetune_app, name="finetune")
 
 console = Console(stderr=True, soft_wrap=True)  # one error per line, never wrapped
 DEEPPCB_HELP = "DeepPCB root (the folder holding PCBData/); default: $AIVD_DEEPPCB_ROOT or ../shared/data/deeppcb."
