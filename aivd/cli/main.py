@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import os
 import sys
+from enum import Enum
 from pathlib import Path
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import typer
 from rich.console import Console
@@ -72,19 +73,91 @@ PROPOSAL = typer.Option(None, min=0.0, max=1.0, help="Edge score from which cand
 PIXELS_PER_MM = typer.Option(None, min=0.0, help="Imaging scale for sizes in mm. Default: 48 for DeepPCB input, else unknown.")
 
 
+class CloudBackend(str, Enum):
+    builtin = "builtin"  # the ONNX crop classifier and the knowledge base
+    openai = "openai"  # a multimodal LLM behind an OpenAI-compatible server
+    transformers = "transformers"  # a local Hugging Face multimodal LLM, optionally with a LoRA adapter
+
+
+class LLMOptions(NamedTuple):
+    """The --llm-* options of a multimodal-LLM cloud backend (docs/llm.md)."""
+
+    config: Optional[Path] = None
+    base_url: Optional[str] = None
+    model: Optional[str] = None
+    adapter: Optional[Path] = None
+    prompt: Optional[str] = None
+
+    def given(self) -> list[str]:
+        return ["--llm-" + name.replace("_", "-") for name, value in self._asdict().items() if value is not None]
+
+
+CLOUD_BACKEND = typer.Option(CloudBackend.builtin, "--cloud-backend", help="The cloud analyzer in this process: builtin, openai (an OpenAI-compatible server) or transformers (a local model); see docs/llm.md.")
+LLM_CONFIG = typer.Option(None, "--llm-config", help="YAML settings of the openai backend (base_url, model, api_key_env, timeout_s, max_retries, concurrency, prompt, structured_output, ...).")
+LLM_BASE_URL = typer.Option(None, "--llm-base-url", help="openai backend: the server's API root, e.g. http://localhost:8000/v1.")
+LLM_MODEL = typer.Option(None, "--llm-model", help="openai: the model name the server knows (a vLLM LoRA module selects the adapter); transformers: a model folder or Hub id.")
+LLM_ADAPTER = typer.Option(None, "--llm-adapter", help="transformers backend: a LoRA adapter folder from `aivd finetune train`.")
+LLM_PROMPT = typer.Option(None, "--llm-prompt", help="Prompt version (v1, ...) or prompt YAML; use the one the adapter was trained with. Default: the newest.")
+
+
+def _llm_analyzer(backend: CloudBackend, llm: LLMOptions, class_names: list[str], knowledge: Optional[Path]):
+    """The multimodal-LLM analyzer `backend` with the --llm-* options; exits with a one-line error when they do not fit."""
+    from aivd.cloud.knowledge import DEFAULT_KNOWLEDGE, KnowledgeError
+
+    if backend is CloudBackend.openai:
+        from aivd.cloud.llm.openai_backend import ConfigError, OpenAIAnalyzer, OpenAIConfig
+        from aivd.cloud.llm.prompts import PromptError
+
+        if llm.adapter is not None:
+            raise fail("--llm-adapter is for the transformers backend; an OpenAI-compatible server picks the adapter by "
+                       "model name (vLLM: --llm-model NAME of --lora-modules NAME=PATH)")
+        overrides = {"base_url": llm.base_url, "model": llm.model, "prompt": llm.prompt}
+        try:
+            if llm.config is not None:
+                config = OpenAIConfig.load(llm.config, **overrides)
+            elif llm.base_url is None or llm.model is None:
+                raise fail("--cloud-backend openai needs --llm-base-url and --llm-model, or --llm-config FILE")
+            else:
+                config = OpenAIConfig.build({k: v for k, v in overrides.items() if v is not None}, "--llm-* options")
+            return OpenAIAnalyzer(config, class_names, knowledge or DEFAULT_KNOWLEDGE)
+        except (ConfigError, PromptError, KnowledgeError) as error:
+            raise fail(str(error)) from None
+    if llm.config is not None or llm.base_url is not None:
+        raise fail("--llm-config and --llm-base-url are for the openai backend; the transformers backend takes "
+                   "--llm-model, --llm-adapter and --llm-prompt")
+    if llm.model is None:
+        raise fail("--cloud-backend transformers needs --llm-model (a model folder or Hub id)")
+    try:
+        from aivd.cloud.llm.transformers_backend import TransformersAnalyzer
+    except ImportError as error:
+        raise fail(f"the transformers backend cannot be loaded ({error}); install aivd's LLM extras (see docs/llm.md)") from None
+    try:
+        return TransformersAnalyzer(llm.model, llm.adapter, llm.prompt)
+    except (OSError, ValueError) as error:  # a missing or unreadable model or adapter, a bad prompt
+        raise fail(f"--llm-model {llm.model}: {error}") from None
+
+
 def _load_pipeline(
     model: Optional[Path], min_confidence: Optional[float], edge_only: bool, cloud: Optional[str] = None,
     classifier: Optional[Path] = None, knowledge: Optional[Path] = None, proposal: Optional[float] = None,
-    pixels_per_mm: Optional[float] = None,
+    pixels_per_mm: Optional[float] = None, backend: CloudBackend = CloudBackend.builtin, llm: LLMOptions = LLMOptions(),
 ):
-    """The detector, and unless `edge_only` the cloud analyzer: built in, or a remote service at `cloud`."""
+    """The detector, and unless `edge_only` the cloud analyzer: `backend` in this process, or a remote service at `cloud`."""
     from aivd.cloud.knowledge import KnowledgeError
     from aivd.edge.detector import ModelError
     from aivd.pipeline.engine import EdgeCloudPipeline
 
+    if backend is not CloudBackend.builtin and (cloud or classifier):
+        raise fail(f"--cloud-backend {backend.value} runs the analyzer in this process: it cannot be combined with "
+                   f"{'--cloud' if cloud else '--classifier'}")
+    if backend is CloudBackend.builtin and llm.given():
+        given = llm.given()
+        raise fail(f"{', '.join(given)} {'needs' if len(given) == 1 else 'need'} --cloud-backend openai or transformers")
     detector = _load_detector(model, min_confidence)
     if edge_only:
         return EdgeCloudPipeline(detector)
+    if backend is not CloudBackend.builtin:
+        return EdgeCloudPipeline(detector, _llm_analyzer(backend, llm, list(detector.labels.names), knowledge), proposal, pixels_per_mm)
     try:
         if cloud:
             from aivd.cloud.http_client import HttpAnalyzer
@@ -120,6 +193,12 @@ def inspect(
     knowledge: Optional[Path] = KNOWLEDGE,
     proposal_threshold: Optional[float] = PROPOSAL,
     pixels_per_mm: Optional[float] = PIXELS_PER_MM,
+    cloud_backend: CloudBackend = CLOUD_BACKEND,
+    llm_config: Optional[Path] = LLM_CONFIG,
+    llm_base_url: Optional[str] = LLM_BASE_URL,
+    llm_model: Optional[str] = LLM_MODEL,
+    llm_adapter: Optional[Path] = LLM_ADAPTER,
+    llm_prompt: Optional[str] = LLM_PROMPT,
     annotate: bool = typer.Option(True, help="Write annotated images to OUT/annotated/."),
     db: Optional[str] = typer.Option(None, help="SQLAlchemy URL of the result database, e.g. postgresql+psycopg://... Default: OUT/aivd.sqlite."),
     report: bool = typer.Option(True, help="Write OUT/report.html."),
@@ -143,7 +222,8 @@ def inspect(
         raise fail("no images found in the given paths")
     if pixels_per_mm is None and deeppcb:
         pixels_per_mm = DEEPPCB_PIXELS_PER_MM
-    pipeline = _load_pipeline(model, min_confidence, edge_only, cloud, classifier, knowledge, proposal_threshold, pixels_per_mm)
+    pipeline = _load_pipeline(model, min_confidence, edge_only, cloud, classifier, knowledge, proposal_threshold, pixels_per_mm,
+                              cloud_backend, LLMOptions(llm_config, llm_base_url, llm_model, llm_adapter, llm_prompt))
     options = InspectOptions(
         annotate=annotate, deeppcb_results=bool(deeppcb), database=db or "", report=report, command=" ".join(["aivd", *sys.argv[1:]]),
         config={"pipeline": pipeline.name, "edge_threshold": pipeline.edge_threshold, "proposal_threshold": pipeline.proposal_threshold,

@@ -1,0 +1,246 @@
+"""`OpenAIAnalyzer`: a multimodal LLM behind any OpenAI-compatible chat-completions server (vLLM, SGLang,
+Ollama, LM Studio, `transformers serve`, a hosted API), driven with the official `openai` client.
+
+Each region is one chat request: the prompt (`aivd.cloud.llm.prompts`) with the test crop and the template
+crop as PNG data URLs, and the answer's JSON Schema as structured output, in the form the server understands
+(`structured_output`). Requests run `concurrency` at a time on one pool per analyzer, so the limit holds however
+many images are in flight. The client retries connection errors, timeouts, 408/409/429 and 5xx answers
+`max_retries` times with backoff; a request still failing, or any answer that `parse_analysis` refuses, fails
+the batch with an `AnalyzerError` naming each failed region and why, so the image keeps the edge's own
+results with the reason in `cloud_error`; a wrong answer is never passed on. Sizes and connectivity come from
+the pixels (`aivd.cloud.measure`), never from the model.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
+from pathlib import Path
+from typing import Literal
+
+import cv2
+import numpy as np
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from aivd.cloud.analyzer import AnalyzerError
+from aivd.cloud.knowledge import DEFAULT_KNOWLEDGE, KnowledgeBase
+from aivd.cloud.llm.prompts import (
+    AnswerError,
+    PromptTemplate,
+    build_messages,
+    load_prompt,
+    parse_analysis,
+    region_images,
+    to_openai_messages,
+)
+from aivd.cloud.measure import measure
+from aivd.cloud.schema import DefectAnalysis, analysis_json_schema
+from aivd.core import Region
+
+# How the answer's JSON Schema is sent:
+#   json_schema         the OpenAI API's response_format (OpenAI, vLLM, SGLang, Ollama, LM Studio, llama.cpp)
+#   structured_outputs  vLLM's own extra field, {"structured_outputs": {"json": schema}} (vLLM >= 0.10.2)
+#   guided_json         vLLM's older extra field (removed in vLLM 0.12)
+#   none                only in the prompt's text, for servers that support none of the above
+StructuredOutput = Literal["json_schema", "structured_outputs", "guided_json", "none"]
+SCHEMA_NAME = "defect_analysis"
+FAILURES_SHOWN = 3  # a batch error quotes this many regions' failures and counts the rest
+
+
+class ConfigError(ValueError):
+    """An LLM backend configuration that cannot be used; the message names the field and the problem."""
+
+
+class OpenAIConfig(BaseModel):
+    """Where the server is and how to talk to it. `aivd inspect --llm-config FILE` reads these keys from YAML."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    base_url: str = Field(description="the server's OpenAI API root, e.g. http://localhost:8000/v1")
+    model: str = Field(min_length=1, description="the model name the server knows (a vLLM LoRA module's name selects the adapter)")
+    api_key_env: str | None = Field(None, description="environment variable holding the API key; None: the server needs none")
+    timeout_s: float = Field(60.0, gt=0, description="per request attempt")
+    max_retries: int = Field(2, ge=0, description="the client's retries of connection errors, timeouts, 408/409/429 and 5xx")
+    concurrency: int = Field(4, ge=1, description="requests in flight at once")
+    prompt: str | None = Field(None, description="a shipped prompt version (v1, ...) or a prompt YAML file; None: the newest")
+    structured_output: StructuredOutput = "json_schema"
+    max_tokens: int = Field(512, ge=16, description="the answer's token limit; a longer answer is an error")
+    temperature: float = Field(0.0, ge=0, le=2)
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, url: str) -> str:
+        if not url.startswith(("http://", "https://")) or len(url.split("://", 1)[1].strip("/")) == 0:
+            raise ValueError(f"must be http(s)://host[:port]/..., got {url!r}")
+        return url.rstrip("/")
+
+    @classmethod
+    def load(cls, path: str | Path, **overrides) -> OpenAIConfig:
+        """The YAML file at `path`, with `overrides` (those not None) replacing its keys."""
+        path = Path(path)
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except OSError as error:
+            raise ConfigError(f"{path}: cannot read ({error.strerror})") from None
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{path}: not valid YAML ({error})") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: must be a mapping of settings, e.g. base_url: http://localhost:8000/v1")
+        return cls.build(raw | {key: value for key, value in overrides.items() if value is not None}, str(path))
+
+    @classmethod
+    def build(cls, values: dict, where: str = "LLM config") -> OpenAIConfig:
+        try:
+            return cls.model_validate(values)
+        except ValidationError as error:
+            first = error.errors()[0]
+            field = ".".join(str(part) for part in first["loc"]) or "config"
+            raise ConfigError(f"{where}: {field}: {first['msg']}") from None
+
+    def api_key(self) -> str:
+        if self.api_key_env is None:
+            return "none"  # the client insists on a key; servers started without one ignore it
+        key = os.environ.get(self.api_key_env, "")
+        if not key:
+            raise ConfigError(f"api_key_env: environment variable {self.api_key_env} is not set")
+        return key
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    ok, encoded = cv2.imencode(".png", image)
+    if not ok:
+        raise ValueError(f"cannot encode a {image.dtype} {image.shape} image as PNG")
+    return encoded.tobytes()
+
+
+class _RequestFailed(Exception):
+    """A request the client gave up on (after its retries): the server is unreachable, slow or refused it."""
+
+
+class OpenAIAnalyzer:
+    """An `Analyzer` over an OpenAI-compatible server. `class_names` are the classes a region may be given (the
+    detector's); `knowledge` gives the prompt their one-line descriptions.
+
+    `bytes_sent` / `bytes_received` count request and answer bodies over the object's life (the client's retries
+    are not seen); `last_bytes_sent` / `last_bytes_received` those of the latest `analyze` call.
+    """
+
+    def __init__(self, config: OpenAIConfig, class_names: Sequence[str], knowledge: str | Path | KnowledgeBase = DEFAULT_KNOWLEDGE):
+        try:
+            import openai
+        except ImportError:
+            raise ConfigError("the openai backend needs the `openai` package: pip install 'aivd[llm]'") from None
+        if not class_names:
+            raise ConfigError("the openai backend needs at least one class name")
+        self.config = config
+        self.class_names = list(class_names)
+        self.knowledge = knowledge if isinstance(knowledge, KnowledgeBase) else KnowledgeBase.load(knowledge)
+        self.prompt: PromptTemplate = load_prompt(config.prompt)
+        self.name = f"openai:{config.model}"
+        self._openai = openai
+        self._client = openai.OpenAI(base_url=config.base_url, api_key=config.api_key(), timeout=config.timeout_s,
+                                     max_retries=config.max_retries)
+        self._pool = ThreadPoolExecutor(max_workers=config.concurrency, thread_name_prefix="aivd-llm")
+        self._lock = threading.Lock()
+        self._request_options = self._structured_output(analysis_json_schema(self.class_names))
+        self.bytes_sent = self.bytes_received = 0
+        self.last_bytes_sent = self.last_bytes_received = 0
+
+    def _structured_output(self, schema: dict) -> dict:
+        mode = self.config.structured_output
+        if mode == "json_schema":
+            return {"response_format": {"type": "json_schema", "json_schema": {"name": SCHEMA_NAME, "schema": schema, "strict": True}}}
+        if mode == "structured_outputs":
+            return {"extra_body": {"structured_outputs": {"json": schema}}}
+        if mode == "guided_json":
+            return {"extra_body": {"guided_json": schema}}
+        return {}
+
+    def messages(self, region: Region) -> list[dict]:
+        """The OpenAI chat messages sent for `region`."""
+        chat = build_messages(self.prompt, region, self.class_names, self.knowledge)
+        return to_openai_messages(chat, [png_bytes(image) for image in region_images(region)])
+
+    def analyze(self, regions: Sequence[Region]) -> list[DefectAnalysis]:
+        self.last_bytes_sent = self.last_bytes_received = 0
+        unreachable = threading.Event()
+        futures = [self._pool.submit(self._analyze_one, region, unreachable) for region in regions]
+        results: list[DefectAnalysis] = []
+        failures: list[str] = []
+        for region, future in zip(regions, futures):
+            try:
+                results.append(future.result())
+            except AnswerError as error:
+                failures.append(f"{region.region_id}: invalid answer: {error}")
+            except _RequestFailed as error:
+                wait(futures)  # the rest are skipped, or finish the requests already sent
+                raise AnalyzerError(f"{self.name} at {self.config.base_url}: {region.region_id}: {error}") from None
+        if failures:
+            more = f"; and {len(failures) - FAILURES_SHOWN} more" if len(failures) > FAILURES_SHOWN else ""
+            raise AnalyzerError(f"{self.name}: {len(failures)} of {len(regions)} regions failed: "
+                                f"{'; '.join(failures[:FAILURES_SHOWN])}{more}")
+        return results
+
+    def _analyze_one(self, region: Region, unreachable: threading.Event) -> DefectAnalysis:
+        # Once one request of the batch has failed for good, the server is down or refuses: the regions not yet
+        # sent would fail the same way, each after its own timeouts and retries, so they are not sent.
+        if unreachable.is_set():
+            raise _RequestFailed("not sent: another request of the batch failed")
+        try:
+            text = self.complete(self.messages(region))
+        except _RequestFailed:
+            unreachable.set()
+            raise
+        return parse_analysis(text, self.class_names).model_copy(update={"measurements": measure(region)})
+
+    def complete(self, messages: list[dict]) -> str:
+        """The text of the server's answer to `messages`, sent with the configured structured output."""
+        openai = self._openai
+        try:
+            raw = self._client.chat.completions.with_raw_response.create(
+                model=self.config.model, messages=messages, max_tokens=self.config.max_tokens,
+                temperature=self.config.temperature, **self._request_options,
+            )
+            completion = raw.parse()
+        except openai.APITimeoutError:
+            raise _RequestFailed(f"no answer within {self.config.timeout_s:g} s ({self.config.max_retries + 1} tries)") from None
+        except openai.APIConnectionError as error:
+            raise _RequestFailed(f"cannot connect ({self.config.max_retries + 1} tries): {error.__cause__ or error}") from None
+        except openai.APIStatusError as error:
+            raise _RequestFailed(f"HTTP {error.status_code}: {_status_detail(error)}") from None
+        except openai.OpenAIError as error:  # e.g. an answer body that is not a chat completion
+            raise _RequestFailed(f"{type(error).__name__}: {error}") from None
+        self._count(len(raw.http_request.content), len(raw.content))
+        if not completion.choices:
+            raise AnswerError("the server answered no choices")
+        choice = completion.choices[0]
+        if choice.finish_reason == "length":
+            raise AnswerError(f"the answer was cut off at max_tokens={self.config.max_tokens}: {choice.message.content[:120]!r}")
+        if choice.message.content is None:
+            refusal = getattr(choice.message, "refusal", None)
+            raise AnswerError(f"the answer has no text{f' (refusal: {refusal})' if refusal else ''}")
+        return choice.message.content
+
+    def _count(self, sent: int, received: int) -> None:
+        with self._lock:
+            self.bytes_sent += sent
+            self.bytes_received += received
+            self.last_bytes_sent += sent
+            self.last_bytes_received += received
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._client.close()
+
+
+def _status_detail(error) -> str:
+    """The server's own message (OpenAI-style {"error": {"message"}} or FastAPI's {"detail"}), else its body's start."""
+    body = error.body
+    if isinstance(body, dict):
+        message = body.get("message") or body.get("detail") or body.get("error")
+        if message:
+            return str(message)[:300]
+    return (error.response.text or error.message)[:300]
