@@ -88,6 +88,9 @@ def build_tiny_vlm(out_dir: Path, seed: int = 0) -> Path:
             "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 4096,
             # head_dim 16: the multimodal rotary sections (time, height, width) cover its 8 frequency pairs.
             "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
+            # Wider than a real model's 0.02: at width 64 that would cap every logit near 1, so no adapter
+            # could make an answer likely and tests could not see training work.
+            "initializer_range": 0.15,
             "bos_token_id": ids["<|endoftext|>"], "eos_token_id": ids["<|im_end|>"], "pad_token_id": ids["<|endoftext|>"],
         },
         vision_config={"depth": 2, "embed_dim": 32, "hidden_size": HIDDEN, "num_heads": 2, "mlp_ratio": 2},
