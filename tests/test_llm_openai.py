@@ -29,8 +29,9 @@ import pytest
 from conftest import SAMPLES
 
 from aivd.cloud.analyzer import AnalyzerError
-from aivd.cloud.llm.prompts import region_images
+from aivd.cloud.llm.prompts import AnswerError, parse_analysis, region_images
 from aivd.cloud.measure import measure
+from aivd.cloud.schema import LLM_FIELDS
 from aivd.core import DEEPPCB_CLASSES, Region
 
 openai = pytest.importorskip("openai", reason="the `llm` extra is not installed")
@@ -68,7 +69,7 @@ def test_config_is_validated_with_the_field_and_the_problem(tmp_path, monkeypatc
     assert config.base_url == "http://localhost:8000/v1" and config.structured_output == "json_schema" and config.concurrency == 4
     with pytest.raises(ConfigError, match=r"LLM config: base_url: Value error, must be http\(s\)://host"):
         OpenAIConfig.build({"base_url": "localhost:8000", "model": "qwen"})
-    with pytest.raises(ConfigError, match="structured_output: Input should be 'json_schema', 'structured_outputs', 'guided_json' or 'none'"):
+    with pytest.raises(ConfigError, match="structured_output: Input should be 'json_schema', 'json_object', 'structured_outputs', 'guided_json' or 'none'"):
         OpenAIConfig.build({"base_url": "http://h/v1", "model": "m", "structured_output": "grammar"})
 
     path = tmp_path / "llm.yaml"
@@ -93,6 +94,7 @@ def test_config_is_validated_with_the_field_and_the_problem(tmp_path, monkeypatc
 
 SCHEMA_IN_REQUEST = {
     "json_schema": lambda options: options["response_format"]["json_schema"]["schema"],
+    "json_object": lambda options: options["response_format"]["schema"],
     "structured_outputs": lambda options: options["extra_body"]["structured_outputs"]["json"],
     "guided_json": lambda options: options["extra_body"]["guided_json"],
 }
@@ -245,26 +247,34 @@ def server(tmp_path_factory):
     with log.open("w") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=os.environ | {"HF_HUB_OFFLINE": "1"})
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"transformers serve exited with {process.returncode}:\n{log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"transformers serve did not answer within 180 s:\n{log.read_text()[-3000:]}")
-            time.sleep(0.5)
+        wait_until_up(process, f"http://127.0.0.1:{port}/health", log)
         yield Server(f"http://127.0.0.1:{port}/v1", str(model), log)
     finally:
-        process.terminate()
+        stop(process)
+
+
+def wait_until_up(process: subprocess.Popen, url: str, log: Path, timeout_s: float = 180) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if process.poll() is not None:
+            pytest.fail(f"the server exited with {process.returncode}:\n{log.read_text()[-3000:]}")
         try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            pytest.fail(f"the server did not answer within {timeout_s} s:\n{log.read_text()[-3000:]}")
+        time.sleep(0.5)
+
+
+def stop(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 @pytest.mark.integration
@@ -361,3 +371,110 @@ def test_aivd_inspect_with_the_openai_backend_keeps_the_edge_results_and_records
     assert re.match(rf"openai:{re.escape(server.model)}: (\d+) of \1 regions failed: 00041200#0: invalid answer: ", record["cloud_error"])
     assert record["defects"] and {d["source"] for d in record["defects"]} == {"edge"} and record["bytes_to_cloud"] > 0
     assert "cloud unavailable for 1 images" in result.stderr
+
+
+# --- a real server that enforces the schema: llama.cpp --------------------------------------------------------------
+#
+# llama-cpp-python's server turns the JSON Schema into a grammar that constrains decoding, so even a random model
+# answers JSON of the schema's shape. It has no vision tower for a GGUF written here (images are dropped from the
+# prompt), and llama.cpp's grammar leaves number bounds unchecked: the random model writes confidences far above 1,
+# which parse_analysis must refuse.
+
+
+def write_tiny_gguf(out_dir: Path) -> Path:
+    """A tiny random Llama-architecture GGUF with `build_tiny_vlm`'s byte-level BPE tokenizer and chat template."""
+    gguf = pytest.importorskip("gguf", reason="the gguf package is not installed")
+    transformers = pytest.importorskip("transformers", reason="the `vlm` extra is not installed")
+    from aivd.cloud.llm.tiny import build_tiny_vlm
+
+    qwen = build_tiny_vlm(out_dir / "qwen2-vl")
+    spec = json.loads(transformers.AutoTokenizer.from_pretrained(qwen).backend_tokenizer.to_str())
+    special = {token["content"]: token["id"] for token in spec["added_tokens"]}
+    tokens = sorted(spec["model"]["vocab"] | special, key=lambda token: (spec["model"]["vocab"] | special)[token])
+    embed, ff, layers, heads, kv_heads = 64, 128, 2, 4, 2
+    head_dim = embed // heads
+    path = out_dir / "tiny.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_context_length(4096)
+    writer.add_embedding_length(embed)
+    writer.add_block_count(layers)
+    writer.add_feed_forward_length(ff)
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(kv_heads)
+    writer.add_layer_norm_rms_eps(1e-6)
+    writer.add_rope_dimension_count(head_dim)
+    writer.add_file_type(gguf.LlamaFileType.ALL_F32)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list(tokens)
+    writer.add_token_types([gguf.TokenType.CONTROL if token in special else gguf.TokenType.NORMAL for token in tokens])
+    writer.add_token_merges([" ".join(merge) if isinstance(merge, list) else merge for merge in spec["model"]["merges"]])
+    writer.add_bos_token_id(special["<|endoftext|>"])
+    writer.add_eos_token_id(special["<|im_end|>"])
+    writer.add_add_bos_token(False)
+    writer.add_chat_template((qwen / "chat_template.jinja").read_text())
+    rng = np.random.default_rng(0)
+    shapes = {"token_embd.weight": (len(tokens), embed), "output_norm.weight": (embed,), "output.weight": (len(tokens), embed)}
+    for block in range(layers):
+        shapes |= {f"blk.{block}.{name}.weight": shape for name, shape in {
+            "attn_norm": (embed,), "ffn_norm": (embed,), "attn_q": (embed, embed), "attn_k": (kv_heads * head_dim, embed),
+            "attn_v": (kv_heads * head_dim, embed), "attn_output": (embed, embed), "ffn_gate": (ff, embed), "ffn_up": (ff, embed),
+            "ffn_down": (embed, ff)}.items()}
+    for name, shape in shapes.items():
+        weights = np.ones(shape) if name.endswith("norm.weight") else rng.normal(0, 0.02, shape)
+        writer.add_tensor(name, weights.astype(np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+@pytest.fixture(scope="module")
+def llama_server(tmp_path_factory):
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        if os.environ.get("CI"):
+            pytest.fail("CI must install llama-cpp-python[server] and gguf for the structured-output server test")
+        pytest.skip("llama-cpp-python[server] is not installed")
+    model = write_tiny_gguf(tmp_path_factory.mktemp("tiny-gguf"))
+    port = free_port()
+    log = tmp_path_factory.mktemp("llama-server") / "serve.log"
+    with log.open("w") as out:
+        process = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--model_alias", "tiny",
+                                    "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "4096"],
+                                   stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_until_up(process, f"http://127.0.0.1:{port}/v1/models", log)
+        yield Server(f"http://127.0.0.1:{port}/v1", "tiny", log)
+    finally:
+        stop(process)
+
+
+@pytest.mark.integration
+def test_a_schema_enforcing_server_answers_the_schema_shape_and_out_of_range_values_are_still_refused(llama_server):
+    analyzer = OpenAIAnalyzer(llama_server.config(structured_output="json_object", max_tokens=1024, concurrency=2), CLASSES)
+    regions = [board_region(i) for i in range(3)]
+    answers = [analyzer.complete(analyzer.messages(region)) for region in regions]
+    for text in answers:  # the server held the random model to the schema's structure
+        value = json.loads(text, strict=False)  # strict JSON forbids raw control characters in strings; the grammar does not
+        assert list(value) == list(LLM_FIELDS)
+        assert isinstance(value["is_defect"], bool) and value["defect_type"] in CLASSES
+        assert value["severity"] in (None, "critical", "major", "minor") and all(isinstance(c, str) for c in value["likely_causes"])
+        assert isinstance(value["confidence"], (int, float)) and isinstance(value["description"], str)
+
+    # What the grammar leaves open is still refused: raw control characters in strings, numbers out of bounds.
+    refused = {}
+    for region, text in zip(regions, answers):
+        try:
+            parse_analysis(text, CLASSES)
+        except AnswerError as error:
+            refused[region.region_id] = str(error)
+        else:
+            assert 0 <= json.loads(text)["confidence"] <= 1
+    assert refused, "this random model's answers break what the grammar does not enforce; all three should be refused"
+    assert all(re.search("Invalid control character|confidence", reason) for reason in refused.values()), refused
+    with pytest.raises(AnalyzerError, match=rf"{len(refused)} of 3 regions failed: {next(iter(refused))}: invalid answer: "):
+        analyzer.analyze(regions)
+    analyzer.close()

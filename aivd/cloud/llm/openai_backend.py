@@ -41,11 +41,14 @@ from aivd.cloud.schema import DefectAnalysis, analysis_json_schema
 from aivd.core import Region
 
 # How the answer's JSON Schema is sent:
-#   json_schema         the OpenAI API's response_format (OpenAI, vLLM, SGLang, Ollama, LM Studio, llama.cpp)
+#   json_schema         the OpenAI API's response_format {"type": "json_schema", ...} (OpenAI, vLLM, SGLang, Ollama, LM Studio)
+#   json_object         {"type": "json_object", "schema": ...}, the form llama-cpp-python's server reads
 #   structured_outputs  vLLM's own extra field, {"structured_outputs": {"json": schema}} (vLLM >= 0.10.2)
 #   guided_json         vLLM's older extra field (removed in vLLM 0.12)
 #   none                only in the prompt's text, for servers that support none of the above
-StructuredOutput = Literal["json_schema", "structured_outputs", "guided_json", "none"]
+# Servers enforce a schema's structure but not always its value bounds (llama.cpp ignores minimum/maximum), so
+# every answer is still validated.
+StructuredOutput = Literal["json_schema", "json_object", "structured_outputs", "guided_json", "none"]
 SCHEMA_NAME = "defect_analysis"
 FAILURES_SHOWN = 3  # a batch error quotes this many regions' failures and counts the rest
 
@@ -153,6 +156,8 @@ class OpenAIAnalyzer:
         mode = self.config.structured_output
         if mode == "json_schema":
             return {"response_format": {"type": "json_schema", "json_schema": {"name": SCHEMA_NAME, "schema": schema, "strict": True}}}
+        if mode == "json_object":
+            return {"response_format": {"type": "json_object", "schema": schema}}
         if mode == "structured_outputs":
             return {"extra_body": {"structured_outputs": {"json": schema}}}
         if mode == "guided_json":

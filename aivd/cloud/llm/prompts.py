@@ -235,7 +235,7 @@ def parse_analysis(text: str, class_names: Sequence[str]) -> DefectAnalysis:
             raise AnswerError(f"defect_type {value['defect_type']!r} is not one of {list(class_names)}")
         return DefectAnalysis.model_validate_json(text, strict=True)
     except json.JSONDecodeError as error:
-        raise AnswerError(f"answer is not JSON ({error.msg} at character {error.pos}): {_excerpt(text)}") from None
+        raise AnswerError(f"answer is not JSON: {error.msg} (character {error.pos}): {_excerpt(text)}") from None
     except AnswerError as error:
         raise AnswerError(f"{error}: {_excerpt(text)}") from None
     except ValidationError as error:
