@@ -76,7 +76,8 @@ class TemplateDetector:
         self.labels = LabelMap(tuple(json.loads(meta["labels"])))
         self.input_scale = float(meta["input_scale"])
         self.min_confidence = float(meta["score_threshold"]) if min_confidence is None else min_confidence
-        self.refiner = _session(self.path.parent / meta["refiner"], threads) if meta.get("refiner") else None
+        self.refiner_path = self.path.parent / meta["refiner"] if meta.get("refiner") else None
+        self.refiner = _session(self.refiner_path, threads) if self.refiner_path else None
         self.name = f"builtin:{self.path.stem}"
 
     def detect(self, image: np.ndarray, template: np.ndarray | None = None, min_confidence: float | None = None) -> Detections:

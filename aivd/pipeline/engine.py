@@ -64,12 +64,19 @@ class EdgeCloudPipeline:
         self.analyzer = analyzer
         self.labels: LabelMap = detector.labels
         self.uses_template = detector.uses_template
-        self.edge_threshold = detector.min_confidence
         default_proposal = getattr(analyzer, "proposal_threshold", self.edge_threshold)
         self.proposal_threshold = default_proposal if proposal_threshold is None else proposal_threshold
         self.pixels_per_mm = pixels_per_mm
         self.name = detector.name if analyzer is None else f"{detector.name}+cloud:{analyzer.name}"
-        self.min_confidence = self.edge_threshold
+
+    @property
+    def edge_threshold(self) -> float:
+        """The score from which the edge keeps a defect itself; read each time, since a hot-swapped model brings its own."""
+        return self.detector.min_confidence
+
+    @property
+    def min_confidence(self) -> float:
+        return self.edge_threshold
 
     def detect(self, image: np.ndarray, template: np.ndarray | None = None, min_confidence: float | None = None) -> Detections:
         """The final defects; `min_confidence`, if given, filters them by their final (cloud or edge) score."""

@@ -66,23 +66,14 @@ class LoadedSample:
 
 
 def load_samples(samples: list[DeepPCBSample], input_scale: float) -> list[LoadedSample]:
-    loaded = []
-    for sample in samples:
-        test, template = read_pair(sample.test_path, sample.template_path)
-        planes = make_input(test, template, input_scale)[0, :2]
-        gt = sample.ground_truth()
-        loaded.append(
-            LoadedSample(
-                sample.image_id,
-                np.round(planes * 255).astype(np.uint8),
-                np.stack([test, template]),
-                gt.xyxy * input_scale,
-                gt.class_id.copy(),
-                (test.shape[1], test.shape[0]),
-                gt,
-            )
-        )
-    return loaded
+    return [loaded_sample(s.image_id, *read_pair(s.test_path, s.template_path), s.ground_truth(), input_scale) for s in samples]
+
+
+def loaded_sample(image_id: str, test: np.ndarray, template: np.ndarray, labels: Detections, input_scale: float) -> LoadedSample:
+    """One training image from arrays: a data set's pair with its ground truth, or an online update's with its labels."""
+    planes = make_input(test, template, input_scale)[0, :2]
+    return LoadedSample(image_id, np.round(planes * 255).astype(np.uint8), np.stack([test, template]),
+                        labels.xyxy * input_scale, labels.class_id.copy(), (test.shape[1], test.shape[0]), labels)
 
 
 def gaussian_radius(height: float, width: float, min_overlap: float = 0.7) -> float:
@@ -213,6 +204,16 @@ def detection_loss(outputs, targets, size_weight: float) -> tuple[torch.Tensor, 
     return total, {"heat": heat_loss.item(), "class": class_loss.item(), "size": size_loss.item(), "offset": offset_loss.item()}
 
 
+def train_step(net: CenterNetLite, optimizer: torch.optim.Optimizer, sampler: CropSampler, batch: list[LoadedSample], size_weight: float) -> float:
+    """One optimiser step on one augmented crop of each sample; returns the loss."""
+    x, *targets = (torch.from_numpy(np.stack(parts)) for parts in zip(*(sampler(sample) for sample in batch)))
+    loss, _ = detection_loss(net(x), targets, size_weight)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
 @torch.no_grad()
 def predict(net: CenterNetLite, samples: list[LoadedSample], input_scale: float, min_confidence: float = 0.05) -> list[tuple[str, Detections, Detections]]:
     """Detections of the torch model on whole images, through the same decode as ONNX inference."""
@@ -269,14 +270,9 @@ def train_detector(root: Path, out_dir: Path, config: DetectorTrainConfig, progr
         order = rng.permutation(np.repeat(np.arange(len(train)), config.crops_per_image))
         losses = []
         for step in range(steps_per_epoch):
-            batch = [sampler(train[i]) for i in order[step * config.batch_size : (step + 1) * config.batch_size]]
-            x, *targets = (torch.from_numpy(np.stack(parts)) for parts in zip(*batch))
-            loss, parts = detection_loss(net(x), targets, config.size_loss_weight)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
+            batch = [train[i] for i in order[step * config.batch_size : (step + 1) * config.batch_size]]
+            losses.append(train_step(net, optimizer, sampler, batch, config.size_loss_weight))
             scheduler.step()
-            losses.append(loss.item())
         val_predictions = predict(net, val, config.input_scale)
         threshold, _ = best_threshold(val_predictions)
         val_result = evaluate([(i, d.with_min_confidence(threshold), g) for i, d, g in val_predictions])

@@ -1,0 +1,58 @@
+"""The replay buffer: hard images with the labels the edge-cloud pipeline gave them, for updating the edge.
+
+An image is hard when at least one of its regions went to the cloud. Its labels are the pipeline's final
+answer: the cloud's decision on each region it was sent, the edge's own on the regions kept at the edge. They
+are the only supervision an online update has (ground truth never reaches a production line), so the edge
+learns what the cloud tells it, above all on the regions it was unsure of. The buffer keeps the newest
+`capacity` images: under drift the recent past is the best guide to what comes next.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+from aivd.core import Detections
+
+
+@dataclass(frozen=True)
+class LabelledImage:
+    image_id: str
+    image: np.ndarray  # uint8 grey, as the camera saw it
+    template: np.ndarray | None
+    labels: Detections  # the pipeline's final defects: boxes, classes
+    cloud_regions: int  # how many regions of the image the cloud decided
+
+
+class ReplayBuffer:
+    def __init__(self, capacity: int = 400, validation_every: int = 5) -> None:
+        if capacity < 2 or validation_every < 2:
+            raise ValueError(f"capacity and validation_every must be at least 2, got {capacity} and {validation_every}")
+        self.items: deque[LabelledImage] = deque(maxlen=capacity)
+        self.validation_every = validation_every
+        self.added = 0  # ever, so that the train/validation assignment of an image never changes
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def add(self, image_id: str, image: np.ndarray, template: np.ndarray | None, labels: Detections, cloud_regions: int) -> bool:
+        """Keep the image if the cloud decided any of its regions; returns whether it was kept."""
+        if cloud_regions <= 0:
+            return False
+        self.items.append(LabelledImage(image_id, image, template, labels, cloud_regions))
+        self.added += 1
+        return True
+
+    def since(self, count: int) -> list[LabelledImage]:
+        """The newest `count` images (fewer if the buffer holds fewer)."""
+        return list(self.items)[-count:] if count > 0 else []
+
+    def split(self) -> tuple[list[LabelledImage], list[LabelledImage]]:
+        """Training and validation images: every `validation_every`-th image added is held out for validation."""
+        first = self.added - len(self.items)
+        train, validation = [], []
+        for offset, item in enumerate(self.items):
+            (validation if (first + offset) % self.validation_every == self.validation_every - 1 else train).append(item)
+        return train, validation

@@ -1,0 +1,78 @@
+"""An edge detector that follows a model store: a promoted version is served from the next image on.
+
+`HotSwapDetector` reads the store's CURRENT at most every `poll_s` seconds and, when it names another version,
+loads that version and swaps it in under a lock; an image already being detected finishes on the model it
+started with. A version that fails to load is logged and skipped (the worker keeps serving the one it has), so
+a bad upload never takes an edge node down.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import numpy as np
+
+from aivd.core import Detections
+from aivd.edge.detector import ModelError, TemplateDetector
+from aivd.store.model_versions import ModelStore, ModelStoreError
+
+log = logging.getLogger(__name__)
+
+
+class HotSwapDetector:
+    uses_template = True
+
+    def __init__(self, store: ModelStore, poll_s: float = 1.0, threads: int = 2) -> None:
+        self.store, self.poll_s, self.threads = store, poll_s, threads
+        version = store.current()
+        if version is None:
+            raise ModelStoreError(f"{store.root}: no CURRENT version to serve; publish and promote one first")
+        self.version = version
+        self.detector = TemplateDetector(store.detector_path(version), threads=threads)
+        self.swaps = 0
+        self._failed: str | None = None  # a version that would not load is not retried at every poll
+        self._lock = threading.Lock()
+        self._checked = time.monotonic()
+
+    @property
+    def labels(self):
+        return self.detector.labels
+
+    @property
+    def min_confidence(self) -> float:
+        return self.detector.min_confidence
+
+    @property
+    def name(self) -> str:
+        return f"{self.detector.name}@{self.version}"
+
+    def refresh(self) -> bool:
+        """Swap to the store's CURRENT version if it changed; returns whether a swap happened."""
+        self._checked = time.monotonic()
+        version = self.store.current()
+        if version is None or version in (self.version, self._failed):
+            return False
+        try:
+            detector = TemplateDetector(self.store.detector_path(version), threads=self.threads)
+        except (ModelError, ModelStoreError) as error:
+            log.error("not swapping to %s: %s", version, error)
+            self._failed = version
+            return False
+        if detector.labels != self.detector.labels:
+            log.error("not swapping to %s: labels %s differ from %s", version, detector.labels.names, self.detector.labels.names)
+            self._failed = version
+            return False
+        with self._lock:
+            self.detector, self.version = detector, version
+            self.swaps += 1
+        log.info("edge model swapped to %s", version)
+        return True
+
+    def detect(self, image: np.ndarray, template: np.ndarray | None = None, min_confidence: float | None = None) -> Detections:
+        if time.monotonic() - self._checked >= self.poll_s:
+            self.refresh()
+        with self._lock:
+            detector = self.detector
+        return detector.detect(image, template, min_confidence)

@@ -1,0 +1,213 @@
+"""Online update of the built-in edge model from the replay buffer's cloud-supervised images.
+
+Starting from the served ONNX pair (weights read back with `aivd.training.onnx_import`), the detector is
+fine-tuned for `detector_steps` steps on augmented crops of the buffer's training images, the class refiner for
+`refiner_epochs` epochs on their boxes (with the same box jitter and augmentation as its first training). The
+new pair keeps its parent's score threshold unless `recalibrate` is set, and is scored against its parent on the
+buffer's validation images, both by the official DeepPCB protocol with the pipeline's labels as truth: the
+caller promotes it only if it is not worse (`aivd.collab.online.OnlineUpdater`).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+from aivd.collab.drift_monitor import AgreementMonitor, UpdateTrigger
+from aivd.collab.replay import LabelledImage, ReplayBuffer
+from aivd.core import Detections
+from aivd.edge.crops import CROP_SIZE
+from aivd.edge.detector import TemplateDetector
+from aivd.eval.protocol import best_threshold, evaluate
+from aivd.store.model_versions import ModelStore
+from aivd.training.common import seed_everything, write_metadata
+from aivd.training.crop_training import BoxSet, LoopConfig, ProbabilityWrapper, export_probabilities, train_loop
+from aivd.training.detector import CropSampler, DetectorTrainConfig, export_onnx, loaded_sample, train_step
+from aivd.training.detector_net import CenterNetLite, ExportWrapper
+from aivd.training.onnx_import import load_onnx_weights
+from aivd.training.refiner import RefinerNet, RefinerTrainConfig, recipe_and_augment
+
+
+@dataclass(frozen=True)
+class EdgeUpdateConfig:
+    detector_steps: int = 200
+    detector_lr: float = 3e-4
+    batch_size: int = 16
+    refiner_epochs: int = 8
+    refiner_lr: float = 1e-4  # 1e-3, the first training's rate, wrecks the folded network in one epoch
+    recalibrate: bool = False  # choose a new score threshold on the validation images
+    seed: int = 0
+    threads: int = 2
+
+
+@dataclass(frozen=True)
+class EdgeUpdate:
+    detector: Path  # the new detector ONNX; its refiner is `companions`, in the same folder
+    companions: list[Path]
+    fscore_before: float  # the parent pair on the validation images
+    fscore_after: float  # the new pair on the same images
+    threshold: float
+    train_images: int
+    validation_images: int
+    seconds: float
+
+    def summary(self) -> dict:
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items() if k != "companions"}
+
+
+def _metadata(path: Path) -> dict[str, str]:
+    return {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+
+
+def _pairs(detector: TemplateDetector, images: list[LabelledImage]) -> list[tuple[str, Detections, Detections]]:
+    return [(item.image_id, detector.detect(item.image, item.template, 0.05), item.labels) for item in images]
+
+
+def _score(pairs, threshold: float) -> float:
+    return evaluate([(i, d.with_min_confidence(threshold), truth) for i, d, truth in pairs]).fscore
+
+
+def _fine_tune_detector(current: Path, meta: dict, train: list[LabelledImage], config: EdgeUpdateConfig, rng) -> CenterNetLite:
+    labels = json.loads(meta["labels"])
+    input_scale = float(meta["input_scale"])
+    net = CenterNetLite(len(labels))
+    load_onnx_weights(net, current, torch.rand(1, 3, 320, 320), ExportWrapper(net))
+    samples = [loaded_sample(item.image_id, item.image, item.template, item.labels, input_scale) for item in train]
+    sampler = CropSampler(DetectorTrainConfig(input_scale=input_scale, seed=config.seed), len(labels), rng)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=config.detector_lr, weight_decay=1e-4)
+    net.train()
+    for _ in range(config.detector_steps):
+        batch = [samples[i] for i in rng.integers(0, len(samples), config.batch_size)]
+        train_step(net, optimizer, sampler, batch, DetectorTrainConfig.size_loss_weight)
+    return net
+
+
+def _box_set(images: list[LabelledImage]) -> BoxSet:
+    owners = [np.full(len(item.labels), index) for index, item in enumerate(images)]
+    return BoxSet([i.image for i in images], [i.template for i in images], np.concatenate(owners).astype(np.int64),
+                  np.concatenate([i.labels.xyxy for i in images]).astype(np.float32),
+                  np.concatenate([i.labels.class_id for i in images]).astype(np.int64))
+
+
+def _fine_tune_refiner(current: Path, train, validation, config: EdgeUpdateConfig, rng, workdir: Path) -> RefinerNet:
+    meta = _metadata(current)
+    net = RefinerNet(len(json.loads(meta["labels"])))
+    recipe, augment = recipe_and_augment(RefinerTrainConfig())
+    load_onnx_weights(net, current, torch.rand(4, 3, recipe.size, recipe.size), ProbabilityWrapper(net))
+    loop = LoopConfig(config.refiner_epochs, 128, config.refiner_lr, 1e-4)
+    train_loop(net, _box_set(train), _box_set(validation), recipe, augment, loop, rng, workdir / "refiner_best.pt")
+    return net
+
+
+def update_edge_model(current: Path, train: list[LabelledImage], validation: list[LabelledImage], out_dir: Path,
+                      config: EdgeUpdateConfig = EdgeUpdateConfig()) -> EdgeUpdate:
+    """Fine-tune the pair whose detector is at `current` and write the new pair into `out_dir`."""
+    if not train or not validation:
+        raise ValueError(f"an update needs training and validation images, got {len(train)} and {len(validation)}")
+    if not any(len(item.labels) for item in validation):
+        raise ValueError("the validation images hold no labelled defect; collect more before updating")
+    started = time.perf_counter()
+    seed_everything(config.seed, config.threads)
+    rng = np.random.default_rng(config.seed)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    parent = TemplateDetector(current, threads=config.threads)
+    meta = _metadata(current)
+    refiner_name = meta.get("refiner")
+
+    detector_net = _fine_tune_detector(current, meta, train, config, rng)
+    detector_path = out_dir / current.name
+    export_onnx(detector_net, detector_path, {key: value for key, value in meta.items()})
+    companions = []
+    if refiner_name:
+        with tempfile.TemporaryDirectory() as workdir:
+            refiner_net = _fine_tune_refiner(current.parent / refiner_name, train, validation, config, rng, Path(workdir))
+        refiner_path = out_dir / refiner_name
+        export_probabilities(refiner_net, refiner_path, CROP_SIZE, _metadata(current.parent / refiner_name))
+        companions.append(refiner_path)
+
+    threshold = parent.min_confidence
+    candidate_pairs = _pairs(TemplateDetector(detector_path, threads=config.threads), validation)
+    if config.recalibrate:
+        threshold, _ = best_threshold(candidate_pairs)
+    write_metadata(detector_path, {"score_threshold": str(threshold), "updated_from": str(current),
+                                   "update_config": asdict(config), "update_train_images": len(train)})
+    return EdgeUpdate(detector_path, companions, round(_score(_pairs(parent, validation), parent.min_confidence), 5),
+                      round(_score(candidate_pairs, threshold), 5), threshold, len(train), len(validation),
+                      round(time.perf_counter() - started, 1))
+
+
+
+class OnlineUpdater:
+    """The edge's online-learning loop around a model store, fed image by image by whoever runs the pipeline.
+
+    For each image the caller reports the pipeline's labels, how many regions the cloud decided and, for those,
+    whether the edge agreed. Hard images go to the replay buffer (validation images with every candidate
+    decided by the cloud: ask `wants_full_labels` before sending). When the trigger fires, the newest
+    `train_window` training images fine-tune the served pair; the result is published as a new version and
+    promoted only if it scores at least `min_gain` above its parent on the validation images. After a promotion
+    the monitor watches the new model over its first `monitor.reference` regions; if it disagrees with the cloud
+    more than its parent did just before the update (plus the monitor's tolerance), the store rolls back.
+    """
+
+    def __init__(self, store: ModelStore, workdir: Path, config: EdgeUpdateConfig = EdgeUpdateConfig(),
+                 buffer: ReplayBuffer | None = None, monitor: AgreementMonitor | None = None,
+                 trigger: UpdateTrigger | None = None, train_window: int = 100, min_gain: float = 0.0) -> None:
+        if store.current() is None:
+            raise ValueError(f"{store.root}: no CURRENT version to update")
+        self.store, self.workdir, self.config = store, Path(workdir), config
+        # `is None`, not `or`: an empty buffer is falsy.
+        self.buffer = ReplayBuffer() if buffer is None else buffer
+        self.monitor = AgreementMonitor() if monitor is None else monitor
+        self.trigger = UpdateTrigger() if trigger is None else trigger
+        self.train_window, self.min_gain = train_window, min_gain
+        self.updates: list[dict] = []
+        self._watch: tuple[str, float] | None = None  # (promoted version, its parent's disagreement at the update)
+
+    def wants_full_labels(self) -> bool:
+        """Whether the next hard image is a validation image, whose regions should all go to the cloud."""
+        return self.buffer.added % self.buffer.validation_every == self.buffer.validation_every - 1
+
+    def observe(self, image_id: str, image: np.ndarray, template: np.ndarray | None, labels: Detections,
+                cloud_regions: int, agrees: np.ndarray, position: int | None = None) -> dict | None:
+        """Record one image; returns the update's record when one ran (promoted or not) or a rollback happened."""
+        hard = self.buffer.add(image_id, image, template, labels, cloud_regions)
+        self.monitor.update(agrees)
+        # The monitor was rebased at the promotion, so its reference is the new model's first regions.
+        if self._watch is not None and self.monitor.reference_disagreement is not None:
+            version, baseline = self._watch
+            self._watch = None
+            if self.monitor.reference_disagreement > baseline + self.monitor.tolerance:
+                parent = self.store.rollback(f"{version} disagrees with the cloud on {self.monitor.reference_disagreement:.3f} "
+                                             f"of regions, its parent on {baseline:.3f}")
+                self.monitor.rebase()
+                record = {"position": position, "action": "rollback", "version": parent, "from": version}
+                self.updates.append(record)
+                return record
+        if not self.trigger.observe(hard, self.monitor.drifted):
+            return None
+        return self._update(position)
+
+    def _update(self, position: int | None) -> dict:
+        self.trigger.updated()
+        train, validation = self.buffer.split()
+        train = train[-self.train_window:]
+        parent = self.store.current()
+        out_dir = self.workdir / f"candidate-{len(self.updates) + 1}"
+        update = update_edge_model(self.store.detector_path(parent), train, validation, out_dir, self.config)
+        version = self.store.publish(update.detector, update.companions, parent=parent, metrics=update.summary())
+        promoted = update.fscore_after >= update.fscore_before + self.min_gain
+        record = {"position": position, "action": "promote" if promoted else "reject", "version": version, "parent": parent,
+                  **{k: v for k, v in update.summary().items() if k != "detector"}}
+        if promoted:
+            self.store.promote(version, f"validation F {update.fscore_after} >= {update.fscore_before} + {self.min_gain}")
+            self._watch = (version, self.monitor.recent_disagreement or 0.0)
+            self.monitor.rebase()
+        self.updates.append(record)
+        return record

@@ -1,0 +1,169 @@
+"""Online update of the edge model: replay buffer, drift monitor, model versions, hot swap, weight import."""
+
+import shutil
+
+import numpy as np
+import pytest
+from conftest import dets
+
+from aivd.collab.drift_monitor import AgreementMonitor, TriggerConfig, UpdateTrigger
+from aivd.collab.replay import ReplayBuffer
+from aivd.edge.detector import BUILTIN_MODEL, TemplateDetector
+from aivd.edge.hot_swap import HotSwapDetector
+from aivd.store.model_versions import ModelStore, ModelStoreError
+
+REFINER = BUILTIN_MODEL.parent / "deeppcb_refiner.onnx"
+
+
+def image(value=255):
+    return np.full((64, 64), value, np.uint8)
+
+
+def test_replay_buffer_keeps_only_hard_images_and_holds_validation_images_out_for_good():
+    buffer = ReplayBuffer(capacity=6, validation_every=3)
+    assert not buffer.add("easy", image(), None, dets([[1, 1, 5, 5]]), cloud_regions=0)
+    for index in range(9):
+        assert buffer.add(f"img{index}", image(), None, dets([[1, 1, 5, 5]]), cloud_regions=1)
+    assert len(buffer) == 6  # the newest six: img3 .. img8
+    train, validation = buffer.split()
+    # The 3rd, 6th, 9th... image ever added is for validation, whatever has been evicted since.
+    assert [i.image_id for i in validation] == ["img5", "img8"]
+    assert [i.image_id for i in train] == ["img3", "img4", "img6", "img7"]
+    assert [i.image_id for i in buffer.since(2)] == ["img7", "img8"]
+    with pytest.raises(ValueError, match="at least 2"):
+        ReplayBuffer(capacity=1)
+
+
+def test_agreement_monitor_sees_drift_when_the_cloud_overrules_the_edge_more_often():
+    monitor = AgreementMonitor(reference=100, window=50, tolerance=0.05)
+    rng = np.random.default_rng(0)
+    monitor.update(rng.random(100) > 0.1)  # the edge's usual 10% disagreement
+    monitor.update(rng.random(50) > 0.1)
+    assert monitor.reference_disagreement == pytest.approx(0.1, abs=0.05)
+    assert not monitor.drifted
+    monitor.update(rng.random(50) > 0.35)  # drift: 35%
+    assert monitor.drifted
+    monitor.rebase()
+    assert monitor.reference_disagreement is None and not monitor.drifted
+
+
+def test_update_trigger_waits_for_enough_hard_images_after_drift_or_fires_periodically():
+    trigger = UpdateTrigger(TriggerConfig(min_images=3))
+    assert not any(trigger.observe(True, drifted=False) for _ in range(10))  # no drift, no period: never
+    assert [trigger.observe(hard, drifted=True) for hard in (True, False, True, True)] == [False, False, False, True]
+    trigger.updated()
+    assert not trigger.observe(True, drifted=False)
+    periodic = UpdateTrigger(TriggerConfig(min_images=100, every=2))
+    assert [periodic.observe(True, False) for _ in range(2)] == [False, True]
+
+
+def test_model_store_publishes_immutable_versions_promotes_and_rolls_back(tmp_path):
+    store = ModelStore(tmp_path / "models")
+    assert store.current() is None and store.versions() == []
+    first = store.publish(BUILTIN_MODEL, [REFINER], metrics={"fscore": 0.96})
+    second = store.publish(BUILTIN_MODEL, [REFINER], parent=first)
+    assert (first, second) == ("v0001", "v0002")
+    assert store.current() is None  # published is not served
+    store.promote(first, "initial")
+    store.promote(second, "better on validation")
+    assert store.current() == second
+    assert store.rollback("worse in service") == first and store.current() == first
+    assert [h["action"] for h in store.history()] == ["promote", "promote", "rollback"]
+    assert store.detector_path(second).is_file() and (store.versions_dir / second / REFINER.name).is_file()
+    with pytest.raises(ModelStoreError, match="no parent"):
+        store.rollback()
+    with pytest.raises(ModelStoreError, match="no version 'v0009'"):
+        store.promote("v0009")
+    with pytest.raises(ModelStoreError, match="no such file"):
+        store.publish(tmp_path / "missing.onnx")
+
+
+def test_hot_swap_detector_serves_the_promoted_version_and_skips_one_that_will_not_load(tmp_path):
+    store = ModelStore(tmp_path)
+    first = store.publish(BUILTIN_MODEL, [REFINER])
+    store.promote(first)
+    # A second version whose detector is the same network with another threshold, to tell the two apart.
+    staged = tmp_path / "staged"
+    staged.mkdir()
+    shutil.copy(BUILTIN_MODEL, staged / BUILTIN_MODEL.name)
+    shutil.copy(REFINER, staged / REFINER.name)
+    from aivd.training.common import write_metadata
+
+    write_metadata(staged / BUILTIN_MODEL.name, {"score_threshold": "0.9"})
+    second = store.publish(staged / BUILTIN_MODEL.name, [staged / REFINER.name], parent=first)
+    detector = HotSwapDetector(store, poll_s=0.0, threads=1)
+    test = np.full((128, 128), 255, np.uint8)
+    assert detector.version == first and detector.min_confidence == TemplateDetector(BUILTIN_MODEL).min_confidence
+    store.promote(second)
+    detector.detect(test, test)
+    assert detector.version == second and detector.min_confidence == 0.9 and detector.swaps == 1
+    broken = store.publish(BUILTIN_MODEL, parent=second)  # the refiner its metadata names is missing
+    store.promote(broken)
+    detector.detect(test, test)
+    assert detector.version == second and detector.swaps == 1  # still serving the last good version
+
+
+def test_onnx_weights_load_back_into_the_torch_networks():
+    torch = pytest.importorskip("torch")
+    from aivd.training.crop_training import ProbabilityWrapper
+    from aivd.training.detector_net import CenterNetLite, ExportWrapper
+    from aivd.training.onnx_import import WeightImportError, load_onnx_weights
+    from aivd.training.refiner import RefinerNet
+
+    torch.manual_seed(0)
+    net = CenterNetLite(6)
+    load_onnx_weights(net, BUILTIN_MODEL, torch.rand(1, 3, 64, 64), ExportWrapper(net))  # checks outputs itself
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
+    refiner = RefinerNet(6)
+    load_onnx_weights(refiner, REFINER, torch.rand(2, 3, 48, 48), ProbabilityWrapper(refiner))
+    with pytest.raises(WeightImportError, match="weighted layers"):
+        load_onnx_weights(RefinerNet(6), BUILTIN_MODEL, torch.rand(1, 3, 48, 48))
+    narrow = CenterNetLite(6, widths=(16, 48, 96, 128))
+    with pytest.raises(WeightImportError, match="layer 0"):
+        load_onnx_weights(narrow, BUILTIN_MODEL, torch.rand(1, 3, 64, 64))
+
+
+def bundled_images():
+    from aivd.data.deeppcb import read_annotation
+    from aivd.data.images import read_pair
+    from aivd.pipeline.demo import SAMPLES
+
+    for label in sorted(SAMPLES.glob("*.txt")):
+        test, template = read_pair(SAMPLES / f"{label.stem}_test.jpg", SAMPLES / f"{label.stem}_temp.jpg")
+        yield label.stem, test, template, read_annotation(label)
+
+
+@pytest.mark.integration
+def test_online_updater_publishes_gates_and_rolls_back(tmp_path):
+    pytest.importorskip("torch")
+    from aivd.collab.drift_monitor import TriggerConfig
+    from aivd.training.online_update import EdgeUpdateConfig, OnlineUpdater
+
+    store = ModelStore(tmp_path / "models")
+    store.promote(store.publish(BUILTIN_MODEL, [REFINER]))
+    config = EdgeUpdateConfig(detector_steps=2, refiner_epochs=1, batch_size=4, threads=1)
+    images = list(bundled_images())
+
+    def feed(updater, agrees, position):
+        records = []
+        for index, (image_id, test, template, labels) in enumerate(images):
+            record = updater.observe(f"{image_id}-{position}", test, template, labels, 1, np.array([agrees]), position + index)
+            records += [record] if record else []
+        return records
+
+    # min_gain 1: no candidate can score 1 above its parent, so it is published and rejected; CURRENT stays.
+    strict = OnlineUpdater(store, tmp_path / "strict", config, ReplayBuffer(validation_every=3),
+                           AgreementMonitor(reference=2, window=2), UpdateTrigger(TriggerConfig(every=6)), min_gain=1.0)
+    [rejected] = feed(strict, True, 0)
+    assert rejected["action"] == "reject" and store.current() == "v0001" and store.versions() == ["v0001", "v0002"]
+    assert rejected["train_images"] == 4 and rejected["validation_images"] == 2
+    assert store.info("v0002")["parent"] == "v0001" and "fscore_after" in store.info("v0002")["metrics"]
+
+    # min_gain -1: promoted; then the new model disagrees with the cloud on everything, so the store rolls back.
+    lenient = OnlineUpdater(store, tmp_path / "lenient", config, ReplayBuffer(validation_every=3),
+                            AgreementMonitor(reference=2, window=2, tolerance=0.1), UpdateTrigger(TriggerConfig(every=6)), min_gain=-1.0)
+    [promoted] = feed(lenient, True, 100)
+    assert promoted["action"] == "promote" and store.current() == promoted["version"] == "v0003"
+    [rolled_back] = feed(lenient, False, 200)[:1]
+    assert rolled_back == {"position": 201, "action": "rollback", "version": "v0001", "from": "v0003"}
+    assert store.current() == "v0001" and store.history()[-1]["action"] == "rollback"
