@@ -5,10 +5,11 @@ Each region is one chat request: the prompt (`aivd.cloud.llm.prompts`) with the 
 crop as PNG data URLs, and the answer's JSON Schema as structured output, in the form the server understands
 (`structured_output`). Requests run `concurrency` at a time on one pool per analyzer, so the limit holds however
 many images are in flight. The client retries connection errors, timeouts, 408/409/429 and 5xx answers
-`max_retries` times with backoff; a request still failing, or any answer that `parse_analysis` refuses, fails
-the batch with an `AnalyzerError` naming each failed region and why, so the image keeps the edge's own
-results with the reason in `cloud_error`; a wrong answer is never passed on. Sizes and connectivity come from
-the pixels (`aivd.cloud.measure`), never from the model.
+`max_retries` times with backoff. A request still failing (or refused with a 4xx) fails the batch at once, and
+the batch's regions not yet sent are not sent; answers that `parse_analysis` refuses fail the batch once all
+its regions are answered, naming each refused region and why. Either way the `AnalyzerError` leaves the image
+with the edge's own results and the reason in `cloud_error`: a wrong answer is never passed on. Sizes and
+connectivity come from the pixels (`aivd.cloud.measure`), never from the model.
 """
 
 from __future__ import annotations
