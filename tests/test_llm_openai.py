@@ -12,6 +12,7 @@ processor, which needs torchvision, and the CPU build of torchvision that matche
 """
 
 import base64
+import importlib.util
 import json
 import os
 import re
@@ -53,6 +54,16 @@ def board_region(index: int = 0, template: bool = True) -> Region:
     test = image.copy()
     test[18:30, 20 + index : 26 + index] = 0  # a bridge between the two tracks
     return Region(f"board#{index}", test, image if template else None, (18.0, 16.0, 28.0 + index, 32.0), (0, 0), "short", 0.6, 48.0)
+
+
+def require(*modules: str, install: str) -> None:
+    """Skip when an optional package a server test needs is missing, except in CI, which must install it."""
+    missing = [name for name in modules if importlib.util.find_spec(name) is None]
+    if missing:
+        message = f"{', '.join(missing)} not installed: pip install {install}"
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run this test; {message}")
+        pytest.skip(message)
 
 
 def free_port() -> int:
@@ -182,8 +193,8 @@ def test_cli_refuses_llm_options_that_do_not_fit(tmp_path, args, message):
 
 def build_tiny_llava(out_dir: Path) -> Path:
     """A tiny random LLaVA (CLIP vision tower, Qwen2 decoder) with `build_tiny_vlm`'s tokenizer and chat template."""
-    transformers = pytest.importorskip("transformers", reason="the `vlm` extra is not installed")
     import torch
+    import transformers
 
     from aivd.cloud.llm.tiny import build_tiny_vlm
 
@@ -239,6 +250,7 @@ class Server:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
+    require("transformers", "torch", install="-e '.[train,vlm]'")
     model = build_tiny_llava(tmp_path_factory.mktemp("tiny-llava"))
     port = free_port()
     log = tmp_path_factory.mktemp("server") / "serve.log"
@@ -383,8 +395,9 @@ def test_aivd_inspect_with_the_openai_backend_keeps_the_edge_results_and_records
 
 def write_tiny_gguf(out_dir: Path) -> Path:
     """A tiny random Llama-architecture GGUF with `build_tiny_vlm`'s byte-level BPE tokenizer and chat template."""
-    gguf = pytest.importorskip("gguf", reason="the gguf package is not installed")
-    transformers = pytest.importorskip("transformers", reason="the `vlm` extra is not installed")
+    import gguf
+    import transformers
+
     from aivd.cloud.llm.tiny import build_tiny_vlm
 
     qwen = build_tiny_vlm(out_dir / "qwen2-vl")
@@ -432,12 +445,7 @@ def write_tiny_gguf(out_dir: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def llama_server(tmp_path_factory):
-    try:
-        import llama_cpp  # noqa: F401
-    except ImportError:
-        if os.environ.get("CI"):
-            pytest.fail("CI must install llama-cpp-python[server] and gguf for the structured-output server test")
-        pytest.skip("llama-cpp-python[server] is not installed")
+    require("llama_cpp", "gguf", "transformers", install="'llama-cpp-python[server]>=0.3.36' gguf (and the vlm extra)")
     model = write_tiny_gguf(tmp_path_factory.mktemp("tiny-gguf"))
     port = free_port()
     log = tmp_path_factory.mktemp("llama-server") / "serve.log"
