@@ -111,13 +111,16 @@ def test_encoder_expands_images_and_labels_only_the_answer(tiny_model):
     assert batch["mm_token_type_ids"].sum(dim=1).tolist() == per_row
     assert ((batch["input_ids"] == model.config.image_token_id).int() == batch["mm_token_type_ids"]).all()
     for row, answer in enumerate(answers):
-        labelled = batch["labels"][row][batch["labels"][row] != IGNORE_INDEX]
-        assert encoder.tokenizer.decode(labelled) == answer + "<|im_end|>"
-        # Labels line up with the input (the model shifts them itself), and padding is on the left.
-        width = len(labelled)
-        assert batch["input_ids"][row, -width:].tolist() == labelled.tolist()
+        targets = batch["labels"][row] != IGNORE_INDEX
+        assert encoder.tokenizer.decode(batch["labels"][row][targets]) == answer + "<|im_end|>"
+        # Labels line up with the input (the model shifts them itself) and end where the row's tokens end.
+        assert torch.equal(batch["input_ids"][row][targets], batch["labels"][row][targets])
+        assert targets.nonzero().max() == batch["attention_mask"][row].sum() - 1
+    # Training rows are padded on the right, generation rows on the left (they continue from their last token).
     mask = batch["attention_mask"]
-    assert (mask.diff(dim=1) >= 0).all() and (mask[:, -1] == 1).all() and mask.sum() < mask.numel()
+    assert (mask.diff(dim=1) <= 0).all() and (mask[:, 0] == 1).all() and mask.sum() < mask.numel()
+    prompts = encoder.encode([build_messages(prompt, r, CLASSES) for r in regions], [region_images(r) for r in regions])["attention_mask"]
+    assert (prompts.diff(dim=1) >= 0).all() and (prompts[:, -1] == 1).all() and prompts.sum() < prompts.numel()
     with torch.no_grad():
         assert torch.isfinite(model(**batch).loss)
 

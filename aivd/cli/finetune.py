@@ -134,7 +134,7 @@ def train_command(
 
     try:
         record = lora.train_lora(data, model, out, config, on_epoch)
-    except (DatasetError, ValueError, OSError) as error:
+    except (DatasetError, ValueError, OSError, FloatingPointError) as error:
         raise fail(str(error)) from None
     console.print(f"best epoch {record['best']['epoch']}: val accuracy {record['best']['accuracy']:.4f} -> {record['adapter']}", highlight=False)
 

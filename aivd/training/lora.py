@@ -172,6 +172,8 @@ def train_lora(data_dir: Path, model_dir: str | Path, out_dir: Path, config: Lor
                 optimizer.step()
                 optimizer.zero_grad()
             losses.append(loss.item())
+            if not np.isfinite(losses[-1]):
+                raise FloatingPointError(f"the loss is {losses[-1]} at epoch {epoch}, optimizer step {steps + 1}; lower --lr")
             if accelerator.sync_gradients:
                 steps += 1
                 if config.max_steps is not None and steps >= config.max_steps:

@@ -107,8 +107,10 @@ class ChatEncoder:
         return self.tokenizer(expanded, add_special_tokens=False)["input_ids"]
 
     def encode(self, chats: Sequence[list[dict]], images: Sequence[list[np.ndarray]], answers: Sequence[str] | None = None) -> dict:
-        """A left-padded batch. With `answers`, each answer and the end-of-turn token follow its prompt and are the
-        only labelled tokens (for training); without, the batch ends where the assistant's answer starts."""
+        """A batch for generation: left-padded, each row ending where the assistant's answer starts. With `answers`, a
+        batch for training: each answer and the end-of-turn token follow its prompt and are the only labelled tokens,
+        and rows are right-padded (left padding would leave pad tokens that attend to nothing, which some attention
+        kernels answer with NaN, poisoning the gradients)."""
         import torch
 
         flat = [_rgb(image) for row in images for image in row]
@@ -124,17 +126,22 @@ class ChatEncoder:
             rows.append(ids + target)
             labels.append([IGNORE_INDEX] * len(ids) + target)
         width = max(len(row) for row in rows)
-        input_ids = torch.tensor([[self.pad_id] * (width - len(row)) + row for row in rows])
+
+        def padded(row: list[int], value: int) -> list[int]:
+            padding = [value] * (width - len(row))
+            return row + padding if answers is not None else padding + row
+
+        input_ids = torch.tensor([padded(row, self.pad_id) for row in rows])
         batch = {
             "input_ids": input_ids,
-            "attention_mask": torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in rows]),
+            "attention_mask": torch.tensor([padded([1] * len(row), 0) for row in rows]),
             "mm_token_type_ids": (input_ids == self.image_token_id).int(),
         }
         if flat:
             batch["pixel_values"] = vision["pixel_values"]
             batch["image_grid_thw"] = vision["image_grid_thw"]
         if answers is not None:
-            batch["labels"] = torch.tensor([[IGNORE_INDEX] * (width - len(row)) + row for row in labels])
+            batch["labels"] = torch.tensor([padded(row, IGNORE_INDEX) for row in labels])
         return batch
 
 
