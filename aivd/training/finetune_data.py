@@ -33,6 +33,7 @@ from aivd.cloud.knowledge import DEFAULT_KNOWLEDGE, KnowledgeBase
 from aivd.cloud.llm.prompts import build_messages, format_answer, load_prompt, region_images
 from aivd.cloud.measure import measure
 from aivd.core import Detections, LabelMap, Region
+from aivd.core.detections import box_iou
 from aivd.core.regions import TRANSPORT_CONTEXT, cut_regions
 from aivd.data.deeppcb import DatasetError
 from aivd.data.images import ImageError, read_pair
@@ -143,8 +144,6 @@ class ExampleMaker:
 
     def negative_boxes(self, truth: Detections, shape: tuple[int, int], rng: np.random.Generator) -> list[np.ndarray]:
         """Windows the size of this image's defects that overlap none of them: the edge's false alarms on clean copper."""
-        from aivd.core.detections import box_iou
-
         height, width = shape
         sides = (truth.xyxy[:, 2:] - truth.xyxy[:, :2]) if len(truth) else np.array([[24.0, 24.0]])
         boxes = []

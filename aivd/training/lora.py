@@ -27,7 +27,14 @@ import numpy as np
 import torch
 
 from aivd.cloud.llm.prompts import AnswerError, parse_analysis
-from aivd.cloud.llm.transformers_backend import TRAINING_RECORD, ChatEncoder, ConstrainedGenerator, choose_device, load_vlm
+from aivd.cloud.llm.transformers_backend import (
+    TRAINING_RECORD,
+    ChatEncoder,
+    ConstrainedGenerator,
+    choose_device,
+    decoding_schema,
+    load_vlm,
+)
 from aivd.data.deeppcb import DatasetError
 from aivd.training.common import seed_everything
 from aivd.training.finetune_data import MANIFEST, TRAIN_FILE, VAL_FILE
@@ -146,6 +153,7 @@ def train_lora(data_dir: Path, model_dir: str | Path, out_dir: Path, config: Lor
     if not train or not val:
         raise DatasetError(f"{data_dir}: {len(train)} training and {len(val)} validation chats; both are needed")
 
+    decoding_schema(class_names, config.max_new_tokens)  # a bound too small for any answer fails before the model loads
     seed_everything(config.seed, config.threads)
     device = choose_device(config.device)
     accelerator = Accelerator(mixed_precision=_mixed_precision(device), gradient_accumulation_steps=config.grad_accum, cpu=device == "cpu")
