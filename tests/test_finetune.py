@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch", reason="the `train` extra is not installed"
 from aivd.cli.main import app  # noqa: E402
 from aivd.cloud.llm.prompts import parse_analysis  # noqa: E402
 from aivd.cloud.llm.tiny import build_tiny_vlm  # noqa: E402
-from aivd.cloud.llm.transformers_backend import TransformersAnalyzer, _structure_chars, load_vlm  # noqa: E402
+from aivd.cloud.llm.transformers_backend import TransformersAnalyzer, load_vlm, structure_chars  # noqa: E402
 from aivd.core import DEEPPCB_CLASSES  # noqa: E402
 from aivd.data.deeppcb import load_split  # noqa: E402
 from aivd.data.synthetic import SyntheticConfig, generate_pair, write_dataset  # noqa: E402
@@ -21,7 +21,7 @@ from aivd.training.finetune_data import FinetuneDataConfig, build_finetune_data 
 from aivd.training.lora import ADAPTER_DIR, LoraTrainConfig, add_lora, load_chats, lora_l2, train_lora  # noqa: E402
 
 CLASSES = tuple(DEEPPCB_CLASSES.names)
-MAX_NEW_TOKENS = _structure_chars(CLASSES) + 40
+MAX_NEW_TOKENS = structure_chars(CLASSES) + 40
 runner = CliRunner()
 
 

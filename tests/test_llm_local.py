@@ -17,9 +17,9 @@ from aivd.cloud.llm.transformers_backend import (  # noqa: E402
     MAX_CAUSES,
     ConstrainedGenerator,
     TransformersAnalyzer,
-    _structure_chars,
     decoding_schema,
     load_vlm,
+    structure_chars,
 )
 from aivd.cloud.measure import measure  # noqa: E402
 from aivd.core import DEEPPCB_CLASSES  # noqa: E402
@@ -28,7 +28,7 @@ from aivd.data.synthetic import SyntheticConfig, generate_pair  # noqa: E402
 
 CLASSES = tuple(DEEPPCB_CLASSES.names)
 # The tightest bound the schema allows, so that a random model's answers (which run to the bound) stay short.
-MAX_NEW_TOKENS = _structure_chars(CLASSES) + 40
+MAX_NEW_TOKENS = structure_chars(CLASSES) + 40
 
 
 @pytest.fixture(autouse=True)

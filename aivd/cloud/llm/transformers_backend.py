@@ -34,16 +34,16 @@ MAX_CAUSES = 4
 TEXT_SHARES = {"description": 0.35, "recommended_action": 0.2, "likely_causes": 0.45}
 MIN_TEXT_CHARS = 40
 WHITESPACE = " ?"  # at most one space where JSON allows whitespace: json.dumps's ", " and ": " and compact JSON
+IGNORE_INDEX = -100  # the label of tokens the loss skips (the prompt, padding)
 
 
 def plain_text(max_chars: int) -> str:
     """Printable ASCII without the quote and the backslash (no escapes, one byte a character), at most `max_chars`.
     The length is in the pattern because Outlines ignores a pattern beside maxLength."""
     return rf"^[ !#-\[\]-~]{{0,{max_chars}}}$"
-IGNORE_INDEX = -100  # the label of tokens the loss skips (the prompt, padding)
 
 
-def _structure_chars(class_names: Sequence[str]) -> int:
+def structure_chars(class_names: Sequence[str]) -> int:
     """The most characters an answer with empty texts can take under `decoding_schema`."""
     skeleton = json.dumps({
         "is_defect": False, "defect_type": max(class_names, key=len), "confidence": 0.01, "severity": "critical",
@@ -56,10 +56,10 @@ def _structure_chars(class_names: Sequence[str]) -> int:
 def decoding_schema(class_names: Sequence[str], max_chars: int) -> dict:
     """`analysis_json_schema` made finite: confidence in steps of 0.01, plain-text strings of bounded length, at most
     `MAX_CAUSES` causes, so that no admitted answer is longer than `max_chars` characters."""
-    text = max_chars - _structure_chars(class_names)
+    text = max_chars - structure_chars(class_names)
     if text < MIN_TEXT_CHARS:
         raise ValueError(f"max_new_tokens={max_chars} leaves {text} characters for the answer's text; "
-                         f"at least {_structure_chars(class_names) + MIN_TEXT_CHARS} are needed")
+                         f"at least {structure_chars(class_names) + MIN_TEXT_CHARS} are needed")
     schema = analysis_json_schema(list(class_names))
     fields = schema["properties"]
     fields["confidence"] = {**fields["confidence"], "enum": [round(i / 100, 2) for i in range(101)]}
@@ -90,11 +90,10 @@ class ChatEncoder:
         self.image_processor = AutoImageProcessor.from_pretrained(model_dir)
         if self.tokenizer.chat_template is None:
             raise ValueError(f"{model_dir}: the tokenizer has no chat template")
-        self.tokenizer.padding_side = "left"  # generation continues every row from its last token
         self.image_token_id = image_token_id
         self.image_token = self.tokenizer.convert_ids_to_tokens(image_token_id)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
-        self.end_of_turn = self.tokenizer.eos_token
+        self.end_of_turn = self.tokenizer.eos_token  # Qwen's chat models end a turn with their EOS, <|im_end|>
 
     def prompt_ids(self, messages: list[dict], image_grid) -> list[int]:
         """Token ids of `messages` up to the assistant's turn, each image placeholder expanded to its tokens."""
