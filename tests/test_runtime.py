@@ -172,13 +172,19 @@ def ray_cluster():
 
 
 @pytest.mark.integration
-def test_cluster_inspects_over_http_and_survives_a_killed_node(ray_cluster):
+def test_cluster_inspects_over_http_survives_a_killed_node_and_swaps_models(ray_cluster, tmp_path):
     import httpx
 
+    from aivd.edge.detector import BUILTIN_MODEL
     from aivd.runtime.cluster import deploy
+    from aivd.store.model_versions import ModelStore
 
     cluster, workers = ray_cluster
+    store = ModelStore(tmp_path / "models")
+    refiner = BUILTIN_MODEL.parent / "deeppcb_refiner.onnx"
+    store.promote(store.publish(BUILTIN_MODEL, [refiner]))
     config = ClusterConfig.model_validate({
+        "model_store": str(store.root), "model_poll_s": 0.2,
         "edge": [{"name": "fast", "replicas": 1}, {"name": "slow", "replicas": 2, "slowdown": 2}],
         "policy": "ect", "pixels_per_mm": 48, "port": free_port(), "max_ongoing_requests": 2,
         "edge_resources": {"aivd_edge": 1}, "cloud_resources": {"aivd_head": 0.01},
@@ -235,6 +241,15 @@ def test_cluster_inspects_over_http_and_survives_a_killed_node(ray_cluster):
 
     router = httpx.get(f"{url}/v1/router").json()
     assert router["policy"] == "ect" and router["decisions"] >= len(stems) and router["median_ms"] < 5
+
+    # A new model version is promoted in the store: every replica serves it from its next image on.
+    assert {r.json()["detector"] for r in responses} == {"builtin:deeppcb_centernet@v0001"}
+    second = store.publish(BUILTIN_MODEL, [refiner], parent="v0001")
+    store.promote(second)
+    time.sleep(0.5)
+    with ThreadPoolExecutor(4) as pool:
+        after = list(pool.map(lambda stem: inspect(url, stem), stems[:12]))
+    assert {r.json()["detector"] for r in after} == {f"builtin:deeppcb_centernet@{second}"}
 
 
 @pytest.mark.integration

@@ -104,7 +104,14 @@ class EdgeNode:
             described = await cloud.describe.remote()
             analyzer = CloudHandleAnalyzer(cloud, described["name"], described["proposal_threshold"], config.cloud.timeout_s)
         # One ONNX thread: several replicas share this machine's cores (a real edge node would use all of its own).
-        self.pipeline = EdgeCloudPipeline(load_detector(threads=1), analyzer, pixels_per_mm=config.pixels_per_mm)
+        if config.model_store is not None:
+            from aivd.edge.hot_swap import HotSwapDetector
+            from aivd.store.model_versions import ModelStore
+
+            detector = HotSwapDetector(ModelStore(config.model_store), config.model_poll_s, threads=1)
+        else:
+            detector = load_detector(threads=1)
+        self.pipeline = EdgeCloudPipeline(detector, analyzer, pixels_per_mm=config.pixels_per_mm)
 
     async def inspect(self, image: bytes, template: bytes | None, image_name: str, image_id: str,
                       template_name: str | None = None) -> InspectionRecord:
