@@ -51,8 +51,14 @@ def test_update_trigger_waits_for_enough_hard_images_after_drift_or_fires_period
     trigger = UpdateTrigger(TriggerConfig(min_images=3))
     assert not any(trigger.observe(True, drifted=False) for _ in range(10))  # no drift, no period: never
     assert [trigger.observe(hard, drifted=True) for hard in (True, False, True, True)] == [False, False, False, True]
-    trigger.updated()
-    assert not trigger.observe(True, drifted=False)
+    trigger.updated(promoted=True)  # one follow-up update for this drift (the default), min_images later
+    assert [trigger.observe(True, drifted=False) for _ in range(3)] == [False, False, True]
+    trigger.updated(promoted=True)  # no follow-ups left: quiet until drift is seen again
+    assert not any(trigger.observe(True, drifted=False) for _ in range(10))
+    rejected = UpdateTrigger(TriggerConfig(min_images=1, follow_ups=3))
+    assert rejected.observe(True, drifted=True)
+    rejected.updated(promoted=False)  # a rejected update ends the follow-ups
+    assert not rejected.observe(True, drifted=False)
     periodic = UpdateTrigger(TriggerConfig(min_images=100, every=2))
     assert [periodic.observe(True, False) for _ in range(2)] == [False, True]
 

@@ -18,18 +18,26 @@ replayed over them: a region sent to the cloud gets the cloud's decision, a regi
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from aivd.cloud.wire import encode_region
+from aivd.collab.drift_monitor import TriggerConfig, UpdateTrigger
 from aivd.collab.hard_examples import FilterConfig, make_filter
 from aivd.collab.offload import BudgetController, MarginalErrorController
 from aivd.core import Detections
 from aivd.data.drift import DriftPhase, drifted
 from aivd.data.images import read_pair
+from aivd.edge.hot_swap import HotSwapDetector
 from aivd.eval.protocol import evaluate
 from aivd.pipeline.engine import EdgeCloudPipeline
+from aivd.store.model_versions import ModelStore
+
+if TYPE_CHECKING:
+    from aivd.training.online_update import EdgeUpdateConfig
 
 RATIOS = tuple(round(0.1 * i, 1) for i in range(11))
 CURVE_FILTERS = ("threshold", "margin", "cross_entropy", "random")
@@ -50,21 +58,23 @@ class ImageOutcome:
 
 def collect(pipeline: EdgeCloudPipeline, samples, drift: list[DriftPhase] = (), seed: int = 0) -> list[ImageOutcome]:
     """Run both tiers over every candidate of every image once, as the (optionally drifting) camera sees it."""
+    return [observe(pipeline, sample, *drifted(index, *read_pair(sample.test_path, sample.template_path), list(drift), seed))
+            for index, sample in enumerate(samples)]
+
+
+def observe(pipeline: EdgeCloudPipeline, sample, image: np.ndarray, template: np.ndarray | None) -> ImageOutcome:
+    """One image through the edge, and each of its candidates through the cloud."""
     labels = pipeline.labels
-    outcomes = []
-    for index, sample in enumerate(samples):
-        image, template = drifted(index, *read_pair(sample.test_path, sample.template_path), list(drift), seed)
-        proposal = pipeline.propose(image, template, sample.image_id)
-        analyses = pipeline.analyzer.analyze(proposal.regions) if proposal.regions else []
-        keeps = np.array([a.is_defect and a.defect_type in labels.names for a in analyses], bool)
-        class_ids = np.array([labels.id(a.defect_type) if keep else 0 for a, keep in zip(analyses, keeps)], np.int64)
-        scores = np.array([a.confidence if keep else 0.0 for a, keep in zip(analyses, keeps)], np.float32)
-        candidates = proposal.proposals
-        sizes = np.array([len(encode_region(r).model_dump_json()) for r in proposal.regions], np.int64)
-        files = sum(p.stat().st_size for p in (sample.test_path, sample.template_path) if p is not None)
-        outcomes.append(ImageOutcome(sample.image_id, sample.ground_truth(), candidates,
-                                     Detections(candidates.xyxy, scores, class_ids, labels), keeps, sizes, files))
-    return outcomes
+    proposal = pipeline.propose(image, template, sample.image_id)
+    analyses = pipeline.analyzer.analyze(proposal.regions) if proposal.regions else []
+    keeps = np.array([a.is_defect and a.defect_type in labels.names for a in analyses], bool)
+    class_ids = np.array([labels.id(a.defect_type) if keep else 0 for a, keep in zip(analyses, keeps)], np.int64)
+    scores = np.array([a.confidence if keep else 0.0 for a, keep in zip(analyses, keeps)], np.float32)
+    candidates = proposal.proposals
+    sizes = np.array([len(encode_region(r).model_dump_json()) for r in proposal.regions], np.int64)
+    files = sum(p.stat().st_size for p in (sample.test_path, sample.template_path) if p is not None)
+    return ImageOutcome(sample.image_id, sample.ground_truth(), candidates,
+                        Detections(candidates.xyxy, scores, class_ids, labels), keeps, sizes, files)
 
 
 def combine(outcome: ImageOutcome, sent: np.ndarray, edge_threshold: float) -> Detections:
@@ -133,22 +143,25 @@ def accuracy_target_run(outcomes: list[ImageOutcome], filter_name: str, target: 
 
 
 def drift_run(pipeline: EdgeCloudPipeline, samples, clean: list[ImageOutcome], phase: DriftPhase, filter_name: str,
-              budget: float, seed: int) -> dict:
+              budget: float, seed: int, update: OnlineSettings | None = None) -> dict:
     """The split, shuffled by `seed` into a stream, drifts from image `phase.start` on; the budget controller runs
     through it. `fscore_after_drift` is compared with the same images undrifted (`fscore_after_without_drift`,
-    from `clean`, the split's outcomes already collected). No online update of the edge model yet:
-    `fscore_after_update` and `images_to_recover` are null."""
+    from `clean`, the split's outcomes already collected). With `update`, a third pass runs the online update of
+    the edge model (`online_pass`), and the three passes are compared on the images after its first promotion."""
     if not 0 < phase.start < len(samples):
         raise ValueError(f"the drift must start inside the stream of {len(samples)} images, got {phase.start}")
     order = np.random.default_rng(seed).permutation(len(samples))
+    stream = [samples[i] for i in order]
     threshold, start = pipeline.edge_threshold, phase.start
     result: dict = {"phase": phase.model_dump(), "filter": filter_name, "budget": budget}
-    passes = (("without_drift", [clean[i] for i in order]),
-              ("drift", collect(pipeline, [samples[i] for i in order], [phase], seed)))
+    finals, edge_finals = {}, {}
+    passes = (("without_drift", [clean[i] for i in order]), ("drift", collect(pipeline, stream, [phase], seed)))
     for label, outcomes in passes:
         controller = BudgetController(make_filter(filter_name), budget=budget)
         masks = [controller.select(o.candidates) for o in outcomes]
         edge = [np.zeros(len(o.candidates), bool) for o in outcomes]
+        finals[label] = [(o.image_id, combine(o, m, threshold), o.truth) for o, m in zip(outcomes, masks)]
+        edge_finals[label] = [(o.image_id, combine(o, m, threshold), o.truth) for o, m in zip(outcomes, edge)]
         before, after = replay(outcomes[:start], masks[:start], threshold), replay(outcomes[start:], masks[start:], threshold)
         # The images before `start` are the same in both passes, so "before" is written twice with equal values.
         result.update({
@@ -157,11 +170,81 @@ def drift_run(pipeline: EdgeCloudPipeline, samples, clean: list[ImageOutcome], p
             f"edge_fscore_after_{label}": replay(outcomes[start:], edge[start:], threshold)["fscore"],
         })
     result.update({"fscore_after_update": None, "images_to_recover": None})
+    if update is None:
+        return result
+    online = online_pass(pipeline, stream, phase, filter_name, budget, seed, update)
+    finals["update"], edge_finals["update"] = online.pop("finals"), online.pop("edge_finals")
+    promoted = [u["position"] for u in online["updates"] if u["action"] == "promote" and u["position"] >= start]
+    if promoted:
+        since = promoted[0] + 1  # the first image an updated model served
+        for prefix, passes_finals in (("", finals), ("edge_", edge_finals)):
+            scores = {label: round(evaluate(pairs[since:]).fscore, 5) for label, pairs in passes_finals.items()}
+            lost = scores["without_drift"] - scores["drift"]
+            online.update({
+                f"{prefix}fscore_without_drift": scores["without_drift"], f"{prefix}fscore_drift_no_update": scores["drift"],
+                f"{prefix}fscore_update": scores["update"],
+                f"{prefix}recovered_fraction": round((scores["update"] - scores["drift"]) / lost, 4) if lost > 0 else None,
+            })
+        online["compared_from"] = since
+        result.update({"fscore_after_update": online["fscore_update"], "edge_fscore_after_update": online["edge_fscore_update"],
+                       "images_to_recover": since - start})
+    window = update.window
+    online["timeline"] = [
+        {"from": first, **{label: round(evaluate(pairs[first : first + window]).fscore, 5) for label, pairs in finals.items()},
+         **{f"edge_{label}": round(evaluate(pairs[first : first + window]).fscore, 5) for label, pairs in edge_finals.items()}}
+        for first in range(0, len(stream), window)
+    ]
+    result["online"] = online
     return result
 
 
+@dataclass(frozen=True)
+class OnlineSettings:
+    workdir: Path  # where the model store and the candidates' files go
+    config: EdgeUpdateConfig | None = None  # None: the defaults
+    trigger: TriggerConfig = field(default_factory=TriggerConfig)
+    train_window: int = 100
+    window: int = 50  # images per point of the timeline
+
+
+def online_pass(pipeline: EdgeCloudPipeline, stream, phase: DriftPhase, filter_name: str, budget: float, seed: int,
+                settings: OnlineSettings) -> dict:
+    """The drifting stream through an edge that follows a model store and an `OnlineUpdater` that feeds it.
+
+    Each image is seen by the model the store serves at that moment (a `HotSwapDetector`); an update runs
+    synchronously when the trigger fires, so `images_to_recover` counts images, not seconds (each update's
+    `seconds` says how long it took). Validation images send every region to the cloud; they count in the ratio.
+    """
+    from aivd.training.online_update import EdgeUpdateConfig, OnlineUpdater  # torch: only for this pass
+
+    store = ModelStore(settings.workdir / "models")
+    detector = pipeline.detector
+    store.promote(store.publish(detector.path, [detector.refiner_path] if detector.refiner_path else [], metrics={"source": "shipped"}))
+    edge = HotSwapDetector(store, poll_s=0.0)
+    live = EdgeCloudPipeline(edge, pipeline.analyzer, pipeline.proposal_threshold, pipeline.pixels_per_mm)
+    updater = OnlineUpdater(store, settings.workdir, settings.config or EdgeUpdateConfig(), trigger=UpdateTrigger(settings.trigger),
+                            train_window=settings.train_window)
+    controller = BudgetController(make_filter(filter_name), budget=budget)
+    finals, edge_finals, sent_regions, regions, served = [], [], 0, 0, []
+    for position, sample in enumerate(stream):
+        image, template = drifted(position, *read_pair(sample.test_path, sample.template_path), [phase], seed)
+        outcome = observe(live, sample, image, template)
+        threshold = live.edge_threshold
+        sent = controller.select(outcome.candidates)
+        if sent.any() and updater.wants_full_labels():
+            sent = np.ones_like(sent)
+        final = combine(outcome, sent, threshold)
+        finals.append((outcome.image_id, final, outcome.truth))
+        edge_finals.append((outcome.image_id, combine(outcome, np.zeros_like(sent), threshold), outcome.truth))
+        sent_regions, regions = sent_regions + int(sent.sum()), regions + len(sent)
+        served.append(edge.version)
+        updater.observe(outcome.image_id, image, template, final, int(sent.sum()), edge_agrees(outcome, threshold)[sent], position)
+    return {"updates": updater.updates, "offload_ratio": round(sent_regions / max(regions, 1), 4),
+            "versions_served": {v: served.count(v) for v in dict.fromkeys(served)}, "finals": finals, "edge_finals": edge_finals}
+
+
 def bench_collab(pipeline: EdgeCloudPipeline, samples, budget: float = 0.3, budget_filter: str = "threshold", seed: int = 0,
-                 drift: DriftPhase | None = None) -> dict:
+                 drift: DriftPhase | None = None, update: OnlineSettings | None = None) -> dict:
     outcomes = collect(pipeline, samples)
     threshold = pipeline.edge_threshold
     curves = {name: curve(outcomes, name, threshold, seed) for name in dict.fromkeys([*CURVE_FILTERS, budget_filter])}
@@ -171,5 +254,5 @@ def bench_collab(pipeline: EdgeCloudPipeline, samples, budget: float = 0.3, budg
         "curve": curves[budget_filter], "curves": curves,
         "budget": budget_run(outcomes, budget_filter, budget, threshold),
         "accuracy_target": [accuracy_target_run(outcomes, budget_filter, target, threshold, seed) for target in (0.9, 0.95, 0.98)],
-        "drift": None if drift is None else drift_run(pipeline, samples, outcomes, drift, budget_filter, budget, seed),
+        "drift": None if drift is None else drift_run(pipeline, samples, outcomes, drift, budget_filter, budget, seed, update),
     }

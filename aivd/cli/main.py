@@ -561,6 +561,11 @@ def bench_collab_command(
     budget_filter: str = typer.Option("threshold", "--filter", help="Hard-example filter for the budget run: threshold, margin, cross_entropy, ibt, random."),
     seed: int = typer.Option(0, help="Seed of the random filter and the drift's noise."),
     drift: Optional[str] = typer.Option(None, help="Also stream the split with the imaging degrading from its middle on: KIND:STRENGTH, KIND one of blur, contrast_noise, resample (e.g. blur:1.2)."),
+    update: bool = typer.Option(False, "--update/--no-update", help="With --drift: also run the stream with online updates of the edge model (needs the train extra)."),
+    workdir: Optional[Path] = typer.Option(None, help="With --update: keep the model store and candidates here. Default: a temporary folder."),
+    update_steps: int = typer.Option(200, min=1, help="Detector fine-tuning steps per update."),
+    min_images: int = typer.Option(40, min=1, help="Hard images after drift is seen before an update runs."),
+    train_window: int = typer.Option(100, min=1, help="Newest hard images an update trains on."),
     as_json: bool = JSON_ALWAYS,
 ) -> None:
     """Offload only the hard regions: F-score and bytes against the upload ratio, and at a budget; one JSON object."""
@@ -586,8 +591,22 @@ def bench_collab_command(
             phase = DriftPhase(start=len(samples) // 2, kind=kind, strength=float(strength or "nan"))
         except (ValidationError, ValueError):
             raise typer.BadParameter("KIND:STRENGTH with KIND blur, contrast_noise or resample and STRENGTH > 0", param_hint="--drift") from None
+    if update and phase is None:
+        raise typer.BadParameter("--update needs --drift", param_hint="--update")
     pipeline = _load_pipeline(None, None, False, pixels_per_mm=DEEPPCB_PIXELS_PER_MM)
-    print(json.dumps(bench_collab(pipeline, samples, budget, budget_filter, seed, phase)))
+    if not update:
+        print(json.dumps(bench_collab(pipeline, samples, budget, budget_filter, seed, phase)))
+        return
+    import tempfile
+
+    from aivd.bench.collab import OnlineSettings
+    from aivd.collab.drift_monitor import TriggerConfig
+
+    training = _training_module("online_update")
+    with tempfile.TemporaryDirectory(prefix="aivd-online-") as temporary:
+        settings = OnlineSettings(workdir or Path(temporary), training.EdgeUpdateConfig(detector_steps=update_steps, seed=seed),
+                                  TriggerConfig(min_images=min_images), train_window)
+        print(json.dumps(bench_collab(pipeline, samples, budget, budget_filter, seed, phase, settings)))
 
 
 @bench_app.command("crops")

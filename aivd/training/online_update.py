@@ -195,7 +195,6 @@ class OnlineUpdater:
         return self._update(position)
 
     def _update(self, position: int | None) -> dict:
-        self.trigger.updated()
         train, validation = self.buffer.split()
         train = train[-self.train_window:]
         parent = self.store.current()
@@ -205,6 +204,7 @@ class OnlineUpdater:
         promoted = update.fscore_after >= update.fscore_before + self.min_gain
         record = {"position": position, "action": "promote" if promoted else "reject", "version": version, "parent": parent,
                   **{k: v for k, v in update.summary().items() if k != "detector"}}
+        self.trigger.updated(promoted)
         if promoted:
             self.store.promote(version, f"validation F {update.fscore_after} >= {update.fscore_before} + {self.min_gain}")
             self._watch = (version, self.monitor.recent_disagreement or 0.0)
