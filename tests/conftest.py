@@ -26,3 +26,22 @@ def deeppcb_root() -> Path:
             pytest.fail("DeepPCB not found: set AIVD_DEEPPCB_ROOT or place it at ../shared/data/deeppcb")
         pytest.skip("DeepPCB data set not available")
     return root
+
+
+@pytest.fixture
+def one_torch_thread():
+    """The tiny VLM is faster on one thread, and much faster than on two when other work shares the cores."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """A tiny randomly initialised Qwen2-VL (`aivd.cloud.llm.tiny`), built once per test session."""
+    from aivd.cloud.llm.tiny import build_tiny_vlm
+
+    return build_tiny_vlm(tmp_path_factory.mktemp("tiny-vlm"))

@@ -12,7 +12,6 @@ torch = pytest.importorskip("torch", reason="the `train` extra is not installed"
 
 from aivd.cli.main import app  # noqa: E402
 from aivd.cloud.llm.prompts import parse_analysis  # noqa: E402
-from aivd.cloud.llm.tiny import build_tiny_vlm  # noqa: E402
 from aivd.cloud.llm.transformers_backend import TransformersAnalyzer, load_vlm, structure_chars  # noqa: E402
 from aivd.core import DEEPPCB_CLASSES  # noqa: E402
 from aivd.data.deeppcb import load_split  # noqa: E402
@@ -23,19 +22,7 @@ from aivd.training.lora import ADAPTER_DIR, LoraTrainConfig, add_lora, load_chat
 CLASSES = tuple(DEEPPCB_CLASSES.names)
 MAX_NEW_TOKENS = structure_chars(CLASSES) + 40
 runner = CliRunner()
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory):
-    return build_tiny_vlm(tmp_path_factory.mktemp("tiny-vlm"))
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="session")

@@ -29,20 +29,7 @@ from aivd.data.synthetic import SyntheticConfig, generate_pair  # noqa: E402
 CLASSES = tuple(DEEPPCB_CLASSES.names)
 # The tightest bound the schema allows, so that a random model's answers (which run to the bound) stay short.
 MAX_NEW_TOKENS = structure_chars(CLASSES) + 40
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The tiny model is faster on one thread, and much faster than on two when other work shares the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory):
-    return build_tiny_vlm(tmp_path_factory.mktemp("tiny-vlm"))
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def synthetic_regions(count: int = 2, with_templates: bool = True):

@@ -92,7 +92,7 @@ def test_config_is_validated_with_the_field_and_the_problem(tmp_path, monkeypatc
     with pytest.raises(ConfigError, match="timeout: Extra inputs are not permitted"):
         OpenAIConfig.load(path)
     path.write_text("- base_url\n")
-    with pytest.raises(ConfigError, match="must be a mapping of settings"):
+    with pytest.raises(ConfigError, match="expected a mapping at the top level, got list, e.g. base_url"):
         OpenAIConfig.load(path)
 
     keyed = OpenAIConfig(base_url="http://h/v1", model="m", api_key_env="AIVD_TEST_LLM_KEY")

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from aivd.cloud.schema import DefectAnalysis, Measurements, Severity
+from aivd.data.yaml_files import first_problem, read_yaml_mapping
 
 DEFAULT_KNOWLEDGE = Path(__file__).parent / "knowledge" / "deeppcb.yaml"
 Comparison = Literal[">=", "<"]
@@ -58,18 +58,11 @@ class KnowledgeBase(BaseModel):
     @classmethod
     def load(cls, path: str | Path = DEFAULT_KNOWLEDGE) -> KnowledgeBase:
         path = Path(path)
-        try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except OSError as error:
-            raise KnowledgeError(f"{path}: cannot read ({error.strerror})") from None
-        except yaml.YAMLError as error:
-            raise KnowledgeError(f"{path}: not valid YAML ({error})") from None
+        raw = read_yaml_mapping(path, KnowledgeError)
         try:
             base = cls.model_validate(raw)
         except ValidationError as error:
-            first = error.errors()[0]
-            where = ".".join(str(part) for part in first["loc"])
-            raise KnowledgeError(f"{path}: {where}: {first['msg']}") from None
+            raise KnowledgeError(first_problem(error, str(path))) from None
         for name, entry in base.classes.items():
             for condition in [rule.when for rule in entry.severity] + [note.when for note in entry.notes]:
                 unknown = set(condition) - MEASURABLE

@@ -9,9 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from aivd.data.yaml_files import read_yaml_mapping
 from aivd.scheduling import POLICIES, AivdConfig
 from aivd.sim.scenarios import LinkProfile
 
@@ -108,14 +108,7 @@ class ClusterConfig(Strict):
 
 def load_cluster_config(path: str | Path) -> ClusterConfig:
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as error:
-        raise ConfigError(f"{path}: cannot read: {error.strerror or error}") from None
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML: {error}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    data = read_yaml_mapping(path, ConfigError)
     try:
         return ClusterConfig.model_validate(data)
     except ValidationError as error:

@@ -23,7 +23,6 @@ from typing import Literal
 
 import cv2
 import numpy as np
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from aivd.cloud.analyzer import AnalyzerError
@@ -40,6 +39,7 @@ from aivd.cloud.llm.prompts import (
 from aivd.cloud.measure import measure
 from aivd.cloud.schema import DefectAnalysis, analysis_json_schema
 from aivd.core import Region
+from aivd.data.yaml_files import first_problem, read_yaml_mapping
 
 # How the answer's JSON Schema is sent:
 #   json_schema         the OpenAI API's response_format {"type": "json_schema", ...} (OpenAI, vLLM, SGLang, Ollama, LM Studio)
@@ -85,14 +85,7 @@ class OpenAIConfig(BaseModel):
     def load(cls, path: str | Path, **overrides) -> OpenAIConfig:
         """The YAML file at `path`, with `overrides` (those not None) replacing its keys."""
         path = Path(path)
-        try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except OSError as error:
-            raise ConfigError(f"{path}: cannot read ({error.strerror})") from None
-        except yaml.YAMLError as error:
-            raise ConfigError(f"{path}: not valid YAML ({error})") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: must be a mapping of settings, e.g. base_url: http://localhost:8000/v1")
+        raw = read_yaml_mapping(path, ConfigError, "base_url: http://localhost:8000/v1")
         return cls.build(raw | {key: value for key, value in overrides.items() if value is not None}, str(path))
 
     @classmethod
@@ -100,9 +93,7 @@ class OpenAIConfig(BaseModel):
         try:
             return cls.model_validate(values)
         except ValidationError as error:
-            first = error.errors()[0]
-            field = ".".join(str(part) for part in first["loc"]) or "config"
-            raise ConfigError(f"{where}: {field}: {first['msg']}") from None
+            raise ConfigError(first_problem(error, where)) from None
 
     def api_key(self) -> str:
         if self.api_key_env is None:

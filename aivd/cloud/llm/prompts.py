@@ -27,12 +27,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from aivd.cloud.knowledge import DEFAULT_KNOWLEDGE, KnowledgeBase
 from aivd.cloud.schema import LLM_FIELDS, DefectAnalysis, analysis_json_schema
 from aivd.core import Region
+from aivd.data.yaml_files import first_problem, read_yaml_mapping
 
 PROMPTS_DIR = Path(__file__).parent / "prompts"
 USER_FIELDS = frozenset({"classes", "class_names", "images", "has_template", "crop_size", "box", "edge_class", "edge_score", "schema"})
@@ -104,18 +104,11 @@ def load_prompt(source: str | Path | None = None) -> PromptTemplate:
 
 
 def _load_file(path: Path) -> PromptTemplate:
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as error:
-        raise PromptError(f"{path}: cannot read ({error.strerror})") from None
-    except yaml.YAMLError as error:
-        raise PromptError(f"{path}: not valid YAML ({error})") from None
+    raw = read_yaml_mapping(path, PromptError)
     try:
         return PromptTemplate.model_validate(raw)
     except ValidationError as error:
-        first = error.errors()[0]
-        where = ".".join(str(part) for part in first["loc"]) or "file"
-        raise PromptError(f"{path}: {where}: {first['msg']}") from None
+        raise PromptError(first_problem(error, str(path))) from None
 
 
 def region_images(region: Region) -> list[np.ndarray]:
