@@ -113,7 +113,42 @@ def test_bench_collab_prints_the_curve_and_the_budget_run(deeppcb_root):
     assert drift["phase"] == {"start": 6, "kind": "blur", "strength": 1.5}
     # The same six images blurred: the edge alone loses accuracy.
     assert drift["edge_fscore_after_drift"] < drift["edge_fscore_after_without_drift"]
-    assert drift["fscore_after_update"] is None
+    assert drift["fscore_after_update"] is None and "online" not in drift  # no --update
+
+
+@pytest.mark.integration
+def test_online_pass_updates_publishes_and_swaps_the_edge_model_inside_the_stream(deeppcb_root, tmp_path):
+    pytest.importorskip("torch")
+    from aivd.bench.collab import OnlineSettings, collect, drift_run
+    from aivd.cloud.builtin import BuiltinAnalyzer
+    from aivd.collab.drift_monitor import TriggerConfig
+    from aivd.data.deeppcb import holdout_split, load_split
+    from aivd.data.drift import DriftPhase
+    from aivd.edge.detector import TemplateDetector
+    from aivd.pipeline.engine import EdgeCloudPipeline
+    from aivd.store.model_versions import ModelStore
+    from aivd.training.online_update import EdgeUpdateConfig
+
+    samples = holdout_split(load_split(deeppcb_root, "trainval"))[1][:24]
+    pipeline = EdgeCloudPipeline(TemplateDetector(), BuiltinAnalyzer(threads=1))
+    # A periodic trigger (every 5 hard images): the stream is too short for the drift monitor's reference.
+    settings = OnlineSettings(tmp_path, EdgeUpdateConfig(detector_steps=2, refiner_epochs=1, batch_size=4),
+                              TriggerConfig(every=5), window=8)
+    drift = drift_run(pipeline, samples, collect(pipeline, samples), DriftPhase(start=12, kind="blur", strength=1.2),
+                      "threshold", 0.3, 0, settings)
+    online = drift["online"]
+    store = ModelStore(tmp_path / "models")
+    assert len(online["updates"]) >= 3 and {u["action"] for u in online["updates"]} <= {"promote", "reject"}
+    assert store.versions()[0] == "v0001" and len(store.versions()) == 1 + len(online["updates"])
+    promoted = [u for u in online["updates"] if u["action"] == "promote"]
+    # Every image was served by exactly one version, and promoted versions served the images after them.
+    assert sum(online["versions_served"].values()) == 24
+    assert set(online["versions_served"]) == {"v0001", *(u["version"] for u in promoted if u["position"] < 23)}
+    after = [u for u in promoted if u["position"] >= 12]
+    assert (drift["fscore_after_update"] is None) == (not after)
+    if after:
+        assert drift["images_to_recover"] == after[0]["position"] + 1 - 12 and 0 <= online["edge_fscore_update"] <= 1
+    assert [point["from"] for point in online["timeline"]] == [0, 8, 16]
 
 
 def test_drift_degrades_image_and_template_alike_and_deterministically():

@@ -154,7 +154,7 @@ def drift_run(pipeline: EdgeCloudPipeline, samples, clean: list[ImageOutcome], p
     stream = [samples[i] for i in order]
     threshold, start = pipeline.edge_threshold, phase.start
     result: dict = {"phase": phase.model_dump(), "filter": filter_name, "budget": budget}
-    finals, edge_finals = {}, {}
+    finals, edge_finals, cloud_finals = {}, {}, {}
     passes = (("without_drift", [clean[i] for i in order]), ("drift", collect(pipeline, stream, [phase], seed)))
     for label, outcomes in passes:
         controller = BudgetController(make_filter(filter_name), budget=budget)
@@ -162,6 +162,7 @@ def drift_run(pipeline: EdgeCloudPipeline, samples, clean: list[ImageOutcome], p
         edge = [np.zeros(len(o.candidates), bool) for o in outcomes]
         finals[label] = [(o.image_id, combine(o, m, threshold), o.truth) for o, m in zip(outcomes, masks)]
         edge_finals[label] = [(o.image_id, combine(o, m, threshold), o.truth) for o, m in zip(outcomes, edge)]
+        cloud_finals[label] = [(o.image_id, combine(o, ~m, threshold), o.truth) for o, m in zip(outcomes, edge)]
         before, after = replay(outcomes[:start], masks[:start], threshold), replay(outcomes[start:], masks[start:], threshold)
         # The images before `start` are the same in both passes, so "before" is written twice with equal values.
         result.update({
@@ -185,6 +186,9 @@ def drift_run(pipeline: EdgeCloudPipeline, samples, clean: list[ImageOutcome], p
                 f"{prefix}fscore_update": scores["update"],
                 f"{prefix}recovered_fraction": round((scores["update"] - scores["drift"]) / lost, 4) if lost > 0 else None,
             })
+        # What the edge learns from: the cloud's own F with every region sent, drifted and not. An update distils
+        # the cloud into the edge, so the pipeline can regain at most what the cloud itself keeps under the drift.
+        online.update({f"fscore_all_cloud_{label}": round(evaluate(pairs[since:]).fscore, 5) for label, pairs in cloud_finals.items()})
         online["compared_from"] = since
         result.update({"fscore_after_update": online["fscore_update"], "edge_fscore_after_update": online["edge_fscore_update"],
                        "images_to_recover": since - start})
