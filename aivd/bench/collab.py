@@ -12,8 +12,9 @@ replayed over them: a region sent to the cloud gets the cloud's decision, a regi
 - `accuracy_target`: the `MarginalErrorController` for targets 0.9, 0.95 and 0.98 (edge-cloud agreement on the
   regions sent is its only label);
 - `drift` (with a `DriftPhase`): the same controller over the split, shuffled into a stream whose imaging
-  degrades from one image on: F before and after, and after on the same images undrifted; the online update of
-  the edge model is not built yet.
+  degrades from one image on: F before and after, and after on the same images undrifted; with `OnlineSettings`,
+  a third pass with the online update of the edge model (`online_pass`), compared with the other two on the
+  images after its first promotion, for the pipeline and for the edge alone.
 """
 
 from __future__ import annotations

@@ -564,7 +564,7 @@ def bench_collab_command(
     drift: Optional[str] = typer.Option(None, help="Also stream the split with the imaging degrading from its middle on: KIND:STRENGTH, KIND one of blur, contrast_noise, resample (e.g. blur:1.2)."),
     update: bool = typer.Option(False, "--update/--no-update", help="With --drift: also run the stream with online updates of the edge model (needs the train extra)."),
     workdir: Optional[Path] = typer.Option(None, help="With --update: keep the model store and candidates here. Default: a temporary folder."),
-    update_steps: int = typer.Option(200, min=1, help="Detector fine-tuning steps per update."),
+    update_steps: int = typer.Option(0, min=0, help="Detector fine-tuning steps per update (0: only the class refiner is updated)."),
     min_images: int = typer.Option(40, min=1, help="Hard images after drift is seen before an update runs."),
     train_window: int = typer.Option(100, min=1, help="Newest hard images an update trains on."),
     as_json: bool = JSON_ALWAYS,
