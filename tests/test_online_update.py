@@ -173,3 +173,17 @@ def test_online_updater_publishes_gates_and_rolls_back(tmp_path):
     [rolled_back] = feed(lenient, False, 200)[:1]
     assert rolled_back == {"position": 201, "action": "rollback", "version": "v0001", "from": "v0003"}
     assert store.current() == "v0001" and store.history()[-1]["action"] == "rollback"
+
+
+def test_online_updater_skips_an_update_without_labelled_defects_and_keeps_going(tmp_path):
+    pytest.importorskip("torch")
+    from aivd.collab.drift_monitor import TriggerConfig
+    from aivd.training.online_update import OnlineUpdater
+
+    store = ModelStore(tmp_path / "models")
+    store.promote(store.publish(BUILTIN_MODEL, [REFINER]))
+    updater = OnlineUpdater(store, tmp_path, buffer=ReplayBuffer(validation_every=2), trigger=UpdateTrigger(TriggerConfig(every=4)))
+    records = [updater.observe(f"clean{i}", image(), None, dets([]), 1, np.array([True]), i) for i in range(8)]
+    skipped = [r for r in records if r]
+    assert [r["action"] for r in skipped] == ["skip", "skip"] and "no labelled defect" in skipped[0]["reason"]
+    assert store.versions() == ["v0001"] and store.current() == "v0001"

@@ -115,8 +115,8 @@ def update_edge_model(current: Path, train: list[LabelledImage], validation: lis
     """Fine-tune the pair whose detector is at `current` and write the new pair into `out_dir`."""
     if not train or not validation:
         raise ValueError(f"an update needs training and validation images, got {len(train)} and {len(validation)}")
-    if not any(len(item.labels) for item in validation):
-        raise ValueError("the validation images hold no labelled defect; collect more before updating")
+    if not any(len(item.labels) for item in validation) or not any(len(item.labels) for item in train):
+        raise ValueError("the training or validation images hold no labelled defect; collect more before updating")
     started = time.perf_counter()
     seed_everything(config.seed, config.threads)
     rng = np.random.default_rng(config.seed)
@@ -124,6 +124,8 @@ def update_edge_model(current: Path, train: list[LabelledImage], validation: lis
     parent = TemplateDetector(current, threads=config.threads)
     meta = _metadata(current)
     refiner_name = meta.get("refiner")
+    if not refiner_name and not config.detector_steps:
+        raise ValueError(f"{current} has no class refiner and detector_steps is 0: nothing to update")
 
     detector_path = out_dir / current.name
     if config.detector_steps:
@@ -205,7 +207,13 @@ class OnlineUpdater:
         train = train[-self.train_window:]
         parent = self.store.current()
         out_dir = self.workdir / f"candidate-{len(self.updates) + 1}"
-        update = update_edge_model(self.store.detector_path(parent), train, validation, out_dir, self.config)
+        try:
+            update = update_edge_model(self.store.detector_path(parent), train, validation, out_dir, self.config)
+        except ValueError as error:  # too little labelled data yet: try again when the trigger next fires
+            self.trigger.updated(promoted=False)
+            record = {"position": position, "action": "skip", "parent": parent, "reason": str(error)}
+            self.updates.append(record)
+            return record
         version = self.store.publish(update.detector, update.companions, parent=parent, metrics=update.summary())
         promoted = update.fscore_after >= update.fscore_before + self.min_gain
         record = {"position": position, "action": "promote" if promoted else "reject", "version": version, "parent": parent,
