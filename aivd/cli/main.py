@@ -132,8 +132,7 @@ def _llm_analyzer(backend: CloudBackend, llm: LLMOptions, class_names: list[str]
     except ImportError as error:
         raise fail(f"the transformers backend cannot be loaded ({error}); install aivd's LLM extras (see docs/llm.md)") from None
     try:
-        # The bound is in characters of the answer (see decoding_schema): 1024 keeps a fine-tuned model's ~500 whole.
-        return TransformersAnalyzer(llm.model, llm.adapter, llm.prompt, max_new_tokens=1024)
+        return TransformersAnalyzer(llm.model, llm.adapter, llm.prompt)
     except (OSError, ValueError) as error:  # a missing or unreadable model or adapter, a bad prompt
         raise fail(f"--llm-model {llm.model}: {error}") from None
 

@@ -6,7 +6,8 @@ schema (`decoding_schema`): besides the classes, it bounds every number and stri
 it admits has at most `max_new_tokens` characters. A token is at least one character, so every answer ends
 before the token limit and parses (`parse_analysis`); a model that would ramble has its text cut short
 instead. Real models answer with far fewer tokens than characters: give them room (the knowledge base's
-answers are about 500 characters; `max_new_tokens=1024` keeps them whole and costs only what is generated).
+answers are about 500 characters; the default `max_new_tokens=1024` keeps them whole and costs only what is
+generated).
 
 Inputs are built here from the model's tokenizer (chat template) and image processor, as the model's
 processor would build them: transformers 5 cannot build a Qwen2-VL processor without torchvision (for its
@@ -216,7 +217,7 @@ class TransformersAnalyzer:
 
     def __init__(
         self, model: str | Path, adapter: str | Path | None = None, prompt: str | None = None, device: str = "auto",
-        max_new_tokens: int = 256, batch_size: int = 4,
+        max_new_tokens: int = 1024, batch_size: int = 4,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
