@@ -187,3 +187,33 @@ def test_online_updater_skips_an_update_without_labelled_defects_and_keeps_going
     skipped = [r for r in records if r]
     assert [r["action"] for r in skipped] == ["skip", "skip"] and "no labelled defect" in skipped[0]["reason"]
     assert store.versions() == ["v0001"] and store.current() == "v0001"
+
+
+def test_models_cli_publishes_promotes_rolls_back_and_inspect_serves_the_store(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from aivd.pipeline.demo import SAMPLES
+
+    def aivd(*args, rc=0):
+        run = subprocess.run([sys.executable, "-m", "aivd.cli.main", *map(str, args)], capture_output=True, text=True, timeout=300)
+        assert run.returncode == rc, run.stderr[-2000:]
+        return run
+
+    store = tmp_path / "store"
+    assert aivd("models", "publish", BUILTIN_MODEL, "--store", store, "--promote").stdout.strip() == "v0001"
+    assert aivd("models", "publish", BUILTIN_MODEL, "--store", store, "--parent", "v0001").stdout.strip() == "v0002"
+    aivd("models", "promote", "v0002", "--store", store)
+    listed = json.loads(aivd("models", "list", "--store", store).stdout)
+    assert listed["current"] == "v0002" and [v["parent"] for v in listed["versions"]] == [None, "v0001"]
+    assert (store / "versions" / "v0002" / REFINER.name).is_file()  # the refiner the detector names came along
+    assert aivd("models", "rollback", "--store", store).stdout.strip() == "v0001"
+    assert "no version 'v0009'" in aivd("models", "promote", "v0009", "--store", store, rc=2).stderr
+    assert "not a model store" in aivd("models", "list", "--store", tmp_path, rc=2).stderr
+
+    out = tmp_path / "out"
+    aivd("inspect", SAMPLES / "00041200_test.jpg", "--out", out, "--edge-only", "--model", store)
+    record = json.loads((out / "results.jsonl").read_text().splitlines()[0])
+    assert record["status"] == "ok" and record["detector"] == "builtin:deeppcb_centernet@v0001"
+    assert "not a model store" in aivd("inspect", SAMPLES, "--out", out, "--model", tmp_path / "out", rc=2).stderr

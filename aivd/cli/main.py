@@ -15,6 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from aivd.cli.finetune import finetune_app
+from aivd.cli.models import models_app
 from aivd.cli.serve import serve_app
 from aivd.cli.simulate import simulate_app
 from aivd.pipeline.inputs import TemplateMode
@@ -27,6 +28,7 @@ app.add_typer(bench_app, name="bench")
 app.add_typer(serve_app, name="serve")
 app.add_typer(simulate_app, name="simulate")
 app.add_typer(finetune_app, name="finetune")
+app.add_typer(models_app, name="models")
 
 console = Console(stderr=True, soft_wrap=True)  # one error per line, never wrapped
 DEEPPCB_HELP = "DeepPCB root (the folder holding PCBData/); default: $AIVD_DEEPPCB_ROOT or ../shared/data/deeppcb."
@@ -54,11 +56,22 @@ def resolve_deeppcb(root: Optional[Path]) -> Path:
 
 
 def _load_detector(model: Optional[Path], min_confidence: Optional[float]):
+    """An ONNX file, or a model store's served version (followed as it changes: `aivd models promote`)."""
     from aivd.edge.detector import ModelError, load_detector
+    from aivd.store.model_versions import ModelStoreError
 
     try:
+        if model is not None and model.is_dir():
+            from aivd.edge.hot_swap import HotSwapDetector
+            from aivd.store.model_versions import ModelStore
+
+            if not (model / "versions").is_dir():
+                raise fail(f"{model}: a folder, but not a model store (no versions/ folder); give an ONNX file or a store")
+            if min_confidence is not None:
+                raise fail("--min-confidence does not apply to a model store: each version carries its threshold")
+            return HotSwapDetector(ModelStore(model), poll_s=5.0)
         return load_detector(model, min_confidence)
-    except ModelError as error:
+    except (ModelError, ModelStoreError) as error:
         raise fail(str(error)) from None
 
 
@@ -183,7 +196,7 @@ def inspect(
     out: Path = typer.Option(..., "--out", "-o", help="Output folder: results.jsonl, annotated/, deeppcb/."),
     deeppcb: Optional[Path] = typer.Option(None, help="Inspect an official DeepPCB split instead of PATHS. " + DEEPPCB_HELP),
     split: str = typer.Option("test", help="DeepPCB split: trainval or test."),
-    model: Optional[Path] = typer.Option(None, help="ONNX detector: an aivd model or an Ultralytics YOLO export. Default: built-in."),
+    model: Optional[Path] = typer.Option(None, help="ONNX detector (an aivd model or an Ultralytics YOLO export), or a model-store folder whose served version is followed (`aivd models`). Default: built-in."),
     template: Optional[Path] = typer.Option(None, help="One aligned template for every image."),
     templates: TemplateMode = typer.Option(TemplateMode.auto, help="auto: use NAME_temp beside NAME_test; require: missing is an error; none: ignore."),
     min_confidence: Optional[float] = typer.Option(None, min=0.0, max=1.0, help="Edge score threshold; default: the model's calibrated one."),

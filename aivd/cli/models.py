@@ -1,0 +1,78 @@
+"""`aivd models`: the versioned edge-model store that online updates publish to and edge workers follow."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+models_app = typer.Typer(help="Versioned edge models: list, publish, promote, roll back (docs/collab.md).")
+
+STORE = typer.Option(..., "--store", help="The model-store folder (what `model_store` in a cluster config names).")
+
+
+def _store(path: Path, create: bool = False):
+    from aivd.cli.main import fail
+    from aivd.store.model_versions import ModelStore
+
+    if not create and not (path / "versions").is_dir():
+        raise fail(f"{path}: not a model store (no versions/ folder)")
+    return ModelStore(path)
+
+
+@models_app.command("list")
+def list_command(store: Path = STORE) -> None:
+    """Every version with its parent and metrics, and which one is served; one JSON object."""
+    models = _store(store)
+    print(json.dumps({"current": models.current(), "versions": [models.info(v) for v in models.versions()],
+                      "history": models.history()}))
+
+
+@models_app.command("publish")
+def publish_command(
+    detector: Path = typer.Argument(..., help="A built-in detector ONNX (its refiner, if its metadata names one, is taken along)."),
+    store: Path = STORE,
+    parent: str = typer.Option(None, help="The version it derives from. Default: none."),
+    promote: bool = typer.Option(False, "--promote", help="Serve it at once."),
+) -> None:
+    """Add a detector as a new version (checked to load first); prints the version."""
+    from aivd.cli.main import fail
+    from aivd.edge.detector import ModelError, TemplateDetector
+    from aivd.store.model_versions import ModelStoreError
+
+    try:
+        loaded = TemplateDetector(detector, threads=1)
+        models = _store(store, create=True)
+        version = models.publish(detector, [loaded.refiner_path] if loaded.refiner_path else [], parent=parent)
+        if promote:
+            models.promote(version, "aivd models publish --promote")
+    except (ModelError, ModelStoreError) as error:
+        raise fail(str(error)) from None
+    print(version)
+
+
+@models_app.command("promote")
+def promote_command(version: str = typer.Argument(...), store: Path = STORE,
+                    reason: str = typer.Option("", help="Recorded in the store's history.")) -> None:
+    """Serve VERSION: edge workers following the store swap to it from their next image."""
+    from aivd.cli.main import fail
+    from aivd.store.model_versions import ModelStoreError
+
+    try:
+        _store(store).promote(version, reason or "aivd models promote")
+    except ModelStoreError as error:
+        raise fail(str(error)) from None
+    print(version)
+
+
+@models_app.command("rollback")
+def rollback_command(store: Path = STORE, reason: str = typer.Option("", help="Recorded in the store's history.")) -> None:
+    """Serve the current version's parent again; prints it."""
+    from aivd.cli.main import fail
+    from aivd.store.model_versions import ModelStoreError
+
+    try:
+        print(_store(store).rollback(reason or "aivd models rollback"))
+    except ModelStoreError as error:
+        raise fail(str(error)) from None
