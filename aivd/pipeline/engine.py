@@ -67,7 +67,11 @@ class EdgeCloudPipeline:
         default_proposal = getattr(analyzer, "proposal_threshold", self.edge_threshold)
         self.proposal_threshold = default_proposal if proposal_threshold is None else proposal_threshold
         self.pixels_per_mm = pixels_per_mm
-        self.name = detector.name if analyzer is None else f"{detector.name}+cloud:{analyzer.name}"
+
+    @property
+    def name(self) -> str:
+        detector = self.detector.name  # names the version a hot-swapping detector serves now
+        return detector if self.analyzer is None else f"{detector}+cloud:{self.analyzer.name}"
 
     @property
     def edge_threshold(self) -> float:
