@@ -22,8 +22,11 @@ def image(value=255):
 def test_replay_buffer_keeps_only_hard_images_and_holds_validation_images_out_for_good():
     buffer = ReplayBuffer(capacity=6, validation_every=3)
     assert not buffer.add("easy", image(), None, dets([[1, 1, 5, 5]]), cloud_regions=0)
+    upcoming = []
     for index in range(9):
+        upcoming.append(buffer.next_is_validation)
         assert buffer.add(f"img{index}", image(), None, dets([[1, 1, 5, 5]]), cloud_regions=1)
+    assert upcoming == [False, False, True] * 3  # what the caller asks before sending a validation image's regions
     assert len(buffer) == 6  # the newest six: img3 .. img8
     train, validation = buffer.split()
     # The 3rd, 6th, 9th... image ever added is for validation, whatever has been evicted since.

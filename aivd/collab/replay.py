@@ -45,6 +45,14 @@ class ReplayBuffer:
         self.added += 1
         return True
 
+    @property
+    def next_is_validation(self) -> bool:
+        """Whether the next image added will be a validation image (its regions should all go to the cloud)."""
+        return self._is_validation(self.added)
+
+    def _is_validation(self, index: int) -> bool:
+        return index % self.validation_every == self.validation_every - 1
+
     def since(self, count: int) -> list[LabelledImage]:
         """The newest `count` images (fewer if the buffer holds fewer)."""
         return list(self.items)[-count:] if count > 0 else []
@@ -54,5 +62,5 @@ class ReplayBuffer:
         first = self.added - len(self.items)
         train, validation = [], []
         for offset, item in enumerate(self.items):
-            (validation if (first + offset) % self.validation_every == self.validation_every - 1 else train).append(item)
+            (validation if self._is_validation(first + offset) else train).append(item)
         return train, validation

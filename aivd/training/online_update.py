@@ -151,7 +151,6 @@ def update_edge_model(current: Path, train: list[LabelledImage], validation: lis
                       round(time.perf_counter() - started, 1))
 
 
-
 class OnlineUpdater:
     """The edge's online-learning loop around a model store, fed image by image by whoever runs the pipeline.
 
@@ -180,7 +179,7 @@ class OnlineUpdater:
 
     def wants_full_labels(self) -> bool:
         """Whether the next hard image is a validation image, whose regions should all go to the cloud."""
-        return self.buffer.added % self.buffer.validation_every == self.buffer.validation_every - 1
+        return self.buffer.next_is_validation
 
     def observe(self, image_id: str, image: np.ndarray, template: np.ndarray | None, labels: Detections,
                 cloud_regions: int, agrees: np.ndarray, position: int | None = None) -> dict | None:
@@ -214,10 +213,11 @@ class OnlineUpdater:
             record = {"position": position, "action": "skip", "parent": parent, "reason": str(error)}
             self.updates.append(record)
             return record
-        version = self.store.publish(update.detector, update.companions, parent=parent, metrics=update.summary())
+        summary = update.summary()
+        version = self.store.publish(update.detector, update.companions, parent=parent, metrics=summary)
         promoted = update.fscore_after >= update.fscore_before + self.min_gain
         record = {"position": position, "action": "promote" if promoted else "reject", "version": version, "parent": parent,
-                  **{k: v for k, v in update.summary().items() if k != "detector"}}
+                  **{k: v for k, v in summary.items() if k != "detector"}}
         self.trigger.updated(promoted)
         if promoted:
             self.store.promote(version, f"validation F {update.fscore_after} >= {update.fscore_before} + {self.min_gain}")
