@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 from typing import Optional
 
@@ -16,12 +15,9 @@ DEEPPCB_PIXELS_PER_MM = 48.0
 
 def _module(name: str):
     """aivd.NAME, or a clear exit when the 'vlm' and 'train' extras are not installed."""
-    from aivd.cli.main import fail
+    from aivd.cli.main import import_extra
 
-    try:
-        return importlib.import_module(f"aivd.{name}")
-    except ImportError as error:
-        raise fail(f"fine-tuning needs the 'train' and 'vlm' extras (pip install 'aivd[train,vlm]'): {error}") from None
+    return import_extra(name, "train,vlm", "fine-tuning")
 
 
 def _load_samples(deeppcb: Optional[Path], voc: Optional[Path], yolo: Optional[Path], split: Optional[str]):

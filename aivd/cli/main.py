@@ -432,14 +432,21 @@ def train_detector_command(
     console.print(f"best epoch {best['epoch']}: val F-score {best['fscore']:.4f}, AP {best['ap']:.4f} -> {record['onnx']}")
 
 
-def _training_module(name: str):
-    """aivd.training.NAME, or a clear exit when the 'train' extra (torch) is not installed."""
+def import_extra(module: str, extras: str = "train", purpose: str = "training"):
+    """aivd.MODULE, or a clear exit naming the extras to install when its dependencies are missing."""
     import importlib
 
     try:
-        return importlib.import_module(f"aivd.training.{name}")
+        return importlib.import_module(f"aivd.{module}")
     except ImportError as error:
-        raise fail(f"training needs the 'train' extra (pip install 'aivd[train]'): {error}") from None
+        names = " and ".join(f"'{name}'" for name in extras.split(","))
+        plural = "s" if "," in extras else ""
+        raise fail(f"{purpose} needs the {names} extra{plural} (pip install 'aivd[{extras}]'): {error}") from None
+
+
+def _training_module(name: str):
+    """aivd.training.NAME, or a clear exit when the 'train' extra (torch) is not installed."""
+    return import_extra(f"training.{name}")
 
 
 def _print_trained(record: dict, out: Path, result: str) -> None:
