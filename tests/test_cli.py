@@ -167,3 +167,10 @@ def test_demo_writes_a_report(tmp_path):
     assert report.count("data:image/jpeg;base64,") == 6 and "critical" in report
     assert len(list((tmp_path / "deeppcb").glob("*.txt"))) == 6
     assert (tmp_path / "aivd.sqlite").stat().st_size > 0
+
+
+def test_error_messages_keep_square_brackets(capsys):
+    from aivd.cli.main import fail
+
+    fail("install it with pip install 'aivd[train,vlm]'; see runs/[old]/log")
+    assert "pip install 'aivd[train,vlm]'; see runs/[old]/log" in capsys.readouterr().err

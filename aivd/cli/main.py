@@ -42,7 +42,10 @@ def progress_bar() -> Progress:
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
-    console.print(f"[red]error:[/red] {message}", highlight=False)
+    from rich.markup import escape
+
+    # Escaped: messages quote paths and commands such as pip install 'aivd[train]', which rich would take for markup.
+    console.print(f"[red]error:[/red] {escape(message)}", highlight=False)
     return typer.Exit(code)
 
 
