@@ -220,3 +220,23 @@ def test_models_cli_publishes_promotes_rolls_back_and_inspect_serves_the_store(t
     record = json.loads((out / "results.jsonl").read_text().splitlines()[0])
     assert record["status"] == "ok" and record["detector"] == "builtin:deeppcb_centernet@v0001"
     assert "not a model store" in aivd("inspect", SAMPLES, "--out", out, "--model", tmp_path / "out", rc=2).stderr
+
+
+@pytest.mark.integration
+def test_a_promotion_before_the_monitor_measured_the_parent_is_not_rolled_back_against_zero(tmp_path):
+    pytest.importorskip("torch")
+    from aivd.collab.drift_monitor import TriggerConfig
+    from aivd.training.online_update import EdgeUpdateConfig, OnlineUpdater
+
+    store = ModelStore(tmp_path / "models")
+    store.promote(store.publish(BUILTIN_MODEL, [REFINER]))
+    # A periodic update after 6 images, while the monitor still fills its 50-region reference: the parent has no rate.
+    updater = OnlineUpdater(store, tmp_path, EdgeUpdateConfig(detector_steps=0, refiner_epochs=1, threads=1),
+                            ReplayBuffer(validation_every=3), AgreementMonitor(reference=50, window=10, tolerance=0.1),
+                            UpdateTrigger(TriggerConfig(every=6)), min_gain=-1.0)
+    records = [updater.observe(f"{i}-{image_id}", test, template, labels, 1, np.array([True]), i)
+               for i, (image_id, test, template, labels) in enumerate(bundled_images())]
+    assert records[-1]["action"] == "promote" and updater.monitor.reference_disagreement is None
+    # The new model then disagrees with the cloud on 20% of 50 regions: no measure of its parent, so no rollback.
+    updater.observe("more", image(), None, dets([]), 0, np.array([True] * 40 + [False] * 10))
+    assert store.current() == records[-1]["version"] and [u["action"] for u in updater.updates] == ["promote"]

@@ -221,7 +221,11 @@ class OnlineUpdater:
         self.trigger.updated(promoted)
         if promoted:
             self.store.promote(version, f"validation F {update.fscore_after} >= {update.fscore_before} + {self.min_gain}")
-            self._watch = (version, self.monitor.recent_disagreement or 0.0)
+            # The parent's disagreement just before: its window if full, else its reference. With neither (an
+            # update before the monitor has measured anything) there is nothing to compare the new model with.
+            recent, reference = self.monitor.recent_disagreement, self.monitor.reference_disagreement
+            baseline = recent if recent is not None else reference
+            self._watch = None if baseline is None else (version, baseline)
             self.monitor.rebase()
         self.updates.append(record)
         return record
