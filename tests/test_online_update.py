@@ -214,6 +214,8 @@ def test_models_cli_publishes_promotes_rolls_back_and_inspect_serves_the_store(t
     assert aivd("models", "rollback", "--store", store).stdout.strip() == "v0001"
     assert "no version 'v0009'" in aivd("models", "promote", "v0009", "--store", store, rc=2).stderr
     assert "not a model store" in aivd("models", "list", "--store", tmp_path, rc=2).stderr
+    (tmp_path / "a-file").write_text("")
+    assert "a-file: cannot use as a model store" in aivd("models", "publish", BUILTIN_MODEL, "--store", tmp_path / "a-file", rc=2).stderr
 
     out = tmp_path / "out"
     aivd("inspect", SAMPLES / "00041200_test.jpg", "--out", out, "--edge-only", "--model", store)

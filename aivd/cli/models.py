@@ -18,7 +18,10 @@ def _store(path: Path, create: bool = False):
 
     if not create and not (path / "versions").is_dir():
         raise fail(f"{path}: not a model store (no versions/ folder)")
-    return ModelStore(path)
+    try:
+        return ModelStore(path)
+    except OSError as error:  # a file where the folder should be, no permission
+        raise fail(f"{path}: cannot use as a model store ({error.strerror or error})") from None
 
 
 @models_app.command("list")
