@@ -123,10 +123,12 @@ def test_onnx_weights_load_back_into_the_torch_networks():
     net = CenterNetLite(6)
     load_onnx_weights(net, BUILTIN_MODEL, torch.rand(1, 3, 64, 64), ExportWrapper(net))  # checks outputs itself
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
-    refiner = RefinerNet(6)
+    refiner = RefinerNet(7)  # six classes and no-defect
     load_onnx_weights(refiner, REFINER, torch.rand(2, 3, 48, 48), ProbabilityWrapper(refiner))
     with pytest.raises(WeightImportError, match="weighted layers"):
-        load_onnx_weights(RefinerNet(6), BUILTIN_MODEL, torch.rand(1, 3, 48, 48))
+        load_onnx_weights(RefinerNet(7), BUILTIN_MODEL, torch.rand(1, 3, 48, 48))
+    with pytest.raises(WeightImportError, match="layer 6"):
+        load_onnx_weights(RefinerNet(6), REFINER, torch.rand(1, 3, 48, 48))
     narrow = CenterNetLite(6, widths=(16, 48, 96, 128))
     with pytest.raises(WeightImportError, match="layer 0"):
         load_onnx_weights(narrow, BUILTIN_MODEL, torch.rand(1, 3, 64, 64))

@@ -15,7 +15,7 @@ from aivd.core import DEEPPCB_CLASSES  # noqa: E402
 from aivd.data.deeppcb import read_annotation  # noqa: E402
 from aivd.data.images import read_pair  # noqa: E402
 from aivd.edge.centernet import make_input  # noqa: E402
-from aivd.edge.detector import TemplateDetector  # noqa: E402
+from aivd.edge.detector import BUILTIN_MODEL, TemplateDetector  # noqa: E402
 from aivd.training.detector import (  # noqa: E402
     CropSampler,
     DetectorTrainConfig,
@@ -98,15 +98,55 @@ def test_cli_refiner_training_packages_a_detector_that_uses_it(tmp_path, deeppcb
     def run(*args):
         subprocess.run([sys.executable, "-m", "aivd.cli.main", *map(str, args)], check=True, capture_output=True, timeout=600)
 
-    run("train", "detector", "--deeppcb", deeppcb_root, "--out", tmp_path / "det", "--epochs", "1", "--limit", "20")
-    run("train", "refiner", "--deeppcb", deeppcb_root, "--detector", tmp_path / "det" / "detector.onnx",
-        "--out", tmp_path / "ref", "--epochs", "1", "--limit", "20")
+    # The shipped detector (its own refiner is left out when mining), so that there are false alarms to learn from.
+    run("train", "refiner", "--deeppcb", deeppcb_root, "--detector", BUILTIN_MODEL, "--out", tmp_path / "ref", "--epochs", "1", "--limit", "20")
     record = json.loads((tmp_path / "ref" / "training.json").read_text())
     detector = TemplateDetector(tmp_path / "ref" / "deeppcb_centernet.onnx")
-    assert detector.refiner is not None
+    assert detector.refiner is not None and detector.refiner_reject == len(DEEPPCB_CLASSES)
+    assert record["train_rejects"] > 0  # the detector's false alarms became no-defect examples
     assert detector.min_confidence == record["pipeline"]["threshold"]
+    assert record["pipeline"]["val"]["images"] == 2  # scored on the held-out pairs alone, not their perturbed copies
     test, template = read_pair(SAMPLES / "00041200_test.jpg", SAMPLES / "00041200_temp.jpg")
     assert isinstance(detector.detect(test, template).class_names, list)
+
+
+def _packaged_refiner(tmp_path, head_bias, labels=(*DEEPPCB_CLASSES.names, "no-defect"), reject="no-defect"):
+    """The shipped detector beside a refiner whose answer is `head_bias`'s softmax for every crop."""
+    import shutil
+
+    from aivd.edge.detector import BUILTIN_MODEL
+    from aivd.training.common import write_metadata
+    from aivd.training.crop_training import export_probabilities
+    from aivd.training.refiner import RefinerNet
+
+    tmp_path.mkdir()
+    net = RefinerNet(len(labels))
+    torch.nn.init.zeros_(net.head.weight)
+    with torch.no_grad():
+        net.head.bias.copy_(torch.tensor(head_bias, dtype=torch.float32))
+    meta = {"aivd_model": "crop-refiner", "labels": list(labels)}
+    export_probabilities(net, tmp_path / "refiner.onnx", 48, {**meta, "reject_label": reject} if reject else meta)
+    shutil.copyfile(BUILTIN_MODEL, tmp_path / "detector.onnx")
+    write_metadata(tmp_path / "detector.onnx", {"refiner": "refiner.onnx"})
+    return tmp_path / "detector.onnx"
+
+
+def test_a_refiner_with_a_reject_class_takes_the_no_defect_mass_out_of_the_confidence(tmp_path):
+    from aivd.edge.detector import ModelError
+
+    test, template = read_pair(SAMPLES / "00041200_test.jpg", SAMPLES / "00041200_temp.jpg")
+    plain = TemplateDetector(_packaged_refiner(tmp_path / "a", [0, 0, 5, 0, 0, 0, 0]), min_confidence=0.1)
+    rejecting = TemplateDetector(_packaged_refiner(tmp_path / "b", [0, 0, 5, 0, 0, 0, 5]), min_confidence=0.1)
+    raw = TemplateDetector(plain.path, min_confidence=0.1, use_refiner=False)
+    assert plain.refiner_reject == 6 and raw.refiner is None
+    found, halved = plain.detect(test, template), rejecting.detect(test, template, min_confidence=0.0)
+    assert len(found) > 0 and set(found.class_names) == {"mousebite"}
+    # Every box keeps its place and class; the refiner's doubt that it is a defect about halves its confidence.
+    assert len(halved) >= len(found)
+    ratio = (np.exp(5) + 6) / (2 * np.exp(5) + 5)  # p(mousebite) with the reject class over p(mousebite) without
+    np.testing.assert_allclose(halved.confidence[:len(found)], found.confidence * ratio, rtol=1e-4)
+    with pytest.raises(ModelError, match="do not match"):
+        TemplateDetector(_packaged_refiner(tmp_path / "c", [0] * 7, labels=("a", "b", "c", "d", "e", "f", "no-defect")))
 
 
 def test_training_window_matches_the_inference_input_when_not_augmented():
@@ -142,3 +182,17 @@ def test_cli_classifier_training_exports_a_calibrated_cloud_model(tmp_path, deep
     test, template = read_pair(SAMPLES / "00041200_test.jpg", SAMPLES / "00041200_temp.jpg")
     truth = read_annotation(SAMPLES / "00041200.txt")
     assert len(analyzer.analyze(cut_regions(test, template, truth, "00041200"))) == len(truth)
+
+
+def test_calibration_pairs_add_a_copy_with_a_thicker_or_thinner_template(deeppcb_root):
+    from aivd.data.deeppcb import holdout_split, load_split
+    from aivd.training.calibration_set import PERTURBED_SUFFIX, calibration_pairs
+
+    samples = holdout_split(load_split(deeppcb_root, "trainval"))[1][:3]
+    pairs, again = list(calibration_pairs(samples)), list(calibration_pairs(samples))
+    assert [p[0] for p in pairs] == [i for s in samples for i in (s.image_id, s.image_id + PERTURBED_SUFFIX)]
+    for (_, image, template, truth), (_, copy_image, copy_template, copy_truth) in zip(pairs[::2], pairs[1::2]):
+        assert copy_image is image and copy_truth is truth
+        changed = np.abs(copy_template.astype(int) - template.astype(int)) > 64
+        assert 0.005 < changed.mean() < 0.2  # conductor edges only
+    assert all(np.array_equal(a[2], b[2]) for a, b in zip(pairs, again))  # seeded

@@ -466,6 +466,7 @@ def train_refiner_command(
     deeppcb: Optional[Path] = typer.Option(None, help=DEEPPCB_HELP),
     out: Path = typer.Option(Path("runs/refiner"), help="Output folder: the packaged detector + refiner, training.json."),
     epochs: int = typer.Option(20, min=1),
+    reject: bool = typer.Option(True, "--reject/--no-reject", help="Also learn the detector's false alarms as `no-defect` (and its boxes on defects), so the edge drops them."),
     seed: int = typer.Option(0),
     limit: Optional[int] = typer.Option(None, min=10, help="Use only the first N trainval samples (smoke tests)."),
     threads: int = typer.Option(2, min=1, help="CPU threads for torch."),
@@ -475,7 +476,7 @@ def train_refiner_command(
     RefinerTrainConfig, train_refiner = training.RefinerTrainConfig, training.train_refiner
     if not detector.is_file():
         raise fail(f"{detector}: detector model not found")
-    config = RefinerTrainConfig(epochs=epochs, seed=seed, limit=limit, threads=threads)
+    config = RefinerTrainConfig(epochs=epochs, reject=reject, seed=seed, limit=limit, threads=threads)
 
     record = train_refiner(resolve_deeppcb(deeppcb), detector, out, config, _print_crop_epoch)
     pipeline = record["pipeline"]
@@ -519,6 +520,32 @@ def train_classifier_command(
     chosen = record["calibration"]["chosen"]
     _print_trained(record, out, f"edge + cloud on held-out trainval: F {chosen['fscore']:.4f} at proposal threshold "
                    f"{chosen['proposal_threshold']}, score threshold {chosen['score_threshold']}")
+
+
+@train_app.command("calibrate")
+def train_calibrate_command(
+    classifier: Path = typer.Option(..., help="Cloud crop-classifier ONNX whose thresholds to set (changed in place)."),
+    detector: Optional[Path] = typer.Option(None, help="The edge detector it will verify. Default: built-in."),
+    deeppcb: Optional[Path] = typer.Option(None, help=DEEPPCB_HELP),
+) -> None:
+    """Re-choose a cloud classifier's proposal and score thresholds for an edge detector, on held-out trainval.
+
+    A new edge model scores its candidates differently, so the thresholds chosen with the old one no longer hold.
+    """
+    calibration = _training_module("classifier_calibration")
+    from aivd.data.deeppcb import holdout_split, load_split
+
+    for path, what in ((classifier, "classifier"), (detector, "detector")):
+        if path is not None and not path.is_file():
+            raise fail(f"{path}: {what} model not found")
+    _, held_out = holdout_split(load_split(resolve_deeppcb(deeppcb), "trainval"))
+    result = calibration.calibrate_classifier(classifier, detector, held_out)
+    for row in result["table"]:
+        console.print(f"proposal {row['proposal_threshold']:.2f}: F {row['fscore']:.4f} at score threshold "
+                      f"{row['score_threshold']:.2f}, {row['regions_per_image']} regions per image", highlight=False)
+    chosen = result["chosen"]
+    console.print(f"chosen: proposal threshold {chosen['proposal_threshold']}, score threshold {chosen['score_threshold']} "
+                  f"(held-out F {chosen['fscore']:.4f}) -> {classifier}", highlight=False)
 
 
 @bench_app.command("inspect")

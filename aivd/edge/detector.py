@@ -64,7 +64,8 @@ class TemplateDetector:
 
     uses_template = True
 
-    def __init__(self, path: str | Path = BUILTIN_MODEL, min_confidence: float | None = None, threads: int = 2, session=None):
+    def __init__(self, path: str | Path = BUILTIN_MODEL, min_confidence: float | None = None, threads: int = 2, session=None,
+                 use_refiner: bool = True):
         self.path = Path(path)
         self.session = session or _session(self.path, threads)
         meta = self.session.get_modelmeta().custom_metadata_map
@@ -76,8 +77,9 @@ class TemplateDetector:
         self.labels = LabelMap(tuple(json.loads(meta["labels"])))
         self.input_scale = float(meta["input_scale"])
         self.min_confidence = float(meta["score_threshold"]) if min_confidence is None else min_confidence
-        self.refiner_path = self.path.parent / meta["refiner"] if meta.get("refiner") else None
+        self.refiner_path = self.path.parent / meta["refiner"] if meta.get("refiner") and use_refiner else None
         self.refiner = _session(self.refiner_path, threads) if self.refiner_path else None
+        self.refiner_reject = self._refiner_reject_index() if self.refiner is not None else None
         self.name = f"builtin:{self.path.stem}"
 
     def detect(self, image: np.ndarray, template: np.ndarray | None = None, min_confidence: float | None = None) -> Detections:
@@ -90,7 +92,21 @@ class TemplateDetector:
         )
         if self.refiner is not None and len(boxes):
             probs = self.refiner.run(None, {"crops": crop_windows(image, template, boxes)})[0]
+            if self.refiner_reject is not None:
+                # The mass the refiner gives `no-defect` is taken from every class, which lowers the confidence
+                # of a box it thinks is a false alarm.
+                probs = np.delete(probs, self.refiner_reject, axis=1)
         return centernet.score(boxes, objectness, probs, self.labels, threshold)
+
+    def _refiner_reject_index(self) -> int | None:
+        """Where the refiner's `no-defect` output is, if it has one; its other labels must be the detector's."""
+        meta = self.refiner.get_modelmeta().custom_metadata_map
+        labels = json.loads(meta.get("labels", "[]"))
+        reject = meta.get("reject_label")
+        defect_labels = [name for name in labels if name != reject]
+        if defect_labels != list(self.labels.names):
+            raise ModelError(f"{self.refiner_path}: refiner labels {labels} do not match the detector's {list(self.labels.names)}")
+        return labels.index(reject) if reject in labels else None
 
 
 def _yolo_names(meta: dict[str, str], path: Path) -> LabelMap:

@@ -1,5 +1,7 @@
 """Choose the built-in classifier's two thresholds on held-out data, through the real inference path.
 
+The data are the held-out pairs and their perturbed copies (`aivd.training.calibration_set`).
+
 The edge proposes every candidate scoring at least the proposal threshold; the cloud keeps those whose defect
 probability reaches the score threshold. A lower proposal threshold finds more defects but sends more regions
 (each costs cloud time and bytes): the highest proposal threshold whose best F-score on the held-out samples
@@ -14,9 +16,9 @@ import numpy as np
 
 from aivd.cloud.builtin import CropClassifier
 from aivd.core import DEEPPCB_CLASSES, Detections, cut_regions
-from aivd.data.images import read_pair
 from aivd.edge.detector import BUILTIN_MODEL, TemplateDetector
 from aivd.eval.protocol import best_threshold
+from aivd.training.calibration_set import calibration_pairs
 from aivd.training.common import write_metadata
 
 PROPOSAL_CANDIDATES = (0.03, 0.05, 0.08, 0.1, 0.15, 0.2, 0.3)
@@ -32,12 +34,11 @@ def cloud_detections(edge: Detections, names: list[str], confidence: np.ndarray)
 def calibrate_classifier(classifier_path: Path, detector_path: Path | None, samples) -> dict:
     detector = TemplateDetector(detector_path or BUILTIN_MODEL, min_confidence=min(PROPOSAL_CANDIDATES))
     classifier = CropClassifier(classifier_path)
-    scored = []  # per sample: edge detections, cloud classes and scores for all of them, ground truth
-    for sample in samples:
-        image, template = read_pair(sample.test_path, sample.template_path)
+    scored = []  # per pair: edge detections, cloud classes and scores for all of them, ground truth
+    for image_id, image, template, truth in calibration_pairs(samples):
         edge = detector.detect(image, template)
-        names, confidence, _ = classifier.decide(classifier.probabilities(cut_regions(image, template, edge, sample.image_id)))
-        scored.append((sample.image_id, edge, names, confidence, sample.ground_truth()))
+        names, confidence, _ = classifier.decide(classifier.probabilities(cut_regions(image, template, edge, image_id)))
+        scored.append((image_id, edge, names, confidence, truth))
     table = []
     for proposal in PROPOSAL_CANDIDATES:
         pairs = []

@@ -19,17 +19,24 @@ from pathlib import Path
 import numpy as np
 
 from aivd.core import DEEPPCB_CLASSES
-from aivd.core.detections import box_iou
 from aivd.data.deeppcb import holdout_split, load_split
 from aivd.edge.detector import BUILTIN_MODEL, TemplateDetector
 from aivd.training.classifier_calibration import calibrate_classifier
 from aivd.training.common import seed_everything
-from aivd.training.crop_training import AugmentConfig, CropRecipe, LoopConfig, export_probabilities, load_boxes, train_loop
+from aivd.training.crop_training import (
+    MINING_THRESHOLD,
+    REJECT_LABEL,
+    AugmentConfig,
+    CropRecipe,
+    LoopConfig,
+    edge_candidates,
+    export_probabilities,
+    load_boxes,
+    train_loop,
+)
 from aivd.training.refiner import RefinerNet
 
 CLASSIFIER_FILE = "deeppcb_classifier.onnx"
-REJECT_LABEL = "no-defect"
-MINING_THRESHOLD = 0.03  # below any proposal threshold the pipeline would use
 
 
 @dataclass(frozen=True)
@@ -57,28 +64,6 @@ class ClassifierTrainConfig:
 
     def augment(self) -> AugmentConfig:
         return AugmentConfig(self.jitter, self.template_dropout, self.thickness_prob)
-
-
-def edge_candidates(detector: TemplateDetector, positives: bool = True):
-    """A `load_boxes` hook: the detector's candidates on a sample, labelled by their overlap with the truth;
-    without `positives` only the false alarms are kept."""
-    reject = len(DEEPPCB_CLASSES)
-
-    def extra(image, template, truth):
-        found = detector.detect(image, template)
-        if not len(found):
-            return np.zeros((0, 4)), np.zeros(0, np.int64)
-        if len(truth):
-            iou = box_iou(found.xyxy, truth.xyxy)
-            best, owner = iou.max(axis=1), iou.argmax(axis=1)
-        else:
-            best, owner = np.zeros(len(found)), np.zeros(len(found), np.int64)
-        positive, negative = best >= 0.5, best < 0.25
-        classes = np.where(positive, truth.class_id[owner] if len(truth) else reject, reject)
-        keep = (positive | negative) if positives else negative
-        return found.xyxy[keep], classes[keep]
-
-    return extra
 
 
 def train_classifier(root: Path, detector_path: Path | None, out_dir: Path, config: ClassifierTrainConfig, progress=None) -> dict:

@@ -20,9 +20,15 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from aivd.core import DEEPPCB_CLASSES
+from aivd.core.detections import box_iou
 from aivd.data.images import read_pair
 from aivd.edge.crops import crop_windows
+from aivd.edge.detector import Detector
 from aivd.training.common import change_thickness, write_metadata
+
+REJECT_LABEL = "no-defect"
+MINING_THRESHOLD = 0.03  # below any threshold the edge or the pipeline would use
 
 
 @dataclass(frozen=True)
@@ -70,6 +76,28 @@ def load_boxes(samples, extra_boxes: Callable | None = None) -> BoxSet:
         boxes += sample_boxes
         classes += sample_classes
     return BoxSet(images, templates, np.array(owner, np.int64), np.concatenate(boxes), np.concatenate(classes))
+
+
+def edge_candidates(detector: Detector, positives: bool = True):
+    """A `load_boxes` hook: the detector's candidates on a sample, labelled by their overlap with the truth;
+    without `positives` only the false alarms are kept."""
+    reject = len(DEEPPCB_CLASSES)
+
+    def extra(image, template, truth):
+        found = detector.detect(image, template)
+        if not len(found):
+            return np.zeros((0, 4)), np.zeros(0, np.int64)
+        if len(truth):
+            iou = box_iou(found.xyxy, truth.xyxy)
+            best, owner = iou.max(axis=1), iou.argmax(axis=1)
+        else:
+            best, owner = np.zeros(len(found)), np.zeros(len(found), np.int64)
+        positive, negative = best >= 0.5, best < 0.25
+        classes = np.where(positive, truth.class_id[owner] if len(truth) else reject, reject)
+        keep = (positive | negative) if positives else negative
+        return found.xyxy[keep], classes[keep]
+
+    return extra
 
 
 def jittered(boxes: np.ndarray, rng: np.random.Generator, amount: float) -> np.ndarray:

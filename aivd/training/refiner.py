@@ -1,7 +1,10 @@
-"""`aivd train refiner`: the detector's second stage, a small CNN that re-decides each box's class.
+"""`aivd train refiner`: the detector's second stage, a small CNN that re-decides each box's class or rejects it.
 
-Trained on ground-truth boxes of DeepPCB trainval with the augmentation of `crop_training` (box jitter of up to
-about a fifth of the box); 48x48 crops at a fixed 1.5x context.
+Trained on DeepPCB trainval with the augmentation of `crop_training` (box jitter of up to about a fifth of the
+box); 48x48 crops at a fixed 1.5x context. Besides the ground-truth boxes it learns from the paired detector's
+own candidates (at a low threshold, without any refiner): those on a defect as extra examples of its class with
+the detector's real box noise, those on no defect as `no-defect`. At inference the `no-defect` probability is
+taken out of the box's confidence, so the edge drops most of its false alarms on its own.
 """
 
 from __future__ import annotations
@@ -16,10 +19,21 @@ from torch import nn
 
 from aivd.core import DEEPPCB_CLASSES
 from aivd.data.deeppcb import holdout_split, load_split
-from aivd.data.images import ImageError
 from aivd.edge.crops import CONTEXT, CROP_SIZE, MIN_SIDE
+from aivd.edge.detector import BUILTIN_MODEL, TemplateDetector
+from aivd.training.calibration_set import PERTURBED_SUFFIX, calibration_pairs
 from aivd.training.common import seed_everything, write_metadata
-from aivd.training.crop_training import AugmentConfig, CropRecipe, LoopConfig, export_probabilities, load_boxes, train_loop
+from aivd.training.crop_training import (
+    MINING_THRESHOLD,
+    REJECT_LABEL,
+    AugmentConfig,
+    CropRecipe,
+    LoopConfig,
+    edge_candidates,
+    export_probabilities,
+    load_boxes,
+    train_loop,
+)
 from aivd.training.detector_net import conv_bn
 
 REFINER_FILE = "deeppcb_refiner.onnx"
@@ -34,6 +48,7 @@ class RefinerTrainConfig:
     jitter: float = 0.2  # largest centre shift and size change, as a fraction of the box size
     template_dropout: float = 0.1
     thickness_prob: float = 0.3
+    reject: bool = True  # also learn the detector's candidates as positives and false alarms (`no-defect`)
     seed: int = 0
     threads: int = 2
     limit: int | None = None
@@ -64,26 +79,22 @@ def recipe_and_augment(config: RefinerTrainConfig) -> tuple[CropRecipe, AugmentC
 
 def package_with_detector(detector_path: Path, out_dir: Path, val_samples) -> dict:
     """Write the shipped pair into `out_dir`: the detector with `refiner` and a re-calibrated `score_threshold` in
-    its metadata, beside the refiner. The threshold is chosen on held-out data through the real ONNX inference."""
+    its metadata, beside the refiner. The threshold is chosen through the real ONNX inference on the held-out
+    pairs and their perturbed copies (`aivd.training.calibration_set`); `val` is scored on the held-out pairs alone."""
     import shutil
 
-    from aivd.edge.detector import BUILTIN_MODEL, TemplateDetector
-    from aivd.eval.deeppcb_eval import detect_samples
     from aivd.eval.protocol import best_threshold, evaluate
 
     detector_out = out_dir / BUILTIN_MODEL.name
     shutil.copyfile(detector_path, detector_out)
     write_metadata(detector_out, {"refiner": REFINER_FILE})
     detector = TemplateDetector(detector_out, min_confidence=0.05)
-    def stop(error: ImageError) -> None:
-        raise error  # calibrating on an incomplete held-out set would be silently wrong
-
-    predictions = detect_samples(detector, val_samples, on_error=stop)
-    pairs = [(sample.image_id, predictions[sample.image_id], sample.ground_truth()) for sample in val_samples]
-    threshold, _ = best_threshold(pairs)
+    pairs = [(image_id, detector.detect(image, template), truth) for image_id, image, template, truth in calibration_pairs(val_samples)]
+    threshold, calibration_fscore = best_threshold(pairs)
     write_metadata(detector_out, {"score_threshold": threshold})
-    result = evaluate([(i, d.with_min_confidence(threshold), g) for i, d, g in pairs]).summary()
-    return {"threshold": threshold, "val": result, "detector": str(detector_out)}
+    held_out = [(i, d.with_min_confidence(threshold), g) for i, d, g in pairs if not i.endswith(PERTURBED_SUFFIX)]
+    return {"threshold": threshold, "val": evaluate(held_out).summary(), "calibration_fscore": round(calibration_fscore, 5),
+            "detector": str(detector_out)}
 
 
 def train_refiner(root: Path, detector_path: Path, out_dir: Path, config: RefinerTrainConfig, progress=None) -> dict:
@@ -91,16 +102,25 @@ def train_refiner(root: Path, detector_path: Path, out_dir: Path, config: Refine
     seed_everything(config.seed, config.threads)
     out_dir.mkdir(parents=True, exist_ok=True)
     train_samples, val_samples = holdout_split(load_split(root, "trainval")[: config.limit])
-    train, val = load_boxes(train_samples), load_boxes(val_samples)
+    labels = list(DEEPPCB_CLASSES.names)
+    metadata = {"aivd_model": "crop-refiner", "train_config": asdict(config)}
+    if config.reject:
+        mining = edge_candidates(TemplateDetector(detector_path, min_confidence=MINING_THRESHOLD, use_refiner=False))
+        train, val = load_boxes(train_samples, mining), load_boxes(val_samples, mining)
+        labels.append(REJECT_LABEL)
+        metadata["reject_label"] = REJECT_LABEL
+    else:
+        train, val = load_boxes(train_samples), load_boxes(val_samples)
 
     rng = np.random.default_rng(config.seed)
-    net = RefinerNet(len(DEEPPCB_CLASSES))
+    net = RefinerNet(len(labels))
     recipe, augment = recipe_and_augment(config)
     loop = LoopConfig(config.epochs, config.batch_size, config.lr, config.weight_decay)
     best, history = train_loop(net, train, val, recipe, augment, loop, rng, out_dir / "refiner_best.pt", progress)
     onnx_path = out_dir / REFINER_FILE
-    export_probabilities(net, onnx_path, CROP_SIZE, {"aivd_model": "crop-refiner", "labels": list(DEEPPCB_CLASSES.names), "train_config": asdict(config), "best_epoch": best["epoch"]})
+    export_probabilities(net, onnx_path, CROP_SIZE, {**metadata, "labels": labels, "best_epoch": best["epoch"]})
     pipeline = package_with_detector(detector_path, out_dir, val_samples)
-    record = {"config": asdict(config), "best": best, "history": history, "onnx": str(onnx_path), "pipeline": pipeline}
+    record = {"config": asdict(config), "train_boxes": int(len(train.classes)),
+              "train_rejects": int((train.classes == len(DEEPPCB_CLASSES)).sum()), "best": best, "history": history, "onnx": str(onnx_path), "pipeline": pipeline}
     (out_dir / "training.json").write_text(json.dumps(record, indent=2))
     return record
