@@ -175,6 +175,8 @@ def test_cli_classifier_training_exports_a_calibrated_cloud_model(tmp_path, deep
     record = json.loads((tmp_path / "training.json").read_text())
     assert record["train_rejects"] > 0  # the edge's false alarms became no-defect examples
     chosen = record["calibration"]["chosen"]
+    # Never above the edge's own threshold: the cloud sees every region the edge would report.
+    assert all(row["proposal_threshold"] <= record["calibration"]["edge_threshold"] for row in record["calibration"]["table"])
     analyzer = BuiltinAnalyzer(tmp_path / "deeppcb_classifier.onnx")
     assert analyzer.proposal_threshold == chosen["proposal_threshold"]
     assert analyzer.classifier.score_threshold == chosen["score_threshold"]
@@ -196,3 +198,24 @@ def test_calibration_pairs_add_a_copy_with_a_thicker_or_thinner_template(deeppcb
         changed = np.abs(copy_template.astype(int) - template.astype(int)) > 64
         assert 0.005 < changed.mean() < 0.2  # conductor edges only
     assert all(np.array_equal(a[2], b[2]) for a, b in zip(pairs, again))  # seeded
+
+
+@pytest.mark.integration
+def test_cli_calibrate_rewrites_the_classifier_thresholds_for_a_detector(tmp_path, deeppcb_root):
+    import shutil
+
+    from aivd.cloud.builtin import BUILTIN_CLASSIFIER, BuiltinAnalyzer
+    from aivd.training.common import write_metadata
+
+    classifier = tmp_path / "classifier.onnx"
+    shutil.copyfile(BUILTIN_CLASSIFIER, classifier)
+    write_metadata(classifier, {"proposal_threshold": "0.9", "score_threshold": "0.9"})
+    done = subprocess.run([sys.executable, "-m", "aivd.cli.main", "train", "calibrate", "--classifier", str(classifier),
+                           "--deeppcb", str(deeppcb_root)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    analyzer = BuiltinAnalyzer(classifier)
+    assert analyzer.proposal_threshold <= TemplateDetector().min_confidence
+    assert f"chosen: proposal threshold {analyzer.proposal_threshold}" in " ".join((done.stdout + done.stderr).split())
+    missing = subprocess.run([sys.executable, "-m", "aivd.cli.main", "train", "calibrate", "--classifier", str(tmp_path / "none.onnx")],
+                             capture_output=True, text=True, timeout=60)
+    assert missing.returncode != 0 and "classifier model not found" in missing.stdout + missing.stderr

@@ -5,7 +5,8 @@ The data are the held-out pairs and their perturbed copies (`aivd.training.calib
 The edge proposes every candidate scoring at least the proposal threshold; the cloud keeps those whose defect
 probability reaches the score threshold. A lower proposal threshold finds more defects but sends more regions
 (each costs cloud time and bytes): the highest proposal threshold whose best F-score on the held-out samples
-is within `F_TOLERANCE` of the best of all wins, with the score threshold that gives that F-score.
+is within `F_TOLERANCE` of the best of all wins, with the score threshold that gives that F-score. Proposal
+thresholds above the edge's own score threshold are not tried (see `calibrate_classifier`).
 """
 
 from __future__ import annotations
@@ -33,6 +34,10 @@ def cloud_detections(edge: Detections, names: list[str], confidence: np.ndarray)
 
 def calibrate_classifier(classifier_path: Path, detector_path: Path | None, samples) -> dict:
     detector = TemplateDetector(detector_path or BUILTIN_MODEL, min_confidence=min(PROPOSAL_CANDIDATES))
+    # The cloud must see at least every region the edge would report by itself: with a proposal threshold above
+    # the edge's own, the pipeline would drop the edge's defects in between without anyone looking at them.
+    edge_threshold = float(detector.session.get_modelmeta().custom_metadata_map["score_threshold"])
+    proposals = [p for p in PROPOSAL_CANDIDATES if p <= edge_threshold] or [min(PROPOSAL_CANDIDATES)]
     classifier = CropClassifier(classifier_path)
     scored = []  # per pair: edge detections, cloud classes and scores for all of them, ground truth
     for image_id, image, template, truth in calibration_pairs(samples):
@@ -40,7 +45,7 @@ def calibrate_classifier(classifier_path: Path, detector_path: Path | None, samp
         names, confidence, _ = classifier.decide(classifier.probabilities(cut_regions(image, template, edge, image_id)))
         scored.append((image_id, edge, names, confidence, truth))
     table = []
-    for proposal in PROPOSAL_CANDIDATES:
+    for proposal in proposals:
         pairs = []
         for image_id, edge, names, confidence, truth in scored:
             keep = np.flatnonzero(edge.confidence >= proposal)
@@ -51,4 +56,4 @@ def calibrate_classifier(classifier_path: Path, detector_path: Path | None, samp
     top = max(row["fscore"] for row in table)
     best = [row for row in table if row["fscore"] >= top - F_TOLERANCE][-1]
     write_metadata(classifier_path, {"proposal_threshold": str(best["proposal_threshold"]), "score_threshold": str(best["score_threshold"])})
-    return {"chosen": best, "table": table}
+    return {"chosen": best, "table": table, "edge_threshold": edge_threshold}
