@@ -1,3 +1,3 @@
 """aivd: edge-cloud visual inspection for industrial defects."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -37,6 +37,23 @@ def test_replay_buffer_keeps_only_hard_images_and_holds_validation_images_out_fo
         ReplayBuffer(capacity=1)
 
 
+def test_a_refiner_with_no_defect_also_learns_the_regions_the_cloud_rejected():
+    pytest.importorskip("torch")
+    from aivd.training.online_update import _box_set
+
+    buffer = ReplayBuffer()
+    buffer.add("a", image(), None, dets([[1, 1, 5, 5]], classes=[2]), 2, rejected=np.array([[10, 10, 20, 20]]))
+    buffer.add("b", image(), None, dets([]), 1, rejected=np.array([[3, 3, 9, 9], [30, 30, 40, 40]]))
+    buffer.add("c", image(), None, dets([[2, 2, 6, 6]], classes=[4]), 1)
+    items = list(buffer.items)
+    assert [len(i.rejected) for i in items] == [1, 2, 0]
+    with_reject = _box_set(items, reject_index=6)
+    assert with_reject.classes.tolist() == [2, 6, 6, 6, 4]
+    assert with_reject.image_index.tolist() == [0, 0, 1, 1, 2]
+    np.testing.assert_array_equal(with_reject.boxes[2], [3, 3, 9, 9])
+    assert _box_set(items, reject_index=None).classes.tolist() == [2, 4]  # a class-only refiner: defects alone
+
+
 def test_agreement_monitor_sees_drift_when_the_cloud_overrules_the_edge_more_often():
     monitor = AgreementMonitor(reference=100, window=50, tolerance=0.05)
     rng = np.random.default_rng(0)

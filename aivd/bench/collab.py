@@ -247,7 +247,8 @@ def online_pass(pipeline: EdgeCloudPipeline, stream, phase: DriftPhase, filter_n
         edge_finals.append((outcome.image_id, combine(outcome, np.zeros_like(sent), threshold), outcome.truth))
         sent_regions, regions = sent_regions + int(sent.sum()), regions + len(sent)
         served.append(edge.version)
-        updater.observe(outcome.image_id, image, template, final, int(sent.sum()), edge_agrees(outcome, threshold)[sent], position)
+        updater.observe(outcome.image_id, image, template, final, int(sent.sum()), edge_agrees(outcome, threshold)[sent], position,
+                        rejected=outcome.candidates.xyxy[sent & ~outcome.cloud_keeps])
     return {"updates": updater.updates, "offload_ratio": round(sent_regions / max(regions, 1), 4),
             "versions_served": {v: served.count(v) for v in dict.fromkeys(served)}, "finals": finals, "edge_finals": edge_finals}
 

@@ -1,7 +1,8 @@
 """The replay buffer: hard images with the labels the edge-cloud pipeline gave them, for updating the edge.
 
 An image is hard when at least one of its regions went to the cloud. Its labels are the pipeline's final
-answer: the cloud's decision on each region it was sent, the edge's own on the regions kept at the edge. They
+answer: the cloud's decision on each region it was sent, the edge's own on the regions kept at the edge; the
+regions the cloud called no defect are kept too, as the edge's false alarms to unlearn. They
 are the only supervision an online update has (ground truth never reaches a production line), so the edge
 learns what the cloud tells it, above all on the regions it was unsure of. The buffer keeps the newest
 `capacity` images: under drift the recent past is the best guide to what comes next.
@@ -10,7 +11,7 @@ learns what the cloud tells it, above all on the regions it was unsure of. The b
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -24,6 +25,7 @@ class LabelledImage:
     template: np.ndarray | None
     labels: Detections  # the pipeline's final defects: boxes, classes
     cloud_regions: int  # how many regions of the image the cloud decided
+    rejected: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))  # (N, 4) boxes the cloud called no defect
 
 
 class ReplayBuffer:
@@ -37,11 +39,13 @@ class ReplayBuffer:
     def __len__(self) -> int:
         return len(self.items)
 
-    def add(self, image_id: str, image: np.ndarray, template: np.ndarray | None, labels: Detections, cloud_regions: int) -> bool:
+    def add(self, image_id: str, image: np.ndarray, template: np.ndarray | None, labels: Detections, cloud_regions: int,
+            rejected: np.ndarray | None = None) -> bool:
         """Keep the image if the cloud decided any of its regions; returns whether it was kept."""
         if cloud_regions <= 0:
             return False
-        self.items.append(LabelledImage(image_id, image, template, labels, cloud_regions))
+        rejected = np.zeros((0, 4), np.float32) if rejected is None else np.asarray(rejected, np.float32).reshape(-1, 4)
+        self.items.append(LabelledImage(image_id, image, template, labels, cloud_regions, rejected))
         self.added += 1
         return True
 
