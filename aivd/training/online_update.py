@@ -2,8 +2,8 @@
 
 Starting from the served ONNX pair (weights read back with `aivd.training.onnx_import`), the class refiner is
 fine-tuned for `refiner_epochs` epochs on the boxes of the buffer's training images (with the same box jitter and
-augmentation as its first training; a refiner with `no-defect` also on the regions the cloud rejected) and, if `detector_steps` > 0, the detector for that many steps on augmented
-crops of them. The new pair keeps its parent's score threshold unless `recalibrate` is set, and is scored against
+augmentation as its first training; a refiner with `no-defect` also on the regions the cloud rejected) and, if
+`detector_steps` > 0, the detector for that many steps on augmented crops of them. The new pair keeps its parent's score threshold unless `recalibrate` is set, and is scored against
 its parent on the buffer's validation images, both by the official DeepPCB protocol with the pipeline's labels
 as truth: `OnlineUpdater` (below) promotes it only if it is not worse.
 """
