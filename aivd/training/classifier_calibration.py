@@ -33,15 +33,15 @@ def cloud_detections(edge: Detections, names: list[str], confidence: np.ndarray)
 
 
 def calibrate_classifier(classifier_path: Path, detector_path: Path | None, samples) -> dict:
-    detector = TemplateDetector(detector_path or BUILTIN_MODEL, min_confidence=min(PROPOSAL_CANDIDATES))
+    detector = TemplateDetector(detector_path or BUILTIN_MODEL)
     # The cloud must see at least every region the edge would report by itself: with a proposal threshold above
     # the edge's own, the pipeline would drop the edge's defects in between without anyone looking at them.
-    edge_threshold = float(detector.session.get_modelmeta().custom_metadata_map["score_threshold"])
+    edge_threshold = detector.min_confidence
     proposals = [p for p in PROPOSAL_CANDIDATES if p <= edge_threshold] or [min(PROPOSAL_CANDIDATES)]
     classifier = CropClassifier(classifier_path)
     scored = []  # per pair: edge detections, cloud classes and scores for all of them, ground truth
     for image_id, image, template, truth in calibration_pairs(samples):
-        edge = detector.detect(image, template)
+        edge = detector.detect(image, template, min(PROPOSAL_CANDIDATES))
         names, confidence, _ = classifier.decide(classifier.probabilities(cut_regions(image, template, edge, image_id)))
         scored.append((image_id, edge, names, confidence, truth))
     table = []

@@ -107,14 +107,15 @@ def _box_set(images: list[LabelledImage], reject_index: int | None) -> BoxSet:
     return BoxSet([i.image for i in images], [i.template for i in images], np.concatenate(owners), np.concatenate(boxes), np.concatenate(classes))
 
 
-def _fine_tune_refiner(current: Path, train, validation, config: EdgeUpdateConfig, rng, workdir: Path) -> RefinerNet:
-    meta = _metadata(current)
-    labels = json.loads(meta["labels"])
-    # A refiner with `no-defect` keeps learning it from the cloud's rejections; on defects alone it would
-    # forget it and let every false alarm through (in `aivd bench collab --drift blur:2.0 --update`, every
-    # candidate scored validation F 0.76-0.85 against its parent's 0.96-0.98).
-    reject_index = labels.index(meta["reject_label"]) if meta.get("reject_label") in labels else None
-    net = RefinerNet(len(labels))
+def _fine_tune_refiner(current: Path, reject_index: int | None, train, validation, config: EdgeUpdateConfig, rng,
+                       workdir: Path) -> RefinerNet:
+    """Fine-tune the refiner at `current`; `reject_index` is where its `no-defect` output is, if it has one.
+
+    A refiner with `no-defect` keeps learning it from the cloud's rejections; on defects alone it would forget it
+    and let every false alarm through (in `aivd bench collab --drift blur:2.0 --update`, every candidate scored
+    validation F 0.76-0.85 against its parent's 0.96-0.98).
+    """
+    net = RefinerNet(len(json.loads(_metadata(current)["labels"])))
     recipe, augment = recipe_and_augment(RefinerTrainConfig())
     load_onnx_weights(net, current, torch.rand(4, 3, recipe.size, recipe.size), ProbabilityWrapper(net))
     loop = LoopConfig(config.refiner_epochs, 128, config.refiner_lr, 1e-4)
@@ -147,9 +148,9 @@ def update_edge_model(current: Path, train: list[LabelledImage], validation: lis
     companions = []
     if refiner_name:
         with tempfile.TemporaryDirectory() as workdir:
-            refiner_net = _fine_tune_refiner(current.parent / refiner_name, train, validation, config, rng, Path(workdir))
+            refiner_net = _fine_tune_refiner(parent.refiner_path, parent.refiner_reject, train, validation, config, rng, Path(workdir))
         refiner_path = out_dir / refiner_name
-        export_probabilities(refiner_net, refiner_path, CROP_SIZE, _metadata(current.parent / refiner_name))
+        export_probabilities(refiner_net, refiner_path, CROP_SIZE, _metadata(parent.refiner_path))
         companions.append(refiner_path)
 
     threshold = parent.min_confidence
