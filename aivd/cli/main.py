@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -11,6 +12,7 @@ from typing import NamedTuple, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -153,16 +155,34 @@ def _llm_analyzer(backend: CloudBackend, llm: LLMOptions, class_names: list[str]
         raise fail(f"--llm-model {llm.model}: {error}") from None
 
 
+def load_model_pack(pack: Path):
+    """The model pack in folder `pack` ('builtin' names the shipped DeepPCB pack), or a one-line exit."""
+    from aivd.packs import PackError, builtin_pack, load_pack
+
+    try:
+        return builtin_pack() if str(pack) == "builtin" else load_pack(pack)
+    except PackError as error:
+        raise fail(str(error)) from None
+
+
 def _load_pipeline(
     model: Optional[Path], min_confidence: Optional[float], edge_only: bool, cloud: Optional[str] = None,
     classifier: Optional[Path] = None, knowledge: Optional[Path] = None, proposal: Optional[float] = None,
     pixels_per_mm: Optional[float] = None, backend: CloudBackend = CloudBackend.builtin, llm: LLMOptions = LLMOptions(),
+    pack: Optional[Path] = None,
 ):
-    """The detector, and unless `edge_only` the cloud analyzer: `backend` in this process, or a remote service at `cloud`."""
+    """The detector, and unless `edge_only` the cloud analyzer: `backend` in this process, or a remote service at `cloud`.
+
+    With a model `pack`, its detectors, classifier and knowledge base are the defaults."""
     from aivd.cloud.knowledge import KnowledgeError
     from aivd.edge.detector import ModelError
     from aivd.pipeline.engine import EdgeCloudPipeline
 
+    if pack is not None:
+        if model is not None:
+            raise fail("give --pack or --model, not both: a pack brings its own detectors")
+        return _load_pack_pipeline(load_model_pack(pack), min_confidence, edge_only, cloud, classifier, knowledge, proposal,
+                                   pixels_per_mm, backend, llm)
     if backend is not CloudBackend.builtin and (cloud or classifier):
         raise fail(f"--cloud-backend {backend.value} runs the analyzer in this process: it cannot be combined with "
                    f"{'--cloud' if cloud else '--classifier'}")
@@ -193,6 +213,47 @@ def _load_pipeline(
     return EdgeCloudPipeline(detector, analyzer, proposal, pixels_per_mm)
 
 
+def _load_pack_pipeline(pack, min_confidence, edge_only, cloud, classifier, knowledge, proposal, pixels_per_mm, backend, llm):
+    from aivd.cloud.knowledge import KnowledgeError
+    from aivd.edge.detector import ModelError
+    from aivd.packs import PackError
+    from aivd.pipeline.engine import EdgeCloudPipeline
+
+    try:
+        detector = pack.load_detector(min_confidence)
+    except (ModelError, PackError) as error:
+        raise fail(str(error)) from None
+    pixels_per_mm = pack.pixels_per_mm if pixels_per_mm is None else pixels_per_mm
+    knowledge = knowledge or pack.knowledge
+    if edge_only:
+        return EdgeCloudPipeline(detector)
+    if backend is not CloudBackend.builtin:
+        if cloud or classifier:
+            raise fail(f"--cloud-backend {backend.value} runs the analyzer in this process: it cannot be combined with "
+                       f"{'--cloud' if cloud else '--classifier'}")
+        return EdgeCloudPipeline(detector, _llm_analyzer(backend, llm, list(pack.labels.names), knowledge), proposal, pixels_per_mm)
+    if cloud:
+        from aivd.cloud.http_client import HttpAnalyzer
+
+        try:
+            return EdgeCloudPipeline(detector, HttpAnalyzer(cloud), proposal, pixels_per_mm)
+        except ValueError as error:
+            raise fail(str(error)) from None
+    classifier = classifier or pack.classifier
+    if classifier is None:
+        raise fail(f"pack {pack.name} has no cloud classifier: use --edge-only, --cloud URL or an LLM --cloud-backend")
+    from aivd.cloud.builtin import BuiltinAnalyzer
+
+    try:
+        analyzer = BuiltinAnalyzer(classifier, knowledge, threads=1, pcb_facts=pack.pcb_facts)
+    except (ModelError, KnowledgeError) as error:
+        raise fail(str(error)) from None
+    return EdgeCloudPipeline(detector, analyzer, proposal, pixels_per_mm)
+
+
+PACK = typer.Option(None, "--pack", help="A model pack folder (from `aivd train pack`), or 'builtin' for the shipped DeepPCB pack.")
+
+
 @app.command()
 def inspect(
     paths: list[Path] = typer.Argument(None, help="Image files or folders (searched recursively)."),
@@ -200,6 +261,7 @@ def inspect(
     deeppcb: Optional[Path] = typer.Option(None, help="Inspect an official DeepPCB split instead of PATHS. " + DEEPPCB_HELP),
     split: str = typer.Option("test", help="DeepPCB split: trainval or test."),
     model: Optional[Path] = typer.Option(None, help="ONNX detector (an aivd model or an Ultralytics YOLO export), or a model-store folder whose served version is followed (`aivd models`). Default: built-in."),
+    pack: Optional[Path] = PACK,
     template: Optional[Path] = typer.Option(None, help="One aligned template for every image."),
     templates: TemplateMode = typer.Option(TemplateMode.auto, help="auto: use NAME_temp beside NAME_test; require: missing is an error; none: ignore."),
     min_confidence: Optional[float] = typer.Option(None, min=0.0, max=1.0, help="Edge score threshold; default: the model's calibrated one."),
@@ -230,16 +292,20 @@ def inspect(
         raise fail("give either image PATHS or --deeppcb ROOT, not both and not neither")
     if template is not None and not template.is_file():
         raise fail(f"{template}: template not found")
+    if deeppcb and template is not None:
+        raise fail("--template does not apply to --deeppcb: each DeepPCB image has its own template (--templates none ignores them)")
     try:
         tasks = tasks_from_deeppcb(resolve_deeppcb(deeppcb), split) if deeppcb else tasks_from_paths(paths, templates, template)
     except DatasetError as error:
         raise fail(str(error)) from None
+    if deeppcb and templates is TemplateMode.none:
+        tasks = [dataclasses.replace(task, template_path=None, error=None) for task in tasks]
     if not tasks:
         raise fail("no images found in the given paths")
     if pixels_per_mm is None and deeppcb:
         pixels_per_mm = DEEPPCB_PIXELS_PER_MM
     pipeline = _load_pipeline(model, min_confidence, edge_only, cloud, classifier, knowledge, proposal_threshold, pixels_per_mm,
-                              cloud_backend, LLMOptions(llm_config, llm_base_url, llm_model, llm_adapter, llm_prompt))
+                              cloud_backend, LLMOptions(llm_config, llm_base_url, llm_model, llm_adapter, llm_prompt), pack)
     options = InspectOptions(
         annotate=annotate, deeppcb_results=bool(deeppcb), database=db or "", report=report, command=" ".join(["aivd", *sys.argv[1:]]),
         config={"pipeline": pipeline.name, "edge_threshold": pipeline.edge_threshold, "proposal_threshold": pipeline.proposal_threshold,
@@ -435,6 +501,59 @@ def train_detector_command(
     console.print(f"best epoch {best['epoch']}: val F-score {best['fscore']:.4f}, AP {best['ap']:.4f} -> {record['onnx']}")
 
 
+@train_app.command("pack")
+def train_pack_command(
+    data: Path = typer.Option(..., "--data", help="The labelled images: an Ultralytics data YAML, a VOC root, a COCO JSON (or folder) or a DeepPCB root."),
+    out: Path = typer.Option(..., "--out", help="Output folder: OUT/pack/ is the model pack, OUT/work/ the checkpoints."),
+    time_budget: float = typer.Option(90.0, "--time-budget", min=1.0, help="Minutes for the whole pack (the default fits two CPU cores)."),
+    seed: int = typer.Option(0, "--seed"),
+    resume: bool = typer.Option(False, "--resume", help="Continue a run of the same command that was stopped (Ctrl-C)."),
+) -> None:
+    """Train a model pack for a new line: edge detector, refiner, cloud classifier, knowledge-base scaffold, model card."""
+    from rich.progress import SpinnerColumn
+
+    from aivd.data.deeppcb import DatasetError
+
+    training = _training_module("pack")
+    if not data.exists():
+        raise fail(f"{data}: not found")
+    command = " ".join(["aivd", *sys.argv[1:]]) if sys.argv and sys.argv[0].endswith("aivd") else (
+        f"aivd train pack --data {data} --out {out} --time-budget {time_budget:g} --seed {seed}")
+    plan = training.PackPlan(str(data), str(out), time_budget, seed, command)
+    columns = (SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TimeRemainingColumn(), TextColumn("{task.fields[status]}"))
+    with Progress(*columns, console=console, transient=False) as progress:
+        bars: dict[str, int] = {}
+
+        def on_progress(stage: str, record: dict) -> None:
+            if stage == "data":
+                skipped = record["skipped"]
+                progress.console.print(
+                    f"{record['format']} data: {record['train_images']} training images, {record['held_out_images']} held out, "
+                    f"classes {', '.join(record['classes'])}; templates: {'yes' if record['templates'] else 'no'}; "
+                    f"{len(skipped)} unusable samples or boxes skipped", highlight=False)
+                for problem in skipped[:20]:
+                    progress.console.print(f"[yellow]skipped:[/yellow] {escape(problem)}", highlight=False)
+                return
+            if "calibrated" in record:
+                progress.console.print(f"{stage}: calibrated {json.dumps(record['calibrated'])}", highlight=False)
+                return
+            if stage not in bars:
+                bars[stage] = progress.add_task(stage, total=None, status="")
+            figure = next((f"{key} {record[key]:.4f}" for key in ("map50", "fscore", "accuracy") if key in record), "")
+            progress.update(bars[stage], total=record.get("epochs"), completed=record["epoch"],
+                            status=f"loss {record['loss']:.3f}  held-out {figure}")
+
+        try:
+            record = training.train_pack(plan, on_progress, resume)
+        except KeyboardInterrupt:
+            raise fail(f"stopped; the checkpoints are in {out / 'work'}: continue with the same command and --resume", 130) from None
+        except (training.PackTrainingError, DatasetError) as error:
+            raise fail(str(error)) from None
+    console.print(f"pack written in {record['wall_s'] / 60:.1f} min -> {record['pack']} (model card: {Path(record['pack']) / 'MODEL_CARD.md'})",
+                  highlight=False)
+
+
 def import_extra(module: str, extras: str = "train", purpose: str = "training"):
     """aivd.MODULE, or a clear exit naming the extras to install when its dependencies are missing."""
     import importlib
@@ -554,6 +673,9 @@ def bench_inspect_command(
     split: str = typer.Option("test", help="DeepPCB split to run over."),
     limit: Optional[int] = typer.Option(None, min=1, help="Only the first N images."),
     model: Optional[Path] = typer.Option(None, help="ONNX detector. Default: built-in."),
+    pack: Optional[Path] = PACK,
+    data: Optional[Path] = typer.Option(None, "--data", help="Any data set (`aivd data check` reads it) instead of DeepPCB."),
+    templates: TemplateMode = typer.Option(TemplateMode.auto, help="none: inspect the images without their templates."),
     annotate: bool = typer.Option(True, help="Include writing annotated images, as `aivd inspect` does by default."),
     repeat: int = typer.Option(1, min=1, help="Passes over the images."),
     edge_only: bool = EDGE_ONLY,
@@ -561,11 +683,35 @@ def bench_inspect_command(
 ) -> None:
     """Inspection speed end to end at batch 1 (decode, pre/post-processing, edge and cloud models), and peak memory."""
     from aivd.bench.inspect_speed import bench_inspect
-    from aivd.pipeline.inputs import tasks_from_deeppcb
+    from aivd.pipeline.inputs import InspectionTask, tasks_from_deeppcb
 
-    tasks = tasks_from_deeppcb(resolve_deeppcb(deeppcb), split)[:limit]
-    pipeline = _load_pipeline(model, None, edge_only, cloud, pixels_per_mm=DEEPPCB_PIXELS_PER_MM)
+    if data is not None:
+        samples = _data_split(data, split).samples
+        tasks = [InspectionTask(s.image_id, s.image_path, s.template_path) for s in samples][:limit]
+        pixels_per_mm = None
+    else:
+        tasks = tasks_from_deeppcb(resolve_deeppcb(deeppcb), split)[:limit]
+        pixels_per_mm = DEEPPCB_PIXELS_PER_MM
+    if templates is TemplateMode.none:
+        tasks = [dataclasses.replace(task, template_path=None) for task in tasks]
+    pipeline = _load_pipeline(model, None, edge_only, cloud, pixels_per_mm=pixels_per_mm, pack=pack)
     print(json.dumps(bench_inspect(tasks, pipeline, annotate, repeat=repeat)))
+
+
+def _data_split(data: Path, split: str):
+    """One split of any data set, or a one-line exit; its problems are printed and the good samples kept."""
+    from aivd.data.deeppcb import DatasetError
+    from aivd.data.sources import open_data
+
+    try:
+        loaded = open_data(data).split(split)
+    except DatasetError as error:
+        raise fail(str(error)) from None
+    for problem in loaded.problems:
+        console.print(f"[yellow]skipped:[/yellow] {escape(str(problem))}", highlight=False)
+    if not loaded.samples:
+        raise fail(f"{data}: no usable images in split {split!r}")
+    return loaded
 
 
 @bench_app.command("cluster")

@@ -34,23 +34,33 @@ def list_command(store: Path = STORE) -> None:
 
 @models_app.command("publish")
 def publish_command(
-    detector: Path = typer.Argument(..., help="A built-in detector ONNX (its refiner, if its metadata names one, is taken along)."),
+    detector: Path = typer.Argument(..., help="A model pack folder (`aivd train pack`), or a built-in detector ONNX (its refiner, if its metadata names one, is taken along)."),
     store: Path = STORE,
     parent: str = typer.Option(None, help="The version it derives from. Default: none."),
     promote: bool = typer.Option(False, "--promote", help="Serve it at once."),
 ) -> None:
-    """Add a detector as a new version (checked to load first); prints the version."""
+    """Add a pack's edge detector (with every file of the pack) or a detector as a new version (checked to load
+    first); prints the version."""
     from aivd.cli.main import fail
     from aivd.edge.detector import ModelError, TemplateDetector
+    from aivd.packs import PackError, load_pack
     from aivd.store.model_versions import ModelStoreError
 
     try:
+        companions = []
+        if detector.is_dir():
+            pack = load_pack(detector)
+            pack.load_detector()  # refuse a pack whose detectors do not load
+            detector = pack.template_detector or pack.image_detector
+            companions = [path for path in sorted(pack.root.iterdir()) if path.is_file() and path != detector]
         loaded = TemplateDetector(detector, threads=1)
+        if loaded.refiner_path and loaded.refiner_path not in companions:
+            companions.append(loaded.refiner_path)
         models = _store(store, create=True)
-        version = models.publish(detector, [loaded.refiner_path] if loaded.refiner_path else [], parent=parent)
+        version = models.publish(detector, companions, parent=parent)
         if promote:
             models.promote(version, "aivd models publish --promote")
-    except (ModelError, ModelStoreError) as error:
+    except (ModelError, ModelStoreError, PackError) as error:
         raise fail(str(error)) from None
     print(version)
 

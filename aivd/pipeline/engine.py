@@ -97,13 +97,19 @@ class EdgeCloudPipeline:
         if self.analyzer is None:
             edge = self.detector.detect(image, template)
             return Proposal(edge, edge, [], {"detect": _ms_since(started)})
-        candidates = self.detector.detect(image, template, min(self.proposal_threshold, self.edge_threshold))
+        edge_threshold = self.edge_threshold_for(template)
+        candidates = self.detector.detect(image, template, min(self.proposal_threshold, edge_threshold))
         timings = {"detect": _ms_since(started)}
         started = time.perf_counter()
         proposals = candidates.with_min_confidence(self.proposal_threshold)
         regions = cut_regions(image, template, proposals, image_id, self.pixels_per_mm)
         timings["crop"] = _ms_since(started)
-        return Proposal(candidates.with_min_confidence(self.edge_threshold), proposals, regions, timings)
+        return Proposal(candidates.with_min_confidence(edge_threshold), proposals, regions, timings)
+
+    def edge_threshold_for(self, template: np.ndarray | None) -> float:
+        """A pack's edge has a detector with its own threshold for images with and without a template."""
+        threshold_for = getattr(self.detector, "threshold_for", None)
+        return self.edge_threshold if threshold_for is None else threshold_for(template)
 
     def complete(self, proposal: Proposal) -> ImageResult:
         """The cloud's half (safe to run on another thread than `propose`): analysis and the final records."""

@@ -52,10 +52,10 @@ class CloudHandleAnalyzer:
 @serve.deployment(name="cloud")
 class CloudAnalyzer:
     def __init__(self, config: ClusterConfig) -> None:
-        from aivd.cloud.builtin import BUILTIN_CLASSIFIER, BuiltinAnalyzer
-        from aivd.cloud.knowledge import DEFAULT_KNOWLEDGE
+        from aivd.cloud.builtin import BuiltinAnalyzer
 
-        self.analyzer = BuiltinAnalyzer(BUILTIN_CLASSIFIER, DEFAULT_KNOWLEDGE, threads=1)
+        pack = config.model_pack()
+        self.analyzer = BuiltinAnalyzer(pack.classifier, pack.knowledge, threads=1, pcb_facts=pack.pcb_facts)
         self.analyze.set_max_batch_size(config.cloud.max_batch_size)
         self.analyze.set_batch_wait_timeout_s(config.cloud.batch_wait_s)
 
@@ -109,6 +109,8 @@ class EdgeNode:
             from aivd.store.model_versions import ModelStore
 
             detector = HotSwapDetector(ModelStore(config.model_store), config.model_poll_s, threads=1)
+        elif config.pack is not None:
+            detector = config.model_pack().load_detector(threads=1)
         else:
             detector = load_detector(threads=1)
         self.pipeline = EdgeCloudPipeline(detector, analyzer, pixels_per_mm=config.pixels_per_mm)

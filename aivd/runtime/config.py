@@ -67,6 +67,9 @@ class ClusterConfig(Strict):
         None, description="a model-store folder (`aivd.store.model_versions`) every edge replica can read, on a shared file "
         "system across machines: replicas serve its CURRENT version and swap to a newly promoted one. Default: the built-in model")
     model_poll_s: float = Field(5.0, gt=0.0, description="how often an edge replica checks the model store for a new version")
+    pack: Path | None = Field(
+        None, description="a model pack folder (`aivd train pack`) every replica can read: the edge replicas' detectors and "
+        "the cloud's classifier and knowledge base. Default: the built-in DeepPCB pack")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     seed: int = 0
@@ -80,6 +83,20 @@ class ClusterConfig(Strict):
         if value != RAY_DEFAULT_ROUTER and value not in POLICIES:
             raise ValueError(f"unknown policy {value!r}; known: {', '.join([*POLICIES, RAY_DEFAULT_ROUTER])}")
         return value
+
+    @field_validator("pack")
+    @classmethod
+    def _loadable_pack(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            from aivd.packs import load_pack
+
+            load_pack(value)  # a PackError (a ValueError) becomes this field's problem
+        return value
+
+    def model_pack(self):
+        from aivd.packs import builtin_pack, load_pack
+
+        return builtin_pack() if self.pack is None else load_pack(self.pack)
 
     @field_validator("edge")
     @classmethod

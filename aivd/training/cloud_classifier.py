@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 
-from aivd.core import DEEPPCB_CLASSES
 from aivd.data.deeppcb import holdout_split, load_split
 from aivd.edge.detector import BUILTIN_MODEL, TemplateDetector
 from aivd.training.classifier_calibration import calibrate_classifier
@@ -34,6 +33,7 @@ from aivd.training.crop_training import (
     load_boxes,
     train_loop,
 )
+from aivd.training.held_out import DeepPCBScoring, HeldOutScoring
 from aivd.training.refiner import RefinerNet
 
 CLASSIFIER_FILE = "deeppcb_classifier.onnx"
@@ -66,32 +66,40 @@ class ClassifierTrainConfig:
         return AugmentConfig(self.jitter, self.template_dropout, self.thickness_prob)
 
 
-def train_classifier(root: Path, detector_path: Path | None, out_dir: Path, config: ClassifierTrainConfig, progress=None) -> dict:
-    """Train, export to `out_dir/deeppcb_classifier.onnx` and calibrate its thresholds (see module doc)."""
+def fit_classifier(train_samples, val_samples, detector_path: Path, out_dir: Path, config: ClassifierTrainConfig,
+                   classifier_file: str = CLASSIFIER_FILE, scoring: HeldOutScoring = DeepPCBScoring(),
+                   time_budget_s: float | None = None, progress=None) -> dict:
+    """Train for the detector at `detector_path` (its labels), export to `out_dir/classifier_file` and calibrate."""
     seed_everything(config.seed, config.threads)
     out_dir.mkdir(parents=True, exist_ok=True)
-    train_samples, val_samples = holdout_split(load_split(root, "trainval")[: config.limit])
-    detector = TemplateDetector(detector_path or BUILTIN_MODEL, min_confidence=MINING_THRESHOLD)
+    detector = TemplateDetector(detector_path, min_confidence=MINING_THRESHOLD)
+    classes = detector.labels
     # Held-out accuracy is always measured on all the edge's candidates, as the classifier will meet them.
     train = load_boxes(train_samples, edge_candidates(detector, config.edge_positives))
     val = load_boxes(val_samples, edge_candidates(detector))
 
     rng = np.random.default_rng(config.seed)
-    net = RefinerNet(len(DEEPPCB_CLASSES) + 1, config.widths)
-    loop = LoopConfig(config.epochs, config.batch_size, config.lr, config.weight_decay)
+    net = RefinerNet(len(classes) + 1, config.widths)
+    loop = LoopConfig(config.epochs, config.batch_size, config.lr, config.weight_decay, time_budget_s)
     best, history = train_loop(net, train, val, config.recipe(), config.augment(), loop, rng, out_dir / "classifier_best.pt", progress)
-    onnx_path = out_dir / CLASSIFIER_FILE
-    labels = [*DEEPPCB_CLASSES.names, REJECT_LABEL]
+    onnx_path = out_dir / classifier_file
+    labels = [*classes.names, REJECT_LABEL]
     export_probabilities(net, onnx_path, config.crop_size, {
         "aivd_model": "crop-classifier", "labels": labels, "reject_label": REJECT_LABEL,
         "crop_size": config.crop_size, "context": config.context, "min_side": config.min_side,
         "train_config": asdict(config), "best_epoch": best["epoch"],
     })
-    calibration = calibrate_classifier(onnx_path, detector_path, val_samples)
-    record = {
+    calibration = calibrate_classifier(onnx_path, detector_path, val_samples, scoring)
+    return {
         "config": asdict(config), "train_boxes": int(len(train.classes)), "val_boxes": int(len(val.classes)),
-        "train_rejects": int((train.classes == len(DEEPPCB_CLASSES)).sum()), "best": best, "history": history,
+        "train_rejects": int((train.classes == len(classes)).sum()), "best": best, "history": history,
         "onnx": str(onnx_path), "calibration": calibration,
     }
+
+
+def train_classifier(root: Path, detector_path: Path | None, out_dir: Path, config: ClassifierTrainConfig, progress=None) -> dict:
+    """DeepPCB: train on trainval, export to `out_dir/deeppcb_classifier.onnx` and calibrate (see module doc)."""
+    train_samples, val_samples = holdout_split(load_split(root, "trainval")[: config.limit])
+    record = fit_classifier(train_samples, val_samples, detector_path or BUILTIN_MODEL, out_dir, config, progress=progress)
     (out_dir / "training.json").write_text(json.dumps(record, indent=2))
     return record

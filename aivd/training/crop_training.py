@@ -20,7 +20,6 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from aivd.core import DEEPPCB_CLASSES
 from aivd.core.detections import box_iou
 from aivd.data.images import read_pair
 from aivd.edge.crops import crop_windows
@@ -62,7 +61,7 @@ def load_boxes(samples, extra_boxes: Callable | None = None) -> BoxSet:
     """Ground-truth boxes of `samples`; `extra_boxes(image, template, truth)` may add (boxes, classes) per sample."""
     images, templates, owner, boxes, classes = [], [], [], [], []
     for index, sample in enumerate(samples):
-        image, template = read_pair(sample.test_path, sample.template_path)
+        image, template = read_pair(sample.image_path, sample.template_path)
         truth = sample.ground_truth()
         sample_boxes, sample_classes = [truth.xyxy], [truth.class_id]
         if extra_boxes is not None:
@@ -80,8 +79,8 @@ def load_boxes(samples, extra_boxes: Callable | None = None) -> BoxSet:
 
 def edge_candidates(detector: Detector, positives: bool = True):
     """A `load_boxes` hook: the detector's candidates on a sample, labelled by their overlap with the truth;
-    without `positives` only the false alarms are kept."""
-    reject = len(DEEPPCB_CLASSES)
+    without `positives` only the false alarms are kept. False alarms get the id after the detector's classes."""
+    reject = len(detector.labels)
 
     def extra(image, template, truth):
         found = detector.detect(image, template)
@@ -116,7 +115,7 @@ def make_batch(data: BoxSet, indices: np.ndarray, rng: np.random.Generator | Non
         owner = data.image_index[index]
         image, template = data.images[owner], data.templates[owner]
         context = recipe.context
-        if rng is not None and rng.random() < augment.thickness_prob:
+        if rng is not None and template is not None and rng.random() < augment.thickness_prob:
             if rng.integers(2):
                 image = change_thickness(image, rng)
             else:
@@ -175,20 +174,32 @@ class LoopConfig:
     batch_size: int
     lr: float
     weight_decay: float
+    time_budget_s: float | None = None  # when set, the first epoch is timed and the epoch count fitted to this
+    max_epochs: int = 100
 
 
 def train_loop(
     net: nn.Module, train: BoxSet, val: BoxSet, recipe: CropRecipe, augment: AugmentConfig, loop: LoopConfig,
     rng: np.random.Generator, checkpoint: Path, progress=None,
 ) -> tuple[dict, list[dict]]:
-    """AdamW with a cosine schedule; keeps the epoch with the best held-out crop accuracy in `net`."""
+    """AdamW with a cosine schedule; keeps the epoch with the best held-out crop accuracy in `net`.
+
+    With `loop.time_budget_s` the epoch count is what the budget allows after timing the first epoch (at most
+    `loop.max_epochs`); the cosine schedule spans that count and the first epoch runs at the full rate.
+    """
     optimizer = torch.optim.AdamW(net.parameters(), lr=loop.lr, weight_decay=loop.weight_decay)
     steps_per_epoch = math.ceil(len(train.classes) / loop.batch_size)
-    total = steps_per_epoch * loop.epochs
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(1.0, step / total))))
+    epochs = None if loop.time_budget_s else loop.epochs
+
+    def learning_rate(step: int) -> float:
+        total = steps_per_epoch * (epochs or 1_000_000)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, step / total)))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, learning_rate)
     history, best = [], {"accuracy": -1.0}
     started = time.time()
-    for epoch in range(1, loop.epochs + 1):
+    epoch = 1
+    while epochs is None or epoch <= epochs:
         net.train()
         order = rng.permutation(len(train.classes))
         losses = []
@@ -202,11 +213,15 @@ def train_loop(
             scheduler.step()
             losses.append(loss.item())
         record = {"epoch": epoch, "loss": float(np.mean(losses)), "accuracy": accuracy(net, val, recipe, augment), "elapsed_s": round(time.time() - started, 1)}
+        if epochs is None:
+            epochs = int(min(loop.max_epochs, max(1, loop.time_budget_s // max(record["elapsed_s"], 1e-3))))
+        record["epochs"] = epochs
         history.append(record)
         if record["accuracy"] > best["accuracy"]:
             best = record
             torch.save(net.state_dict(), checkpoint)
         if progress:
             progress(record)
+        epoch += 1
     net.load_state_dict(torch.load(checkpoint))
     return best, history

@@ -1,15 +1,21 @@
-"""`aivd train detector`: train the built-in edge detector on DeepPCB and export it to ONNX.
+"""The built-in edge detector's training: `aivd train detector` on DeepPCB, and the detector stage of
+`aivd train pack` on any data set (template-aware when every image has a template, template-free otherwise).
 
 Recipe (the model card records the exact command and numbers):
 - inputs built by `aivd.edge.centernet.make_input`, the function inference uses;
 - random crops of the scaled image (the network is fully convolutional, so inference sees whole images);
 - the 8 flips/rotations of the square (PCB defect classes do not depend on orientation), mild photometric
-  jitter and noise, template misalignment of up to 2 px and one-pixel conductor thickness changes of either
-  image (see `change_thickness`), all at full resolution, and template dropout so the model also works alone;
+  jitter and noise; with templates also misalignment of up to 2 px and one-pixel conductor thickness changes of
+  either image (see `change_thickness`), all at full resolution, and template dropout so the model also works
+  alone;
 - CenterNet losses: focal loss on a class-agnostic Gaussian centre heat-map, L1 on sizes and offsets, and
   cross-entropy for the class head on the cells near each centre, weighted by the Gaussian;
-- 10% of trainval held out (every 10th sample) to choose the epoch and calibrate the score threshold;
-  the official test split is never looked at.
+- a held-out part of the training data (DeepPCB: every 10th trainval sample) chooses the epoch and calibrates
+  the score threshold; the test split is never looked at.
+
+`fit_detector` is the loop both use. It checkpoints after every epoch (`detector_last.pt`, the model, optimiser,
+schedule and random states), so a run stopped by Ctrl-C continues where it stopped, and it can choose its epoch
+count from a time budget after timing its first epoch.
 """
 
 from __future__ import annotations
@@ -17,7 +23,8 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import cv2
@@ -25,13 +32,13 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from aivd.core import DEEPPCB_CLASSES, Detections
-from aivd.data.deeppcb import DeepPCBSample, holdout_split, load_split
+from aivd.core import DEEPPCB_CLASSES, Detections, LabelMap
+from aivd.data.deeppcb import holdout_split, load_split
 from aivd.data.images import read_pair
-from aivd.edge.centernet import OUTPUT_STRIDE, decode, make_input
-from aivd.eval.protocol import best_threshold, evaluate
+from aivd.edge.centernet import OUTPUT_STRIDE, PAD_MULTIPLE, decode, make_input
 from aivd.training.common import change_thickness, seed_everything, write_metadata
 from aivd.training.detector_net import CenterNetLite, ExportWrapper
+from aivd.training.held_out import DeepPCBScoring
 
 
 @dataclass(frozen=True)
@@ -52,28 +59,37 @@ class DetectorTrainConfig:
     threads: int = 2
     limit: int | None = None  # use only the first N trainval samples (smoke tests)
     init_from: str | None = None  # a checkpoint (detector_best.pt) to fine-tune from
+    widths: tuple[int, int, int, int] = (24, 48, 96, 128)
+    neck: int = 64
+
+    def without_templates(self) -> DetectorTrainConfig:
+        """The recipe for a data set without templates: the template augmentations have nothing to act on."""
+        return replace(self, template_dropout=1.0, misalign_prob=0.0, thickness_prob=0.0)
 
 
 @dataclass
 class LoadedSample:
     image_id: str
-    planes: np.ndarray  # (2, H, W) uint8: test and template at input scale
+    planes: np.ndarray  # (2, H, W) uint8: test and template at input scale (template plane 0 without one)
     originals: np.ndarray  # (2, H', W') uint8: test and template at full resolution
     boxes: np.ndarray  # (N, 4) at input scale
     classes: np.ndarray
     full_size: tuple[int, int]
     ground_truth: Detections
+    has_template: bool = True
 
 
-def load_samples(samples: list[DeepPCBSample], input_scale: float) -> list[LoadedSample]:
-    return [loaded_sample(s.image_id, *read_pair(s.test_path, s.template_path), s.ground_truth(), input_scale) for s in samples]
+def load_samples(samples, input_scale: float) -> list[LoadedSample]:
+    """`Sample`s read into memory; a sample's template is used when it has one."""
+    return [loaded_sample(s.image_id, *read_pair(s.image_path, s.template_path), s.ground_truth(), input_scale) for s in samples]
 
 
-def loaded_sample(image_id: str, test: np.ndarray, template: np.ndarray, labels: Detections, input_scale: float) -> LoadedSample:
+def loaded_sample(image_id: str, test: np.ndarray, template: np.ndarray | None, labels: Detections, input_scale: float) -> LoadedSample:
     """One training image from arrays: a data set's pair with its ground truth, or an online update's with its labels."""
     planes = make_input(test, template, input_scale)[0, :2]
-    return LoadedSample(image_id, np.round(planes * 255).astype(np.uint8), np.stack([test, template]),
-                        labels.xyxy * input_scale, labels.class_id.copy(), (test.shape[1], test.shape[0]), labels)
+    originals = np.stack([test, template if template is not None else np.zeros_like(test)])
+    return LoadedSample(image_id, np.round(planes * 255).astype(np.uint8), originals, labels.xyxy * input_scale,
+                        labels.class_id.copy(), (test.shape[1], test.shape[0]), labels, template is not None)
 
 
 def gaussian_radius(height: float, width: float, min_overlap: float = 0.7) -> float:
@@ -111,8 +127,9 @@ class CropSampler:
 
     def __call__(self, sample: LoadedSample) -> tuple[np.ndarray, ...]:
         cfg, rng = self.config, self.rng
-        height, width = sample.planes.shape[1:]
-        crop = min(cfg.crop, height, width)
+        # The planes are padded to PAD_MULTIPLE; a crop stays inside the image itself and keeps the network's stride.
+        height, width = (round(side * cfg.input_scale) for side in sample.originals.shape[1:])
+        crop = min(cfg.crop, height // PAD_MULTIPLE * PAD_MULTIPLE, width // PAD_MULTIPLE * PAD_MULTIPLE)
         y0 = int(rng.integers(0, height - crop + 1)) // OUTPUT_STRIDE * OUTPUT_STRIDE
         x0 = int(rng.integers(0, width - crop + 1)) // OUTPUT_STRIDE * OUTPUT_STRIDE
         planes = self._window(sample.originals, y0, x0, crop)
@@ -121,7 +138,7 @@ class CropSampler:
         image = planes.astype(np.float32) / 255
         x = np.zeros((3, crop, crop), np.float32)
         x[0] = self._photometric(image[0])
-        if rng.random() >= cfg.template_dropout:
+        if sample.has_template and rng.random() >= cfg.template_dropout:
             x[1] = self._photometric(image[1])
             x[2] = 1.0
         return (x, *self._targets(boxes, sample.classes, crop // OUTPUT_STRIDE))
@@ -215,17 +232,20 @@ def train_step(net: CenterNetLite, optimizer: torch.optim.Optimizer, sampler: Cr
 
 
 @torch.no_grad()
-def predict(net: CenterNetLite, samples: list[LoadedSample], input_scale: float, min_confidence: float = 0.05) -> list[tuple[str, Detections, Detections]]:
+def predict(net: CenterNetLite, samples: list[LoadedSample], input_scale: float, min_confidence: float = 0.05,
+            labels: LabelMap = DEEPPCB_CLASSES) -> list[tuple[str, Detections, Detections]]:
     """Detections of the torch model on whole images, through the same decode as ONNX inference."""
     net.eval()
     wrapper = ExportWrapper(net)
     results = []
     for sample in samples:
         x = np.zeros((1, 3, *sample.planes.shape[1:]), np.float32)
-        x[0, :2] = sample.planes / 255
-        x[0, 2] = 1.0
+        x[0, 0] = sample.planes[0] / 255
+        if sample.has_template:
+            x[0, 1] = sample.planes[1] / 255
+            x[0, 2] = 1.0
         peaks, class_probs, size, offset = (t[0].numpy() for t in wrapper(torch.from_numpy(x)))
-        detections = decode(peaks, class_probs, size, offset, DEEPPCB_CLASSES, input_scale, sample.full_size, min_confidence)
+        detections = decode(peaks, class_probs, size, offset, labels, input_scale, sample.full_size, min_confidence)
         results.append((sample.image_id, detections, sample.ground_truth))
     return results
 
@@ -240,32 +260,61 @@ def export_onnx(net: CenterNetLite, path: Path, metadata: dict) -> None:
     write_metadata(path, metadata)
 
 
-def train_detector(root: Path, out_dir: Path, config: DetectorTrainConfig, progress=None) -> dict:
-    """Train, select the best epoch on the held-out tenth of trainval, export ONNX; returns the training record."""
-    seed_everything(config.seed, config.threads)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    train_samples, val_samples = holdout_split(load_split(root, "trainval")[: config.limit])
-    train = load_samples(train_samples, config.input_scale)
-    val = load_samples(val_samples, config.input_scale)
+@dataclass(frozen=True)
+class DetectorRun:
+    """What `fit_detector` trains on and how long: held-out selection, labels, and the epoch plan."""
 
+    labels: LabelMap
+    select: Callable[[list], dict]  # returns at least "score" (higher is better) and "threshold"
+    epochs: int | None = None  # None: config.epochs, or what `time_budget_s` allows when that is given
+    time_budget_s: float | None = None
+    max_epochs: int = 300
+
+
+def _epochs_for_budget(run: DetectorRun, first_epoch_s: float) -> int:
+    return int(min(run.max_epochs, max(1, run.time_budget_s // max(first_epoch_s, 1e-3))))
+
+
+def fit_detector(train: list[LoadedSample], val: list[LoadedSample], out_dir: Path, config: DetectorTrainConfig, run: DetectorRun,
+                 progress=None, resume: bool = False) -> dict:
+    """Train, keep the epoch `run.select` scores best on `val`, and leave it in `out_dir/detector_best.pt`.
+
+    With `run.time_budget_s` the first epoch is timed and the epoch count set so that the run fits the budget; the
+    cosine schedule is laid over that count from the second epoch on (the first is the warm-up). With `resume`
+    the loop continues from `out_dir/detector_last.pt` where an earlier run of the same command stopped.
+    Returns {"best", "history", "epochs"}.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(config.seed)
-    sampler = CropSampler(config, len(DEEPPCB_CLASSES), rng)
-    net = CenterNetLite(len(DEEPPCB_CLASSES))
+    sampler = CropSampler(config, len(run.labels), rng)
+    net = CenterNetLite(len(run.labels), config.widths, config.neck)
     if config.init_from:
         net.load_state_dict(torch.load(config.init_from))
     optimizer = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = max(1, math.ceil(len(train) * config.crops_per_image / config.batch_size))
-    total_steps = steps_per_epoch * config.epochs
-    warmup = min(steps_per_epoch, total_steps // 10 + 1)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, step / total_steps))),
-    )
+    plan = {"epochs": run.epochs or (None if run.time_budget_s else config.epochs)}
 
-    history, best = [], {"fscore": -1.0}
-    checkpoint = out_dir / "detector_best.pt"
-    started = time.time()
-    for epoch in range(1, config.epochs + 1):
+    def learning_rate(step: int) -> float:
+        # Until the epoch count is known (a time budget, first epoch) the rate warms up and stays there.
+        total = steps_per_epoch * (plan["epochs"] or 1_000_000)
+        warmup = min(steps_per_epoch, total // 10 + 1)
+        return min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, step / total)))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, learning_rate)
+    history, best, first_epoch = [], {"score": -1.0}, 1
+    best_path, last_path = out_dir / "detector_best.pt", out_dir / "detector_last.pt"
+    if resume and last_path.is_file():
+        # weights_only=False: the checkpoint holds numpy's generator state; it is our own file from this run.
+        state = torch.load(last_path, weights_only=False)
+        net.load_state_dict(state["net"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        rng.bit_generator.state = state["rng"]
+        torch.set_rng_state(state["torch_rng"])
+        history, best, plan["epochs"], first_epoch = state["history"], state["best"], state["epochs"], state["epoch"] + 1
+    started = time.time() - (history[-1]["elapsed_s"] if history else 0.0)
+    epoch = first_epoch
+    while plan["epochs"] is None or epoch <= plan["epochs"]:
         net.train()
         order = rng.permutation(np.repeat(np.arange(len(train)), config.crops_per_image))
         losses = []
@@ -273,29 +322,49 @@ def train_detector(root: Path, out_dir: Path, config: DetectorTrainConfig, progr
             batch = [train[i] for i in order[step * config.batch_size : (step + 1) * config.batch_size]]
             losses.append(train_step(net, optimizer, sampler, batch, config.size_loss_weight))
             scheduler.step()
-        val_predictions = predict(net, val, config.input_scale)
-        threshold, _ = best_threshold(val_predictions)
-        val_result = evaluate([(i, d.with_min_confidence(threshold), g) for i, d, g in val_predictions])
-        record = {"epoch": epoch, "loss": float(np.mean(losses)), "threshold": threshold, **val_result.summary(), "elapsed_s": round(time.time() - started, 1)}
+        selection = run.select(predict(net, val, config.input_scale, labels=run.labels))
+        record = {"epoch": epoch, "loss": float(np.mean(losses)), **selection, "elapsed_s": round(time.time() - started, 1)}
+        if plan["epochs"] is None:
+            plan["epochs"] = _epochs_for_budget(run, record["elapsed_s"])
+        record["epochs"] = plan["epochs"]
         history.append(record)
-        if val_result.fscore > best["fscore"]:
+        if record["score"] > best["score"]:
             best = record
-            torch.save(net.state_dict(), checkpoint)
+            torch.save(net.state_dict(), best_path)
+        torch.save({"net": net.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "history": history, "best": best,
+                    "epochs": plan["epochs"], "epoch": epoch}, last_path)
         if progress:
             progress(record)
+        epoch += 1
+    net.load_state_dict(torch.load(best_path))
+    return {"best": best, "history": history, "epochs": plan["epochs"], "net": net}
 
-    net.load_state_dict(torch.load(checkpoint))
-    metadata = {
+
+def detector_metadata(labels: LabelMap, config: DetectorTrainConfig, best: dict, templates: str) -> dict:
+    """What inference reads from the ONNX file: labels, input scale, stride, the held-out threshold, template use."""
+    return {
         "aivd_model": "centernet-lite",
-        "labels": list(DEEPPCB_CLASSES.names),
+        "labels": list(labels.names),
         "input_scale": config.input_scale,
         "output_stride": OUTPUT_STRIDE,
         "score_threshold": best["threshold"],
+        "templates": templates,
         "train_config": asdict(config),
         "best_epoch": best["epoch"],
     }
+
+
+def train_detector(root: Path, out_dir: Path, config: DetectorTrainConfig, progress=None) -> dict:
+    """DeepPCB: train on trainval, select the best epoch on its held-out tenth, export ONNX; returns the training record."""
+    seed_everything(config.seed, config.threads)
+    train_samples, val_samples = holdout_split(load_split(root, "trainval")[: config.limit])
+    train = load_samples(train_samples, config.input_scale)
+    val = load_samples(val_samples, config.input_scale)
+    fitted = fit_detector(train, val, out_dir, config, DetectorRun(DEEPPCB_CLASSES, DeepPCBScoring().select), progress)
+    best = fitted["best"]
     onnx_path = out_dir / "detector.onnx"
-    export_onnx(net, onnx_path, metadata)
-    record = {"config": asdict(config), "best": best, "history": history, "onnx": str(onnx_path)}
+    export_onnx(fitted["net"], onnx_path, detector_metadata(DEEPPCB_CLASSES, config, best, "optional"))
+    record = {"config": asdict(config), "best": best, "history": fitted["history"], "onnx": str(onnx_path)}
     (out_dir / "training.json").write_text(json.dumps(record, indent=2))
     return record

@@ -17,11 +17,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from aivd.core import DEEPPCB_CLASSES
 from aivd.data.deeppcb import holdout_split, load_split
 from aivd.edge.crops import CONTEXT, CROP_SIZE, MIN_SIDE
 from aivd.edge.detector import BUILTIN_MODEL, TemplateDetector
-from aivd.training.calibration_set import PERTURBED_SUFFIX, calibration_pairs
 from aivd.training.common import seed_everything, write_metadata
 from aivd.training.crop_training import (
     MINING_THRESHOLD,
@@ -35,6 +33,7 @@ from aivd.training.crop_training import (
     train_loop,
 )
 from aivd.training.detector_net import conv_bn
+from aivd.training.held_out import DeepPCBScoring, HeldOutScoring
 
 REFINER_FILE = "deeppcb_refiner.onnx"
 
@@ -77,35 +76,37 @@ def recipe_and_augment(config: RefinerTrainConfig) -> tuple[CropRecipe, AugmentC
     return recipe, AugmentConfig(config.jitter, config.template_dropout, config.thickness_prob)
 
 
-def package_with_detector(detector_path: Path, out_dir: Path, val_samples) -> dict:
+def package_with_detector(detector_path: Path, out_dir: Path, val_samples, scoring: HeldOutScoring = DeepPCBScoring(),
+                          detector_file: str = BUILTIN_MODEL.name, refiner_file: str = REFINER_FILE) -> dict:
     """Write the shipped pair into `out_dir`: the detector with `refiner` and a re-calibrated `score_threshold` in
-    its metadata, beside the refiner. The threshold is chosen through the real ONNX inference on the held-out
-    pairs and their perturbed copies (`aivd.training.calibration_set`); `val` is scored on the held-out pairs alone."""
+    its metadata, beside the refiner. The threshold is chosen through the real ONNX inference on `scoring`'s
+    held-out pairs; `val` is scored on the held-out pairs alone (not on perturbed copies)."""
     import shutil
 
-    from aivd.eval.protocol import best_threshold, evaluate
-
-    detector_out = out_dir / BUILTIN_MODEL.name
-    shutil.copyfile(detector_path, detector_out)
-    write_metadata(detector_out, {"refiner": REFINER_FILE})
+    detector_out = out_dir / detector_file
+    if detector_out.resolve() != Path(detector_path).resolve():
+        shutil.copyfile(detector_path, detector_out)
+    write_metadata(detector_out, {"refiner": refiner_file})
     detector = TemplateDetector(detector_out, min_confidence=0.05)
-    pairs = [(image_id, detector.detect(image, template), truth) for image_id, image, template, truth in calibration_pairs(val_samples)]
-    threshold, calibration_fscore = best_threshold(pairs)
+    pairs = [(image_id, detector.detect(image, template), truth) for image_id, image, template, truth in scoring.pairs(val_samples)]
+    threshold, calibration_score = scoring.threshold(pairs)
     write_metadata(detector_out, {"score_threshold": threshold})
-    held_out = [(i, d.with_min_confidence(threshold), g) for i, d, g in pairs if not i.endswith(PERTURBED_SUFFIX)]
-    return {"threshold": threshold, "val": evaluate(held_out).summary(), "calibration_fscore": round(calibration_fscore, 5),
+    held_out = [(i, d.with_min_confidence(threshold), g) for i, d, g in pairs if not scoring.is_copy(i)]
+    return {"threshold": threshold, "val": scoring.select(held_out), "calibration_score": round(calibration_score, 5),
             "detector": str(detector_out)}
 
 
-def train_refiner(root: Path, detector_path: Path, out_dir: Path, config: RefinerTrainConfig, progress=None) -> dict:
-    """Train on trainval boxes, export, and package with the detector at `detector_path` (see module doc)."""
+def fit_refiner(train_samples, val_samples, detector_path: Path, out_dir: Path, config: RefinerTrainConfig,
+                refiner_file: str = REFINER_FILE, time_budget_s: float | None = None, progress=None) -> dict:
+    """Train the refiner for the detector at `detector_path` (its labels, plus `no-defect` with `config.reject`) and
+    export it to `out_dir/refiner_file`; returns the training record without packaging."""
     seed_everything(config.seed, config.threads)
     out_dir.mkdir(parents=True, exist_ok=True)
-    train_samples, val_samples = holdout_split(load_split(root, "trainval")[: config.limit])
-    labels = list(DEEPPCB_CLASSES.names)
+    mining_detector = TemplateDetector(detector_path, min_confidence=MINING_THRESHOLD, use_refiner=False)
+    labels = list(mining_detector.labels.names)
     metadata = {"aivd_model": "crop-refiner", "train_config": asdict(config)}
     if config.reject:
-        mining = edge_candidates(TemplateDetector(detector_path, min_confidence=MINING_THRESHOLD, use_refiner=False))
+        mining = edge_candidates(mining_detector)
         train, val = load_boxes(train_samples, mining), load_boxes(val_samples, mining)
         labels.append(REJECT_LABEL)
         metadata["reject_label"] = REJECT_LABEL
@@ -115,12 +116,19 @@ def train_refiner(root: Path, detector_path: Path, out_dir: Path, config: Refine
     rng = np.random.default_rng(config.seed)
     net = RefinerNet(len(labels))
     recipe, augment = recipe_and_augment(config)
-    loop = LoopConfig(config.epochs, config.batch_size, config.lr, config.weight_decay)
+    loop = LoopConfig(config.epochs, config.batch_size, config.lr, config.weight_decay, time_budget_s)
     best, history = train_loop(net, train, val, recipe, augment, loop, rng, out_dir / "refiner_best.pt", progress)
-    onnx_path = out_dir / REFINER_FILE
+    onnx_path = out_dir / refiner_file
     export_probabilities(net, onnx_path, CROP_SIZE, {**metadata, "labels": labels, "best_epoch": best["epoch"]})
-    pipeline = package_with_detector(detector_path, out_dir, val_samples)
-    record = {"config": asdict(config), "train_boxes": int(len(train.classes)),
-              "train_rejects": int((train.classes == len(DEEPPCB_CLASSES)).sum()), "best": best, "history": history, "onnx": str(onnx_path), "pipeline": pipeline}
+    return {"config": asdict(config), "train_boxes": int(len(train.classes)),
+            "train_rejects": int((train.classes == len(mining_detector.labels)).sum()), "best": best, "history": history,
+            "onnx": str(onnx_path)}
+
+
+def train_refiner(root: Path, detector_path: Path, out_dir: Path, config: RefinerTrainConfig, progress=None) -> dict:
+    """DeepPCB: train on trainval boxes, export, and package with the detector at `detector_path` (see module doc)."""
+    train_samples, val_samples = holdout_split(load_split(root, "trainval")[: config.limit])
+    record = fit_refiner(train_samples, val_samples, detector_path, out_dir, config, progress=progress)
+    record["pipeline"] = package_with_detector(detector_path, out_dir, val_samples)
     (out_dir / "training.json").write_text(json.dumps(record, indent=2))
     return record
