@@ -57,10 +57,10 @@ def test_per_class_and_confusion_matrix():
     truth = dets([[0, 0, 10, 10], [50, 50, 60, 60], [80, 80, 90, 90]], classes=[0, 1, 2])
     found = dets([[0, 0, 10, 10], [50, 50, 60, 60], [200, 200, 210, 210]], scores=[0.9, 0.8, 0.5], classes=[0, 3, 4])
     result = evaluate([("a", found, truth)])
-    table = per_class(result, DEEPPCB_CLASSES)
+    table = per_class(result.matches, DEEPPCB_CLASSES)
     assert table["open"] == {"precision": 1.0, "recall": 1.0, "f1": 1.0, "ground_truth": 1, "detections": 1, "correct": 1}
     assert table["short"]["recall"] == 0.0 and table["spur"]["precision"] == 0.0
-    matrix = confusion_matrix(result, DEEPPCB_CLASSES)
+    matrix = confusion_matrix(result.matches, DEEPPCB_CLASSES)
     counts = {(r, c): n for r, row in zip(matrix["rows"], matrix["counts"]) for c, n in zip(matrix["columns"], row) if n}
     assert counts == {("open", "open"): 1, ("short", "spur"): 1, ("mousebite", "missed"): 1, ("background", "copper"): 1}
 

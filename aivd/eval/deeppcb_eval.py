@@ -96,4 +96,4 @@ def evaluate_results(
     ]
     result = evaluate(pairs)
     groups = per_group(result, group_of) if group_of else {}
-    return EvalOutput(result, per_class(result, DEEPPCB_CLASSES), confusion_matrix(result, DEEPPCB_CLASSES), groups)
+    return EvalOutput(result, per_class(result.matches, DEEPPCB_CLASSES), confusion_matrix(result.matches, DEEPPCB_CLASSES), groups)

@@ -17,6 +17,10 @@ from aivd.core import Detections
 from aivd.core.detections import box_iou
 
 IOU_THRESHOLD = 0.33
+PROTOCOL_DESCRIPTION = (
+    "DeepPCB protocol: detections sorted by confidence are paired with ground truth class-agnostically at IoU > 0.33; "
+    "a pair is correct when the classes agree. mAP, where shown, is COCO's on the same detections."
+)
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""A self-contained HTML diagnostic report: metrics, confusion matrix and the worst images drawn."""
+"""A self-contained HTML diagnostic report for any data set: metrics, per-class table, confusion matrix and the
+worst images drawn, ground truth beside detections."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import numpy as np
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from aivd.data.images import ImageError, read_gray
-from aivd.eval.protocol import ImageMatch
+from aivd.eval.protocol import PROTOCOL_DESCRIPTION, ImageMatch
 from aivd.viz.annotate import GROUND_TRUTH_COLOUR, draw_detections
 from aivd.web.assets import jpeg_data_uri
 
@@ -54,9 +55,15 @@ def write_report(
     extra: dict | None = None,
     include_correct: bool = False,
     groups: dict | None = None,
+    protocol: str = PROTOCOL_DESCRIPTION,
 ) -> Path:
     """Write the report; the `worst` images (most errors first) are drawn with ground truth and detections.
 
+    `summary` holds the headline figures (any of map50, map50_95, fscore, ap, precision, recall; None shows as n/a)
+    and the counts images, ground_truth, detections, correct, optionally errors; `classes` one row per class with
+    any of ap50, precision, recall, f1, ground_truth, detections, correct; `protocol` says in words how they were
+    computed. For any data set: `write_report(path, title, ev.summary(), ev.per_class, ev.confusion, ev.matches,
+    image_paths, protocol=ev.protocol)` with `ev` from `aivd.eval.detection_metrics.evaluate_detections`.
     Error-free images are left out unless `include_correct` (small sets such as the demo's show everything).
     """
     ranked = sorted(matches, key=lambda m: (-(m.false_positives + m.missed), m.image_id))
@@ -64,6 +71,7 @@ def write_report(
     samples = [_sample_view(m, image_paths.get(m.image_id)) for m in shown]
     html = _environment.get_template("eval_report.html").render(
         title=title, summary=summary, classes=classes, confusion=confusion, samples=samples, extra=extra or {}, groups=groups or {},
+        protocol=protocol,
     )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
