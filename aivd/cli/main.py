@@ -355,12 +355,22 @@ def eval_command(
     proposal_threshold: Optional[float] = PROPOSAL,
     report: Optional[Path] = typer.Option(None, help="Write the HTML diagnostic report here."),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as one JSON object."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Any labelled data set (a data YAML, VOC root, COCO JSON or DeepPCB root), scored with COCO mAP and P/R/F1 at the pack's threshold."),
+    pack: Optional[Path] = PACK,
 ) -> None:
-    """Score detections with the official DeepPCB protocol, plus per-class metrics and a confusion matrix."""
+    """Score detections: on DeepPCB with its official protocol (and COCO mAP), on any data set (--data) with COCO
+    mAP@0.5 and mAP@0.5:0.95 and precision/recall/F1 at the pack's threshold; per-class figures and a confusion matrix."""
     from aivd.data.deeppcb import DatasetError
     from aivd.eval.deeppcb_eval import evaluate_results, ground_truth_from_split, ground_truth_from_zip, read_results
     from aivd.eval.report import write_report
 
+    if data is not None:
+        if results is not None or gt_zip is not None or deeppcb is not None:
+            raise fail("--data runs a pack over a data set: --results, --gt-zip and --deeppcb do not apply")
+        _eval_data(data, split, pack, model, min_confidence, use_templates, edge_only, cloud, classifier, proposal_threshold, report, as_json)
+        return
+    if pack is not None and results is not None:
+        raise fail("--pack runs a pack; --results scores files that were already written: give one")
     root = resolve_deeppcb(deeppcb)
     try:
         truth, image_paths = ground_truth_from_split(root, split)
@@ -369,7 +379,8 @@ def eval_command(
         if results is not None:
             predictions, source = read_results(results), str(results)
         else:
-            pipeline = _load_pipeline(model, min_confidence, edge_only, cloud, classifier, None, proposal_threshold, DEEPPCB_PIXELS_PER_MM)
+            pipeline = _load_pipeline(model, min_confidence, edge_only, cloud, classifier, None, proposal_threshold, DEEPPCB_PIXELS_PER_MM,
+                                      pack=pack)
             predictions = _detect_split(root, split, pipeline, use_templates)
             source = f"live run of {pipeline.name}" + ("" if use_templates else " without templates")
         # DeepPCB's board group is the folder an image lies in; four test groups are absent from trainval.
@@ -385,6 +396,35 @@ def eval_command(
         print(json.dumps(output.to_json()))
         return
     _print_eval(output)
+    if report:
+        console.print(f"report -> {report}")
+
+
+def _eval_data(data, split, pack, model, min_confidence, use_templates, edge_only, cloud, classifier, proposal_threshold, report, as_json):
+    from aivd.eval.dataset_eval import evaluate_pipeline
+    from aivd.eval.report import write_report
+
+    loaded = _data_split(data, split)
+    pipeline = _load_pipeline(model, min_confidence, edge_only, cloud, classifier, None, proposal_threshold, pack=pack)
+    if list(pipeline.labels.names) != list(loaded.labels.names):
+        raise fail(f"the model's classes {list(pipeline.labels.names)} are not the data set's {list(loaded.labels.names)}")
+    with progress_bar() as progress:
+        samples = progress.track(loaded.samples, description="detecting")
+        output = evaluate_pipeline(pipeline, samples, use_templates, lambda error: console.print(f"[red]error:[/red] {escape(str(error))}", highlight=False))
+    output_json = output.to_json() | {"errors": output.errors + len(loaded.problems)}
+    if report:
+        write_report(report, f"{data} {split}: {pipeline.name}", output.summary(), output.per_class, output.confusion, output.matches,
+                     {s.image_id: s.image_path for s in loaded.samples}, protocol=output.protocol)
+    if as_json:
+        print(json.dumps(output_json))
+        return
+    out = Console()
+    out.print(f"mAP@0.5 [bold]{output.map50}[/bold]  mAP@0.5:0.95 {output.map50_95}  at threshold {output.threshold:.3f}: precision "
+              f"{output.precision:.4f}  recall {output.recall:.4f}  F1 {output.fscore:.4f}  ({output.images} images, {output_json['errors']} errors)")
+    table = Table("class", "AP@0.5", "precision", "recall", "F1")
+    for name, row in output.per_class.items():
+        table.add_row(name, "-" if row["ap50"] is None else f"{row['ap50']:.4f}", f"{row['precision']:.4f}", f"{row['recall']:.4f}", f"{row['f1']:.4f}")
+    out.print(table)
     if report:
         console.print(f"report -> {report}")
 
