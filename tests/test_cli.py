@@ -130,9 +130,11 @@ def test_deeppcb_inspect_then_eval_matches_a_live_eval(tmp_path, deeppcb_root):
     live = json.loads(aivd("eval", "--deeppcb", deeppcb_root, "--json", check_rc=0).stdout)
     assert scored == official
     # Result files round coordinates to integers, so the live run may differ in the last digits only.
-    for key in ("fscore", "ap", "precision", "recall"):
+    for key in ("fscore", "ap", "precision", "recall", "map50", "map50_95"):
         assert scored[key] == pytest.approx(live[key], abs=2e-3)
     assert set(scored["per_class"]) == {"open", "short", "mousebite", "spur", "copper", "pin-hole"}
+    printed = aivd("eval", "--deeppcb", deeppcb_root, "--results", tmp_path, check_rc=0).stdout
+    assert f"mAP@0.5 {scored['map50']:.4f}" in printed and f"mAP@0.5:0.95 {scored['map50_95']:.4f}" in printed
     html = (tmp_path / "report.html").read_text()
     assert "Confusion matrix" in html and "Per board group" in html and "data:image/jpeg;base64," in html
     assert set(scored["per_group"]) >= {"90100", "12100"}

@@ -73,3 +73,6 @@ def test_per_group_figures_come_from_the_same_pairing():
     output = evaluate_results(found, truth, {"a": "group1", "b": "group2"})
     assert output.groups["group1"]["fscore"] == 1.0 and output.groups["group2"]["fscore"] == 0.0
     assert output.to_json()["fscore"] == pytest.approx(0.5)
+    # COCO mAP of the same predictions: open found (AP 1), short missed (AP 0); mousebite has no truth, so no AP.
+    assert (output.to_json()["map50"], output.to_json()["map50_95"]) == (0.5, 0.5)
+    assert output.classes["mousebite"]["ap50"] is None and output.classes["open"]["ap50"] == 1.0

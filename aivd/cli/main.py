@@ -439,15 +439,23 @@ def _detect_split(root: Path, split: str, pipeline, use_templates: bool) -> dict
 
 
 def _print_eval(output) -> None:
-    summary = output.result.summary()
+    summary = output.summary()
+
+    def figure(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.4f}"
+
     out = Console()
     out.print(
         f"F-score [bold]{summary['fscore']:.4f}[/bold]  AP [bold]{summary['ap']:.4f}[/bold]  precision {summary['precision']:.4f}  "
-        f"recall {summary['recall']:.4f}  ({summary['images']} images, {summary['ground_truth']} defects, {summary['detections']} detections)"
+        f"recall {summary['recall']:.4f}  mAP@0.5 {figure(summary['map50'])}  mAP@0.5:0.95 {figure(summary['map50_95'])}  "
+        f"({summary['images']} images, {summary['ground_truth']} defects, {summary['detections']} detections)"
     )
-    table = Table("class", "precision", "recall", "F1", "truth", "detected", "correct")
+    table = Table("class", "precision", "recall", "F1", "AP@0.5", "truth", "detected", "correct")
     for name, row in output.classes.items():
-        table.add_row(name, f"{row['precision']:.4f}", f"{row['recall']:.4f}", f"{row['f1']:.4f}", str(row["ground_truth"]), str(row["detections"]), str(row["correct"]))
+        table.add_row(
+            name, f"{row['precision']:.4f}", f"{row['recall']:.4f}", f"{row['f1']:.4f}", figure(row["ap50"]),
+            str(row["ground_truth"]), str(row["detections"]), str(row["correct"]),
+        )
     out.print(table)
     if output.groups:
         groups = Table("board group", "images", "precision", "recall", "F-score", "AP")

@@ -11,6 +11,7 @@ from aivd.core import DEEPPCB_CLASSES, Detections
 from aivd.data.deeppcb import DatasetError, DeepPCBSample, load_split, parse_annotation, parse_submission
 from aivd.data.images import ImageError, read_pair
 from aivd.edge.detector import Detector
+from aivd.eval.detection_metrics import coco_map
 from aivd.eval.metrics import confusion_matrix, per_class
 from aivd.eval.protocol import ProtocolResult, evaluate
 
@@ -18,12 +19,17 @@ from aivd.eval.protocol import ProtocolResult, evaluate
 @dataclass
 class EvalOutput:
     result: ProtocolResult
-    classes: dict
+    classes: dict  # the protocol's per-class figures, each with COCO's ap50 beside them
     confusion: dict
     groups: dict
+    map50: float | None  # COCO mAP of the same predictions, comparable with other data sets' figures
+    map50_95: float | None
+
+    def summary(self) -> dict:
+        return {**self.result.summary(), "map50": self.map50, "map50_95": self.map50_95}
 
     def to_json(self) -> dict:
-        return {**self.result.summary(), "per_class": self.classes, "confusion": self.confusion, "per_group": self.groups}
+        return {**self.summary(), "per_class": self.classes, "confusion": self.confusion, "per_group": self.groups}
 
 
 def per_group(result: ProtocolResult, group_of: dict[str, str]) -> dict[str, dict]:
@@ -95,5 +101,7 @@ def evaluate_results(
         for image_id, truth in sorted(ground_truth.items())
     ]
     result = evaluate(pairs)
+    coco = coco_map(pairs, DEEPPCB_CLASSES)
+    classes = {name: {**row, "ap50": coco["ap50"][name]} for name, row in per_class(result.matches, DEEPPCB_CLASSES).items()}
     groups = per_group(result, group_of) if group_of else {}
-    return EvalOutput(result, per_class(result.matches, DEEPPCB_CLASSES), confusion_matrix(result.matches, DEEPPCB_CLASSES), groups)
+    return EvalOutput(result, classes, confusion_matrix(result.matches, DEEPPCB_CLASSES), groups, coco["map50"], coco["map50_95"])
