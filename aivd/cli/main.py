@@ -389,7 +389,7 @@ def eval_command(
         raise fail(str(error)) from None
     if report:
         write_report(
-            report, f"DeepPCB {split}: {source}", output.result.summary(), output.classes, output.confusion,
+            report, f"DeepPCB {split}: {source}", output.summary(), output.classes, output.confusion,
             output.result.matches, image_paths, groups=output.groups,
         )
     if as_json:
