@@ -16,6 +16,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from aivd.cli.data import data_app
 from aivd.cli.finetune import finetune_app
 from aivd.cli.models import models_app
 from aivd.cli.serve import serve_app
@@ -31,6 +32,7 @@ app.add_typer(serve_app, name="serve")
 app.add_typer(simulate_app, name="simulate")
 app.add_typer(finetune_app, name="finetune")
 app.add_typer(models_app, name="models")
+app.add_typer(data_app, name="data")
 
 console = Console(stderr=True, soft_wrap=True)  # one error per line, never wrapped
 DEEPPCB_HELP = "DeepPCB root (the folder holding PCBData/); default: $AIVD_DEEPPCB_ROOT or ../shared/data/deeppcb."
@@ -490,7 +492,7 @@ def demo(
 def synth(
     out: Path = typer.Option(..., "--out", "-o", help="Output folder."),
     count: int = typer.Option(30, min=1, help="Number of test/template pairs."),
-    layout: str = typer.Option("deeppcb", help="deeppcb, voc or yolo."),
+    layout: str = typer.Option("deeppcb", help="deeppcb, voc, yolo or coco."),
     size: int = typer.Option(640, min=64, help="Image side in pixels."),
     seed: int = typer.Option(0),
 ) -> None:

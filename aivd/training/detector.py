@@ -33,6 +33,7 @@ import torch
 from torch.nn import functional as F
 
 from aivd.core import DEEPPCB_CLASSES, Detections, LabelMap
+from aivd.data.dataset import Sample
 from aivd.data.deeppcb import holdout_split, load_split
 from aivd.data.images import read_pair
 from aivd.edge.centernet import OUTPUT_STRIDE, PAD_MULTIPLE, decode, make_input
@@ -79,7 +80,7 @@ class LoadedSample:
     has_template: bool = True
 
 
-def load_samples(samples, input_scale: float) -> list[LoadedSample]:
+def load_samples(samples: list[Sample], input_scale: float) -> list[LoadedSample]:
     """`Sample`s read into memory; a sample's template is used when it has one."""
     return [loaded_sample(s.image_id, *read_pair(s.image_path, s.template_path), s.ground_truth(), input_scale) for s in samples]
 
