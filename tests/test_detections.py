@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from conftest import dets
 
-from aivd.core import DEEPPCB_CLASSES, Detections
+from aivd.core import DEEPPCB_CLASSES, Detections, LabelMap
 from aivd.core.detections import box_iou
 
 
@@ -29,3 +29,24 @@ def test_is_immutable_and_selectable():
 def test_box_iou_uses_continuous_areas():
     iou = box_iou(np.array([[0, 0, 10, 10]]), np.array([[5, 0, 15, 10], [20, 20, 30, 30], [0, 0, 10, 10]]))
     assert iou[0] == pytest.approx([50 / 150, 0.0, 1.0])
+
+
+def test_merge_concatenates_parts_in_order_and_needs_one_label_map():
+    first = dets([[0, 0, 10, 10]], scores=[0.3], classes=[2])
+    second = dets([[5, 5, 20, 20], [1, 1, 2, 2]], scores=[0.9, 0.5], classes=[4, 0])
+    merged = Detections.merge([first, second])
+    assert merged.xyxy.tolist() == [[0, 0, 10, 10], [5, 5, 20, 20], [1, 1, 2, 2]]
+    assert merged.class_names == ["mousebite", "copper", "open"]
+    assert merged.confidence.tolist() == pytest.approx([0.3, 0.9, 0.5])
+    other = Detections(np.array([[0, 0, 1, 1]]), np.ones(1), np.zeros(1), LabelMap(("scratch",)))
+    with pytest.raises(ValueError, match="different labels"):
+        Detections.merge([first, other])
+    with pytest.raises(ValueError, match="different labels"):
+        Detections.merge([first], labels=other.labels)
+
+
+def test_merge_of_nothing_needs_labels():
+    with pytest.raises(ValueError, match="needs labels="):
+        Detections.merge([])
+    empty = Detections.merge([], labels=DEEPPCB_CLASSES)
+    assert len(empty) == 0 and empty.labels == DEEPPCB_CLASSES

@@ -82,6 +82,22 @@ def _load_detector(model: Optional[Path], min_confidence: Optional[float]):
         raise fail(str(error)) from None
 
 
+def _tiled(detector, model: Optional[Path], tile_size: Optional[int]):
+    """`detector` detecting large images in tiles of `tile_size` px; None: automatic (the built-in detector at the
+    size it is trained on, a given model whole), 0: never tiled."""
+    from aivd.edge.detector import BUILTIN_TILE_SIZE
+    from aivd.edge.tiling import TiledDetector
+
+    if tile_size is None:
+        tile_size = BUILTIN_TILE_SIZE if model is None else 0
+    if not tile_size:
+        return detector
+    try:
+        return TiledDetector(detector, tile_size)
+    except ValueError as error:
+        raise fail(f"--tile-size: {error}") from None
+
+
 DEEPPCB_PIXELS_PER_MM = 48.0
 # Benchmarks always print one JSON object; --json is accepted so that commands written as `... --json` work.
 JSON_ALWAYS = typer.Option(True, "--json", help="Print one JSON object (the only output format).")
@@ -171,11 +187,12 @@ def _load_pipeline(
     model: Optional[Path], min_confidence: Optional[float], edge_only: bool, cloud: Optional[str] = None,
     classifier: Optional[Path] = None, knowledge: Optional[Path] = None, proposal: Optional[float] = None,
     pixels_per_mm: Optional[float] = None, backend: CloudBackend = CloudBackend.builtin, llm: LLMOptions = LLMOptions(),
-    pack: Optional[Path] = None,
+    pack: Optional[Path] = None, tile_size: Optional[int] = None,
 ):
     """The detector, and unless `edge_only` the cloud analyzer: `backend` in this process, or a remote service at `cloud`.
 
-    With a model `pack`, its detectors, classifier and knowledge base are the defaults."""
+    With a model `pack`, its detectors, classifier and knowledge base are the defaults. `tile_size`: see `_tiled`
+    (a pack sets its own; the option overrides it)."""
     from aivd.cloud.knowledge import KnowledgeError
     from aivd.edge.detector import ModelError
     from aivd.pipeline.engine import EdgeCloudPipeline
@@ -184,14 +201,14 @@ def _load_pipeline(
         if model is not None:
             raise fail("give --pack or --model, not both: a pack brings its own detectors")
         return _load_pack_pipeline(load_model_pack(pack), min_confidence, edge_only, cloud, classifier, knowledge, proposal,
-                                   pixels_per_mm, backend, llm)
+                                   pixels_per_mm, backend, llm, tile_size)
     if backend is not CloudBackend.builtin and (cloud or classifier):
         raise fail(f"--cloud-backend {backend.value} runs the analyzer in this process: it cannot be combined with "
                    f"{'--cloud' if cloud else '--classifier'}")
     if backend is CloudBackend.builtin and llm.given():
         given = llm.given()
         raise fail(f"{', '.join(given)} {'needs' if len(given) == 1 else 'need'} --cloud-backend openai or transformers")
-    detector = _load_detector(model, min_confidence)
+    detector = _tiled(_load_detector(model, min_confidence), model, tile_size)
     if edge_only:
         return EdgeCloudPipeline(detector)
     if backend is not CloudBackend.builtin:
@@ -215,14 +232,14 @@ def _load_pipeline(
     return EdgeCloudPipeline(detector, analyzer, proposal, pixels_per_mm)
 
 
-def _load_pack_pipeline(pack, min_confidence, edge_only, cloud, classifier, knowledge, proposal, pixels_per_mm, backend, llm):
+def _load_pack_pipeline(pack, min_confidence, edge_only, cloud, classifier, knowledge, proposal, pixels_per_mm, backend, llm, tile_size):
     from aivd.cloud.knowledge import KnowledgeError
     from aivd.edge.detector import ModelError
     from aivd.packs import PackError
     from aivd.pipeline.engine import EdgeCloudPipeline
 
     try:
-        detector = pack.load_detector(min_confidence)
+        detector = pack.load_detector(min_confidence, tile_size=tile_size)
     except (ModelError, PackError) as error:
         raise fail(str(error)) from None
     pixels_per_mm = pack.pixels_per_mm if pixels_per_mm is None else pixels_per_mm
@@ -282,6 +299,10 @@ def inspect(
     annotate: bool = typer.Option(True, help="Write annotated images to OUT/annotated/."),
     db: Optional[str] = typer.Option(None, help="SQLAlchemy URL of the result database, e.g. postgresql+psycopg://... Default: OUT/aivd.sqlite."),
     report: bool = typer.Option(True, help="Write OUT/report.html."),
+    tile_size: Optional[int] = typer.Option(
+        None, "--tile-size", min=0,
+        help="Detect images longer than 1.5 tiles in overlapping tiles of this many px. Default: 640 for the built-in detector, "
+             "none for --model; 0: never tile."),
 ) -> None:
     """Find defects in images (edge), analyse each (cloud) and write one JSON record per image, the database
     and an HTML report."""
@@ -307,11 +328,11 @@ def inspect(
     if pixels_per_mm is None and deeppcb:
         pixels_per_mm = DEEPPCB_PIXELS_PER_MM
     pipeline = _load_pipeline(model, min_confidence, edge_only, cloud, classifier, knowledge, proposal_threshold, pixels_per_mm,
-                              cloud_backend, LLMOptions(llm_config, llm_base_url, llm_model, llm_adapter, llm_prompt), pack)
+                              cloud_backend, LLMOptions(llm_config, llm_base_url, llm_model, llm_adapter, llm_prompt), pack, tile_size)
     options = InspectOptions(
         annotate=annotate, deeppcb_results=bool(deeppcb), database=db or "", report=report, command=" ".join(["aivd", *sys.argv[1:]]),
         config={"pipeline": pipeline.name, "edge_threshold": pipeline.edge_threshold, "proposal_threshold": pipeline.proposal_threshold,
-                "pixels_per_mm": pixels_per_mm, "images": len(tasks)},
+                "pixels_per_mm": pixels_per_mm, "images": len(tasks), "tile_size": getattr(pipeline.detector, "tile_size", None)},
     )
     try:
         writer = ResultWriter(out, options)

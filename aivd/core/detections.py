@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -49,6 +50,24 @@ class Detections:
     @classmethod
     def empty(cls, labels: LabelMap) -> Detections:
         return cls(np.zeros((0, 4)), np.zeros(0), np.zeros(0), labels)
+
+    @classmethod
+    def merge(cls, parts: Sequence[Detections], labels: LabelMap | None = None) -> Detections:
+        """Every box of `parts`, in order. The parts must share one LabelMap (`labels`, when given, must be it
+        too); an empty `parts` needs `labels` to say which vocabulary the empty result has."""
+        if labels is None:
+            if not parts:
+                raise ValueError("merging no Detections needs labels= for the (empty) result")
+            labels = parts[0].labels
+        for part in parts:
+            if part.labels != labels:
+                raise ValueError(f"cannot merge Detections with different labels: {list(labels.names)} and {list(part.labels.names)}")
+        if not parts:
+            return cls.empty(labels)
+        return cls(
+            np.concatenate([part.xyxy for part in parts]), np.concatenate([part.confidence for part in parts]),
+            np.concatenate([part.class_id for part in parts]), labels,
+        )
 
     def __len__(self) -> int:
         return len(self.class_id)

@@ -6,6 +6,8 @@ and go on with the next image.
 
 from __future__ import annotations
 
+import io
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,10 +32,22 @@ class ImageError(ValueError):
 
 @dataclass(frozen=True)
 class ImageLimits:
-    """What the detector accepts. Defaults fit line-scan PCB tiles; larger boards should be tiled first."""
+    """What the pipeline accepts. Images larger than the detector's input are detected in tiles
+    (`aivd.edge.tiling`); `max_pixels` bounds the memory one image may take (one byte a pixel, grey)."""
 
     min_side: int = 32
-    max_side: int = 8192
+    max_side: int = 16384
+    # 150 Mpx (a 12000 x 12000 scan) stays under Pillow's own refusal of headers above about 179 Mpx
+    # (2 x Image.MAX_IMAGE_PIXELS), which would otherwise answer for this limit with its own wording.
+    max_pixels: int = 150_000_000
+
+    def size_problem(self, width: int, height: int) -> str | None:
+        """Why a `width` x `height` image is refused, or None."""
+        if min(width, height) < self.min_side or max(width, height) > self.max_side:
+            return f"unsupported size {width}x{height} (each side must be {self.min_side}..{self.max_side} px)"
+        if width * height > self.max_pixels:
+            return f"unsupported size {width}x{height} ({width * height / 1e6:.0f} megapixels; at most {self.max_pixels / 1e6:.0f} allowed)"
+        return None
 
 
 def _looks_truncated(data: bytes) -> bool:
@@ -46,12 +60,35 @@ def _looks_truncated(data: bytes) -> bool:
     return False
 
 
+def _declared_size(data: bytes, path: str | Path, limits: ImageLimits) -> tuple[int, int] | None:
+    """The (width, height) the file's header declares, read without decoding the pixels; None if Pillow does
+    not know the format (OpenCV then decides, and the decoded size is checked)."""
+    try:
+        # Pillow warns from about 89 Mpx on; the limits here are ours, and a refusal is one line, not a warning.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as header:
+                return header.size
+    except Image.DecompressionBombError:  # raised only while Pillow's limit is set, so MAX_IMAGE_PIXELS is a number
+        declared = 2 * Image.MAX_IMAGE_PIXELS / 1e6
+        raise ImageError(
+            path, f"unsupported size (the header declares over {declared:.0f} megapixels; at most {limits.max_pixels / 1e6:.0f} allowed)"
+        ) from None
+    except (UnidentifiedImageError, OSError, ValueError):
+        # A format or header Pillow cannot read: OpenCV's decoder gets the last word.
+        return None
+
+
 def decode_gray(data: bytes, path: str | Path, limits: ImageLimits = ImageLimits()) -> np.ndarray:
-    """Decode image bytes into a 2-D uint8 array, rejecting anything the detector cannot use."""
+    """Decode image bytes into a 2-D uint8 array, rejecting anything the detector cannot use. The size the
+    header declares is checked before decoding, so a few kilobytes declaring a gigapixel are refused unread."""
     if len(data) == 0:
         raise ImageError(path, "empty file (0 bytes)")
     if _looks_truncated(data):
         raise ImageError(path, "truncated image file (no end-of-image marker)")
+    declared = _declared_size(data, path, limits)
+    if declared is not None and (problem := limits.size_problem(*declared)):
+        raise ImageError(path, problem)
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if image is None:
         raise ImageError(path, "not a decodable image (JPEG, PNG, BMP or TIFF expected)")
@@ -68,10 +105,8 @@ def decode_gray(data: bytes, path: str | Path, limits: ImageLimits = ImageLimits
         else:
             raise ImageError(path, f"unsupported channel count {channels} (1, 3 or 4 expected)")
     height, width = image.shape
-    if min(height, width) < limits.min_side or max(height, width) > limits.max_side:
-        raise ImageError(
-            path, f"unsupported size {width}x{height} (each side must be {limits.min_side}..{limits.max_side} px)"
-        )
+    if problem := limits.size_problem(width, height):
+        raise ImageError(path, problem)
     return np.ascontiguousarray(image)
 
 

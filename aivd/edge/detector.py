@@ -25,6 +25,7 @@ from aivd.edge.crops import crop_windows
 
 BUILTIN_MODEL = Path(__file__).parent / "models" / "deeppcb_centernet.onnx"
 BUILTIN_OUTPUTS = ("peaks", "class_probs", "sizes", "offsets")
+BUILTIN_TILE_SIZE = 640  # the built-in model is trained on DeepPCB's 640 x 640 images; larger ones are tiled
 
 
 class ModelError(ValueError):
