@@ -15,6 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from aivd.cli.finetune import finetune_app
+from aivd.cli.kb import kb_app
 from aivd.cli.models import models_app
 from aivd.cli.serve import serve_app
 from aivd.cli.simulate import simulate_app
@@ -29,6 +30,7 @@ app.add_typer(serve_app, name="serve")
 app.add_typer(simulate_app, name="simulate")
 app.add_typer(finetune_app, name="finetune")
 app.add_typer(models_app, name="models")
+app.add_typer(kb_app, name="kb")
 
 console = Console(stderr=True, soft_wrap=True)  # one error per line, never wrapped
 DEEPPCB_HELP = "DeepPCB root (the folder holding PCBData/); default: $AIVD_DEEPPCB_ROOT or ../shared/data/deeppcb."
