@@ -1,6 +1,8 @@
 """The cloud tier's parts that need no server: regions, pixel measurements, the knowledge base, the schema,
 the built-in analyzer and the edge-cloud pipeline."""
 
+import json
+
 import cv2
 import numpy as np
 import pytest
@@ -77,6 +79,60 @@ def test_without_a_template_only_sizes_are_measured():
     assert m.width_mm is not None and m.joins_conductors is None and m.changed_area_px is None
 
 
+def test_size_area_and_contrast_are_measured_for_every_region():
+    dark_spot = board((30, 30, 39, 39))  # cv2 fills both corners: a 10 x 10 spot
+    m = measure(region(dark_spot, None, (30, 30, 40, 40), scale=10))
+    assert (m.width_px, m.height_px, m.area_px) == (10, 10, 100)
+    assert (m.width_mm, m.height_mm, m.area_mm2) == (1.0, 1.0, 1.0)
+    assert m.contrast == -255  # black inside, white all round
+    bright_spot = 255 - dark_spot
+    assert measure(region(bright_spot, None, (30, 30, 40, 40))).contrast == 255
+    # The ring is clipped to the crop: a box in the corner still has surroundings on two sides.
+    corner = measure(region(board((0, 0, 9, 9)), None, (0, 0, 10, 10)))
+    assert corner.contrast == -255
+    # A box that fills the crop leaves no ring to compare with.
+    assert measure(region(dark_spot, None, (0, 0, 80, 80))).contrast is None
+
+
+def test_pcb_facts_need_the_flag_and_a_template():
+    template = board((10, 10, 69, 25), (10, 45, 69, 60))
+    test = board((10, 10, 69, 25), (10, 45, 69, 60), (35, 25, 42, 45))
+    box = (32, 22, 46, 48)
+    pcb_fields = ("changed_area_px", "changed_area_mm2", "extra_copper_px", "missing_copper_px", "joins_conductors", "splits_conductor")
+    with_facts = measure(region(test, template, box, scale=48), pcb_facts=True)
+    assert all(getattr(with_facts, name) is not None for name in pcb_fields)
+    for generic in (measure(region(test, template, box, scale=48), pcb_facts=False), measure(region(test, None, box, scale=48))):
+        assert all(getattr(generic, name) is None for name in pcb_fields)
+        assert generic.area_px == 14 * 26 and generic.area_mm2 is not None and generic.contrast is not None
+
+
+@pytest.mark.parametrize("scale", [0.0, 1e-300, float("inf"), float("nan"), -48.0])
+def test_an_absurd_scale_leaves_out_the_millimetres(scale):
+    template = board((10, 30, 69, 45))
+    m = measure(region(board((10, 30, 35, 45), (42, 30, 69, 45)), template, (32, 28, 46, 48), scale=scale))
+    assert m.width_mm is m.height_mm is m.area_mm2 is m.changed_area_mm2 is None
+    assert m.area_px == 14 * 20 and m.splits_conductor is True
+    json.loads(m.model_dump_json())  # finite numbers only: valid JSON
+
+
+def test_rules_can_use_the_generic_measurements(tmp_path):
+    path = tmp_path / "kb.yaml"
+    path.write_text(
+        "version: 1\nname: steel\nclasses:\n  scratch:\n    summary: A scratch.\n    likely_causes: [rolls]\n"
+        "    severity:\n      - {when: {max_side_px: {'>=': 30}}, severity: critical}\n"
+        "      - {when: {area_px: {'>=': 200}, contrast: {'<': -50}}, severity: major}\n"
+        "    default: minor\n    action: {critical: c, major: b, minor: a}\n")
+    base = KnowledgeBase.load(path)
+    assert base.subject == "industrial parts"  # the neutral default when the file names none
+
+    def severity(width, height, contrast):
+        return base.analysis("scratch", 0.9, True, Measurements(width_px=width, height_px=height, area_px=width * height,
+                                                                  contrast=contrast), "scratch").severity
+    assert severity(10, 30, 0) is Severity.critical
+    assert severity(20, 20, -80) is Severity.major
+    assert severity(20, 20, -20) is Severity.minor and severity(10, 10, -80) is Severity.minor
+
+
 def test_knowledge_base_rules_choose_severity_and_compose_text():
     base = KnowledgeBase.load()
     assert set(base.classes) == {"open", "short", "mousebite", "spur", "copper", "pin-hole"}
@@ -136,7 +192,12 @@ def test_builtin_analyzer_recognises_true_defects_on_bundled_samples():
             total += 1
             correct += analysis.is_defect and analysis.defect_type == name
             assert analysis.measurements is not None and analysis.measurements.width_mm is not None
+            assert analysis.measurements.joins_conductors is not None
     assert correct / total >= 0.9, f"{correct} of {total}"
+    # A generic deployment measures no copper, even where there are templates.
+    image, template, truth = _sample()
+    generic = BuiltinAnalyzer(threads=1, pcb_facts=False).analyze(cut_regions(image, template, truth, "g", pixels_per_mm=48))
+    assert all(a.measurements.joins_conductors is None and a.measurements.area_mm2 is not None for a in generic)
 
 
 def test_pipeline_with_the_cloud_keeps_verified_defects_and_records_the_rest():

@@ -11,6 +11,7 @@ pytest.importorskip("albumentations", reason="the `vlm` extra is not installed")
 torch = pytest.importorskip("torch", reason="the `train` extra is not installed")
 
 from aivd.cli.main import app  # noqa: E402
+from aivd.cloud.knowledge_scaffold import scaffold_knowledge  # noqa: E402
 from aivd.cloud.llm.prompts import parse_analysis  # noqa: E402
 from aivd.cloud.llm.transformers_backend import TransformersAnalyzer, load_vlm, structure_chars  # noqa: E402
 from aivd.core import DEEPPCB_CLASSES  # noqa: E402
@@ -20,6 +21,7 @@ from aivd.training.finetune_data import FinetuneDataConfig, build_finetune_data 
 from aivd.training.lora import ADAPTER_DIR, LoraTrainConfig, add_lora, load_chats, lora_l2, train_lora  # noqa: E402
 
 CLASSES = tuple(DEEPPCB_CLASSES.names)
+NEU_DET = ("crazing", "inclusion", "patches", "pitted_surface", "rolled-in_scale", "scratches")
 MAX_NEW_TOKENS = structure_chars(CLASSES) + 40
 runner = CliRunner()
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -50,7 +52,7 @@ def test_build_writes_trl_chats_and_llamafactory_export(synthetic_root, tmp_path
     out = tmp_path / "out"
     boxes = sum(len(sample.ground_truth()) for sample in samples)
     assert manifest["defect"] == 2 * boxes and manifest["no_defect"] == len(samples)
-    assert manifest["class_names"] == list(CLASSES) and manifest["prompt"] == "v1" and manifest["skipped"] == []
+    assert manifest["class_names"] == list(CLASSES) and manifest["prompt"] == "v2" and manifest["skipped"] == []
 
     train, val = read_jsonl(out / "train.jsonl"), read_jsonl(out / "val.jsonl")
     assert len(train) == manifest["examples"]["train"] and len(val) == manifest["examples"]["val"] > 0
@@ -116,6 +118,37 @@ def test_cli_builds_from_voc_and_yolo_layouts(layout, tmp_path):
     # The out folder now holds data: a second build there is refused rather than mixed in.
     again = runner.invoke(app, ["finetune", "build", f"--{layout}", str(root), "--out", str(tmp_path / "out")])
     assert again.exit_code == 2 and "not empty" in again.output
+
+
+def test_cli_builds_for_classes_of_another_domain_with_their_knowledge_base(tmp_path):
+    """A VOC set whose six classes are NEU-DET's steel defects: the answers and prompts come from its own knowledge
+    base, and nothing in them is about circuit boards."""
+    root = tmp_path / "steel"
+    write_dataset(root, 3, SyntheticConfig(size=192, n_defects=(2, 3)), layout="voc")
+    renamed = dict(zip(CLASSES, NEU_DET))
+    for xml in (root / "Annotations").glob("*.xml"):
+        text = xml.read_text()
+        for pcb, steel in renamed.items():
+            text = text.replace(f"<name>{pcb}</name>", f"<name>{steel}</name>")
+        xml.write_text(text)
+    knowledge = tmp_path / "steel.yaml"
+    knowledge.write_text(scaffold_knowledge("steel", NEU_DET, {}))
+    command = ["finetune", "build", "--voc", str(root), "--out", str(tmp_path / "out"), "--no-pcb-facts"]
+    refused = runner.invoke(app, command)  # DeepPCB's knowledge base has no text for these classes
+    assert refused.exit_code == 2 and "are not in the knowledge base" in refused.output and "aivd kb init" in refused.output
+    result = runner.invoke(app, [*command, "--knowledge", str(knowledge)])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "out" / "dataset.json").read_text())
+    assert set(manifest["class_names"]) <= set(NEU_DET) and manifest["config"]["knowledge"] == str(knowledge)
+    records = read_jsonl(tmp_path / "out" / "train.jsonl") + read_jsonl(tmp_path / "out" / "val.jsonl")
+    assert records
+    for record in records:
+        system, user, reply = (message["content"][-1]["text"] for message in record["messages"])
+        answer = parse_analysis(reply, NEU_DET)
+        assert "inspecting industrial parts" in system and all(f"- {name}: TODO" in user for name in manifest["class_names"])
+        assert answer.recommended_action.startswith("TODO") or not answer.is_defect
+        for pcb_word in ("circuit", "board", "copper", "conductor"):
+            assert pcb_word not in (system + user + reply).lower(), pcb_word
 
 
 def test_cli_needs_exactly_one_data_set(tmp_path):

@@ -2,10 +2,13 @@
 
 import base64
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
+from aivd.cloud.knowledge import KnowledgeBase
+from aivd.cloud.knowledge_scaffold import scaffold_knowledge
 from aivd.cloud.llm.prompts import (
     AnswerError,
     PromptError,
@@ -45,6 +48,7 @@ def test_the_newest_shipped_prompt_is_the_default_and_versions_load_by_name():
 @pytest.mark.parametrize("content, problem", [
     ("version: v9\nsystem: s\nuser: '{box} {where}'\n", r"user: Value error, unknown fields \['where'\]"),
     ("version: v9\nsystem: s\nuser: 'a { b'\n", "user: Value error, not a valid format string"),
+    ("version: v9\nsystem: 'inspecting {box}'\nuser: u\n", r"system: Value error, unknown fields \['box'\]"),
     ("version: v9\nsystem: s\n", "user: Field required"),
     ("version: v9\nsystem: s\nuser: u\ntone: friendly\n", "tone: Extra inputs are not permitted"),
     ("version: v9\nsystem: s\nuser: u\nfew_shot:\n  - user: q\n    answer: {is_defect: true}\n", r"few_shot.0.answer: .*missing \['defect_type'"),
@@ -93,6 +97,27 @@ def test_few_shot_turns_come_before_the_question_and_must_answer_an_allowed_clas
     assert parse_analysis(shot, CLASSES).defect_type == "short" and list(json.loads(shot)) == list(LLM_FIELDS)
     with pytest.raises(PromptError, match=r"few_shot.0 answers class 'short', which is not among the classes \['open'\]"):
         build_messages(prompt, region(), ["open"])
+
+
+def test_prompts_for_other_classes_take_the_subject_and_summaries_from_the_knowledge_base(tmp_path):
+    neu_det = ["crazing", "inclusion", "patches", "pitted_surface", "rolled-in_scale", "scratches"]
+    path = tmp_path / "neu.yaml"
+    path.write_text(scaffold_knowledge("neu-det", neu_det, {}))
+    steel = replace(region(template=False), edge_class="scratches")
+    system, user = build_messages(load_prompt(), steel, neu_det, KnowledgeBase.load(path))
+    system, text = system["content"][0]["text"], user["content"][-1]["text"]
+    assert system.startswith("You are a quality engineer inspecting industrial parts.")
+    assert all(f"- {name}: TODO: what a {name} defect is" in text for name in neu_det)
+    assert json.loads(text[text.index('{"$defs"'):])["properties"]["defect_type"]["enum"] == neu_det
+    for pcb_word in ("circuit", "board", "pcb", "copper", "conductor", "etch", "open", "short", "spur", "mousebite"):
+        assert pcb_word not in (system + text).lower(), pcb_word
+
+
+def test_the_deeppcb_knowledge_base_keeps_the_boards_and_v1_stays_as_released():
+    system, _ = build_messages(load_prompt(), region(), CLASSES)
+    assert system["content"][0]["text"].startswith("You are a quality engineer inspecting bare printed circuit boards.")
+    released = load_prompt("v1")
+    assert build_messages(released, region(), CLASSES)[0]["content"][0]["text"] == released.system
 
 
 def test_openai_messages_inline_the_images_in_order_as_png_data_urls():

@@ -57,10 +57,14 @@ def build_command(
     negatives: int = typer.Option(1, min=0, help="'No defect' windows per image (the edge's false alarms)."),
     prompt: Optional[str] = typer.Option(None, help="Prompt version (v1, ...) or a prompt YAML file. Default: the newest."),
     pixels_per_mm: Optional[float] = typer.Option(None, min=0.0, help="Imaging scale for sizes in mm. Default: 48 for DeepPCB, else unknown."),
+    knowledge: Optional[Path] = typer.Option(
+        None, help="Knowledge-base YAML with every class of the data set (`aivd kb init` writes one). Default: DeepPCB's."),
+    pcb_facts: bool = typer.Option(
+        True, "--pcb-facts/--no-pcb-facts", help="Measure copper and conductors where there are templates (PCB data sets)."),
 ) -> None:
     """Chat data (TRL messages JSONL and LLaMA-Factory sharegpt) from a box-annotated data set."""
     from aivd.cli.main import console, fail, progress_bar
-    from aivd.cloud.knowledge import KnowledgeError
+    from aivd.cloud.knowledge import DEFAULT_KNOWLEDGE, KnowledgeError
     from aivd.cloud.llm.prompts import PromptError
     from aivd.data.deeppcb import DatasetError
 
@@ -72,7 +76,10 @@ def build_command(
     samples = samples[:limit]
     if deeppcb is not None and pixels_per_mm is None:
         pixels_per_mm = DEEPPCB_PIXELS_PER_MM
-    config = finetune_data.FinetuneDataConfig(seed=seed, copies=copies, negatives=negatives, pixels_per_mm=pixels_per_mm, prompt=prompt)
+    config = finetune_data.FinetuneDataConfig(
+        seed=seed, copies=copies, negatives=negatives, pixels_per_mm=pixels_per_mm, prompt=prompt,
+        knowledge=str(knowledge or DEFAULT_KNOWLEDGE), pcb_facts=pcb_facts,
+    )
     try:
         with progress_bar() as progress:
             bar = progress.add_task("building", total=len(samples))

@@ -18,6 +18,7 @@ from rich.table import Table
 
 from aivd.cli.data import data_app
 from aivd.cli.finetune import finetune_app
+from aivd.cli.kb import kb_app
 from aivd.cli.models import models_app
 from aivd.cli.serve import serve_app
 from aivd.cli.simulate import simulate_app
@@ -33,6 +34,7 @@ app.add_typer(simulate_app, name="simulate")
 app.add_typer(finetune_app, name="finetune")
 app.add_typer(models_app, name="models")
 app.add_typer(data_app, name="data")
+app.add_typer(kb_app, name="kb")
 
 console = Console(stderr=True, soft_wrap=True)  # one error per line, never wrapped
 DEEPPCB_HELP = "DeepPCB root (the folder holding PCBData/); default: $AIVD_DEEPPCB_ROOT or ../shared/data/deeppcb."
@@ -104,7 +106,7 @@ JSON_ALWAYS = typer.Option(True, "--json", help="Print one JSON object (the only
 EDGE_ONLY = typer.Option(False, "--edge-only", help="Edge detector alone: no cloud analysis.")
 CLOUD_URL = typer.Option(None, "--cloud", help="URL of an `aivd serve cloud` service. Default: the built-in analyzer in this process.")
 CLASSIFIER = typer.Option(None, help="Cloud crop-classifier ONNX (from `aivd train classifier`). Default: built-in.")
-KNOWLEDGE = typer.Option(None, help="Defect knowledge-base YAML for the built-in analyzer. Default: DeepPCB's.")
+KNOWLEDGE = typer.Option(None, help="Defect knowledge-base YAML (`aivd kb init` scaffolds one) for the cloud analyzer's text and prompts. Default: DeepPCB's.")
 PROPOSAL = typer.Option(None, min=0.0, max=1.0, help="Edge score from which candidates go to the cloud. Default: the classifier's calibrated one.")
 PIXELS_PER_MM = typer.Option(None, min=0.0, help="Imaging scale for sizes in mm. Default: 48 for DeepPCB input, else unknown.")
 
@@ -168,7 +170,9 @@ def _llm_analyzer(backend: CloudBackend, llm: LLMOptions, class_names: list[str]
     except ImportError as error:
         raise fail(f"the transformers backend cannot be loaded ({error}); install aivd's LLM extras (see docs/llm.md)") from None
     try:
-        return TransformersAnalyzer(llm.model, llm.adapter, llm.prompt)
+        return TransformersAnalyzer(llm.model, llm.adapter, llm.prompt, knowledge=knowledge or DEFAULT_KNOWLEDGE)
+    except KnowledgeError as error:
+        raise fail(str(error)) from None
     except (OSError, ValueError) as error:  # a missing or unreadable model or adapter, a bad prompt
         raise fail(f"--llm-model {llm.model}: {error}") from None
 

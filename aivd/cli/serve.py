@@ -57,19 +57,23 @@ def cloud(
     port: int = typer.Option(8700, min=0, max=65535, help="TCP port; 0 picks a free one."),
     model: Optional[Path] = typer.Option(
         None, exists=True, dir_okay=False, help="Crop classifier ONNX (from `aivd train classifier`). Default: built-in."),
+    knowledge: Optional[Path] = typer.Option(None, help="Defect knowledge-base YAML with the classifier's classes. Default: DeepPCB's."),
+    pcb_facts: bool = typer.Option(
+        True, "--pcb-facts/--no-pcb-facts", help="Measure copper and conductors in regions with a template (PCB deployments)."),
     max_body_mb: float = typer.Option(32.0, min=0.001, help="Largest request body in MiB; larger get 413."),
     max_regions: int = typer.Option(512, min=1, help="Most regions per request; more get 422."),
 ) -> None:
     """Serve the built-in cloud analyzer over HTTP: POST /v1/analyze, GET /healthz, GET /metrics, docs at /docs."""
     import uvicorn
 
-    from aivd.cloud.builtin import BuiltinAnalyzer
+    from aivd.cloud.builtin import BUILTIN_CLASSIFIER, BuiltinAnalyzer
+    from aivd.cloud.knowledge import DEFAULT_KNOWLEDGE, KnowledgeError
     from aivd.cloud.service import ServiceLimits, create_app
     from aivd.edge.detector import ModelError
 
     try:
-        analyzer = BuiltinAnalyzer(model) if model else BuiltinAnalyzer()
-    except ModelError as error:
+        analyzer = BuiltinAnalyzer(model or BUILTIN_CLASSIFIER, knowledge or DEFAULT_KNOWLEDGE, pcb_facts=pcb_facts)
+    except (ModelError, KnowledgeError) as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(2) from None
     limits = ServiceLimits(max_body_bytes=int(max_body_mb * 1024 * 1024), max_regions=max_regions)

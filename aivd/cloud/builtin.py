@@ -1,9 +1,9 @@
 """The built-in cloud backend: an ONNX crop classifier (`aivd train classifier`) plus pixel measurements and
 the knowledge base's text.
 
-The classifier answers for six defect classes and `no-defect`; a region is a defect when its most likely
-defect class reaches the score threshold calibrated on held-out data (stored in the model's metadata with the
-edge proposal threshold it was calibrated with).
+The classifier answers for its defect classes (the shipped one: DeepPCB's six) and `no-defect`; a region is a
+defect when its most likely defect class reaches the score threshold calibrated on held-out data (stored in the
+model's metadata with the edge proposal threshold it was calibrated with).
 """
 
 from __future__ import annotations
@@ -62,11 +62,17 @@ class CropClassifier:
 
 
 class BuiltinAnalyzer:
+    """The crop classifier's verdict and class, the knowledge base's text and severity, aivd's measurements.
+    `pcb_facts` adds the copper and conductor measurements (for PCB domains, where regions have templates)."""
+
     name = "builtin"
 
-    def __init__(self, model: str | Path = BUILTIN_CLASSIFIER, knowledge: str | Path = DEFAULT_KNOWLEDGE, threads: int = 2):
+    def __init__(
+        self, model: str | Path = BUILTIN_CLASSIFIER, knowledge: str | Path = DEFAULT_KNOWLEDGE, threads: int = 2, pcb_facts: bool = True,
+    ):
         self.classifier = CropClassifier(model, threads)
         self.knowledge = KnowledgeBase.load(knowledge)
+        self.pcb_facts = pcb_facts
         missing = set(self.classifier.class_names) - set(self.knowledge.classes)
         if missing:
             raise ModelError(f"{model}: classes {sorted(missing)} are not in the knowledge base {knowledge}")
@@ -79,7 +85,7 @@ class BuiltinAnalyzer:
             raise AnalyzerError(f"classifier failed: {type(error).__name__}: {error}") from None
         names, confidence, is_defect = self.classifier.decide(probs)
         return [
-            self.knowledge.analysis(name, round(float(score), 4), bool(defect), measure(region), region.edge_class)
+            self.knowledge.analysis(name, round(float(score), 4), bool(defect), measure(region, pcb_facts=self.pcb_facts), region.edge_class)
             for region, name, score, defect in zip(regions, names, confidence, is_defect)
         ]
 

@@ -11,6 +11,7 @@ from aivd.cloud.schema import DefectAnalysis, Measurements, Severity
 from aivd.data.yaml_files import first_problem, read_yaml_mapping
 
 DEFAULT_KNOWLEDGE = Path(__file__).parent / "knowledge" / "deeppcb.yaml"
+DEFAULT_SUBJECT = "industrial parts"
 Comparison = Literal[">=", "<"]
 Condition = dict[str, bool | float | dict[Comparison, float]]
 
@@ -53,6 +54,8 @@ class KnowledgeBase(BaseModel):
     model_config = ConfigDict(extra="forbid")
     version: int
     name: str
+    # What is inspected, as it completes "a quality engineer inspecting ...": prompts for LLM backends say it.
+    subject: str = DEFAULT_SUBJECT
     classes: dict[str, ClassKnowledge]
 
     @classmethod
@@ -77,7 +80,7 @@ class KnowledgeBase(BaseModel):
         if not is_defect:
             return DefectAnalysis(
                 is_defect=False, defect_type=defect_type, confidence=confidence, severity=None, likely_causes=[],
-                description=f"No defect: the region matches the template; the edge's {edge_class} candidate is a false alarm.",
+                description=f"No defect: the edge's {edge_class} candidate is a false alarm.",
                 recommended_action="None.", measurements=measurements,
             )
         entry = self.classes[defect_type]
@@ -91,11 +94,13 @@ class KnowledgeBase(BaseModel):
         )
 
 
-MEASURABLE = set(Measurements.model_fields) | {"max_side_mm"}
+MEASURABLE = set(Measurements.model_fields) | {"max_side_px", "max_side_mm"}
 
 
 def _facts(measurements: Measurements) -> dict:
+    """The measurements a rule can name: the record's own, and the box's longer side."""
     facts = measurements.model_dump()
+    facts["max_side_px"] = max(measurements.width_px, measurements.height_px)
     if measurements.width_mm is not None and measurements.height_mm is not None:
         facts["max_side_mm"] = max(measurements.width_mm, measurements.height_mm)
     return facts

@@ -1,14 +1,24 @@
 """Measurements taken from a region's pixels, whatever backend classified it.
 
-Copper is found by Otsu's threshold on the template and test crops together (DeepPCB's copper is dark). Inside
-the box, test and template copper are compared pixel by pixel; over the whole crop, connected copper pieces
-are compared: a test piece that touches two template pieces joins conductors (a short), a template piece that
-falls into two test pieces is split (an open). Comparing the two crops, rather than counting pieces in one,
-keeps conductors that merely leave and re-enter the crop from reading as defects. Pieces smaller than
-`MIN_PIECE_PX` (binarisation specks, a one-pixel thickness difference at a corner) are ignored.
+Every region gets the facts any image has: the box's size and area in pixels (and in millimetres when the
+imaging scale is usable) and its contrast with its surroundings, the mean grey level inside the box minus the
+mean grey level of a ring `RING_PX` wide around it (clipped to the crop), so positive when the defect is
+brighter than what surrounds it. A scale that is not a finite positive number, or one so extreme that a size
+in millimetres would overflow, is treated as unknown: the millimetre values are left out.
+
+The PCB facts need a template and are taken only when asked for (`pcb_facts`; other domains' "copper" is
+meaningless). Copper is found by Otsu's threshold on the template and test crops together (DeepPCB's copper
+is dark). Inside the box, test and template copper are compared pixel by pixel; over the whole crop, connected
+copper pieces are compared: a test piece that touches two template pieces joins conductors (a short), a
+template piece that falls into two test pieces is split (an open). Comparing the two crops, rather than
+counting pieces in one, keeps conductors that merely leave and re-enter the crop from reading as defects.
+Pieces smaller than `MIN_PIECE_PX` (binarisation specks, a one-pixel thickness difference at a corner) are
+ignored.
 """
 
 from __future__ import annotations
+
+import math
 
 import cv2
 import numpy as np
@@ -18,6 +28,7 @@ from aivd.core import Region
 
 MIN_PIECE_PX = 12
 BOX_MARGIN_PX = 2  # a defect's copper can sit just outside a tight box
+RING_PX = 3  # the surroundings a box's contrast is taken against: a few pixels, so that nearby structure counts little
 
 
 def copper_masks(region: Region, copper_dark: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
@@ -48,32 +59,71 @@ def _touches_several(labels_a: np.ndarray, labels_b: np.ndarray, window: np.ndar
     return bool((partners[in_window] >= 2).any())
 
 
-def measure(region: Region, copper_dark: bool = True) -> Measurements:
+def _usable_scale(pixels_per_mm: float | None) -> float | None:
+    """The scale when it is a finite positive number, else None (unknown)."""
+    if pixels_per_mm is None or not math.isfinite(pixels_per_mm) or pixels_per_mm <= 0:
+        return None
+    return float(pixels_per_mm)
+
+
+def _box_window(box: tuple[float, float, float, float], shape: tuple[int, int], margin: int) -> np.ndarray:
+    """The pixels the box covers (at least one per axis), grown by `margin` on every side and clipped to `shape`."""
+    x1, y1, x2, y2 = box
+    height, width = shape
+    top, left = int(y1), int(x1)
+    bottom, right = max(int(np.ceil(y2)), top + 1), max(int(np.ceil(x2)), left + 1)
+    window = np.zeros(shape, bool)
+    window[max(0, top - margin) : min(height, bottom + margin), max(0, left - margin) : min(width, right + margin)] = True
+    return window
+
+
+def contrast(image: np.ndarray, box: tuple[float, float, float, float]) -> float | None:
+    """Mean grey level inside `box` minus that of the ring `RING_PX` wide around it, clipped to the image, in grey
+    levels (-255..255); None when the box covers the whole image, leaving no ring."""
+    inside = _box_window(box, image.shape, 0)
+    ring = _box_window(box, image.shape, RING_PX) & ~inside
+    if not inside.any() or not ring.any():
+        return None
+    return round(float(image[inside].mean()) - float(image[ring].mean()), 2)
+
+
+def _in_mm(values: dict, scale: float | None) -> dict:
+    """The millimetre versions of the pixel sizes in `values`, or {} when the scale is unknown or so extreme that
+    one of them is not a finite number."""
+    if scale is None:
+        return {}
+    in_mm = {"width_mm": round(values["width_px"] / scale, 3), "height_mm": round(values["height_px"] / scale, 3),
+             "area_mm2": round(values["area_px"] / scale / scale, 4)}  # scale**2 can underflow to 0
+    if "changed_area_px" in values:
+        in_mm["changed_area_mm2"] = round(values["changed_area_px"] / scale / scale, 4)
+    return in_mm if all(math.isfinite(value) for value in in_mm.values()) else {}
+
+
+def measure(region: Region, copper_dark: bool = True, pcb_facts: bool = True) -> Measurements:
+    """The region's measurements; the PCB facts (copper added and missing, joined and split conductors) only when
+    `pcb_facts` is true and the region has a template."""
     x1, y1, x2, y2 = region.box
     width_px, height_px = x2 - x1, y2 - y1
-    scale = region.pixels_per_mm
-    values: dict = {"width_px": round(width_px, 1), "height_px": round(height_px, 1)}
-    if scale:
-        values |= {"width_mm": round(width_px / scale, 3), "height_mm": round(height_px / scale, 3)}
-    if region.template is None:
-        return Measurements(**values)
+    values: dict = {
+        "width_px": round(width_px, 1), "height_px": round(height_px, 1), "area_px": round(width_px * height_px, 1),
+        "contrast": contrast(region.image, region.box),
+    }
+    if pcb_facts and region.template is not None:
+        values |= _copper_facts(region, copper_dark)
+    values |= _in_mm(values, _usable_scale(region.pixels_per_mm))
+    return Measurements(**values)
+
+
+def _copper_facts(region: Region, copper_dark: bool) -> dict:
     test, template = copper_masks(region, copper_dark)
-    height, width = test.shape
-    window = np.zeros_like(test)
-    window[
-        max(0, int(y1) - BOX_MARGIN_PX) : min(height, int(np.ceil(y2)) + BOX_MARGIN_PX),
-        max(0, int(x1) - BOX_MARGIN_PX) : min(width, int(np.ceil(x2)) + BOX_MARGIN_PX),
-    ] = True
+    window = _box_window(region.box, test.shape, BOX_MARGIN_PX)
     extra = int(np.count_nonzero(test & ~template & window))
     missing = int(np.count_nonzero(template & ~test & window))
     test_pieces, template_pieces = _pieces(test), _pieces(template)
-    values |= {
+    return {
         "extra_copper_px": extra,
         "missing_copper_px": missing,
         "changed_area_px": extra + missing,
         "joins_conductors": _touches_several(test_pieces, template_pieces, window),
         "splits_conductor": _touches_several(template_pieces, test_pieces, window),
     }
-    if scale:
-        values["changed_area_mm2"] = round((extra + missing) / scale**2, 4)
-    return Measurements(**values)

@@ -14,26 +14,35 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class Severity(str, Enum):
-    critical = "critical"  # the board fails electrically or will: scrap or repair before anything else
+    critical = "critical"  # the item fails in use or will (a board: electrically): scrap or repair before anything else
     major = "major"  # out of tolerance; repair or review before shipping
     minor = "minor"  # cosmetic or within tolerance; record and watch the trend
 
 
 class Measurements(BaseModel):
+    """What aivd measures from the crop itself (`aivd.cloud.measure`). The size, area and contrast are always
+    given; millimetres only when the imaging scale is known; the PCB facts (copper and conductors) only for a
+    PCB deployment and a region with a template."""
+
     model_config = ConfigDict(extra="forbid")
 
     width_px: float = Field(description="box width in image pixels")
     height_px: float = Field(description="box height in image pixels")
+    area_px: float | None = Field(None, description="box area in square image pixels")
+    contrast: float | None = Field(
+        None, description="mean grey level inside the box minus that of a ring a few pixels wide around it, clipped to the "
+                          "crop (-255..255; positive: the box is brighter); null when the box fills the crop")
     width_mm: float | None = Field(None, description="box width in millimetres, when the imaging scale is known")
     height_mm: float | None = Field(None, description="box height in millimetres, when the imaging scale is known")
-    changed_area_px: int | None = Field(None, description="pixels inside the box where test and template copper differ")
-    changed_area_mm2: float | None = Field(None, description="the same area in square millimetres, when the scale is known")
-    extra_copper_px: int | None = Field(None, description="pixels that are copper in the test image but not in the template")
-    missing_copper_px: int | None = Field(None, description="pixels that are copper in the template but not in the test image")
+    area_mm2: float | None = Field(None, description="box area in square millimetres, when the imaging scale is known")
+    changed_area_px: int | None = Field(None, description="PCB: pixels inside the box where test and template copper differ")
+    changed_area_mm2: float | None = Field(None, description="PCB: the same area in square millimetres, when the scale is known")
+    extra_copper_px: int | None = Field(None, description="PCB: pixels that are copper in the test image but not in the template")
+    missing_copper_px: int | None = Field(None, description="PCB: pixels that are copper in the template but not in the test image")
     joins_conductors: bool | None = Field(
-        None, description="test copper connects conductors that are separate in the template (a short circuit)")
+        None, description="PCB: test copper connects conductors that are separate in the template (a short circuit)")
     splits_conductor: bool | None = Field(
-        None, description="a conductor that is one piece in the template is cut into several in the test image")
+        None, description="PCB: a conductor that is one piece in the template is cut into several in the test image")
 
 
 class DefectAnalysis(BaseModel):
@@ -42,12 +51,12 @@ class DefectAnalysis(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     is_defect: bool = Field(description="false when the region shows no defect (an edge false alarm)")
-    defect_type: str = Field(description="the most likely class from the data set's vocabulary, e.g. open, short")
+    defect_type: str = Field(description="the most likely class, one of the data set's classes")
     confidence: float = Field(ge=0, le=1, description="probability that the region is a defect of defect_type")
     severity: Severity | None = Field(description="null when is_defect is false")
     likely_causes: list[str] = Field(default_factory=list, description="process steps that most often cause this defect")
     description: str = Field(description="one or two sentences a quality engineer can read")
-    recommended_action: str = Field(description="what to do with this board and the process")
+    recommended_action: str = Field(description="what to do with the inspected item and the process")
     measurements: Measurements | None = None
 
 

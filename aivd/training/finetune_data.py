@@ -61,7 +61,8 @@ class FinetuneDataConfig:
     val_fraction: float = 0.1
     pixels_per_mm: float | None = None
     prompt: str | None = None  # a shipped prompt version or a file; None: the newest
-    knowledge: str = str(DEFAULT_KNOWLEDGE)
+    knowledge: str = str(DEFAULT_KNOWLEDGE)  # the answers' text and severity, and the prompt's class summaries and subject
+    pcb_facts: bool = True  # measure copper and conductors (where there are templates) for the severity rules
 
 
 def photometric():
@@ -87,7 +88,7 @@ class ExampleMaker:
         missing = [name for name in class_names if name not in self.knowledge.classes]
         if missing:
             raise DatasetError(f"classes {missing} are not in the knowledge base {config.knowledge} "
-                               f"(it knows {', '.join(self.knowledge.classes)}); answers need its text")
+                               f"(it knows {', '.join(self.knowledge.classes)}); answers need its text: `aivd kb init` writes one to edit")
         self.prompt = load_prompt(config.prompt)
         self.transform = photometric()
         self.transform.set_random_seed(config.seed)
@@ -132,7 +133,7 @@ class ExampleMaker:
         crop_h, crop_w = region.image.shape
         tx1, ty1, tx2, ty2 = truth_box
         truth_in_crop = (max(0.0, tx1 - left), max(0.0, ty1 - top), min(float(crop_w), tx2 - left), min(float(crop_h), ty2 - top))
-        measurements = measure(replace(region, box=truth_in_crop))
+        measurements = measure(replace(region, box=truth_in_crop), pcb_facts=self.config.pcb_facts)
         name = self.labels.name(true_id) if is_defect else self.labels.name(edge_id)
         analysis = self.knowledge.analysis(name, 1.0 if is_defect else 0.0, is_defect, measurements, self.labels.name(edge_id))
         return self._augmented(region, rng), format_answer(analysis)

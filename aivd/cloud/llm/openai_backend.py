@@ -117,13 +117,17 @@ class _RequestFailed(Exception):
 
 class OpenAIAnalyzer:
     """An `Analyzer` over an OpenAI-compatible server. `class_names` are the classes a region may be given (the
-    detector's); `knowledge` gives the prompt their one-line descriptions.
+    detector's); `knowledge` gives the prompt their one-line descriptions and what is inspected; `pcb_facts` adds
+    the copper and conductor measurements (for PCB domains).
 
     `bytes_sent` / `bytes_received` count request and answer bodies over the object's life (the client's retries
     are not seen); `last_bytes_sent` / `last_bytes_received` those of the latest `analyze` call.
     """
 
-    def __init__(self, config: OpenAIConfig, class_names: Sequence[str], knowledge: str | Path | KnowledgeBase = DEFAULT_KNOWLEDGE):
+    def __init__(
+        self, config: OpenAIConfig, class_names: Sequence[str], knowledge: str | Path | KnowledgeBase = DEFAULT_KNOWLEDGE,
+        pcb_facts: bool = True,
+    ):
         try:
             import openai
         except ImportError:
@@ -133,6 +137,7 @@ class OpenAIAnalyzer:
         self.config = config
         self.class_names = list(class_names)
         self.knowledge = knowledge if isinstance(knowledge, KnowledgeBase) else KnowledgeBase.load(knowledge)
+        self.pcb_facts = pcb_facts
         self.prompt: PromptTemplate = load_prompt(config.prompt)
         self.name = f"openai:{config.model}"
         self._openai = openai
@@ -191,7 +196,7 @@ class OpenAIAnalyzer:
         except _RequestFailed:
             unreachable.set()
             raise
-        return parse_analysis(text, self.class_names).model_copy(update={"measurements": measure(region)})
+        return parse_analysis(text, self.class_names).model_copy(update={"measurements": measure(region, pcb_facts=self.pcb_facts)})
 
     def complete(self, messages: list[dict]) -> str:
         """The text of the server's answer to `messages`, sent with the configured structured output."""

@@ -2,7 +2,8 @@
 
 A prompt is a versioned YAML data file (`prompts/v1.yaml`, ...): a system text, a user text with format fields
 filled per region (the allowed classes, what the edge saw, where the box is, the answer's JSON Schema), and
-optional text-only few-shot turns. Every backend, and the fine-tuning data builder, builds its messages here,
+optional text-only few-shot turns. Nothing about the domain is written in the code: the classes come from the
+caller and their summaries and what is inspected (`{subject}`) from the knowledge base. Every backend, and the fine-tuning data builder, builds its messages here,
 so a model is asked at inference exactly what it was trained on.
 
 The images shown to the model are the region's own crops, as the edge cut them: 2-D uint8 greyscale arrays,
@@ -35,7 +36,8 @@ from aivd.core import Region
 from aivd.data.yaml_files import first_problem, read_yaml_mapping
 
 PROMPTS_DIR = Path(__file__).parent / "prompts"
-USER_FIELDS = frozenset({"classes", "class_names", "images", "has_template", "crop_size", "box", "edge_class", "edge_score", "schema"})
+SYSTEM_FIELDS = frozenset({"subject"})
+USER_FIELDS = SYSTEM_FIELDS | {"classes", "class_names", "images", "has_template", "crop_size", "box", "edge_class", "edge_score", "schema"}
 EXCERPT_CHARS = 120
 
 
@@ -62,24 +64,34 @@ class FewShotExample(BaseModel):
         return answer
 
 
+def _format_fields(text: str, allowed: frozenset[str]) -> str:
+    """`text` when it is a valid format string whose fields are all in `allowed`; else a ValueError saying why."""
+    try:
+        fields = {name for _, name, _, _ in string.Formatter().parse(text) if name is not None}
+    except ValueError as error:  # an unmatched brace
+        raise ValueError(f"not a valid format string ({error}); write literal braces as {{{{ and }}}}") from None
+    unknown = fields - allowed
+    if unknown:
+        raise ValueError(f"unknown fields {sorted(unknown)}; allowed: {sorted(allowed)}")
+    return text
+
+
 class PromptTemplate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     version: str
-    system: str
-    user: str  # a format string; see USER_FIELDS and the comment at the top of prompts/v1.yaml
+    system: str  # a format string with SYSTEM_FIELDS
+    user: str  # a format string; see USER_FIELDS and the comment at the top of prompts/v2.yaml
     few_shot: list[FewShotExample] = []
+
+    @field_validator("system")
+    @classmethod
+    def _known_system_fields(cls, system: str) -> str:
+        return _format_fields(system, SYSTEM_FIELDS)
 
     @field_validator("user")
     @classmethod
-    def _known_fields(cls, user: str) -> str:
-        try:
-            fields = {name for _, name, _, _ in string.Formatter().parse(user) if name is not None}
-        except ValueError as error:  # an unmatched brace
-            raise ValueError(f"not a valid format string ({error}); write literal braces as {{{{ and }}}}") from None
-        unknown = fields - USER_FIELDS
-        if unknown:
-            raise ValueError(f"unknown fields {sorted(unknown)}; allowed: {sorted(USER_FIELDS)}")
-        return user
+    def _known_user_fields(cls, user: str) -> str:
+        return _format_fields(user, USER_FIELDS)
 
 
 def shipped_versions() -> list[str]:
@@ -122,8 +134,15 @@ def _knowledge(path: Path) -> KnowledgeBase:
     return KnowledgeBase.load(path)
 
 
+def system_text(prompt: PromptTemplate, knowledge: KnowledgeBase | None = None) -> str:
+    """The prompt's system text filled in from `knowledge` (default: DeepPCB's knowledge base)."""
+    knowledge = knowledge or _knowledge(DEFAULT_KNOWLEDGE)
+    return prompt.system.format(subject=knowledge.subject)
+
+
 def user_text(prompt: PromptTemplate, region: Region, class_names: Sequence[str], knowledge: KnowledgeBase | None = None) -> str:
-    """The prompt's user text filled in for `region`."""
+    """The prompt's user text filled in for `region`, the classes' summaries and the subject from `knowledge`
+    (default: DeepPCB's knowledge base)."""
     knowledge = knowledge or _knowledge(DEFAULT_KNOWLEDGE)
     described = [
         f"- {name}: {knowledge.classes[name].summary}" if name in knowledge.classes else f"- {name}" for name in class_names
@@ -138,7 +157,7 @@ def user_text(prompt: PromptTemplate, region: Region, class_names: Sequence[str]
         classes="\n".join(described), class_names=", ".join(class_names), images=images,
         has_template="no" if region.template is None else "yes", crop_size=f"{width} x {height}",
         box=", ".join(f"{v:.0f}" for v in region.box), edge_class=region.edge_class, edge_score=f"{region.edge_confidence:.2f}",
-        schema=json.dumps(analysis_json_schema(list(class_names)), separators=(",", ":")),
+        schema=json.dumps(analysis_json_schema(list(class_names)), separators=(",", ":")), subject=knowledge.subject,
     )
 
 
@@ -147,10 +166,10 @@ def build_messages(
 ) -> list[dict]:
     """The chat for one region (Hugging Face / TRL format): system, the few-shot turns, then the user turn with one
     `{"type": "image"}` placeholder per `region_images` entry, in order, before the text. `knowledge` gives the
-    classes' one-line summaries (default: DeepPCB's knowledge base)."""
+    classes' one-line summaries and what is inspected (default: DeepPCB's knowledge base)."""
     if not class_names:
         raise ValueError("class_names is empty: the model needs at least one class to choose from")
-    messages = [{"role": "system", "content": [{"type": "text", "text": prompt.system}]}]
+    messages = [{"role": "system", "content": [{"type": "text", "text": system_text(prompt, knowledge)}]}]
     for index, example in enumerate(prompt.few_shot):
         if example.answer["defect_type"] not in class_names:
             raise PromptError(f"prompt {prompt.version}: few_shot.{index} answers class {example.answer['defect_type']!r}, "

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from aivd.cloud.analyzer import AnalyzerError
+from aivd.cloud.knowledge import DEFAULT_KNOWLEDGE, KnowledgeBase
 from aivd.cloud.llm.prompts import AnswerError, build_messages, load_prompt, parse_analysis, region_images
 from aivd.cloud.measure import measure
 from aivd.cloud.schema import DefectAnalysis, analysis_json_schema
@@ -211,20 +212,25 @@ def adapter_record(adapter: str | Path | None) -> dict:
 
 
 class TransformersAnalyzer:
-    """A local vision-language model as the cloud tier. The classes and, unless `prompt` is given, the prompt
-    version are those the adapter was trained with (`adapter_record`), else DeepPCB's and the newest; measurements
-    are aivd's own, as in every backend."""
+    """A local vision-language model as the cloud tier. The classes, unless `class_names` is given, and the prompt
+    version, unless `prompt` is, are those the adapter was trained with (`adapter_record`), else DeepPCB's and the
+    newest. `knowledge` gives the prompt the classes' one-line descriptions and what is inspected; `pcb_facts`
+    adds the copper and conductor measurements (for PCB domains). Measurements are aivd's own, as in every
+    backend."""
 
     def __init__(
         self, model: str | Path, adapter: str | Path | None = None, prompt: str | None = None, device: str = "auto",
-        max_new_tokens: int = 1024, batch_size: int = 4,
+        max_new_tokens: int = 1024, batch_size: int = 4, class_names: Sequence[str] | None = None,
+        knowledge: str | Path | KnowledgeBase = DEFAULT_KNOWLEDGE, pcb_facts: bool = True,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         self.name = f"transformers:{Path(model).name}"
         trained = adapter_record(adapter)
         self.prompt = load_prompt(prompt or trained.get("prompt"))
-        self.class_names = tuple(trained.get("class_names", DEEPPCB_CLASSES.names))
+        self.class_names = tuple(class_names or trained.get("class_names", DEEPPCB_CLASSES.names))
+        self.knowledge = knowledge if isinstance(knowledge, KnowledgeBase) else KnowledgeBase.load(knowledge)
+        self.pcb_facts = pcb_facts
         self.batch_size = batch_size
         network, encoder = load_vlm(model, adapter, device)
         self.generator = ConstrainedGenerator(network, encoder, self.class_names, max_new_tokens)
@@ -235,7 +241,7 @@ class TransformersAnalyzer:
             batch = regions[start : start + self.batch_size]
             try:
                 answers = self.generator.generate(
-                    [build_messages(self.prompt, region, self.class_names) for region in batch], [region_images(region) for region in batch],
+                    [build_messages(self.prompt, region, self.class_names, self.knowledge) for region in batch], [region_images(region) for region in batch],
                 )
             except Exception as error:  # torch and transformers raise many types; a bad batch must not end the caller's run
                 raise AnalyzerError(f"{self.name}: generation failed: {type(error).__name__}: {error}") from None
@@ -244,7 +250,7 @@ class TransformersAnalyzer:
                     analysis = parse_analysis(answer, self.class_names)
                 except AnswerError as error:
                     raise AnalyzerError(f"{self.name}: region {region.region_id}: {error}") from None
-                analyses.append(analysis.model_copy(update={"measurements": measure(region)}))
+                analyses.append(analysis.model_copy(update={"measurements": measure(region, pcb_facts=self.pcb_facts)}))
         return analyses
 
     def close(self) -> None:
