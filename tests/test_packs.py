@@ -37,7 +37,7 @@ def _pack(folder: Path, **changes) -> Path:
 def _sample():
     from aivd.data.images import read_pair
 
-    return read_pair(SAMPLES / "00041000_test.jpg", SAMPLES / "00041000_temp.jpg")
+    return read_pair(SAMPLES / "00041200_test.jpg", SAMPLES / "00041200_temp.jpg")
 
 
 def test_manifest_round_trips(tmp_path):

@@ -580,7 +580,7 @@ def train_detector_command(
 def train_pack_command(
     data: Path = typer.Option(..., "--data", help="The labelled images: an Ultralytics data YAML, a VOC root, a COCO JSON (or folder) or a DeepPCB root."),
     out: Path = typer.Option(..., "--out", help="Output folder: OUT/pack/ is the model pack, OUT/work/ the checkpoints."),
-    time_budget: float = typer.Option(90.0, "--time-budget", min=1.0, help="Minutes for the whole pack (the default fits two CPU cores)."),
+    time_budget: float = typer.Option(90.0, "--time-budget", min=0.1, max=10080.0, help="Minutes for the whole pack (the default fits two CPU cores)."),
     seed: int = typer.Option(0, "--seed"),
     resume: bool = typer.Option(False, "--resume", help="Continue a run of the same command that was stopped (Ctrl-C)."),
 ) -> None:
@@ -616,8 +616,11 @@ def train_pack_command(
             if stage not in bars:
                 bars[stage] = progress.add_task(stage, total=None, status="")
             figure = next((f"{key} {record[key]:.4f}" for key in ("map50", "fscore", "accuracy") if key in record), "")
-            progress.update(bars[stage], total=record.get("epochs"), completed=record["epoch"],
-                            status=f"loss {record['loss']:.3f}  held-out {figure}")
+            status = f"loss {record['loss']:.3f}  held-out {figure}"
+            progress.update(bars[stage], total=record.get("epochs"), completed=record["epoch"], status=status)
+            if not console.is_terminal:  # a log file gets a line per epoch instead of a redrawn bar
+                progress.console.print(f"{stage} epoch {record['epoch']}/{record.get('epochs')}  {status}  "
+                                       f"{record['elapsed_s']:.0f} s", highlight=False)
 
         try:
             record = training.train_pack(plan, on_progress, resume)

@@ -116,7 +116,7 @@ def train_pack(plan: PackPlan, progress: Callable[[str, dict], None] = lambda st
     budget_s = plan.time_budget_min * 60
 
     def remaining() -> float:
-        return max(30.0, budget_s - (elapsed_before + time.time() - started))
+        return max(1.0, budget_s - (elapsed_before + time.time() - started))
 
     def finish(stage: str, record: dict) -> None:
         state["done"][stage] = record
