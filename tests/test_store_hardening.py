@@ -145,7 +145,7 @@ def test_promote_refuses_anything_but_a_complete_version(tmp_path, name):
     assert store.current() == "v0001"
 
 
-def test_cli_promote_outside_the_store_is_one_line_and_changes_nothing(tmp_path):
+def test_cli_refuses_a_promotion_outside_the_store_and_a_broken_version_in_one_line(tmp_path):
     from typer.testing import CliRunner
 
     from aivd.cli.main import app
@@ -158,6 +158,9 @@ def test_cli_promote_outside_the_store_is_one_line_and_changes_nothing(tmp_path)
     message = result.output.strip()
     assert len(message.splitlines()) == 1 and "'../../evil' is not a version name" in message
     assert store.current() == "v0001" and len(store.history()) == 1
+    (store.versions_dir / "v0001" / "version.json").write_text("{not json")
+    listed = CliRunner().invoke(app, ["models", "list", "--store", str(tmp_path / "store")])
+    assert listed.exit_code == 2 and len(listed.output.strip().splitlines()) == 1 and "version.json: unreadable" in listed.output
 
 
 @pytest.mark.parametrize("detector", ["/etc/passwd", "../x.onnx", "..", "", "sub/x.onnx", "x.onnx\\..\\..\\y", None, ["x.onnx"]])
