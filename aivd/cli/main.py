@@ -22,6 +22,7 @@ from aivd.cli.kb import kb_app
 from aivd.cli.models import models_app
 from aivd.cli.serve import serve_app
 from aivd.cli.simulate import simulate_app
+from aivd.core.redaction import redact_command
 from aivd.pipeline.inputs import TemplateMode
 
 app = typer.Typer(help="Edge-cloud visual inspection of industrial defects.", no_args_is_help=True, add_completion=False)
@@ -334,7 +335,7 @@ def inspect(
     pipeline = _load_pipeline(model, min_confidence, edge_only, cloud, classifier, knowledge, proposal_threshold, pixels_per_mm,
                               cloud_backend, LLMOptions(llm_config, llm_base_url, llm_model, llm_adapter, llm_prompt), pack, tile_size)
     options = InspectOptions(
-        annotate=annotate, deeppcb_results=bool(deeppcb), database=db or "", report=report, command=" ".join(["aivd", *sys.argv[1:]]),
+        annotate=annotate, deeppcb_results=bool(deeppcb), database=db or "", report=report, command=redact_command(["aivd", *sys.argv[1:]]),
         config={"pipeline": pipeline.name, "edge_threshold": pipeline.edge_threshold, "proposal_threshold": pipeline.proposal_threshold,
                 "pixels_per_mm": pixels_per_mm, "images": len(tasks), "tile_size": getattr(pipeline.detector, "tile_size", None)},
     )
@@ -592,7 +593,7 @@ def train_pack_command(
     training = _training_module("pack")
     if not data.exists():
         raise fail(f"{data}: not found")
-    command = " ".join(["aivd", *sys.argv[1:]]) if sys.argv and sys.argv[0].endswith("aivd") else (
+    command = redact_command(["aivd", *sys.argv[1:]]) if sys.argv and sys.argv[0].endswith("aivd") else (
         f"aivd train pack --data {data} --out {out} --time-budget {time_budget:g} --seed {seed}")
     plan = training.PackPlan(str(data), str(out), time_budget, seed, command)
     columns = (SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

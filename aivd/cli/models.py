@@ -27,9 +27,15 @@ def _store(path: Path, create: bool = False):
 @models_app.command("list")
 def list_command(store: Path = STORE) -> None:
     """Every version with its parent and metrics, and which one is served; one JSON object."""
+    from aivd.cli.main import fail
+    from aivd.store.model_versions import ModelStoreError
+
     models = _store(store)
-    print(json.dumps({"current": models.current(), "versions": [models.info(v) for v in models.versions()],
-                      "history": models.history()}))
+    try:
+        versions = [models.info(v) for v in models.versions()]
+    except ModelStoreError as error:  # a version.json edited by hand into something unreadable
+        raise fail(str(error)) from None
+    print(json.dumps({"current": models.current(), "versions": versions, "history": models.history()}))
 
 
 @models_app.command("publish")

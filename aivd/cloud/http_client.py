@@ -12,6 +12,7 @@ from aivd.cloud.analyzer import AnalyzerError
 from aivd.cloud.schema import DefectAnalysis
 from aivd.cloud.wire import AnalyzeRequest, AnalyzeResponse, encode_region
 from aivd.core import Region
+from aivd.core.redaction import redact_url
 
 
 def _detail(response: httpx.Response) -> str:
@@ -41,15 +42,15 @@ class HttpAnalyzer:
         except httpx.InvalidURL:
             parsed = None
         if parsed is None or parsed.scheme not in ("http", "https") or not parsed.host:
-            raise ValueError(f"cloud service URL must be http(s)://host[:port], got {url!r}")
+            raise ValueError(f"cloud service URL must be http(s)://host[:port], got {redact_url(url)!r}")
         if timeout_s <= 0 or retries < 0 or backoff_s < 0:
             raise ValueError(f"need timeout_s > 0, retries >= 0 and backoff_s >= 0; got {timeout_s}, {retries}, {backoff_s}")
-        self.url = url.rstrip("/")
+        self.url = redact_url(url.rstrip("/"))  # for messages, which end up in records: no password
         self.retries = retries
         self.backoff_s = backoff_s
         self.bytes_sent = self.bytes_received = 0
         self.last_bytes_sent = self.last_bytes_received = 0
-        self._client = httpx.Client(base_url=self.url, timeout=timeout_s)
+        self._client = httpx.Client(base_url=url.rstrip("/"), timeout=timeout_s)
         name, threshold = self._remote_identity()
         self.name = f"remote:{name}"
         # The edge proposes candidates down to the threshold the remote analyzer was calibrated for, when it says.

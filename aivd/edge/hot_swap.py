@@ -2,8 +2,9 @@
 
 `HotSwapDetector` reads the store's CURRENT at most every `poll_s` seconds and, when it names another version,
 loads that version and swaps it in under a lock; an image already being detected finishes on the model it
-started with. A version that fails to load is logged and skipped (the worker keeps serving the one it has), so
-a bad upload never takes an edge node down.
+started with. A version that fails to load, or that the store refuses (a name or detector path reaching outside
+it), is logged and skipped (the worker keeps serving the one it has), so a bad upload never takes an edge node
+down.
 """
 
 from __future__ import annotations

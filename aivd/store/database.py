@@ -29,9 +29,9 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
+from aivd.core.redaction import redact_url
 from aivd.pipeline.records import DefectRecord, InspectionRecord
 
 metadata = MetaData()
@@ -139,11 +139,9 @@ class ResultStore:
         self.batch_size = batch_size
         self._pending: list[tuple[int, InspectionRecord]] = []
         self._closed = False
-        self.url = url  # for messages; replaced by the parsed URL without its password once it parses
+        self.url = redact_url(url)  # for messages, which are printed and may be logged: no password
         with self._errors("open"):
-            parsed = make_url(url)
-            self.url = parsed.render_as_string(hide_password=True)
-            self._engine = create_engine(parsed)
+            self._engine = create_engine(url)
             metadata.create_all(self._engine)  # the first connection: an unwritable file or unreachable server fails here
 
     @contextmanager

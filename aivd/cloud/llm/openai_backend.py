@@ -39,6 +39,7 @@ from aivd.cloud.llm.prompts import (
 from aivd.cloud.measure import measure
 from aivd.cloud.schema import DefectAnalysis, analysis_json_schema
 from aivd.core import Region
+from aivd.core.redaction import redact_url
 from aivd.data.yaml_files import first_problem, read_yaml_mapping
 
 # How the answer's JSON Schema is sent:
@@ -78,7 +79,7 @@ class OpenAIConfig(BaseModel):
     @classmethod
     def _http_url(cls, url: str) -> str:
         if not url.startswith(("http://", "https://")) or len(url.split("://", 1)[1].strip("/")) == 0:
-            raise ValueError(f"must be http(s)://host[:port]/..., got {url!r}")
+            raise ValueError(f"must be http(s)://host[:port]/..., got {redact_url(url)!r}")
         return url.rstrip("/")
 
     @classmethod
@@ -179,7 +180,7 @@ class OpenAIAnalyzer:
                 failures.append(f"{region.region_id}: invalid answer: {error}")
             except _RequestFailed as error:
                 wait(futures)  # the rest are skipped, or finish the requests already sent
-                raise AnalyzerError(f"{self.name} at {self.config.base_url}: {region.region_id}: {error}") from None
+                raise AnalyzerError(f"{self.name} at {redact_url(self.config.base_url)}: {region.region_id}: {error}") from None
         if failures:
             more = f"; and {len(failures) - FAILURES_SHOWN} more" if len(failures) > FAILURES_SHOWN else ""
             raise AnalyzerError(f"{self.name}: {len(failures)} of {len(regions)} regions failed: "
