@@ -41,7 +41,7 @@ def test_the_newest_shipped_prompt_is_the_default_and_versions_load_by_name():
     assert shipped_versions()[0] == "v1"
     assert load_prompt().version == shipped_versions()[-1]
     assert load_prompt("v1").version == "v1"
-    with pytest.raises(PromptError, match="no shipped prompt version 'v99'; shipped: v1"):
+    with pytest.raises(PromptError, match="no shipped prompt version 'v99'; shipped: v1, v2"):
         load_prompt("v99")
 
 
