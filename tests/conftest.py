@@ -28,6 +28,18 @@ def deeppcb_root() -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def neu_det_root() -> Path:
+    """The real NEU-DET data set (Pascal VOC layout): $AIVD_NEU_DET_ROOT, else ../shared/data/neu-det beside the
+    checkout; skipped without it unless AIVD_REQUIRE_DATA=1."""
+    root = Path(os.environ.get("AIVD_NEU_DET_ROOT") or Path(__file__).resolve().parents[2] / "shared" / "data" / "neu-det")
+    if not (root / "Annotations").is_dir():
+        if os.environ.get("AIVD_REQUIRE_DATA") == "1":
+            pytest.fail("NEU-DET not found: set AIVD_NEU_DET_ROOT or place it at ../shared/data/neu-det")
+        pytest.skip("NEU-DET data set not available")
+    return root
+
+
 @pytest.fixture
 def one_torch_thread():
     """The tiny VLM is faster on one thread, and much faster than on two when other work shares the cores."""

@@ -153,7 +153,7 @@ def test_deeppcb_sample_with_a_missing_template_fails_alone(tmp_path):
 
 
 def test_synth_refuses_an_unknown_layout(tmp_path):
-    assert "unknown layout 'coco'" in aivd("synth", "--out", tmp_path, "--layout", "coco", check_rc=2).stderr
+    assert "unknown layout 'labelme'" in aivd("synth", "--out", tmp_path, "--layout", "labelme", check_rc=2).stderr
 
 
 def test_demo_writes_a_report(tmp_path):

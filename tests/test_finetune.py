@@ -95,13 +95,14 @@ def test_build_reports_and_skips_bad_files(synthetic_root, tmp_path):
     root = tmp_path / "broken"
     write_dataset(root, 6, SyntheticConfig(size=192, n_defects=(2, 3)), layout="deeppcb")
     samples = load_split(root, "trainval")
-    samples[0].test_path.write_bytes(b"not an image")
-    samples[1].annotation_path.write_text("1 2 3\n")
+    # Broken after loading (the loader already leaves out files it cannot read): undecodable, then truncated.
+    samples[0].image_path.write_bytes(b"not an image")
+    samples[1].image_path.write_bytes(samples[1].image_path.read_bytes()[:-200])
     reported = []
     manifest = build_finetune_data(samples, CLASSES, tmp_path / "out", FinetuneDataConfig(), "test", report=reported.append)
-    assert [item["image"] for item in manifest["skipped"]] == [str(samples[0].test_path), str(samples[1].test_path)]
-    assert len(reported) == 2 and reported[0].startswith(f"error: {samples[0].test_path}: ")
-    assert "expected 'x1 y1 x2 y2 class_id'" in manifest["skipped"][1]["reason"]
+    assert [item["image"] for item in manifest["skipped"]] == [str(samples[0].image_path), str(samples[1].image_path)]
+    assert len(reported) == 2 and reported[0].startswith(f"error: {samples[0].image_path}: ")
+    assert "truncated" in manifest["skipped"][1]["reason"]
     assert manifest["images"] == len(samples) - 2 and sum(manifest["examples"].values()) > 0
 
 

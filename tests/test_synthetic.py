@@ -127,7 +127,7 @@ def test_deeppcb_layout_reads_back_with_the_deeppcb_reader(tmp_path):
         truth = read_annotation(sample.annotation_path)
         np.testing.assert_array_equal(truth.xyxy, expected.ground_truth.xyxy)
         np.testing.assert_array_equal(truth.class_id, expected.ground_truth.class_id)
-        for path, image in ((sample.test_path, expected.test), (sample.template_path, expected.template)):
+        for path, image in ((sample.image_path, expected.test), (sample.template_path, expected.template)):
             written = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
             assert written.shape == image.shape
             assert np.mean(np.abs(written.astype(int) - image)) < 3  # JPEG, as DeepPCB ships
@@ -135,4 +135,4 @@ def test_deeppcb_layout_reads_back_with_the_deeppcb_reader(tmp_path):
 
 def test_write_dataset_rejects_an_unknown_layout(tmp_path):
     with pytest.raises(ValueError, match="layout"):
-        write_dataset(tmp_path, 1, layout="coco")
+        write_dataset(tmp_path, 1, layout="labelme")

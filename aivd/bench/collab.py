@@ -59,7 +59,7 @@ class ImageOutcome:
 
 def collect(pipeline: EdgeCloudPipeline, samples, drift: list[DriftPhase] = (), seed: int = 0) -> list[ImageOutcome]:
     """Run both tiers over every candidate of every image once, as the (optionally drifting) camera sees it."""
-    return [observe(pipeline, sample, *drifted(index, *read_pair(sample.test_path, sample.template_path), list(drift), seed))
+    return [observe(pipeline, sample, *drifted(index, *read_pair(sample.image_path, sample.template_path), list(drift), seed))
             for index, sample in enumerate(samples)]
 
 
@@ -73,7 +73,7 @@ def observe(pipeline: EdgeCloudPipeline, sample, image: np.ndarray, template: np
     scores = np.array([a.confidence if keep else 0.0 for a, keep in zip(analyses, keeps)], np.float32)
     candidates = proposal.proposals
     sizes = np.array([len(encode_region(r).model_dump_json()) for r in proposal.regions], np.int64)
-    files = sum(p.stat().st_size for p in (sample.test_path, sample.template_path) if p is not None)
+    files = sum(p.stat().st_size for p in (sample.image_path, sample.template_path) if p is not None)
     return ImageOutcome(sample.image_id, sample.ground_truth(), candidates,
                         Detections(candidates.xyxy, scores, class_ids, labels), keeps, sizes, files)
 
@@ -236,7 +236,7 @@ def online_pass(pipeline: EdgeCloudPipeline, stream, phase: DriftPhase, filter_n
     controller = BudgetController(make_filter(filter_name), budget=budget)
     finals, edge_finals, sent_regions, regions, served = [], [], 0, 0, []
     for position, sample in enumerate(stream):
-        image, template = drifted(position, *read_pair(sample.test_path, sample.template_path), [phase], seed)
+        image, template = drifted(position, *read_pair(sample.image_path, sample.template_path), [phase], seed)
         outcome = observe(live, sample, image, template)
         threshold = live.edge_threshold
         sent = controller.select(outcome.candidates)

@@ -32,7 +32,7 @@ def crop_accuracy(classifier: CropClassifier, detector: Detector, samples, propo
     gt_strict = gt_class = gt_total = 0
     edge_right = edge_matched = edge_rejected = edge_background = 0
     for sample in samples:
-        image, template = read_pair(sample.test_path, sample.template_path)
+        image, template = read_pair(sample.image_path, sample.template_path)
         truth = sample.ground_truth()
         truth_names = np.array(truth.class_names, dtype=object)
         predicted, is_defect = _score(classifier, image, template, truth, sample.image_id)

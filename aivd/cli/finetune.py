@@ -21,36 +21,36 @@ def _module(name: str):
 
 
 def _load_samples(deeppcb: Optional[Path], voc: Optional[Path], yolo: Optional[Path], split: Optional[str]):
-    """(samples, class names, source description) of the one data set given."""
-    from aivd.cli.main import fail
-    from aivd.core import DEEPPCB_CLASSES
-    from aivd.data.deeppcb import load_split
-    from aivd.data.voc import load_voc_dataset
-    from aivd.data.yolo import load_yolo_dataset
+    """(samples, class names, source description) of the one data set given; its problems are printed, one line
+    each, and the samples with them left out."""
+    from rich.markup import escape
+
+    from aivd.cli.main import console, fail
+    from aivd.data.sources import open_data
 
     given = [(name, path) for name, path in (("deeppcb", deeppcb), ("voc", voc), ("yolo", yolo)) if path is not None]
     if len(given) != 1:
         raise fail("give exactly one data set: --deeppcb ROOT, --voc ROOT or --yolo ROOT")
     kind, root = given[0]
-    if kind == "deeppcb":
-        split = split or "trainval"
-        return load_split(root, split), DEEPPCB_CLASSES.names, f"deeppcb:{root}:{split}"
-    if kind == "voc":
-        labels, samples = load_voc_dataset(root, split=split)
-        return samples, labels.names, f"voc:{root}:{split or 'all'}"
-    split = split or "train"
-    labels, samples = load_yolo_dataset(root, split)
-    return samples, labels.names, f"yolo:{root}:{split}"
+    source = open_data(root)
+    if source.format != kind:
+        raise fail(f"{root}: a {source.format} data set, not {kind}; give it as --{source.format}")
+    split = split or ("trainval" if kind == "deeppcb" else "train")
+    loaded = source.split(split)
+    for problem in loaded.problems:
+        console.print(f"[red]error:[/red] {escape(str(problem))}", highlight=False)
+    return loaded.samples, loaded.labels.names, f"{kind}:{root}:{split}"
 
 
 @finetune_app.command("build")
 def build_command(
     out: Path = typer.Option(..., help="New (or empty) folder for the data."),
     deeppcb: Optional[Path] = typer.Option(None, help="A DeepPCB root (the folder holding PCBData/)."),
-    voc: Optional[Path] = typer.Option(None, help="A Pascal VOC root (Annotations/, JPEGImages/, optional Templates/)."),
-    yolo: Optional[Path] = typer.Option(None, help="An Ultralytics YOLO root (images/SPLIT, labels/SPLIT, classes.txt or data.yaml)."),
+    voc: Optional[Path] = typer.Option(None, help="A Pascal VOC root (Annotations/, JPEGImages/, optional ImageSets/Main/ and Templates/)."),
+    yolo: Optional[Path] = typer.Option(None, help="An Ultralytics data YAML, or a folder holding data.yaml."),
     split: Optional[str] = typer.Option(
-        None, help="DeepPCB: trainval (default) or test. VOC: an ImageSets/Main list (default: every annotation). YOLO: default train."),
+        None, help="DeepPCB: trainval (default) or test. VOC: an ImageSets/Main list; default train (train.txt, else "
+                   "trainval.txt less val.txt, else every annotation). YOLO: a split the data YAML names; default train."),
     limit: Optional[int] = typer.Option(None, min=1, help="Use only the first N images."),
     seed: int = typer.Option(0, help="Seeds the augmentation and the 90/10 train/validation split."),
     copies: int = typer.Option(1, min=1, help="Augmented examples per annotated box."),

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from aivd.cli.data import data_app
 from aivd.cli.finetune import finetune_app
 from aivd.cli.kb import kb_app
 from aivd.cli.models import models_app
@@ -30,6 +31,7 @@ app.add_typer(serve_app, name="serve")
 app.add_typer(simulate_app, name="simulate")
 app.add_typer(finetune_app, name="finetune")
 app.add_typer(models_app, name="models")
+app.add_typer(data_app, name="data")
 app.add_typer(kb_app, name="kb")
 
 console = Console(stderr=True, soft_wrap=True)  # one error per line, never wrapped
@@ -380,7 +382,7 @@ def demo(
 def synth(
     out: Path = typer.Option(..., "--out", "-o", help="Output folder."),
     count: int = typer.Option(30, min=1, help="Number of test/template pairs."),
-    layout: str = typer.Option("deeppcb", help="deeppcb, voc or yolo."),
+    layout: str = typer.Option("deeppcb", help="deeppcb, voc, yolo or coco."),
     size: int = typer.Option(640, min=64, help="Image side in pixels."),
     seed: int = typer.Option(0),
 ) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 
@@ -88,6 +89,24 @@ def read_gray(path: str | Path, limits: ImageLimits = ImageLimits()) -> np.ndarr
     except OSError as error:
         raise ImageError(path, f"cannot read file ({error.strerror or error})") from None
     return decode_gray(data, path, limits)
+
+
+def read_image_size(path: str | Path) -> tuple[int, int]:
+    """(width, height) from the file header, without decoding the pixels, or raise `ImageError` saying why not.
+
+    Loading a data set reads every image's size to check its boxes; decoding them all would take minutes.
+    """
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except FileNotFoundError:
+        raise ImageError(path, "image file not found") from None
+    except IsADirectoryError:
+        raise ImageError(path, "is a directory, not an image file") from None
+    except (UnidentifiedImageError, Image.DecompressionBombError):
+        raise ImageError(path, "not a readable image (JPEG, PNG, BMP or TIFF expected)") from None
+    except OSError as error:
+        raise ImageError(path, f"cannot read file ({error.strerror or error})") from None
 
 
 def read_pair(

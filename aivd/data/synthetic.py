@@ -11,6 +11,7 @@ how it was drawn, so `inject_defects` works on any binarised board image.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
@@ -19,6 +20,7 @@ from typing import NamedTuple
 
 import cv2
 import numpy as np
+import yaml
 
 from aivd.core import DEEPPCB_CLASSES, Detections
 from aivd.data.voc import format_voc_annotation
@@ -610,7 +612,9 @@ def _write_voc(out: Path, pairs: Iterator[tuple[SyntheticPair, bool]]) -> None:
 
 
 def _write_yolo(out: Path, pairs: Iterator[tuple[SyntheticPair, bool]]) -> None:
-    _write_text(out / "classes.txt", _lines(list(DEEPPCB_CLASSES.names)))
+    # No `path`: Ultralytics and aivd then take the YAML's own folder as the root, wherever the set is moved.
+    data = {"train": "images/train", "val": "images/val", "templates": "templates", "names": list(DEEPPCB_CLASSES.names)}
+    _write_text(out / "data.yaml", yaml.safe_dump(data, sort_keys=False))
     for pair, held_out in pairs:
         split = "val" if held_out else "train"
         height, width = pair.test.shape
@@ -620,14 +624,43 @@ def _write_yolo(out: Path, pairs: Iterator[tuple[SyntheticPair, bool]]) -> None:
         _write_text(out / "labels" / split / f"{pair.image_id}.txt", label)
 
 
-_WRITERS = {"deeppcb": _write_deeppcb, "voc": _write_voc, "yolo": _write_yolo}
+def _coco_annotations(truth: Detections, image_id: int, first_id: int) -> list[dict]:
+    return [
+        {"id": first_id + index, "image_id": image_id, "category_id": int(class_id) + 1,
+         "bbox": [round(float(v), 2) for v in (x1, y1, x2 - x1, y2 - y1)], "area": round(float((x2 - x1) * (y2 - y1)), 2),
+         "iscrowd": 0}
+        for index, ((x1, y1, x2, y2), class_id) in enumerate(zip(truth.xyxy, truth.class_id))
+    ]
+
+
+def _write_coco(out: Path, pairs: Iterator[tuple[SyntheticPair, bool]]) -> None:
+    # Categories numbered from 1, as COCO's are; the template is NAME_temp beside NAME_test, COCO having no place for it.
+    categories = [{"id": class_id + 1, "name": name} for class_id, name in enumerate(DEEPPCB_CLASSES.names)]
+    files = {split: {"images": [], "annotations": [], "categories": categories} for split in ("train", "val")}
+    next_annotation_id = 1
+    for pair, held_out in pairs:
+        split = "val" if held_out else "train"
+        height, width = pair.test.shape
+        _write_image(out / "images" / split / f"{pair.image_id}_test.jpg", pair.test)
+        _write_image(out / "images" / split / f"{pair.image_id}_temp.jpg", pair.template)
+        coco = files[split]
+        image_id = int(pair.image_id)
+        coco["images"].append({"id": image_id, "file_name": f"{pair.image_id}_test.jpg", "width": width, "height": height})
+        coco["annotations"] += _coco_annotations(pair.ground_truth, image_id, next_annotation_id)
+        next_annotation_id += len(pair.ground_truth)
+    for split, coco in files.items():
+        _write_text(out / "annotations" / f"instances_{split}.json", json.dumps(coco, indent=1))
+
+
+_WRITERS = {"deeppcb": _write_deeppcb, "voc": _write_voc, "yolo": _write_yolo, "coco": _write_coco}
 
 
 def write_dataset(out_dir: str | Path, count: int, config: SyntheticConfig = SyntheticConfig(), layout: str = "deeppcb") -> None:
-    """Write pairs 0..count-1 in DeepPCB, VOC or YOLO (Ultralytics, with classes.txt) layout.
+    """Write pairs 0..count-1 in DeepPCB, VOC, YOLO (Ultralytics, with data.yaml) or COCO layout.
 
-    Every third pair is held out (DeepPCB `test`, VOC `test`, YOLO `val`); the rest are DeepPCB/VOC `trainval` and
-    YOLO `train`. Templates go beside the images: DeepPCB `_temp.jpg`, VOC `Templates/`, YOLO `templates/SPLIT/`.
+    Every third pair is held out (DeepPCB `test`, VOC `test`, YOLO and COCO `val`); the rest are DeepPCB/VOC
+    `trainval` and YOLO/COCO `train`. Templates go beside the images: DeepPCB `_temp.jpg`, VOC `Templates/`, YOLO
+    `templates/SPLIT/` (named by data.yaml), COCO `NAME_temp.jpg` beside `NAME_test.jpg` in `images/SPLIT/`.
     """
     if layout not in _WRITERS:
         raise ValueError(f"unknown layout {layout!r}; expected one of {', '.join(_WRITERS)}")

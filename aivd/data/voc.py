@@ -1,8 +1,9 @@
 """Pascal VOC annotations: one XML file per image with an `<object>` (`<name>`, `<bndbox>`) per box.
 
 Layout: ``Annotations/ID.xml``, ``JPEGImages/ID.jpg`` and optionally ``ImageSets/Main/SPLIT.txt`` (one ID a
-line), as the PKU/HRIPCB PCB-defect set ships. An aligned template, where a set has one, is looked for under
-``Templates/`` with the image's file name (the layout `aivd.data.synthetic` writes).
+line), as the PKU/HRIPCB PCB-defect set and NEU-DET ship. An aligned template, where a set has one, is looked for
+under ``Templates/`` with the image's file name (the layout `aivd.data.synthetic` writes), else by DeepPCB's
+NAME_test / NAME_temp naming.
 
 Coordinates are taken as written (no 1-based shift), so boxes written by `format_voc_annotation` read back unchanged.
 """
@@ -15,15 +16,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from aivd.core import Detections, LabelMap
-from aivd.data.box_samples import BoxSample
-from aivd.data.deeppcb import DatasetError
+from aivd.data.dataset import Box, DatasetError, DataSource, DataSplit, SplitBuilder, read_text
 from aivd.data.images import IMAGE_SUFFIXES
+from aivd.data.templates import find_template
 
 _BOX_TAGS = ("xmin", "ymin", "xmax", "ymax")
 _SEPARATORS = re.compile(r"[-_\s]+")
+SPLITS = ("train", "val", "test")
 
 
 def normalise_class_name(name: str) -> str:
@@ -41,14 +41,16 @@ class _VocObject:
 
 
 @dataclass(frozen=True)
-class _VocFile:
+class VocFile:
+    """One parsed annotation file."""
+
     path: Path
     filename: str | None
     objects: tuple[_VocObject, ...]
 
 
-def _parse_object(path: Path, index: int, element: ET.Element) -> _VocObject:
-    where = f"{path}: object {index}"
+def _parse_object(index: int, element: ET.Element) -> _VocObject:
+    where = f"object {index}"
     name = (element.findtext("name") or "").strip()
     if not name:
         raise DatasetError(f"{where}: missing <name>")
@@ -59,55 +61,24 @@ def _parse_object(path: Path, index: int, element: ET.Element) -> _VocObject:
         x1, y1, x2, y2 = (float(bndbox.findtext(tag)) for tag in _BOX_TAGS)
     except (TypeError, ValueError):
         raise DatasetError(f"{where} ({name}): <bndbox> needs numeric {', '.join(_BOX_TAGS)}") from None
-    if not np.all(np.isfinite((x1, y1, x2, y2))):
-        raise DatasetError(f"{where} ({name}): <bndbox> has a non-finite coordinate")
-    if x2 < x1 or y2 < y1:
-        raise DatasetError(f"{where} ({name}): box {x1:g},{y1:g},{x2:g},{y2:g} has xmax < xmin or ymax < ymin")
     return _VocObject(name, (x1, y1, x2, y2))
 
 
-def _parse(path: Path) -> _VocFile:
+def parse_voc_file(path: Path) -> VocFile:
+    """Parse one annotation file; `DatasetError` (without the path: the caller names the file) when it is bad."""
     try:
         root = ET.parse(path).getroot()
     except ET.ParseError as error:
-        raise DatasetError(f"{path}: not well-formed XML ({error})") from None
-    objects = tuple(_parse_object(path, index, element) for index, element in enumerate(root.findall("object"), start=1))
+        raise DatasetError(f"not well-formed XML ({error})") from None
+    except OSError as error:
+        raise DatasetError(f"cannot read ({error.strerror or error})") from None
+    objects = tuple(_parse_object(index, element) for index, element in enumerate(root.findall("object"), start=1))
     filename = (root.findtext("filename") or "").strip() or None
-    return _VocFile(path, filename, objects)
-
-
-def _class_lookup(labels: LabelMap) -> dict[str, int]:
-    lookup = {normalise_class_name(name): class_id for class_id, name in enumerate(labels.names)}
-    if len(lookup) != len(labels):
-        raise ValueError(f"class names {labels.names} are not distinct once case and separators are ignored")
-    return lookup
-
-
-def _class_ids(voc: _VocFile, labels: LabelMap, lookup: dict[str, int]) -> list[int]:
-    class_ids = []
-    for index, obj in enumerate(voc.objects, start=1):
-        class_id = lookup.get(normalise_class_name(obj.name))
-        if class_id is None:
-            raise DatasetError(
-                f"{voc.path}: object {index}: unknown class {obj.name!r}; expected one of {', '.join(labels.names)}"
-            )
-        class_ids.append(class_id)
-    return class_ids
-
-
-def _to_detections(voc: _VocFile, labels: LabelMap) -> Detections:
-    class_ids = _class_ids(voc, labels, _class_lookup(labels))
-    boxes = np.array([obj.box for obj in voc.objects], np.float32).reshape(-1, 4)
-    return Detections(boxes, np.ones(len(class_ids)), np.array(class_ids, np.int64), labels)
-
-
-def read_voc_annotation(xml_path: str | Path, labels: LabelMap) -> Detections:
-    """The boxes of one VOC file with confidence 1; object numbers in error messages count from 1."""
-    return _to_detections(_parse(Path(xml_path)), labels)
+    return VocFile(path, filename, objects)
 
 
 def format_voc_annotation(detections: Detections, filename: str, width: int, height: int, depth: int = 1) -> str:
-    """A VOC XML document for one image; `read_voc_annotation` reads it back to the same boxes and names."""
+    """A VOC XML document for one image; `VocSource` reads it back to the same boxes and names."""
     root = ET.Element("annotation")
     ET.SubElement(root, "filename").text = filename
     size = ET.SubElement(root, "size")
@@ -124,7 +95,8 @@ def format_voc_annotation(detections: Detections, filename: str, width: int, hei
     return ET.tostring(root, encoding="unicode") + "\n"
 
 
-def _infer_labels(names: Iterable[str]) -> LabelMap:
+def infer_labels(names: Iterable[str]) -> LabelMap:
+    """The sorted classes named, one per spelling-insensitive key (`normalise_class_name`)."""
     # One spelling per class, the first in sorted order, so the map does not depend on the order files are read.
     spelling: dict[str, str] = {}
     for name in sorted(set(names)):
@@ -132,64 +104,97 @@ def _infer_labels(names: Iterable[str]) -> LabelMap:
     return LabelMap(tuple(spelling[key] for key in sorted(spelling)))
 
 
-def _annotation_paths(root: Path, split: str | None) -> list[Path]:
-    annotations = root / "Annotations"
-    if split is None:
-        return sorted(annotations.glob("*.xml"))
-    split_file = root / "ImageSets" / "Main" / f"{split}.txt"
-    if not split_file.is_file():
-        raise DatasetError(f"{root}: no split list {split_file.relative_to(root)}")
-    paths = []
-    for line_no, line in enumerate(split_file.read_text().splitlines(), start=1):
-        if not line.split():
-            continue
-        path = annotations / f"{line.split()[0]}.xml"
-        if not path.is_file():
-            raise DatasetError(f"{split_file}:{line_no}: no annotation {path}")
-        paths.append(path)
-    return paths
-
-
-def _find_image(root: Path, voc: _VocFile) -> Path:
-    images = root / "JPEGImages"
+def _find_image(images: Path, voc: VocFile) -> Path | None:
     # Some tools write the full path they annotated on; only the name is meaningful here.
-    if voc.filename and (images / Path(voc.filename).name).is_file():
-        return images / Path(voc.filename).name
+    if voc.filename:
+        name = voc.filename.replace("\\", "/").rsplit("/", 1)[-1]
+        if (images / name).is_file():
+            return images / name
     stem = voc.path.stem
     for suffix in IMAGE_SUFFIXES:
         for candidate in (images / f"{stem}{suffix}", images / f"{stem}{suffix.upper()}"):
             if candidate.is_file():
                 return candidate
-    raise DatasetError(f"{voc.path}: no image {voc.filename!r} or {stem}.* in {images}")
+    return None
 
 
-def _sample(root: Path, voc: _VocFile, labels: LabelMap) -> BoxSample:
-    image_path = _find_image(root, voc)
-    template_path = root / "Templates" / image_path.name
-    return BoxSample(
-        image_id=voc.path.stem,
-        image_path=image_path,
-        template_path=template_path if template_path.is_file() else None,
-        annotation_path=voc.path,
-        labels=labels,
-    )
+class VocSource(DataSource):
+    """Splits from ImageSets/Main/SPLIT.txt ("train" is train.txt, else trainval.txt less val.txt), or every
+    annotation as "train" without split lists. The classes are the sorted names found in all annotations, so every
+    split of the set has the same."""
 
+    format = "voc"
 
-def load_voc_dataset(
-    root: str | Path, labels: LabelMap | None = None, split: str | None = None
-) -> tuple[LabelMap, list[BoxSample]]:
-    """The samples of a VOC-layout set (all annotations, or those a split lists), sorted or in list order.
+    def __init__(self, root: str | Path) -> None:
+        root = Path(root)
+        annotations = root / "Annotations"
+        if not annotations.is_dir():
+            raise DatasetError(f"{root}: not a VOC root (expected an Annotations folder)")
+        self._parsed: dict[Path, VocFile | DatasetError] = {}
+        for path in sorted(annotations.glob("*.xml")):
+            try:
+                self._parsed[path] = parse_voc_file(path)
+            except DatasetError as error:
+                self._parsed[path] = error
+        names = [obj.name for voc in self._parsed.values() if isinstance(voc, VocFile) for obj in voc.objects]
+        super().__init__(root, infer_labels(names))
+        self._class_of = {normalise_class_name(name): class_id for class_id, name in enumerate(self.labels.names)}
+        self.lists = root / "ImageSets" / "Main"
 
-    Without `labels` the classes are the sorted names found. Every file is parsed and checked here, so a bad
-    annotation fails the load rather than a training run hours later.
-    """
-    root = Path(root)
-    if not (root / "Annotations").is_dir():
-        raise DatasetError(f"{root}: not a VOC root (expected an Annotations folder)")
-    files = [_parse(path) for path in _annotation_paths(root, split)]
-    if labels is None:
-        labels = _infer_labels(obj.name for voc in files for obj in voc.objects)
-    lookup = _class_lookup(labels)
-    for voc in files:
-        _class_ids(voc, labels, lookup)
-    return labels, [_sample(root, voc, labels) for voc in files]
+    def _list(self, name: str) -> Path:
+        return self.lists / f"{name}.txt"
+
+    def _has_lists(self) -> bool:
+        return any(self._list(name).is_file() for name in (*SPLITS, "trainval"))
+
+    def _train_from_trainval(self) -> bool:
+        return not self._list("train").is_file() and self._list("trainval").is_file()
+
+    def split_names(self) -> list[str]:
+        if not self._has_lists():
+            return ["train"]
+        return [name for name in SPLITS if self._list(name).is_file() or (name == "train" and self._train_from_trainval())]
+
+    def _listed(self, name: str) -> list[tuple[Path, int, str]]:
+        """(list file, line number, id) per entry of ImageSets/Main/NAME.txt."""
+        list_file = self._list(name)
+        try:
+            lines = read_text(list_file).splitlines()
+        except DatasetError as error:
+            raise DatasetError(f"{list_file}: {error}") from None
+        return [(list_file, line_no, line.split()[0]) for line_no, line in enumerate(lines, start=1) if line.split()]
+
+    def split(self, name: str) -> DataSplit:
+        annotations = self.root / "Annotations"
+        if not self._has_lists() and name == "train":
+            listed = [(None, 0, path.stem) for path in self._parsed]
+        elif name == "train" and self._train_from_trainval():
+            # VOC's trainval is train + val: without train.txt, train is trainval less what val lists.
+            val = {image_id for _, _, image_id in self._listed("val")} if self._list("val").is_file() else set()
+            listed = [entry for entry in self._listed("trainval") if entry[2] not in val]
+        elif self._list(name).is_file():
+            listed = self._listed(name)
+        else:
+            raise self.no_split(name)
+        builder = SplitBuilder(name, self.labels)
+        for list_file, line_no, image_id in listed:
+            path = annotations / f"{image_id}.xml"
+            if path in self._parsed:
+                self._add(builder, path)
+            else:
+                builder.problem(list_file, f"line {line_no}: no annotation {path}")
+        return builder.build()
+
+    def _add(self, builder: SplitBuilder, path: Path) -> None:
+        voc = self._parsed[path]
+        if isinstance(voc, DatasetError):
+            builder.problem(path, str(voc))
+            return
+        image_path = _find_image(self.root / "JPEGImages", voc)
+        if image_path is None:
+            builder.problem(path, f"annotation without an image: no {voc.filename!r} or {path.stem}.* in {self.root / 'JPEGImages'}")
+            return
+        boxes = [Box(f"object {index} ({obj.name})", obj.box, self._class_of[normalise_class_name(obj.name)])
+                 for index, obj in enumerate(voc.objects, start=1)]
+        template = find_template(image_path, self.root / "Templates")
+        builder.add(image_path, boxes, annotation_path=path, template_path=template, image_id=path.stem)

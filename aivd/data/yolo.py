@@ -1,57 +1,71 @@
-"""YOLO annotations: one text file per image, a `class_id cx cy w h` line per box, normalised to 0..1.
+"""Ultralytics YOLO data sets: a data YAML naming the classes and each split's images; one label file per image
+with a `class_id cx cy w h` line per box, normalised to 0..1.
 
-Layout (Ultralytics): ``images/SPLIT/ID.jpg`` and ``labels/SPLIT/ID.txt``; class names from ``classes.txt`` (one a
-line) or else the ``names:`` entry of ``data.yaml``. An aligned template, where a set has one, is looked for under
-``templates/SPLIT/`` with the image's file name (the layout `aivd.data.synthetic` writes).
+The YAML (read with `yaml.safe_load`) has `path` (the root; relative to the YAML's folder, default that folder),
+`train` / `val` / `test` (each a folder searched recursively, a .txt list of image paths relative to the root, a
+list of those, or a COCO .json for that split) and `names` (a list, or a mapping from id 0..N-1 to name). Labels are
+found as Ultralytics finds them: the last `/images/` in an image's path becomes `/labels/`, the suffix `.txt`; a
+missing or empty label file means no defect. Templates: the optional `templates` folder (TEMPLATES/SPLIT/NAME or
+TEMPLATES/NAME), else NAME_temp beside NAME_test.
 """
 
 from __future__ import annotations
 
-import re
+import os
 from pathlib import Path
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from aivd.core import Detections, LabelMap
-from aivd.data.box_samples import BoxSample
-from aivd.data.deeppcb import DatasetError
+from aivd.data.coco import image_folders, read_coco_split
+from aivd.data.dataset import Box, DatasetError, DataSource, DataSplit, SplitBuilder, read_text
 from aivd.data.images import IMAGE_SUFFIXES
+from aivd.data.templates import find_template
+from aivd.data.yaml_files import first_problem, read_yaml_mapping
 
-# Exporters round normalised values and some clip late, so a box may poke just past the image edge.
-TOLERANCE = 1e-3
-_COMMENT = re.compile(r"\s+#.*$")
-
-
-def _parse_line(where: str, line: str, n_classes: int) -> tuple[int, tuple[float, float, float, float]]:
-    fields = line.split()
-    if len(fields) != 5:
-        raise DatasetError(f"{where}: expected 'class_id cx cy w h' (5 fields), got {len(fields)}: {line!r}")
-    try:
-        class_value, *values = (float(field) for field in fields)
-    except ValueError:
-        raise DatasetError(f"{where}: non-numeric field in {line!r}") from None
-    if not class_value.is_integer() or not 0 <= class_value < n_classes:
-        raise DatasetError(f"{where}: class id {fields[0]} outside 0..{n_classes - 1}")
-    if not all(-TOLERANCE <= value <= 1 + TOLERANCE for value in values):
-        raise DatasetError(f"{where}: cx cy w h must be normalised to [0, 1], got {' '.join(fields[1:])}")
-    cx, cy, w, h = values
-    return int(class_value), (cx, cy, w, h)
+SPLITS = ("train", "val", "test")
+_IMAGES, _LABELS = f"{os.sep}images{os.sep}", f"{os.sep}labels{os.sep}"
+_YAML_EXAMPLE = "'train: images/train', 'val: images/val', 'names: [scratch, dent]'"
 
 
-def read_yolo_annotation(txt_path: str | Path, image_width: int, image_height: int, labels: LabelMap) -> Detections:
-    """The boxes of one label file in pixels, clipped to the image, with confidence 1."""
-    path = Path(txt_path)
-    class_ids, cxcywh = [], []
-    for line_no, line in enumerate(path.read_text().splitlines(), start=1):
-        if line.strip():
-            class_id, box = _parse_line(f"{path}:{line_no}", line, len(labels))
-            class_ids.append(class_id)
-            cxcywh.append(box)
-    cx, cy, w, h = np.array(cxcywh, np.float64).reshape(-1, 4).T
-    scale = np.array([image_width, image_height, image_width, image_height], np.float64)
-    xyxy = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1) * scale
-    detections = Detections(xyxy, np.ones(len(class_ids)), np.array(class_ids, np.int64), labels)
-    return detections.clipped(image_width, image_height)
+class DataYaml(BaseModel):
+    """The keys of an Ultralytics data YAML aivd reads; others (nc, download, ...) are allowed and ignored."""
+
+    model_config = ConfigDict(extra="allow")
+
+    path: str | None = None
+    train: str | list[str] | None = None
+    val: str | list[str] | None = None
+    test: str | list[str] | None = None
+    names: list[str] | dict[int, str]
+    templates: str | None = None
+
+
+def label_path(image: Path) -> Path:
+    """Where Ultralytics looks for an image's labels: the last /images/ becomes /labels/, the suffix .txt."""
+    head, separator, tail = str(image).rpartition(_IMAGES)
+    return Path(f"{head}{_LABELS}{tail}" if separator else str(image)).with_suffix(".txt")
+
+
+def parse_yolo_labels(text: str, n_classes: int) -> list[Box]:
+    """The `class_id cx cy w h` lines as boxes in fractions of the image size; a bad line raises `DatasetError`
+    naming it (`line N: ...`)."""
+    boxes = []
+    for line_no, line in enumerate(text.splitlines(), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != 5:
+            raise DatasetError(f"line {line_no}: expected 'class_id cx cy w h' (5 fields), got {len(fields)}: {line!r}")
+        try:
+            class_value, cx, cy, w, h = (float(field) for field in fields)
+        except ValueError:
+            raise DatasetError(f"line {line_no}: non-numeric field in {line!r}") from None
+        if not class_value.is_integer() or not 0 <= class_value < n_classes:
+            raise DatasetError(f"line {line_no}: unknown class id {fields[0]} (expected 0..{n_classes - 1})")
+        boxes.append(Box(f"line {line_no}", (cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2), int(class_value)))
+    return boxes
 
 
 def format_yolo_annotation(detections: Detections, width: int, height: int) -> str:
@@ -65,78 +79,89 @@ def format_yolo_annotation(detections: Detections, width: int, height: int) -> s
     )
 
 
-def _unquote(text: str) -> str:
-    text = text.strip()
-    return text[1:-1] if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"" else text
-
-
-def _flow_names(path: Path, line_no: int, value: str) -> tuple[str, ...]:
-    if not (value.startswith("[") and value.endswith("]")):
-        raise DatasetError(f"{path}:{line_no}: expected 'names: [a, b, ...]' or a block of 'N: name' lines")
-    return tuple(_unquote(item) for item in value[1:-1].split(",") if item.strip())
-
-
-def _block_names(path: Path, lines: list[str], first_line_no: int) -> tuple[str, ...]:
-    names: dict[int, str] = {}
-    for line_no, line in enumerate(lines, start=first_line_no):
-        line = _COMMENT.sub("", line)
-        if not line.strip():
-            continue
-        if not line[0].isspace():
-            break
-        key, separator, value = line.partition(":")
-        if not separator or not key.strip().isdigit():
-            raise DatasetError(f"{path}:{line_no}: expected '  N: name' under 'names:', got {line.strip()!r}")
-        names[int(key)] = _unquote(value)
-    if sorted(names) != list(range(len(names))):
-        raise DatasetError(f"{path}:{first_line_no - 1}: class ids under 'names:' must be 0..N-1, got {sorted(names)}")
-    return tuple(names[class_id] for class_id in range(len(names)))
-
-
-def _data_yaml_names(path: Path) -> tuple[str, ...]:
-    # PyYAML is not a dependency, and only the two forms Ultralytics writes for `names` are needed.
-    lines = path.read_text().splitlines()
-    for line_no, line in enumerate(lines, start=1):
-        key, separator, value = _COMMENT.sub("", line).partition(":")
-        if separator and key == "names":
-            value = value.strip()
-            return _flow_names(path, line_no, value) if value else _block_names(path, lines[line_no:], line_no + 1)
-    raise DatasetError(f"{path}: no top-level 'names:' entry")
-
-
-def _class_names(root: Path) -> LabelMap:
-    classes_txt, data_yaml = root / "classes.txt", root / "data.yaml"
-    if classes_txt.is_file():
-        names = tuple(line.strip() for line in classes_txt.read_text().splitlines() if line.strip())
-    elif data_yaml.is_file():
-        names = _data_yaml_names(data_yaml)
-    else:
-        raise DatasetError(f"{root}: no classes.txt or data.yaml to name the classes")
+def _labels(names: list[str] | dict[int, str], yaml_path: Path) -> LabelMap:
+    if isinstance(names, dict):
+        if sorted(names) != list(range(len(names))):
+            raise DatasetError(f"{yaml_path}: names: class ids must be 0..N-1, got {sorted(names)}")
+        names = [names[class_id] for class_id in range(len(names))]
     try:
-        return LabelMap(names)
+        return LabelMap(tuple(names))
     except ValueError as error:
-        raise DatasetError(f"{root}: {error}") from None
+        raise DatasetError(f"{yaml_path}: names: {error}") from None
 
 
-def load_yolo_dataset(root: str | Path, split: str = "train") -> tuple[LabelMap, list[BoxSample]]:
-    """The samples of one split of an Ultralytics-layout set, sorted by image file name."""
-    root = Path(root)
-    labels = _class_names(root)
-    image_dir = root / "images" / split
-    if not image_dir.is_dir():
-        raise DatasetError(f"{root}: no images/{split} folder")
-    samples = []
-    for image_path in sorted(image_dir.iterdir()):
-        if image_path.suffix.lower() not in IMAGE_SUFFIXES:
-            continue
-        template_path = root / "templates" / split / image_path.name
-        samples.append(
-            BoxSample(
-                image_id=image_path.stem,
-                image_path=image_path,
-                template_path=template_path if template_path.is_file() else None,
-                annotation_path=root / "labels" / split / f"{image_path.stem}.txt",
-                labels=labels,
-            )
-        )
-    return labels, samples
+def _images_under(folder: Path) -> list[Path]:
+    return sorted(path for path in folder.rglob("*") if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file())
+
+
+class YoloSource(DataSource):
+    format = "yolo"
+
+    def __init__(self, yaml_path: str | Path) -> None:
+        self.yaml_path = Path(yaml_path)
+        try:
+            config = DataYaml.model_validate(read_yaml_mapping(self.yaml_path, DatasetError, _YAML_EXAMPLE))
+        except ValidationError as error:
+            raise DatasetError(first_problem(error, str(self.yaml_path))) from None
+        # An absolute path stays as it is: Path / absolute gives the absolute path.
+        root = self.yaml_path.parent / config.path if config.path else self.yaml_path.parent
+        super().__init__(root, _labels(config.names, self.yaml_path))
+        self.entries = {name: [entry] if isinstance(entry, str) else entry
+                        for name in SPLITS if (entry := getattr(config, name))}
+        if not self.entries:
+            raise DatasetError(f"{self.yaml_path}: no train, val or test entry naming the images")
+        self.templates = self.root / config.templates if config.templates else None
+
+    def split_names(self) -> list[str]:
+        return list(self.entries)
+
+    def split(self, name: str) -> DataSplit:
+        if name not in self.entries:
+            raise self.no_split(name)
+        entries = self.entries[name]
+        if any(entry.lower().endswith(".json") for entry in entries):
+            if len(entries) != 1:
+                raise DatasetError(f"{self.yaml_path}: {name}: a COCO .json must be the split's only entry")
+            return read_coco_split(self.root / entries[0], name, image_folders(self.root, name), self.labels, self.templates)
+        builder = SplitBuilder(name, self.labels)
+        images: list[Path] = []
+        for entry in entries:
+            images += self._entry_images(name, self.root / entry, builder)
+        templates = {find_template(image, self.templates, name) for image in images}
+        for image in images:
+            if image not in templates:  # NAME_temp beside NAME_test is the template, not a sample
+                self._add(builder, image, find_template(image, self.templates, name))
+        return builder.build()
+
+    def _entry_images(self, split: str, path: Path, builder: SplitBuilder) -> list[Path]:
+        """The images an entry names; for a folder under images/, its labels folder's files without an image are
+        problems (a list file's folders may hold other splits' images, so those are not checked)."""
+        if path.is_dir():
+            images = _images_under(path)
+            labels_folder = label_path(path / "x").parent
+            if labels_folder != path and labels_folder.is_dir():
+                expected = {label_path(image) for image in images}
+                for orphan in sorted(set(labels_folder.rglob("*.txt")) - expected):
+                    if orphan.name != "classes.txt":  # labelImg writes the class names beside the labels
+                        builder.problem(orphan, f"label file without an image (no {orphan.stem}.* under {path})")
+            return images
+        if path.is_file() and path.suffix.lower() == ".txt":
+            try:
+                lines = read_text(path).splitlines()
+            except DatasetError as error:
+                raise DatasetError(f"{path}: {error}") from None
+            return [self.root / line.strip() for line in lines if line.strip()]
+        what = "not found" if not path.exists() else "is not a folder, a .txt list of images or a COCO .json"
+        raise DatasetError(f"{self.yaml_path}: {split}: {path} {what}")
+
+    def _add(self, builder: SplitBuilder, image: Path, template: Path | None) -> None:
+        label = label_path(image)
+        if not label.is_file():
+            builder.add(image, [], template_path=template, normalised=True)
+            return
+        try:
+            boxes = parse_yolo_labels(read_text(label), len(self.labels))
+        except DatasetError as error:
+            builder.problem(label, str(error))
+            return
+        builder.add(image, boxes, annotation_path=label, template_path=template, normalised=True)

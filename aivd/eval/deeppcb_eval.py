@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aivd.core import DEEPPCB_CLASSES, Detections
-from aivd.data.deeppcb import DatasetError, DeepPCBSample, load_split, parse_annotation, parse_submission
+from aivd.data.dataset import Sample
+from aivd.data.deeppcb import DatasetError, load_split, parse_annotation, parse_submission
 from aivd.data.images import ImageError, read_pair
 from aivd.edge.detector import Detector
 from aivd.eval.metrics import confusion_matrix, per_class
@@ -49,18 +50,18 @@ def ground_truth_from_zip(path: Path) -> dict[str, Detections]:
 
 def ground_truth_from_split(root: Path, split: str) -> tuple[dict[str, Detections], dict[str, Path]]:
     samples = load_split(root, split)
-    return {s.image_id: s.ground_truth() for s in samples}, {s.image_id: s.test_path for s in samples}
+    return {s.image_id: s.ground_truth() for s in samples}, {s.image_id: s.image_path for s in samples}
 
 
 def detect_samples(
-    detector: Detector, samples: Iterable[DeepPCBSample], use_templates: bool = True, on_error: Callable[[ImageError], None] | None = None
+    detector: Detector, samples: Iterable[Sample], use_templates: bool = True, on_error: Callable[[ImageError], None] | None = None
 ) -> dict[str, Detections]:
     """Run a detector over DeepPCB samples. A pair that cannot be read is reported to `on_error` and left out,
     so it is scored as no detections and its failure shows in the recall."""
     predictions = {}
     for sample in samples:
         try:
-            image, template = read_pair(sample.test_path, sample.template_path)
+            image, template = read_pair(sample.image_path, sample.template_path)
         except ImageError as error:
             if on_error:
                 on_error(error)

@@ -11,8 +11,9 @@ from dataclasses import dataclass, replace
 from enum import Enum
 from pathlib import Path
 
-from aivd.data.deeppcb import load_split
+from aivd.data.deeppcb import DeepPCBSource
 from aivd.data.images import IMAGE_SUFFIXES
+from aivd.data.templates import TEMPLATE_SUFFIX, image_id_of, template_beside
 
 
 class TemplateMode(str, Enum):
@@ -21,31 +22,12 @@ class TemplateMode(str, Enum):
     none = "none"  # ignore templates
 
 
-TEST_SUFFIX, TEMPLATE_SUFFIX = "_test", "_temp"
-
-
 @dataclass(frozen=True)
 class InspectionTask:
     image_id: str
     image_path: Path
     template_path: Path | None = None
     error: str | None = None  # set when the task is known to fail before any reading
-
-
-def _template_beside(image: Path) -> Path | None:
-    """DeepPCB's convention: NAME_test.EXT is inspected against NAME_temp.EXT in the same folder."""
-    if not image.stem.endswith(TEST_SUFFIX):
-        return None
-    stem = image.stem[: -len(TEST_SUFFIX)]
-    for suffix in (image.suffix, *IMAGE_SUFFIXES):
-        candidate = image.with_name(stem + TEMPLATE_SUFFIX + suffix)
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def _image_id(image: Path) -> str:
-    return image.stem[: -len(TEST_SUFFIX)] if image.stem.endswith(TEST_SUFFIX) else image.stem
 
 
 def _walk(folder: Path) -> tuple[list[Path], list[InspectionTask]]:
@@ -97,18 +79,17 @@ def tasks_from_paths(paths: list[Path], template_mode: TemplateMode = TemplateMo
             tasks.append(InspectionTask(path.name, path, error="no such file or folder"))
             continue
         for image in images:
-            found = None if template_mode is TemplateMode.none else (template or _template_beside(image))
+            found = None if template_mode is TemplateMode.none else (template or template_beside(image))
             error = None
             if found is None and template_mode is TemplateMode.require:
-                error = f"no aligned template found (expected {_image_id(image)}{TEMPLATE_SUFFIX}{image.suffix} beside it or --template)"
-            tasks.append(InspectionTask(_image_id(image), image, found, error))
+                error = f"no aligned template found (expected {image_id_of(image)}{TEMPLATE_SUFFIX}{image.suffix} beside it or --template)"
+            tasks.append(InspectionTask(image_id_of(image), image, found, error))
     return _with_unique_ids(tasks)
 
 
 def tasks_from_deeppcb(root: Path, split: str) -> list[InspectionTask]:
-    """One task per sample of an official DeepPCB split; DeepPCB always has templates, so a missing one is an error."""
-    tasks = []
-    for sample in load_split(root, split):
-        error = None if sample.template_path.is_file() else f"template {sample.template_path} not found"
-        tasks.append(InspectionTask(sample.image_id, sample.test_path, sample.template_path, error))
-    return tasks
+    """One task per sample of an official DeepPCB split, in list order, then one failed task per sample the split
+    could not use (DeepPCB always has templates, so a missing one is such a problem)."""
+    loaded = DeepPCBSource(root).split(split)
+    tasks = [InspectionTask(sample.image_id, sample.image_path, sample.template_path) for sample in loaded.samples]
+    return tasks + [InspectionTask(image_id_of(Path(p.path)), Path(p.path), error=p.message) for p in loaded.problems]

@@ -32,7 +32,7 @@ def calibration_pairs(samples, seed: int = THICKNESS_SEED) -> Iterator[tuple[str
     """
     rng = np.random.default_rng(seed)
     for sample in samples:
-        image, template = read_pair(sample.test_path, sample.template_path)
+        image, template = read_pair(sample.image_path, sample.template_path)
         truth = sample.ground_truth()
         yield sample.image_id, image, template, truth
         yield sample.image_id + PERTURBED_SUFFIX, image, change_thickness(template, rng), truth

@@ -62,7 +62,7 @@ def load_boxes(samples, extra_boxes: Callable | None = None) -> BoxSet:
     """Ground-truth boxes of `samples`; `extra_boxes(image, template, truth)` may add (boxes, classes) per sample."""
     images, templates, owner, boxes, classes = [], [], [], [], []
     for index, sample in enumerate(samples):
-        image, template = read_pair(sample.test_path, sample.template_path)
+        image, template = read_pair(sample.image_path, sample.template_path)
         truth = sample.ground_truth()
         sample_boxes, sample_classes = [truth.xyxy], [truth.class_id]
         if extra_boxes is not None:

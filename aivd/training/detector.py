@@ -26,7 +26,8 @@ import torch
 from torch.nn import functional as F
 
 from aivd.core import DEEPPCB_CLASSES, Detections
-from aivd.data.deeppcb import DeepPCBSample, holdout_split, load_split
+from aivd.data.dataset import Sample
+from aivd.data.deeppcb import holdout_split, load_split
 from aivd.data.images import read_pair
 from aivd.edge.centernet import OUTPUT_STRIDE, decode, make_input
 from aivd.eval.protocol import best_threshold, evaluate
@@ -65,8 +66,8 @@ class LoadedSample:
     ground_truth: Detections
 
 
-def load_samples(samples: list[DeepPCBSample], input_scale: float) -> list[LoadedSample]:
-    return [loaded_sample(s.image_id, *read_pair(s.test_path, s.template_path), s.ground_truth(), input_scale) for s in samples]
+def load_samples(samples: list[Sample], input_scale: float) -> list[LoadedSample]:
+    return [loaded_sample(s.image_id, *read_pair(s.image_path, s.template_path), s.ground_truth(), input_scale) for s in samples]
 
 
 def loaded_sample(image_id: str, test: np.ndarray, template: np.ndarray, labels: Detections, input_scale: float) -> LoadedSample:

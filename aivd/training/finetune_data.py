@@ -78,11 +78,6 @@ def photometric():
     ], additional_targets={"template": "image"})
 
 
-def _image_path(sample) -> Path:
-    # DeepPCB samples name the test image `test_path`; the VOC and YOLO readers' `BoxSample`, `image_path`.
-    return sample.test_path if hasattr(sample, "test_path") else sample.image_path
-
-
 class ExampleMaker:
     """Examples for one data set: its classes, the prompt, the knowledge base and the augmentation."""
 
@@ -215,7 +210,7 @@ def build_finetune_data(
     records = {"train": [], "val": []}
     skipped, counts = [], {"defect": 0, "no_defect": 0}
     for index, sample in enumerate(samples):
-        path = _image_path(sample)
+        path = sample.image_path
         try:
             image, template = read_pair(path, sample.template_path)
             truth = sample.ground_truth()
