@@ -9,6 +9,8 @@ from aivd.cloud.knowledge import KnowledgeBase
 from aivd.cloud.knowledge_scaffold import longer_sides, scaffold_knowledge
 from aivd.cloud.schema import Measurements, Severity
 from aivd.core import Detections, LabelMap
+from aivd.data.sources import open_data
+from aivd.data.synthetic import SyntheticConfig, write_dataset
 
 NEU_DET = ["crazing", "inclusion", "patches", "pitted_surface", "rolled-in_scale", "scratches"]
 runner = CliRunner()
@@ -78,3 +80,26 @@ def test_kb_init_refuses_to_overwrite_an_existing_file(tmp_path):
     result = runner.invoke(app, ["kb", "init", "--data", str(tmp_path / "data"), "--out", str(out)])
     assert result.exit_code == 2 and f"{out}: already exists; pass --force" in result.output
     assert out.read_text() == "mine\n"
+
+
+def test_kb_init_scaffolds_every_class_of_a_data_set_with_size_rules_from_its_training_boxes(tmp_path):
+    root = tmp_path / "voc"
+    write_dataset(root, 9, SyntheticConfig(size=192, n_defects=(2, 3)), layout="voc")
+    broken = sorted((root / "Annotations").glob("*.xml"))[0]
+    broken.write_text("<annotation><object><name>open</name></object></annotation>")
+    out = tmp_path / "kb" / "voc.yaml"
+    result = runner.invoke(app, ["kb", "init", "--data", str(root), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert f"error: {broken}" in result.output  # the bad sample is named and left out; the rest is used
+    base = KnowledgeBase.load(out)
+    source = open_data(root)
+    train, _ = source.training_splits(seed=0)
+    assert base.name == "voc" and list(base.classes) == list(source.labels.names)
+    for name, sides in longer_sides(sample.truth for sample in train.samples).items():
+        (rule,) = base.classes[name].severity
+        assert rule.severity is Severity.major and rule.when == {"max_side_px": {">=": round(np.percentile(sides, 75), 1)}}
+
+    again = runner.invoke(app, ["kb", "init", "--data", str(root), "--out", str(out), "--name", "renamed", "--force"])
+    assert again.exit_code == 0 and KnowledgeBase.load(out).name == "renamed"
+    missing = runner.invoke(app, ["kb", "init", "--data", str(tmp_path / "absent"), "--out", str(tmp_path / "x.yaml")])
+    assert missing.exit_code == 2 and "no such file or folder" in missing.output and not (tmp_path / "x.yaml").exists()

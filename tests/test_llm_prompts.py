@@ -41,7 +41,7 @@ def test_the_newest_shipped_prompt_is_the_default_and_versions_load_by_name():
     assert shipped_versions()[0] == "v1"
     assert load_prompt().version == shipped_versions()[-1]
     assert load_prompt("v1").version == "v1"
-    with pytest.raises(PromptError, match="no shipped prompt version 'v99'; shipped: v1"):
+    with pytest.raises(PromptError, match="no shipped prompt version 'v99'; shipped: v1, v2"):
         load_prompt("v99")
 
 
@@ -107,7 +107,7 @@ def test_prompts_for_other_classes_take_the_subject_and_summaries_from_the_knowl
     system, user = build_messages(load_prompt(), steel, neu_det, KnowledgeBase.load(path))
     system, text = system["content"][0]["text"], user["content"][-1]["text"]
     assert system.startswith("You are a quality engineer inspecting industrial parts.")
-    assert all(f"- {name}: TODO: what a {name} defect is" in text for name in neu_det)
+    assert all(f"- {name}: TODO: describe the {name} defect" in text for name in neu_det)
     assert json.loads(text[text.index('{"$defs"'):])["properties"]["defect_type"]["enum"] == neu_det
     for pcb_word in ("circuit", "board", "pcb", "copper", "conductor", "etch", "open", "short", "spur", "mousebite"):
         assert pcb_word not in (system + text).lower(), pcb_word

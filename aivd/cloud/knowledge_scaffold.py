@@ -72,7 +72,7 @@ def _class_lines(name: str, sides: Sequence[float]) -> list[str]:
                for severity in Severity]
     return [
         f"  {_quoted(name)}:",
-        f"    summary: {_quoted(f'TODO: what a {name} defect is, in one sentence a quality engineer can read.')}",
+        f"    summary: {_quoted(f'TODO: describe the {name} defect in one sentence a quality engineer can read.')}",
         "    likely_causes:",
         f"      - {_quoted(f'TODO: the process step that most often causes {name}')}",
         *_severity_lines(name, sides),

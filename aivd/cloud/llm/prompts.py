@@ -3,8 +3,9 @@
 A prompt is a versioned YAML data file (`prompts/v1.yaml`, ...): a system text, a user text with format fields
 filled per region (the allowed classes, what the edge saw, where the box is, the answer's JSON Schema), and
 optional text-only few-shot turns. Nothing about the domain is written in the code: the classes come from the
-caller and their summaries and what is inspected (`{subject}`) from the knowledge base. Every backend, and the fine-tuning data builder, builds its messages here,
-so a model is asked at inference exactly what it was trained on.
+caller, their summaries and what is inspected (`{subject}`) from the knowledge base. Every backend, and the
+fine-tuning data builder, builds its messages here, so a model is asked at inference exactly what it was
+trained on.
 
 The images shown to the model are the region's own crops, as the edge cut them: 2-D uint8 greyscale arrays,
 the test crop first, then the template crop when there is one (`region_images`). Messages are in the chat
