@@ -1,6 +1,7 @@
 import os
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -15,6 +16,20 @@ def dets(boxes, scores=None, classes=None) -> Detections:
     scores = np.ones(len(boxes)) if scores is None else scores
     classes = np.zeros(len(boxes), int) if classes is None else classes
     return Detections(boxes, scores, classes, DEEPPCB_CLASSES)
+
+
+def write_file(path, text: str):
+    """A text file at `path`, its folders made."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def blank_image(path, width: int = 64, height: int = 48):
+    """A white grey image file at `path`, its folders made."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), np.full((height, width), 255, np.uint8))
+    return path
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,6 @@ import hashlib
 import json
 import shutil
 
-import cv2
 import numpy as np
 import pytest
 import yaml
@@ -19,22 +18,11 @@ from aivd.data.dataset import DataSplit, Sample, hold_out
 from aivd.data.deeppcb import holdout_split
 from aivd.data.sources import DatasetError, open_data
 from aivd.data.synthetic import SyntheticConfig, generate_pair, write_dataset
+from tests.conftest import blank_image, write_file
 
 CONFIG = SyntheticConfig(size=160, n_defects=(2, 3))
 COUNT = 6  # pairs 2 and 5 are the held-out ones (DeepPCB/VOC test, YOLO/COCO val)
 runner = CliRunner()
-
-
-def _write(path, text: str):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    return path
-
-
-def _image(path, width: int = 64, height: int = 48):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(path), np.full((height, width), 255, np.uint8))
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +82,7 @@ def test_a_single_coco_file_is_split_train_and_images_are_found_under_images(lay
     root = _copy(layouts, "coco", tmp_path)
     coco = json.loads((root / "annotations" / "instances_val.json").read_text())
     shutil.copytree(root / "images" / "val", root / "images", dirs_exist_ok=True)
-    single = _write(root / "boards.json", json.dumps(coco))
+    single = write_file(root / "boards.json", json.dumps(coco))
     source = open_data(single)
     assert source.format == "coco" and source.split_names() == ["train"]
     assert [s.image_id for s in source.split("train").samples] == ["00000002", "00000005"]
@@ -103,7 +91,7 @@ def test_a_single_coco_file_is_split_train_and_images_are_found_under_images(lay
 
 
 def test_coco_category_ids_may_be_any_numbers_and_crowd_boxes_are_skipped(tmp_path):
-    _image(tmp_path / "images" / "a.jpg")
+    blank_image(tmp_path / "images" / "a.jpg")
     coco = {
         "categories": [{"id": 70, "name": "spur"}, {"id": 3, "name": "short"}],
         "images": [{"id": 1, "file_name": "a.jpg"}],
@@ -113,7 +101,7 @@ def test_coco_category_ids_may_be_any_numbers_and_crowd_boxes_are_skipped(tmp_pa
             {"id": 3, "image_id": 1, "category_id": 3, "bbox": [0, 0, 60, 40], "iscrowd": 1},
         ],
     }
-    source = open_data(_write(tmp_path / "a.json", json.dumps(coco)))
+    source = open_data(write_file(tmp_path / "a.json", json.dumps(coco)))
     assert source.labels.names == ("short", "spur")
     (sample,) = source.split("train").samples
     np.testing.assert_array_equal(sample.truth.xyxy, [[1, 2, 11, 22], [5, 5, 9, 9]])
@@ -123,11 +111,11 @@ def test_coco_category_ids_may_be_any_numbers_and_crowd_boxes_are_skipped(tmp_pa
 def test_yolo_splits_as_list_files_or_lists_with_mapping_names_find_the_same_boxes(layouts, tmp_path):
     root = _copy(layouts, "yolo", tmp_path)
     train_images = sorted((root / "images" / "train").iterdir())
-    _write(root / "lists" / "first.txt", f"images/train/{train_images[0].name}\n\n./images/train/{train_images[1].name}\n")
-    _write(root / "lists" / "rest.txt", "".join(f"{path}\n" for path in train_images[2:]))  # absolute paths
+    write_file(root / "lists" / "first.txt", f"images/train/{train_images[0].name}\n\n./images/train/{train_images[1].name}\n")
+    write_file(root / "lists" / "rest.txt", "".join(f"{path}\n" for path in train_images[2:]))  # absolute paths
     config = {"path": "..", "train": ["lists/first.txt", "lists/rest.txt"], "val": "images/val", "templates": "templates",
               "names": dict(enumerate(DEEPPCB_CLASSES.names))}
-    source = open_data(_write(root / "configs" / "pcb.yaml", yaml.safe_dump(config)))
+    source = open_data(write_file(root / "configs" / "pcb.yaml", yaml.safe_dump(config)))
     assert source.root == root / "configs" / ".." and source.labels == DEEPPCB_CLASSES
     assert [s.image_path.name for s in source.split("train").samples] == [p.name for p in train_images]
     _assert_generator_boxes(_all_samples(source), atol=0.01)
@@ -137,16 +125,16 @@ def test_without_a_templates_entry_yolo_samples_have_none(layouts, tmp_path):
     root = _copy(layouts, "yolo", tmp_path)
     config = yaml.safe_load((root / "data.yaml").read_text())
     del config["templates"]
-    _write(root / "data.yaml", yaml.safe_dump(config))
+    write_file(root / "data.yaml", yaml.safe_dump(config))
     split = open_data(root).split("train")
     assert split.samples and not split.has_templates and {s.template_path for s in split.samples} == {None}
 
 
 def test_templates_pair_by_name_in_any_format_and_are_not_samples(tmp_path):
-    _image(tmp_path / "images" / "train" / "b1_test.png")
-    _image(tmp_path / "images" / "train" / "b1_temp.png")
-    _image(tmp_path / "images" / "train" / "b2.png")
-    _write(tmp_path / "data.yaml", "train: images/train\nnames: [short]\n")
+    blank_image(tmp_path / "images" / "train" / "b1_test.png")
+    blank_image(tmp_path / "images" / "train" / "b1_temp.png")
+    blank_image(tmp_path / "images" / "train" / "b2.png")
+    write_file(tmp_path / "data.yaml", "train: images/train\nnames: [short]\n")
     b1, b2 = open_data(tmp_path).split("train").samples
     assert (b1.image_id, b1.template_path) == ("b1", tmp_path / "images" / "train" / "b1_temp.png")
     assert (b2.image_id, b2.template_path) == ("b2", None)
@@ -154,13 +142,13 @@ def test_templates_pair_by_name_in_any_format_and_are_not_samples(tmp_path):
 
 def test_voc_without_train_list_trains_on_trainval_less_val(layouts, tmp_path):
     root = _copy(layouts, "voc", tmp_path)
-    _write(root / "ImageSets" / "Main" / "val.txt", "00000001\n")
+    write_file(root / "ImageSets" / "Main" / "val.txt", "00000001\n")
     source = open_data(root)
     assert source.split_names() == ["train", "val", "test"]
     train, val = source.training_splits()
     assert [s.image_id for s in train.samples] == ["00000000", "00000003", "00000004"]
     assert [s.image_id for s in val.samples] == ["00000001"]
-    _write(root / "ImageSets" / "Main" / "train.txt", "00000004\n00000000\n")
+    write_file(root / "ImageSets" / "Main" / "train.txt", "00000004\n00000000\n")
     assert [s.image_id for s in open_data(root).split("train").samples] == ["00000004", "00000000"]
 
 
@@ -223,9 +211,9 @@ def test_duplicate_image_names_in_a_split_keep_the_first(layouts, tmp_path):
 
 
 def test_a_yolo_list_naming_a_missing_image_is_a_problem(tmp_path):
-    _image(tmp_path / "images" / "a.jpg")
-    _write(tmp_path / "train.txt", "images/a.jpg\nimages/gone.jpg\n")
-    split = open_data(_write(tmp_path / "data.yaml", "train: train.txt\nnames: [x]\n")).split("train")
+    blank_image(tmp_path / "images" / "a.jpg")
+    write_file(tmp_path / "train.txt", "images/a.jpg\nimages/gone.jpg\n")
+    split = open_data(write_file(tmp_path / "data.yaml", "train: train.txt\nnames: [x]\n")).split("train")
     assert [s.image_id for s in split.samples] == ["a"]
     assert [str(p) for p in split.problems] == [f"{tmp_path / 'images' / 'gone.jpg'}: image file not found"]
 
@@ -283,11 +271,11 @@ def test_a_deeppcb_sample_without_its_template_is_a_problem(layouts, tmp_path):
     ("make", "message"),
     [
         (lambda p: p / "nothing", r"nothing: no such file or folder"),
-        (lambda p: _write(p / "notes.txt", "x"), r"notes.txt: not a data set file"),
+        (lambda p: write_file(p / "notes.txt", "x"), r"notes.txt: not a data set file"),
         (lambda p: (p / "images").mkdir() or p, r"not a data set aivd reads .*; a YOLO folder needs a data.yaml"),
-        (lambda p: _write(p / "bad.json", "{"), r"bad.json: not valid JSON"),
-        (lambda p: _write(p / "bad.json", '{"images": []}'), r"bad.json: categories: Field required"),
-        (lambda p: _write(p / "PCBData" / "test.txt", "") and p, r"not a data set aivd reads"),
+        (lambda p: write_file(p / "bad.json", "{"), r"bad.json: not valid JSON"),
+        (lambda p: write_file(p / "bad.json", '{"images": []}'), r"bad.json: categories: Field required"),
+        (lambda p: write_file(p / "PCBData" / "test.txt", "") and p, r"not a data set aivd reads"),
     ],
 )
 def test_what_is_no_data_set_is_one_error_line(tmp_path, make, message):
@@ -396,7 +384,7 @@ def test_data_check_exits_2_when_the_data_cannot_be_read(tmp_path):
     result = runner.invoke(app, ["data", "check", str(tmp_path / "nowhere"), "--json"])
     assert result.exit_code == 2 and result.stdout == ""
     assert f"error: {tmp_path / 'nowhere'}: no such file or folder" in result.stderr
-    _write(tmp_path / "data.yaml", "train: images/train\nnames: [x]\n")
+    write_file(tmp_path / "data.yaml", "train: images/train\nnames: [x]\n")
     result = runner.invoke(app, ["data", "check", str(tmp_path)])
     assert result.exit_code == 2 and result.stdout == ""
     assert f"split train cannot be read: {tmp_path / 'data.yaml'}: train: {tmp_path / 'images' / 'train'} not found" in result.stderr
@@ -404,9 +392,9 @@ def test_data_check_exits_2_when_the_data_cannot_be_read(tmp_path):
 
 def test_data_check_keeps_square_brackets_in_paths(tmp_path):
     root = tmp_path / "runs[1]"
-    _image(root / "images" / "a.jpg")
-    _write(root / "labels" / "a.txt", "5 0.5 0.5 0.1 0.1\n")
-    _write(root / "data.yaml", "train: images\nnames: [x]\n")
+    blank_image(root / "images" / "a.jpg")
+    write_file(root / "labels" / "a.txt", "5 0.5 0.5 0.1 0.1\n")
+    write_file(root / "data.yaml", "train: images\nnames: [x]\n")
     result = runner.invoke(app, ["data", "check", str(root)])
     assert result.exit_code == 1
     assert f"error: {root / 'labels' / 'a.txt'}: line 1: unknown class id 5 (expected 0..0)" in result.stderr

@@ -162,3 +162,80 @@ def test_resume_continues_where_a_run_stopped(tmp_path):
     assert "detector" not in resumed and "refiner" in resumed
     assert record["stages"]["detector"] == state["done"]["detector"]
     assert load_pack(tmp_path / "run" / "pack").image_detector is not None
+
+
+@pytest.mark.integration
+def test_publish_a_pack_to_a_model_store(tmp_path):
+    folder = _pack(tmp_path / "p")
+    version = _run("models", "publish", "--store", tmp_path / "store", folder).stdout.strip()
+    published = sorted(path.name for path in (tmp_path / "store" / "versions" / version).iterdir())
+    assert {"pack.yaml", BUILTIN_MODEL.name, "deeppcb_refiner.onnx", BUILTIN_CLASSIFIER.name} <= set(published)
+    info = json.loads((tmp_path / "store" / "versions" / version / "version.json").read_text())
+    assert info["detector"] == BUILTIN_MODEL.name
+    (folder / "pack.yaml").write_text("name: [\n")
+    result = _run("models", "publish", "--store", tmp_path / "store", folder, check=False)
+    assert result.returncode == 2 and "not valid YAML" in result.stderr
+
+
+def test_cluster_config_takes_a_pack(tmp_path):
+    from aivd.runtime.config import ConfigError, load_cluster_config
+
+    config = tmp_path / "cluster.yaml"
+    config.write_text(f"edge: [{{name: a}}]\npack: {_pack(tmp_path / 'p')}\n")
+    assert load_cluster_config(config).model_pack().name == "copy"
+    config.write_text(f"edge: [{{name: a}}]\npack: {tmp_path}\n")
+    with pytest.raises(ConfigError, match="pack: .*not a model pack"):
+        load_cluster_config(config)
+    config.write_text("edge: [{name: a}]\n")
+    assert load_cluster_config(config).model_pack().name == "deeppcb"
+
+
+@pytest.mark.integration
+def test_deeppcb_split_without_templates_drops_them(tmp_path):
+    """`--templates none` applies to a DeepPCB split too (it used to be ignored), and `--template` is refused there."""
+    _run("synth", "--out", tmp_path / "data", "--count", "6", "--size", "320")
+    _run("inspect", "--deeppcb", tmp_path / "data", "--split", "test", "--templates", "none", "--edge-only", "--out", tmp_path / "out")
+    records = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
+    assert records and all(r["status"] == "ok" and r["template"] is None for r in records)
+    refused = _run("inspect", "--deeppcb", tmp_path / "data", "--template", SAMPLES / "00041200_temp.jpg", "--out", tmp_path / "x",
+                   check=False)
+    assert refused.returncode == 2 and "--template does not apply to --deeppcb" in refused.stderr
+
+
+@pytest.mark.integration
+def test_bench_inspect_runs_a_pack_on_any_data(tmp_path):
+    data = _synthetic(tmp_path, "voc", False)
+    result = json.loads(_run("bench", "inspect", "--data", data, "--split", "train", "--pack", _pack(tmp_path / "p"),
+                             "--edge-only", "--limit", "4").stdout)
+    assert result["images"] == 4 and result["pipeline"] == "pack:copy"
+
+
+def test_detector_training_resumes_from_its_last_epoch(tmp_path):
+    """Two epochs, stopped after the first, then resumed: the same history as two epochs in one go."""
+    from aivd.core import DEEPPCB_CLASSES
+    from aivd.data.synthetic import SyntheticConfig, generate_pair
+    from aivd.training.common import seed_everything
+    from aivd.training.detector import DetectorRun, DetectorTrainConfig, fit_detector, loaded_sample
+
+    pairs = [generate_pair(i, SyntheticConfig(size=128, n_defects=(1, 2))) for i in range(6)]
+    images = [loaded_sample(p.image_id, p.test, None, p.ground_truth, 1.0) for p in pairs]
+    config = DetectorTrainConfig(batch_size=3, input_scale=1.0, crop=128).without_templates()
+
+    def select(predictions):
+        return {"score": float(sum(len(d) for _, d, _ in predictions)), "threshold": 0.5}
+
+    def fit(out, epochs, stop_after=None, resume=False):
+        def progress(record):
+            if record["epoch"] == stop_after:
+                raise KeyboardInterrupt
+
+        seed_everything(0, 1)
+        return fit_detector(images[:4], images[4:], out, config, DetectorRun(DEEPPCB_CLASSES, select, epochs=epochs), progress, resume)
+
+    straight = fit(tmp_path / "straight", 2)
+    with pytest.raises(KeyboardInterrupt):
+        fit(tmp_path / "stopped", 2, stop_after=1)
+    resumed = fit(tmp_path / "stopped", 2, resume=True)
+    assert [r["epoch"] for r in resumed["history"]] == [1, 2]
+    for a, b in zip(straight["history"], resumed["history"]):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)

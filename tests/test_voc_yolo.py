@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 import pytest
 
@@ -10,6 +9,7 @@ from aivd.core import DEEPPCB_CLASSES, Detections
 from aivd.data.dataset import DatasetError
 from aivd.data.voc import VocSource, format_voc_annotation, normalise_class_name
 from aivd.data.yolo import YoloSource, format_yolo_annotation, label_path, parse_yolo_labels
+from tests.conftest import blank_image, write_file
 
 
 def _voc_xml(*objects: str, filename: str = "board.jpg") -> str:
@@ -24,21 +24,9 @@ def _voc_object(name: str, box: tuple = (10, 20, 30, 40)) -> str:
     )
 
 
-def _write(path, text: str):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    return path
-
-
-def _image(path, width: int = 64, height: int = 48):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(path), np.full((height, width), 255, np.uint8))
-    return path
-
-
 def _voc_board(root, name: str, *objects: str, filename: str | None = None):
-    _image(root / "JPEGImages" / f"{name}.jpg")
-    return _write(root / "Annotations" / f"{name}.xml", _voc_xml(*objects, filename=filename or f"{name}.jpg"))
+    blank_image(root / "JPEGImages" / f"{name}.jpg")
+    return write_file(root / "Annotations" / f"{name}.xml", _voc_xml(*objects, filename=filename or f"{name}.jpg"))
 
 
 # --- VOC ---------------------------------------------------------------------------------------------------------
@@ -76,8 +64,8 @@ def test_a_voc_file_with_no_objects_is_an_image_without_boxes(tmp_path):
 
 def test_format_voc_annotation_reads_back(tmp_path):
     detections = Detections(np.array([[1, 2, 3.5, 4], [5, 6, 7, 8]]), np.ones(2), np.array([5, 0]), DEEPPCB_CLASSES)
-    _image(tmp_path / "JPEGImages" / "a.jpg")
-    _write(tmp_path / "Annotations" / "a.xml", format_voc_annotation(detections, "a.jpg", 64, 48))
+    blank_image(tmp_path / "JPEGImages" / "a.jpg")
+    write_file(tmp_path / "Annotations" / "a.xml", format_voc_annotation(detections, "a.jpg", 64, 48))
     (sample,) = VocSource(tmp_path).split("train").samples
     np.testing.assert_array_equal(sample.truth.xyxy, detections.xyxy)
     assert sample.truth.class_names == ["pin-hole", "open"]
@@ -96,16 +84,16 @@ def test_format_voc_annotation_reads_back(tmp_path):
 )
 def test_a_bad_voc_file_is_one_problem_naming_it_and_the_rest_loads(tmp_path, body, message):
     _voc_board(tmp_path, "good", _voc_object("short"))
-    _image(tmp_path / "JPEGImages" / "bad_board.jpg")
-    bad = _write(tmp_path / "Annotations" / "bad_board.xml", body)
+    blank_image(tmp_path / "JPEGImages" / "bad_board.jpg")
+    bad = write_file(tmp_path / "Annotations" / "bad_board.xml", body)
     split = VocSource(tmp_path).split("train")
     assert [s.image_id for s in split.samples] == ["good"]
     assert [p.path for p in split.problems] == [str(bad)] and message in split.problems[0].message
 
 
 def test_voc_finds_the_image_by_stem_when_filename_is_wrong(tmp_path):
-    _write(tmp_path / "Annotations" / "b1.xml", _voc_xml(_voc_object("spur"), filename="C:\\scans\\renamed.jpg"))
-    _image(tmp_path / "JPEGImages" / "b1.PNG")
+    write_file(tmp_path / "Annotations" / "b1.xml", _voc_xml(_voc_object("spur"), filename="C:\\scans\\renamed.jpg"))
+    blank_image(tmp_path / "JPEGImages" / "b1.PNG")
     (sample,) = VocSource(tmp_path).split("train").samples
     assert sample.image_path == tmp_path / "JPEGImages" / "b1.PNG"
     assert sample.template_path is None and sample.truth.class_names == ["spur"]
@@ -113,7 +101,7 @@ def test_voc_finds_the_image_by_stem_when_filename_is_wrong(tmp_path):
 
 def test_voc_split_naming_a_missing_annotation_is_a_problem_of_the_list(tmp_path):
     _voc_board(tmp_path, "b1", _voc_object("spur"))
-    split_list = _write(tmp_path / "ImageSets" / "Main" / "test.txt", "b1\n\nb9\n")
+    split_list = write_file(tmp_path / "ImageSets" / "Main" / "test.txt", "b1\n\nb9\n")
     split = VocSource(tmp_path).split("test")
     assert [s.image_id for s in split.samples] == ["b1"]
     assert [str(p) for p in split.problems] == [f"{split_list}: line 3: no annotation {tmp_path / 'Annotations' / 'b9.xml'}"]
@@ -128,11 +116,11 @@ def test_voc_needs_an_annotations_folder(tmp_path):
 
 
 def _yolo_root(root, labels: dict[str, str], names: str = "[short, spur]", sizes: dict | None = None):
-    _write(root / "data.yaml", f"train: images/train\nnames: {names}\n")
+    write_file(root / "data.yaml", f"train: images/train\nnames: {names}\n")
     for name, text in labels.items():
-        _image(root / "images" / "train" / f"{name}.jpg", *(sizes or {}).get(name, (200, 100)))
+        blank_image(root / "images" / "train" / f"{name}.jpg", *(sizes or {}).get(name, (200, 100)))
         if text is not None:
-            _write(root / "labels" / "train" / f"{name}.txt", text)
+            write_file(root / "labels" / "train" / f"{name}.txt", text)
     return YoloSource(root / "data.yaml")
 
 
@@ -216,11 +204,11 @@ def test_data_yaml_name_ids_must_be_numbered_from_zero(tmp_path):
 )
 def test_a_bad_data_yaml_is_one_error_naming_it(tmp_path, text, message):
     with pytest.raises(DatasetError, match=message):
-        YoloSource(_write(tmp_path / "data.yaml", text))
+        YoloSource(write_file(tmp_path / "data.yaml", text))
 
 
 def test_a_missing_split_folder_is_an_error_naming_it(tmp_path):
-    source = YoloSource(_write(tmp_path / "data.yaml", "train: images/train\nval: images/val\nnames: [a]\n"))
+    source = YoloSource(write_file(tmp_path / "data.yaml", "train: images/train\nval: images/val\nnames: [a]\n"))
     with pytest.raises(DatasetError, match=r"data.yaml: val: .*images/val not found"):
         source.split("val")
     with pytest.raises(DatasetError, match=r"no split 'test' in this yolo data set \(it has: train, val\)"):
