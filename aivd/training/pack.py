@@ -47,17 +47,23 @@ class PackPlan:
     command: str
 
 
-def choose_input_scale(split: DataSplit) -> float:
+def median_image_side(split: DataSplit) -> float:
+    """The median longer side of (up to 200 of) the split's images, read from their headers."""
+    from aivd.data.images import read_image_size
+
+    return float(np.median([max(read_image_size(sample.image_path)) for sample in split.samples[:200]]))
+
+
+def choose_input_scale(median_side: float) -> float:
     """Scale images down so their median longer side is about TARGET_INPUT_SIDE; never up (small images keep
     every pixel and are fast already)."""
-    from PIL import Image
+    return round(min(1.0, TARGET_INPUT_SIDE / median_side), 4)
 
-    sides = []
-    for sample in split.samples[:200]:
-        with Image.open(sample.image_path) as image:
-            sides.append(max(image.size))
-    scale = min(1.0, TARGET_INPUT_SIDE / float(np.median(sides)))
-    return round(scale, 4)
+
+def choose_tile_size(median_side: float) -> int:
+    """Images much larger than those trained on are inspected in tiles twice their size (`TiledDetector` sends an
+    image up to 1.5 tiles whole), so a tile holds about what the detector learned from, with room for context."""
+    return int(min(8192, max(64, round(2 * median_side))))
 
 
 def without_unreadable(split: DataSplit) -> DataSplit:
@@ -140,7 +146,7 @@ def train_pack(plan: PackPlan, progress: Callable[[str, dict], None] = lambda st
     detector_file = template_file if templates else image_file
 
     if "detector" not in state["done"]:
-        config = DetectorTrainConfig(seed=plan.seed, input_scale=choose_input_scale(train))
+        config = DetectorTrainConfig(seed=plan.seed, input_scale=choose_input_scale(median_image_side(train)))
         config = config if templates else config.without_templates()
         train_images, val_images = load_samples(train.samples, config.input_scale), load_samples(val.samples, config.input_scale)
         run = DetectorRun(labels, scoring.select, time_budget_s=remaining() * STAGE_SHARE["detector"])
@@ -190,9 +196,9 @@ def write_pack_files(plan: PackPlan, source, train: DataSplit, labels, templates
     if not knowledge.is_file():  # a user's edits survive a rerun
         knowledge.write_text(scaffold_knowledge(name, list(labels.names), sides))
     detectors = PackDetectors(template=detector_file) if templates else PackDetectors(image=detector_file)
-    tile = int(max(64, min(8192, round(TARGET_INPUT_SIDE / state["done"]["detector"]["config"]["input_scale"] * 2))))
     manifest = PackManifest(name=name, labels=list(labels.names), domain="pcb" if source.format == "deeppcb" else "generic",
-                            detectors=detectors, classifier="classifier.onnx", knowledge="knowledge.yaml", tile_size=tile)
+                            detectors=detectors, classifier="classifier.onnx", knowledge="knowledge.yaml",
+                            tile_size=choose_tile_size(median_image_side(train)))
     write_manifest(pack_dir, manifest)
     (pack_dir / "MODEL_CARD.md").write_text(model_card(plan, manifest, state, data_summary))
 
