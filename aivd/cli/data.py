@@ -33,9 +33,8 @@ def check_command(
 ) -> None:
     """Summarise each split (images, boxes per class, box sizes, templates) and list every problem, one line each,
     after decoding every image. Exit code 0: clean; 1: problems found; 2: DATA cannot be read at all."""
-    from rich.markup import escape
 
-    from aivd.cli.main import console, fail, progress_bar
+    from aivd.cli.ui import error_line, fail, progress_bar
     from aivd.data.check import check_data
     from aivd.data.sources import DatasetError, open_data
 
@@ -57,6 +56,6 @@ def check_command(
     else:
         _print_summary(report)
         for problem in report["problems"]:
-            console.print(f"[red]error:[/red] {escape(problem['path'])}: {escape(problem['message'])}", highlight=False)
+            error_line(f"{problem['path']}: {problem['message']}")
     if report["problems"]:
         raise typer.Exit(1)

@@ -23,9 +23,8 @@ def _module(name: str):
 def _load_samples(deeppcb: Optional[Path], voc: Optional[Path], yolo: Optional[Path], split: Optional[str]):
     """(samples, class names, source description) of the one data set given; its problems are printed, one line
     each, and the samples with them left out."""
-    from rich.markup import escape
 
-    from aivd.cli.main import console, fail
+    from aivd.cli.ui import error_line, fail
     from aivd.data.sources import open_data
 
     given = [(name, path) for name, path in (("deeppcb", deeppcb), ("voc", voc), ("yolo", yolo)) if path is not None]
@@ -38,7 +37,7 @@ def _load_samples(deeppcb: Optional[Path], voc: Optional[Path], yolo: Optional[P
     split = split or ("trainval" if kind == "deeppcb" else "train")
     loaded = source.split(split)
     for problem in loaded.problems:
-        console.print(f"[red]error:[/red] {escape(str(problem))}", highlight=False)
+        error_line(problem)
     return loaded.samples, loaded.labels.names, f"{kind}:{root}:{split}"
 
 
@@ -63,7 +62,7 @@ def build_command(
         True, "--pcb-facts/--no-pcb-facts", help="Measure copper and conductors where there are templates (PCB data sets)."),
 ) -> None:
     """Chat data (TRL messages JSONL and LLaMA-Factory sharegpt) from a box-annotated data set."""
-    from aivd.cli.main import console, fail, progress_bar
+    from aivd.cli.ui import console, fail, progress_bar
     from aivd.cloud.knowledge import DEFAULT_KNOWLEDGE, KnowledgeError
     from aivd.cloud.llm.prompts import PromptError
     from aivd.data.deeppcb import DatasetError
@@ -121,7 +120,7 @@ def train_command(
     threads: int = typer.Option(2, min=1, help="CPU threads for torch."),
 ) -> None:
     """Train a LoRA adapter on `aivd finetune build` data; the epoch with the best validation accuracy is kept."""
-    from aivd.cli.main import console, fail
+    from aivd.cli.ui import console, fail, shown
     from aivd.data.deeppcb import DatasetError
 
     lora = _module("training.lora")
@@ -139,7 +138,7 @@ def train_command(
         record = lora.train_lora(data, model, out, config, on_epoch)
     except (DatasetError, ValueError, OSError, FloatingPointError) as error:
         raise fail(str(error)) from None
-    console.print(f"best epoch {record['best']['epoch']}: val accuracy {record['best']['accuracy']:.4f} -> {record['adapter']}", highlight=False)
+    console.print(f"best epoch {record['best']['epoch']}: val accuracy {record['best']['accuracy']:.4f} -> {shown(record['adapter'])}", highlight=False)
 
 
 @finetune_app.command("tiny-model")
@@ -148,7 +147,7 @@ def tiny_model_command(
     seed: int = typer.Option(0),
 ) -> None:
     """Write a tiny randomly initialised Qwen2-VL (a few MB) to try the fine-tuning path without downloading weights."""
-    from aivd.cli.main import console
+    from aivd.cli.ui import console, shown
 
     tiny = _module("cloud.llm.tiny")
-    console.print(f"tiny Qwen2-VL -> {tiny.build_tiny_vlm(out, seed)}", highlight=False)
+    console.print(f"tiny Qwen2-VL -> {shown(tiny.build_tiny_vlm(out, seed))}", highlight=False)

@@ -19,9 +19,8 @@ def init_command(
     force: bool = typer.Option(False, "--force", help="Overwrite OUT when it exists."),
 ) -> None:
     """Write a knowledge base with an entry per class of DATA to edit: TODO texts, size rules from the training boxes."""
-    from rich.markup import escape
 
-    from aivd.cli.main import console, fail
+    from aivd.cli.ui import console, error_line, fail, shown
     from aivd.cloud.knowledge_scaffold import longer_sides, scaffold_knowledge
     from aivd.data.sources import DatasetError, open_data
 
@@ -33,7 +32,7 @@ def init_command(
     except DatasetError as error:
         raise fail(str(error)) from None
     for problem in train.problems:
-        console.print(f"[red]error:[/red] {escape(str(problem))}", highlight=False)
+        error_line(problem)
     folder = data.resolve().parent if data.is_file() else data.resolve()  # a YOLO data.yaml or COCO .json names no set
     text = scaffold_knowledge(name or folder.name, list(source.labels.names), longer_sides(s.truth for s in train.samples))
     try:
@@ -41,5 +40,5 @@ def init_command(
         out.write_text(text, encoding="utf-8")
     except OSError as error:
         raise fail(f"{out}: cannot write ({error.strerror or error})") from None
-    console.print(f"{len(source.labels)} classes, size rules from {len(train.samples)} training images -> {out}; "
+    console.print(f"{len(source.labels)} classes, size rules from {len(train.samples)} training images -> {shown(out)}; "
                   "replace its TODOs", highlight=False)

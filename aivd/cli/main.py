@@ -12,7 +12,6 @@ from typing import NamedTuple, Optional
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -22,6 +21,7 @@ from aivd.cli.kb import kb_app
 from aivd.cli.models import models_app
 from aivd.cli.serve import serve_app
 from aivd.cli.simulate import simulate_app
+from aivd.cli.ui import console, error_line, fail, progress_bar, shown
 from aivd.core.redaction import redact_command
 from aivd.pipeline.inputs import TemplateMode
 
@@ -37,23 +37,7 @@ app.add_typer(models_app, name="models")
 app.add_typer(data_app, name="data")
 app.add_typer(kb_app, name="kb")
 
-console = Console(stderr=True, soft_wrap=True)  # one error per line, never wrapped
 DEEPPCB_HELP = "DeepPCB root (the folder holding PCBData/); default: $AIVD_DEEPPCB_ROOT or ../shared/data/deeppcb."
-
-
-def progress_bar() -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
-        console=console, transient=False, disable=not console.is_terminal,
-    )
-
-
-def fail(message: str, code: int = 2) -> typer.Exit:
-    from rich.markup import escape
-
-    # Escaped: messages quote paths and commands such as pip install 'aivd[train]', which rich would take for markup.
-    console.print(f"[red]error:[/red] {escape(message)}", highlight=False)
-    return typer.Exit(code)
 
 
 def resolve_deeppcb(root: Optional[Path]) -> Path:
@@ -349,13 +333,13 @@ def inspect(
 
         def on_result(record) -> None:
             if record.status == "error":
-                console.print(f"[red]error:[/red] {record.image}: {record.error}", highlight=False)
+                error_line(f"{record.image}: {record.error}")
             progress.advance(bar)
 
         summary = inspect_tasks(tasks, pipeline, writer, options, on_result)
     console.print(
         f"{summary.ok} of {summary.images} images inspected, {summary.defects} defects, {summary.failed} failed, "
-        f"{summary.images_per_s:.1f} images/s -> {out / 'results.jsonl'}", highlight=False,
+        f"{summary.images_per_s:.1f} images/s -> {shown(out / 'results.jsonl')}", highlight=False,
     )
     if pipeline.analyzer is not None:
         console.print(f"cloud: {summary.rejected} edge candidates judged not defects", highlight=False)
@@ -425,7 +409,7 @@ def eval_command(
         return
     _print_eval(output)
     if report:
-        console.print(f"report -> {report}")
+        console.print(f"report -> {shown(report)}")
 
 
 def _eval_data(data, split, pack, model, min_confidence, use_templates, edge_only, cloud, classifier, proposal_threshold, report, as_json):
@@ -438,7 +422,7 @@ def _eval_data(data, split, pack, model, min_confidence, use_templates, edge_onl
         raise fail(f"the model's classes {list(pipeline.labels.names)} are not the data set's {list(loaded.labels.names)}")
     with progress_bar() as progress:
         samples = progress.track(loaded.samples, description="detecting")
-        output = evaluate_pipeline(pipeline, samples, use_templates, lambda error: console.print(f"[red]error:[/red] {escape(str(error))}", highlight=False))
+        output = evaluate_pipeline(pipeline, samples, use_templates, error_line)
     output_json = output.to_json() | {"errors": output.errors + len(loaded.problems)}
     if report:
         write_report(report, f"{data} {split}: {pipeline.name}", output.summary(), output.per_class, output.confusion, output.matches,
@@ -454,7 +438,7 @@ def _eval_data(data, split, pack, model, min_confidence, use_templates, edge_onl
         table.add_row(name, "-" if row["ap50"] is None else f"{row['ap50']:.4f}", f"{row['precision']:.4f}", f"{row['recall']:.4f}", f"{row['f1']:.4f}")
     out.print(table)
     if report:
-        console.print(f"report -> {report}")
+        console.print(f"report -> {shown(report)}")
 
 
 def _detect_split(root: Path, split: str, pipeline, use_templates: bool) -> dict:
@@ -463,7 +447,7 @@ def _detect_split(root: Path, split: str, pipeline, use_templates: bool) -> dict
 
     with progress_bar() as progress:
         samples = progress.track(load_split(root, split), description="detecting")
-        return detect_samples(pipeline, samples, use_templates, lambda error: console.print(f"[red]error:[/red] {error}", highlight=False))
+        return detect_samples(pipeline, samples, use_templates, error_line)
 
 
 def _print_eval(output) -> None:
@@ -508,7 +492,7 @@ def demo(
     )
     console.print(
         f"open {result['report']} (the inspection report) and {result['evaluation']} (scores against the annotations) in a browser; "
-        f"records in {out / 'results.jsonl'} and {out / 'aivd.sqlite'}", highlight=False,
+        f"records in {shown(out / 'results.jsonl')} and {shown(out / 'aivd.sqlite')}", highlight=False,
     )
     if result["failed"]:
         raise typer.Exit(1)
@@ -529,7 +513,7 @@ def synth(
         write_dataset(out, count, SyntheticConfig(size=size, seed=seed), layout)
     except ValueError as error:
         raise fail(str(error)) from None
-    console.print(f"{count} synthetic pairs in {layout} layout -> {out}", highlight=False)
+    console.print(f"{count} synthetic pairs in {layout} layout -> {shown(out)}", highlight=False)
 
 
 @app.command()
@@ -538,7 +522,7 @@ def schema(out: Path = typer.Option(Path("docs/schema"), "--out", "-o", help="Fo
     from aivd.pipeline.schemas import write_schemas
 
     for path in write_schemas(out):
-        console.print(f"wrote {path}", highlight=False)
+        console.print(f"wrote {shown(path)}", highlight=False)
 
 
 @train_app.command("detector")
@@ -574,7 +558,7 @@ def train_detector_command(
 
         record = train_detector(root, out, config, on_epoch)
     best = record["best"]
-    console.print(f"best epoch {best['epoch']}: val F-score {best['fscore']:.4f}, AP {best['ap']:.4f} -> {record['onnx']}")
+    console.print(f"best epoch {best['epoch']}: val F-score {best['fscore']:.4f}, AP {best['ap']:.4f} -> {shown(record['onnx'])}")
 
 
 @train_app.command("pack")
@@ -584,6 +568,7 @@ def train_pack_command(
     time_budget: float = typer.Option(90.0, "--time-budget", min=0.1, max=10080.0, help="Minutes for the whole pack (the default fits two CPU cores)."),
     seed: int = typer.Option(0, "--seed"),
     resume: bool = typer.Option(False, "--resume", help="Continue a run of the same command that was stopped (Ctrl-C)."),
+    templates: TemplateMode = typer.Option(TemplateMode.auto, help="auto: a template-aware pack when every image has a template; none: image-only models whatever the data has."),
 ) -> None:
     """Train a model pack for a new line: edge detector, refiner, cloud classifier, knowledge-base scaffold, model card."""
     from rich.progress import SpinnerColumn
@@ -594,8 +579,10 @@ def train_pack_command(
     if not data.exists():
         raise fail(f"{data}: not found")
     command = redact_command(["aivd", *sys.argv[1:]]) if sys.argv and sys.argv[0].endswith("aivd") else (
-        f"aivd train pack --data {data} --out {out} --time-budget {time_budget:g} --seed {seed}")
-    plan = training.PackPlan(str(data), str(out), time_budget, seed, command)
+        f"aivd train pack --data {data} --out {out} --time-budget {time_budget:g} --seed {seed} --templates {templates.value}")
+    if templates is TemplateMode.require:
+        raise fail("--templates require does not apply to training: a template-aware pack is trained whenever every image has one")
+    plan = training.PackPlan(str(data), str(out), time_budget, seed, command, templates is TemplateMode.auto)
     columns = (SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TimeRemainingColumn(), TextColumn("{task.fields[status]}"))
     with Progress(*columns, console=console, transient=False) as progress:
@@ -609,7 +596,7 @@ def train_pack_command(
                     f"classes {', '.join(record['classes'])}; templates: {'yes' if record['templates'] else 'no'}; "
                     f"{len(skipped)} unusable samples or boxes skipped", highlight=False)
                 for problem in skipped[:20]:
-                    progress.console.print(f"[yellow]skipped:[/yellow] {escape(problem)}", highlight=False)
+                    progress.console.print(f"[yellow]skipped:[/yellow] {shown(problem)}", highlight=False)
                 return
             if "calibrated" in record:
                 progress.console.print(f"{stage}: calibrated {json.dumps(record['calibrated'])}", highlight=False)
@@ -629,7 +616,7 @@ def train_pack_command(
             raise fail(f"stopped; the checkpoints are in {out / 'work'}: continue with the same command and --resume", 130) from None
         except (training.PackTrainingError, DatasetError) as error:
             raise fail(str(error)) from None
-    console.print(f"pack written in {record['wall_s'] / 60:.1f} min -> {record['pack']} (model card: {Path(record['pack']) / 'MODEL_CARD.md'})",
+    console.print(f"pack written in {record['wall_s'] / 60:.1f} min -> {shown(record['pack'])} (model card: {shown(Path(record['pack']) / 'MODEL_CARD.md')})",
                   highlight=False)
 
 
@@ -651,7 +638,7 @@ def _training_module(name: str):
 
 
 def _print_trained(record: dict, out: Path, result: str) -> None:
-    console.print(f"best epoch {record['best']['epoch']}: crop accuracy {record['best']['accuracy']:.4f}; {result} -> {out}", highlight=False)
+    console.print(f"best epoch {record['best']['epoch']}: crop accuracy {record['best']['accuracy']:.4f}; {shown(result)} -> {shown(out)}", highlight=False)
 
 
 def _print_crop_epoch(record: dict) -> None:
@@ -787,7 +774,7 @@ def _data_split(data: Path, split: str):
     except DatasetError as error:
         raise fail(str(error)) from None
     for problem in loaded.problems:
-        console.print(f"[yellow]skipped:[/yellow] {escape(str(problem))}", highlight=False)
+        console.print(f"[yellow]skipped:[/yellow] {shown(problem)}", highlight=False)
     if not loaded.samples:
         raise fail(f"{data}: no usable images in split {split!r}")
     return loaded

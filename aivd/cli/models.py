@@ -13,7 +13,7 @@ STORE = typer.Option(..., "--store", help="The model-store folder (what `model_s
 
 
 def _store(path: Path, create: bool = False):
-    from aivd.cli.main import fail
+    from aivd.cli.ui import fail
     from aivd.store.model_versions import ModelStore
 
     if not create and not (path / "versions").is_dir():
@@ -27,7 +27,7 @@ def _store(path: Path, create: bool = False):
 @models_app.command("list")
 def list_command(store: Path = STORE) -> None:
     """Every version with its parent and metrics, and which one is served; one JSON object."""
-    from aivd.cli.main import fail
+    from aivd.cli.ui import fail
     from aivd.store.model_versions import ModelStoreError
 
     models = _store(store)
@@ -47,7 +47,7 @@ def publish_command(
 ) -> None:
     """Add a pack's edge detector (with every file of the pack) or a detector as a new version (checked to load
     first); prints the version."""
-    from aivd.cli.main import fail
+    from aivd.cli.ui import fail
     from aivd.edge.detector import ModelError, TemplateDetector
     from aivd.packs import PackError, load_pack
     from aivd.store.model_versions import ModelStoreError
@@ -75,7 +75,7 @@ def publish_command(
 def promote_command(version: str = typer.Argument(...), store: Path = STORE,
                     reason: str = typer.Option("", help="Recorded in the store's history.")) -> None:
     """Serve VERSION: edge workers following the store swap to it from their next image."""
-    from aivd.cli.main import fail
+    from aivd.cli.ui import fail
     from aivd.store.model_versions import ModelStoreError
 
     try:
@@ -88,7 +88,7 @@ def promote_command(version: str = typer.Argument(...), store: Path = STORE,
 @models_app.command("rollback")
 def rollback_command(store: Path = STORE, reason: str = typer.Option("", help="Recorded in the store's history.")) -> None:
     """Serve the current version's parent again; prints it."""
-    from aivd.cli.main import fail
+    from aivd.cli.ui import fail
     from aivd.store.model_versions import ModelStoreError
 
     try:

@@ -45,6 +45,7 @@ class PackPlan:
     time_budget_min: float
     seed: int
     command: str
+    use_templates: bool = True  # False: train image-only models even where the data has templates
 
 
 def median_image_side(split: DataSplit) -> float:
@@ -81,6 +82,10 @@ def without_unreadable(split: DataSplit) -> DataSplit:
             continue
         kept.append(sample)
     return DataSplit(split.name, split.labels, kept, problems)
+
+
+def without_templates(split: DataSplit) -> DataSplit:
+    return DataSplit(split.name, split.labels, [replace(sample, template_path=None) for sample in split.samples], split.problems)
 
 
 def _state(work: Path) -> dict:
@@ -131,6 +136,8 @@ def train_pack(plan: PackPlan, progress: Callable[[str, dict], None] = lambda st
 
     source = open_data(plan.data)
     train, val = (without_unreadable(split) for split in source.training_splits(seed=plan.seed))
+    if not plan.use_templates:
+        train, val = (without_templates(split) for split in (train, val))
     if len(train.samples) < 2 or not val.samples:
         raise PackTrainingError(f"{plan.data}: {len(train.samples)} usable training images and {len(val.samples)} held out; "
                                 "a pack needs at least a few labelled images of each class")

@@ -1,0 +1,35 @@
+"""What the CLI prints of names it did not choose: markup and control characters cannot break or forge a line."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from aivd.cli.ui import shown
+from tests.conftest import SAMPLES
+
+
+def test_shown_escapes_markup_and_control_characters():
+    assert shown("b[/]_test.jpg") == "b\\[/]_test.jpg"
+    assert shown("a\nerror: forged") == "a\\nerror: forged"
+    assert shown("x\x1b[31mred\x07") == "x\\x1b[31mred\\x07"
+    assert shown("plain/path_test.jpg") == "plain/path_test.jpg"
+
+
+@pytest.mark.integration
+def test_inspect_survives_names_with_markup_and_newlines(tmp_path):
+    """issue 15 item 4: `b[/]_test.jpg` crashed the run with a MarkupError; a newline could forge a log line."""
+    images = tmp_path / "in"
+    images.mkdir()
+    (images / "b[").mkdir()
+    shutil.copy(SAMPLES / "00041200_test.jpg", images / "b[" / "]_test.jpg")  # the path reads b[/]_test.jpg
+    (images / "b[" / "bad\nerror: forged_test.jpg").write_bytes(b"not an image")  # its error line names b[/]bad...
+    result = subprocess.run([sys.executable, "-m", "aivd.cli.main", "inspect", images, "--edge-only", "--out", tmp_path / "out"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert not any(line.startswith("error: forged") for line in result.stderr.splitlines())
+    assert "bad\\nerror: forged_test.jpg" in result.stderr
+    records = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
+    assert sorted(r["status"] for r in records) == ["error", "ok"]
