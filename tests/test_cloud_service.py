@@ -205,7 +205,11 @@ def _bad_inputs(payload: dict) -> dict:
         "template size": ({"template_png": png_text(np.zeros((9, 9), np.uint8))}, "template_png is 9x9 px but image_png is"),
         "box outside": ({"box": [0, 0, 500, 10]}, "box [0.0, 0.0, 500.0, 10.0] is not inside the"),
         "confidence": ({"edge_confidence": 1.5}, "edge_confidence: Input should be less than or equal to 1"),
-        "scale": ({"pixels_per_mm": 0}, "pixels_per_mm: Input should be greater than 0"),
+        "scale": ({"pixels_per_mm": 0}, "pixels_per_mm: Input should be greater than 0.001"),
+        # issue 15 item 8: these gave 500s (a division by zero or an overflow in the measurements)
+        "tiny scale": ({"pixels_per_mm": 1e-200}, "pixels_per_mm: Input should be greater than 0.001"),
+        "subnormal scale": ({"pixels_per_mm": 5e-324}, "pixels_per_mm: Input should be greater than 0.001"),
+        "huge scale": ({"pixels_per_mm": 1e308}, "pixels_per_mm: Input should be less than 100000"),
         "unknown field": ({"colour": "red"}, "colour: Extra inputs are not permitted"),
     }
 

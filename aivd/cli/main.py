@@ -23,6 +23,7 @@ from aivd.cli.serve import serve_app
 from aivd.cli.simulate import simulate_app
 from aivd.cli.ui import console, error_line, fail, progress_bar, shown
 from aivd.core.redaction import redact_command
+from aivd.core.regions import PIXELS_PER_MM_RANGE
 from aivd.pipeline.inputs import TemplateMode
 
 app = typer.Typer(help="Edge-cloud visual inspection of industrial defects.", no_args_is_help=True, add_completion=False)
@@ -93,7 +94,7 @@ CLOUD_URL = typer.Option(None, "--cloud", help="URL of an `aivd serve cloud` ser
 CLASSIFIER = typer.Option(None, help="Cloud crop-classifier ONNX (from `aivd train classifier`). Default: built-in.")
 KNOWLEDGE = typer.Option(None, help="Defect knowledge-base YAML (`aivd kb init` scaffolds one) for the cloud analyzer's text and prompts. Default: DeepPCB's.")
 PROPOSAL = typer.Option(None, min=0.0, max=1.0, help="Edge score from which candidates go to the cloud. Default: the classifier's calibrated one.")
-PIXELS_PER_MM = typer.Option(None, min=0.0, help="Imaging scale for sizes in mm. Default: 48 for DeepPCB input, else unknown.")
+PIXELS_PER_MM = typer.Option(None, min=PIXELS_PER_MM_RANGE[0], max=PIXELS_PER_MM_RANGE[1], help="Imaging scale for sizes in mm. Default: 48 for DeepPCB input, else unknown.")
 
 
 class CloudBackend(str, Enum):

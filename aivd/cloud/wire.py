@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from aivd.cloud.schema import DefectAnalysis
 from aivd.core import Region
+from aivd.core.regions import PIXELS_PER_MM_RANGE
 
 MAX_CROP_SIDE = 1024  # cut_regions makes crops of 2.2x the box; DeepPCB's are under 200 px
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -39,7 +40,8 @@ class RegionPayload(BaseModel):
         description="x, y of the crop's top-left corner in the full image")
     edge_class: str = Field(min_length=1, max_length=64, description="the class the edge detector gave the box")
     edge_confidence: float = Field(ge=0, le=1, description="the edge detector's score")
-    pixels_per_mm: float | None = Field(None, gt=0, description="the imaging scale, when known; enables sizes in mm")
+    pixels_per_mm: float | None = Field(None, gt=PIXELS_PER_MM_RANGE[0], lt=PIXELS_PER_MM_RANGE[1],
+                                         description="the imaging scale, when known; enables sizes in mm")
 
 
 class AnalyzeRequest(BaseModel):

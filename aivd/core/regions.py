@@ -17,6 +17,11 @@ TRANSPORT_CONTEXT = 2.2  # the classifier trains with context up to 2.0; a littl
 MIN_SIDE = 40
 
 
+# The imaging scales aivd accepts, in pixels per mm: from a 1 m field of view on a 1-megapixel sensor to an
+# optical microscope. Outside them a scale is a mistake, and mm figures computed from it would overflow or vanish.
+PIXELS_PER_MM_RANGE = (1e-3, 1e5)
+
+
 @dataclass(frozen=True)
 class Region:
     region_id: str  # "<image_id>#<index of the candidate in the image>"

@@ -28,6 +28,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from aivd.core import Detections, LabelMap
+from aivd.core.regions import PIXELS_PER_MM_RANGE
 from aivd.data.yaml_files import first_problem, read_yaml_mapping
 from aivd.edge.detector import BUILTIN_MODEL, TemplateDetector
 
@@ -56,7 +57,7 @@ class PackManifest(BaseModel):
     classifier: str | None = None
     knowledge: str
     tile_size: int = Field(640, ge=64, le=8192)
-    pixels_per_mm: float | None = Field(None, gt=1e-3, lt=1e5)
+    pixels_per_mm: float | None = Field(None, gt=PIXELS_PER_MM_RANGE[0], lt=PIXELS_PER_MM_RANGE[1])
 
 
 class ModelPack:

@@ -11,6 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from aivd.core.regions import PIXELS_PER_MM_RANGE
 from aivd.data.yaml_files import read_yaml_mapping
 from aivd.scheduling import POLICIES, AivdConfig
 from aivd.sim.scenarios import LinkProfile
@@ -58,7 +59,8 @@ class ClusterConfig(Strict):
     routing_stats_period_s: float = Field(0.5, gt=0.0, le=60.0, description="how often replicas report their state")
     retries: int = Field(3, ge=0, le=20, description="times the ingress resends a request whose edge replica died")
     request_timeout_s: float = Field(60.0, gt=0.0)
-    pixels_per_mm: float | None = Field(None, gt=0.0, description="imaging scale for sizes in mm; 48 for DeepPCB")
+    pixels_per_mm: float | None = Field(None, gt=PIXELS_PER_MM_RANGE[0], lt=PIXELS_PER_MM_RANGE[1],
+                                         description="imaging scale for sizes in mm; 48 for DeepPCB")
     edge_resources: dict[str, float] = Field(
         default_factory=dict, description="Ray resources each edge replica needs, to place it on edge nodes")
     cloud_resources: dict[str, float] = Field(default_factory=dict)
