@@ -33,3 +33,22 @@ def test_inspect_survives_names_with_markup_and_newlines(tmp_path):
     assert "bad\\nerror: forged_test.jpg" in result.stderr
     records = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
     assert sorted(r["status"] for r in records) == ["error", "ok"]
+
+
+@pytest.mark.integration
+def test_hostile_files_are_one_error_record_each(tmp_path):
+    """issue 15 item 3: a FIFO hung the run for good and a link to /dev/zero ended it with a MemoryError."""
+    import os
+
+    images = tmp_path / "in"
+    images.mkdir()
+    shutil.copy(SAMPLES / "00041200_test.jpg", images / "good_test.jpg")
+    os.mkfifo(images / "fifo_test.jpg")
+    (images / "zero_test.jpg").symlink_to("/dev/zero")
+    # The old hang on the FIFO ends here as a TimeoutExpired.
+    result = subprocess.run([sys.executable, "-m", "aivd.cli.main", "inspect", images, "--edge-only", "--out", tmp_path / "out"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    records = {json.loads(line)["image_id"]: json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()}
+    assert records["good"]["status"] == "ok"
+    assert "not a regular file" in records["fifo"]["error"] and "not a regular file" in records["zero"]["error"]

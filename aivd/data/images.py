@@ -7,6 +7,8 @@ and go on with the next image.
 from __future__ import annotations
 
 import io
+import os
+import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +42,8 @@ class ImageLimits:
     # 150 Mpx (a 12000 x 12000 scan) stays under Pillow's own refusal of headers above about 179 Mpx
     # (2 x Image.MAX_IMAGE_PIXELS), which would otherwise answer for this limit with its own wording.
     max_pixels: int = 150_000_000
+    # An image file larger than this is not read at all: a 16384 x 16384 grey TIFF without compression is 256 MiB.
+    max_file_bytes: int = 512 * 1024 * 1024
 
     def size_problem(self, width: int, height: int) -> str | None:
         """Why a `width` x `height` image is refused, or None."""
@@ -110,15 +114,29 @@ def decode_gray(data: bytes, path: str | Path, limits: ImageLimits = ImageLimits
     return np.ascontiguousarray(image)
 
 
+def _check_regular_file(path: Path, limits: ImageLimits) -> None:
+    """Only a regular file of a bounded size is opened: a FIFO would block the run for good, and a link to a
+    device such as /dev/zero would be read until memory runs out."""
+    try:
+        status = os.stat(path)  # follows links: what counts is what would be read
+    except FileNotFoundError:
+        raise ImageError(path, "file not found") from None
+    except OSError as error:
+        raise ImageError(path, f"cannot read file ({error.strerror or error})") from None
+    if stat.S_ISDIR(status.st_mode):
+        raise ImageError(path, "is a directory, not an image file")
+    if not stat.S_ISREG(status.st_mode):
+        raise ImageError(path, "not a regular file (a FIFO, device or socket is never read)")
+    if status.st_size > limits.max_file_bytes:
+        raise ImageError(path, f"file of {status.st_size / 2**20:.0f} MiB (at most {limits.max_file_bytes / 2**20:.0f} MiB read)")
+
+
 def read_gray(path: str | Path, limits: ImageLimits = ImageLimits()) -> np.ndarray:
     """Read an image file as 2-D uint8 grey levels, or raise `ImageError` saying why not."""
     path = Path(path)
+    _check_regular_file(path, limits)
     try:
         data = path.read_bytes()
-    except IsADirectoryError:
-        raise ImageError(path, "is a directory, not an image file") from None
-    except FileNotFoundError:
-        raise ImageError(path, "file not found") from None
     except PermissionError:
         raise ImageError(path, "permission denied") from None
     except OSError as error:
@@ -131,13 +149,10 @@ def read_image_size(path: str | Path) -> tuple[int, int]:
 
     Loading a data set reads every image's size to check its boxes; decoding them all would take minutes.
     """
+    _check_regular_file(Path(path), ImageLimits())
     try:
         with Image.open(path) as image:
             return image.size
-    except FileNotFoundError:
-        raise ImageError(path, "image file not found") from None
-    except IsADirectoryError:
-        raise ImageError(path, "is a directory, not an image file") from None
     except (UnidentifiedImageError, Image.DecompressionBombError):
         raise ImageError(path, "not a readable image (JPEG, PNG, BMP or TIFF expected)") from None
     except OSError as error:
