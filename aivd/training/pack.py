@@ -16,6 +16,7 @@ Progress is kept in `OUT/work/state.json` and per-epoch checkpoints: a stopped r
 from __future__ import annotations
 
 import json
+import os
 import platform
 import time
 from collections.abc import Callable
@@ -123,7 +124,9 @@ def train_pack(plan: PackPlan, progress: Callable[[str, dict], None] = lambda st
     if resume and state.get("plan") and state["plan"]["data"] != plan.data:
         raise PackTrainingError(f"{out}: --resume of a run on {state['plan']['data']}, not {plan.data}")
     elapsed_before = state.get("elapsed_s", 0.0)
-    state["plan"] = asdict(plan)
+    # The card names the command that started the run; resuming it is recorded beside it.
+    state["resumed"] = state.get("resumed", 0) + 1 if resume and state.get("plan") else 0
+    state["plan"] = state["plan"] if state["resumed"] else asdict(plan)
     budget_s = plan.time_budget_min * 60
 
     def remaining() -> float:
@@ -230,9 +233,10 @@ def model_card(plan: PackPlan, manifest, state: dict, data_summary: dict) -> str
         f"- Samples or boxes skipped as unusable: {len(skipped)}" + (f" (first: `{skipped[0]}`)" if skipped else "") + ".",
         "",
         "## How it was made",
-        f"- Command: `{plan.command}`",
+        f"- Command: `{state['plan']['command']}`" + (f" (stopped and continued with `--resume` {state['resumed']} time(s))"
+                                                   if state.get("resumed") else ""),
         f"- Seed {plan.seed}, time budget {plan.time_budget_min:g} min, wall time {state.get('elapsed_s', 0) / 60:.1f} min "
-        f"on {platform.machine()} ({platform.processor() or 'unknown CPU'}).",
+        f"on {os.cpu_count()} {platform.machine()} CPU cores.",
         f"- Detector: input scale {detector['config']['input_scale']}, {detector['epochs']} epochs (from the time budget), "
         f"best epoch {detector['best']['epoch']}: {_figures(detector['best'], ('map50', 'map50_95', 'fscore', 'ap'))}.",
         f"- Refiner: {refiner['best']['epochs']} epochs, held-out crop accuracy {refiner['best']['accuracy']:.4f}; "
@@ -240,7 +244,8 @@ def model_card(plan: PackPlan, manifest, state: dict, data_summary: dict) -> str
         f"- Cloud classifier: {classifier['best']['epochs']} epochs, held-out crop accuracy {classifier['best']['accuracy']:.4f}; "
         f"proposal threshold {classifier['calibration']['chosen']['proposal_threshold']}, score threshold "
         f"{classifier['calibration']['chosen']['score_threshold']:.3f}, held-out F {classifier['calibration']['chosen']['fscore']:.4f}.",
-        "- Epoch counts depend on the machine's speed (they fill the budget); the chosen counts above reproduce a run.",
+        "- Epoch counts follow the machine's speed (each stage fills its share of the budget): the same command on a faster "
+        "machine trains more epochs, and its figures differ.",
         "",
         "## Files",
         "- `pack.yaml`: the manifest; the ONNX files carry class names, thresholds and input scale in their metadata.",
