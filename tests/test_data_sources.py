@@ -215,7 +215,7 @@ def test_a_yolo_list_naming_a_missing_image_is_a_problem(tmp_path):
     write_file(tmp_path / "train.txt", "images/a.jpg\nimages/gone.jpg\n")
     split = open_data(write_file(tmp_path / "data.yaml", "train: train.txt\nnames: [x]\n")).split("train")
     assert [s.image_id for s in split.samples] == ["a"]
-    assert [str(p) for p in split.problems] == [f"{tmp_path / 'images' / 'gone.jpg'}: image file not found"]
+    assert [str(p) for p in split.problems] == [f"{tmp_path / 'images' / 'gone.jpg'}: file not found"]
 
 
 def test_a_voc_annotation_without_an_image_is_a_problem(layouts, tmp_path):
