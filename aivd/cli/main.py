@@ -181,24 +181,39 @@ def _load_pipeline(
 ):
     """The detector, and unless `edge_only` the cloud analyzer: `backend` in this process, or a remote service at `cloud`.
 
-    With a model `pack`, its detectors, classifier and knowledge base are the defaults. `tile_size`: see `_tiled`
-    (a pack sets its own; the option overrides it)."""
+    With a model `pack`, its detectors, classifier, knowledge base and imaging scale are the defaults. `tile_size`:
+    see `_tiled` (a pack sets its own; the option overrides it)."""
     from aivd.cloud.knowledge import KnowledgeError
     from aivd.edge.detector import ModelError
     from aivd.pipeline.engine import EdgeCloudPipeline
 
-    if pack is not None:
-        if model is not None:
-            raise fail("give --pack or --model, not both: a pack brings its own detectors")
-        return _load_pack_pipeline(load_model_pack(pack), min_confidence, edge_only, cloud, classifier, knowledge, proposal,
-                                   pixels_per_mm, backend, llm, tile_size)
+    if pack is not None and model is not None:
+        raise fail("give --pack or --model, not both: a pack brings its own detectors")
     if backend is not CloudBackend.builtin and (cloud or classifier):
         raise fail(f"--cloud-backend {backend.value} runs the analyzer in this process: it cannot be combined with "
                    f"{'--cloud' if cloud else '--classifier'}")
     if backend is CloudBackend.builtin and llm.given():
         given = llm.given()
         raise fail(f"{', '.join(given)} {'needs' if len(given) == 1 else 'need'} --cloud-backend openai or transformers")
-    detector = _tiled(_load_detector(model, min_confidence), model, tile_size)
+    if pack is not None:
+        from aivd.packs import PackError
+
+        loaded = load_model_pack(pack)
+        try:
+            detector = loaded.load_detector(min_confidence, tile_size=tile_size)
+        except (ModelError, PackError) as error:
+            raise fail(str(error)) from None
+        classifier, knowledge = classifier or loaded.classifier, knowledge or loaded.knowledge
+        pixels_per_mm = loaded.pixels_per_mm if pixels_per_mm is None else pixels_per_mm
+        pcb_facts = loaded.pcb_facts
+        if classifier is None and not (edge_only or cloud or backend is not CloudBackend.builtin):
+            raise fail(f"pack {loaded.name} has no cloud classifier: use --edge-only, --cloud URL or an LLM --cloud-backend")
+    else:
+        from aivd.cloud.builtin import BUILTIN_CLASSIFIER
+        from aivd.cloud.knowledge import DEFAULT_KNOWLEDGE
+
+        detector = _tiled(_load_detector(model, min_confidence), model, tile_size)
+        classifier, knowledge, pcb_facts = classifier or BUILTIN_CLASSIFIER, knowledge or DEFAULT_KNOWLEDGE, True
     if edge_only:
         return EdgeCloudPipeline(detector)
     if backend is not CloudBackend.builtin:
@@ -212,49 +227,10 @@ def _load_pipeline(
             except ValueError as error:
                 raise fail(str(error)) from None
         else:
-            from aivd.cloud.builtin import BUILTIN_CLASSIFIER, BuiltinAnalyzer
-            from aivd.cloud.knowledge import DEFAULT_KNOWLEDGE
+            from aivd.cloud.builtin import BuiltinAnalyzer
 
             # One thread: in-process, the analyzer runs beside the detector's two (inspect overlaps the tiers).
-            analyzer = BuiltinAnalyzer(classifier or BUILTIN_CLASSIFIER, knowledge or DEFAULT_KNOWLEDGE, threads=1)
-    except (ModelError, KnowledgeError) as error:
-        raise fail(str(error)) from None
-    return EdgeCloudPipeline(detector, analyzer, proposal, pixels_per_mm)
-
-
-def _load_pack_pipeline(pack, min_confidence, edge_only, cloud, classifier, knowledge, proposal, pixels_per_mm, backend, llm, tile_size):
-    from aivd.cloud.knowledge import KnowledgeError
-    from aivd.edge.detector import ModelError
-    from aivd.packs import PackError
-    from aivd.pipeline.engine import EdgeCloudPipeline
-
-    try:
-        detector = pack.load_detector(min_confidence, tile_size=tile_size)
-    except (ModelError, PackError) as error:
-        raise fail(str(error)) from None
-    pixels_per_mm = pack.pixels_per_mm if pixels_per_mm is None else pixels_per_mm
-    knowledge = knowledge or pack.knowledge
-    if edge_only:
-        return EdgeCloudPipeline(detector)
-    if backend is not CloudBackend.builtin:
-        if cloud or classifier:
-            raise fail(f"--cloud-backend {backend.value} runs the analyzer in this process: it cannot be combined with "
-                       f"{'--cloud' if cloud else '--classifier'}")
-        return EdgeCloudPipeline(detector, _llm_analyzer(backend, llm, list(pack.labels.names), knowledge), proposal, pixels_per_mm)
-    if cloud:
-        from aivd.cloud.http_client import HttpAnalyzer
-
-        try:
-            return EdgeCloudPipeline(detector, HttpAnalyzer(cloud), proposal, pixels_per_mm)
-        except ValueError as error:
-            raise fail(str(error)) from None
-    classifier = classifier or pack.classifier
-    if classifier is None:
-        raise fail(f"pack {pack.name} has no cloud classifier: use --edge-only, --cloud URL or an LLM --cloud-backend")
-    from aivd.cloud.builtin import BuiltinAnalyzer
-
-    try:
-        analyzer = BuiltinAnalyzer(classifier, knowledge, threads=1, pcb_facts=pack.pcb_facts)
+            analyzer = BuiltinAnalyzer(classifier, knowledge, threads=1, pcb_facts=pcb_facts)
     except (ModelError, KnowledgeError) as error:
         raise fail(str(error)) from None
     return EdgeCloudPipeline(detector, analyzer, proposal, pixels_per_mm)
