@@ -22,19 +22,21 @@ from aivd.cli.main import app as aivd_app
 from aivd.cloud.analyzer import AnalyzerError
 from aivd.cloud.builtin import BuiltinAnalyzer
 from aivd.cloud.http_client import HttpAnalyzer
+from aivd.cloud.schema import DefectAnalysis
 from aivd.cloud.service import ServiceLimits, create_app
 from aivd.cloud.wire import AnalyzeRequest, decode_region, encode_region
 from aivd.core import cut_regions
 from aivd.data.deeppcb import read_annotation
 from aivd.data.images import read_pair
+from aivd.serving.server import ServerSettings, server_config
 
 LIMITS = ServiceLimits(max_body_bytes=256 * 1024, max_regions=40, max_crop_side=256)
 
 
 @contextmanager
-def serving(app):
-    """The app under a real uvicorn on a free port of 127.0.0.1; yields its base URL."""
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off"))
+def serving(app, settings: ServerSettings = ServerSettings()):
+    """The app under a real uvicorn, as `aivd serve cloud` runs it, on a free port of 127.0.0.1; yields its base URL."""
+    server = uvicorn.Server(server_config(app, "127.0.0.1", 0, settings, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
@@ -120,11 +122,13 @@ def test_remote_analyses_equal_in_process_ones(service, builtin, regions):
 
 @pytest.mark.integration
 def test_healthz_and_docs(service, builtin):
-    health = {"status": "ok", "analyzer": "builtin", "proposal_threshold": builtin.proposal_threshold}
+    limits = {"max_body_bytes": LIMITS.max_body_bytes, "max_regions": 40, "max_crop_side": 256, "max_pixels": LIMITS.max_pixels}
+    health = {"status": "ok", "analyzer": "builtin", "proposal_threshold": builtin.proposal_threshold, "limits": limits}
     assert httpx.get(f"{service}/healthz").json() == health
     remote = HttpAnalyzer(service)
-    try:  # the edge learns the threshold the remote classifier was calibrated for
+    try:  # the edge learns the threshold the remote classifier was calibrated for, and the limits it must keep to
         assert remote.name == "remote:builtin" and remote.proposal_threshold == builtin.proposal_threshold
+        assert remote.limits.model_dump() == limits
     finally:
         remote.close()
     schema = httpx.get(f"{service}/openapi.json").json()
@@ -176,11 +180,11 @@ def test_oversized_body_is_refused_before_parsing(service, regions):
     streamed = httpx.post(f"{service}/v1/analyze", content=chunks(), headers={"content-type": "application/json"})
     assert streamed.status_code == 413 and "over the limit" in streamed.json()["detail"]
 
-    remote = HttpAnalyzer(service, backoff_s=5)  # a 4xx is not retried, so the backoff never runs
-    started = time.monotonic()
-    with pytest.raises(AnalyzerError, match="HTTP 413"):
-        remote.analyze([dataclasses.replace(regions[0], region_id=f"big#{i}") for i in range(LIMITS.max_regions)])
-    assert time.monotonic() - started < 3
+    # The client knows the limit from /healthz and splits a batch too big for one request into several.
+    remote = HttpAnalyzer(service)
+    many = [dataclasses.replace(regions[0], region_id=f"big#{i}") for i in range(LIMITS.max_regions)]
+    assert len(remote.analyze(many)) == len(many)
+    assert remote.last_bytes_sent > LIMITS.max_body_bytes
     remote.close()
 
 
@@ -225,7 +229,7 @@ def test_bad_regions_get_422_naming_the_region(service, regions):
     duplicate = post(service, {"regions": [payload, payload]})
     assert duplicate.status_code == 422 and "appears more than once" in duplicate.json()["detail"]
     not_json = httpx.post(f"{service}/v1/analyze", content=b"{nope", headers={"content-type": "application/json"})
-    assert not_json.status_code == 422 and "JSON decode error" in not_json.json()["detail"]
+    assert not_json.status_code == 422 and not_json.json()["detail"].startswith("the body is not valid JSON: ")
     # The server is still there and answers good requests after all that.
     assert post(service, {"regions": [payload]}).status_code == 200
 
@@ -331,3 +335,95 @@ def test_inspection_through_the_service_matches_in_process_and_counts_traffic(se
     assert {d.source for r in remote_records for d in r.defects} == {"cloud:remote:builtin"}
     assert all(r.bytes_to_cloud > 0 and r.bytes_from_cloud > 0 and r.cloud_error is None for r in remote_records)
     assert summary.bytes_to_cloud == remote.bytes_sent and summary.bytes_from_cloud == remote.bytes_received
+
+
+class Slow:
+    """A backend taking `seconds` per region, recording each batch's region ids: to see who was served when."""
+
+    def __init__(self, seconds: float):
+        self.name, self.seconds, self.batches = "slow", seconds, []
+
+    def analyze(self, regions):
+        time.sleep(self.seconds * len(regions))
+        self.batches.append([region.region_id for region in regions])
+        # Valid analyses without a model, naming their region, so that timing tests measure only the scheduling.
+        return [DefectAnalysis(is_defect=False, defect_type="open", confidence=0.5, severity=None,
+                               description=region.region_id, recommended_action="none") for region in regions]
+
+    def close(self):
+        pass
+
+
+def named(regions, prefix, count):
+    return {"regions": [{**encode_region(regions[i % len(regions)]).model_dump(mode="json"), "region_id": f"{prefix}#{i}"}
+                        for i in range(count)]}
+
+
+@pytest.mark.integration
+def test_a_big_request_cannot_hold_up_another_clients_small_one(regions):
+    backend = Slow(0.05)
+    limits = ServiceLimits(max_crop_side=256, slice_regions=4)
+    with serving(create_app(backend, limits)) as url:
+        hostile = threading.Thread(target=post, args=(url, named(regions, "big", 40)), kwargs={}, daemon=True)
+        hostile.start()  # 10 slices of 0.2 s
+        time.sleep(0.3)
+        started = time.monotonic()
+        response = post(url, named(regions, "small", 2))
+        waited = time.monotonic() - started
+        hostile.join(10)
+    assert response.status_code == 200 and [a["description"] for a in response.json()["analyses"]] == ["small#0", "small#1"]
+    assert waited < 0.6, f"the small request waited {waited:.2f} s behind the big one"
+    order = [batch[0].split("#")[0] for batch in backend.batches]
+    assert order.index("small") < len(order) - 3  # served between the big request's slices, not after them
+
+
+@pytest.mark.integration
+def test_work_stops_when_the_client_goes_away_and_a_late_request_gets_503(regions):
+    backend = Slow(0.05)
+    with serving(create_app(backend, ServiceLimits(max_crop_side=256, slice_regions=4))) as url:
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(f"{url}/v1/analyze", json=named(regions, "gone", 40), timeout=0.3)
+        time.sleep(1.0)  # the whole request would take 2 s
+        assert 1 <= len(backend.batches) <= 3, backend.batches
+        text = httpx.get(f"{url}/metrics").text
+    assert 'aivd_cloud_requests_total{endpoint="/v1/analyze",status="499"} 1.0' in text
+    with serving(create_app(Slow(0.05), ServiceLimits(max_crop_side=256, slice_regions=4, request_timeout_s=0.5))) as url:
+        response = post(url, named(regions, "late", 40))
+    assert response.status_code == 503 and response.json() == {"detail": "not answered within 0.5 s: the analyzer is busy; retry later"}
+
+
+@pytest.mark.integration
+def test_the_work_budget_is_checked_from_the_png_headers_before_decoding(regions):
+    backend = Slow(0.0)
+    limits = ServiceLimits(max_crop_side=256, max_pixels=100_000)
+    with serving(create_app(backend, limits)) as url:
+        flat = np.zeros((250, 250), np.uint8)  # 62,500 px that compress to a few hundred bytes
+        body = named(regions, "flat", 2)
+        for region in body["regions"]:
+            region.update(image_png=png_text(flat), template_png=None, box=[0, 0, 10, 10])
+        response = post(url, body)
+        remote = HttpAnalyzer(url)  # the client splits the same regions into requests within the budget
+        answered = remote.analyze([dataclasses.replace(regions[0], region_id=f"f#{i}", image=flat, template=None,
+                                                       box=(0, 0, 10, 10)) for i in range(2)])
+        remote.close()
+    assert response.status_code == 422
+    assert response.json()["detail"] == ("the regions hold 125000 pixels (crops and templates); the limit per request is 100000: "
+                                         "send fewer or smaller regions per request")
+    assert len(answered) == 2 and len(backend.batches) == 2
+
+
+@pytest.mark.integration
+def test_a_stalled_request_is_cut_off_and_health_answers_beside_idle_connections(builtin):
+    with serving(create_app(builtin), ServerSettings(request_read_timeout_s=0.5)) as url:
+        host, port = url.removeprefix("http://").split(":")
+        idle = [socket.create_connection((host, int(port))) for _ in range(200)]
+        slowloris = socket.create_connection((host, int(port)))
+        slowloris.sendall(b"POST /v1/analyze HTTP/1.1\r\nHost: x\r\n")  # and never the rest
+        started = time.monotonic()
+        assert httpx.get(f"{url}/healthz", timeout=5).status_code == 200
+        assert time.monotonic() - started < 1
+        slowloris.settimeout(5)
+        assert slowloris.recv(100) == b""  # closed by the server after 0.5 s
+        assert time.monotonic() - started < 3
+        for connection in [slowloris, *idle]:
+            connection.close()

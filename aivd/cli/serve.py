@@ -60,24 +60,29 @@ def cloud(
     knowledge: Optional[Path] = typer.Option(None, help="Defect knowledge-base YAML with the classifier's classes. Default: DeepPCB's."),
     pcb_facts: bool = typer.Option(
         True, "--pcb-facts/--no-pcb-facts", help="Measure copper and conductors in regions with a template (PCB deployments)."),
-    max_body_mb: float = typer.Option(32.0, min=0.001, help="Largest request body in MiB; larger get 413."),
+    max_body_mb: float = typer.Option(16.0, min=0.001, help="Largest request body in MiB; larger get 413 while being received."),
     max_regions: int = typer.Option(512, min=1, help="Most regions per request; more get 422."),
+    max_pixels: int = typer.Option(16_000_000, min=1, help="Most crop and template pixels per request; more get 422."),
+    request_timeout: float = typer.Option(60.0, min=0.1, help="Seconds a request may wait and run; then 503."),
+    read_timeout: float = typer.Option(30.0, min=0.1, help="Seconds a client has to send a whole request; then the connection is closed."),
+    max_connections: int = typer.Option(4096, min=16, help="Connections at once; more are answered 503."),
 ) -> None:
     """Serve the built-in cloud analyzer over HTTP: POST /v1/analyze, GET /healthz, GET /metrics, docs at /docs."""
-    import uvicorn
-
     from aivd.cloud.builtin import BUILTIN_CLASSIFIER, BuiltinAnalyzer
     from aivd.cloud.knowledge import DEFAULT_KNOWLEDGE, KnowledgeError
     from aivd.cloud.service import ServiceLimits, create_app
     from aivd.edge.detector import ModelError
+    from aivd.serving.server import ServerSettings, serve
 
     try:
         analyzer = BuiltinAnalyzer(model or BUILTIN_CLASSIFIER, knowledge or DEFAULT_KNOWLEDGE, pcb_facts=pcb_facts)
     except (ModelError, KnowledgeError) as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(2) from None
-    limits = ServiceLimits(max_body_bytes=int(max_body_mb * 1024 * 1024), max_regions=max_regions)
+    limits = ServiceLimits(max_body_bytes=int(max_body_mb * 1024 * 1024), max_regions=max_regions, max_pixels=max_pixels,
+                           request_timeout_s=request_timeout)
+    settings = ServerSettings(request_read_timeout_s=read_timeout, max_connections=max_connections)
     try:
-        uvicorn.run(create_app(analyzer, limits), host=host, port=port, log_level="info")
+        serve(create_app(analyzer, limits), host, port, settings)
     finally:
         analyzer.close()

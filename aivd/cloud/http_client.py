@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from aivd.cloud.analyzer import AnalyzerError
 from aivd.cloud.schema import DefectAnalysis
-from aivd.cloud.wire import AnalyzeRequest, AnalyzeResponse, encode_region
+from aivd.cloud.wire import AnalyzeRequest, AnalyzeResponse, Health, PublicLimits, RegionPayload, encode_region
 from aivd.core import Region
 from aivd.core.redaction import redact_url
 
@@ -24,8 +24,14 @@ def _detail(response: httpx.Response) -> str:
     return detail if isinstance(detail, str) else str(detail)[:200]
 
 
+# What a service that does not say its limits is assumed to accept: the service's own defaults, a little lower.
+ASSUMED_LIMITS = PublicLimits(max_body_bytes=8 * 1024 * 1024, max_regions=256, max_crop_side=1024, max_pixels=8_000_000)
+BODY_MARGIN = 0.95  # of max_body_bytes: the JSON around the regions is estimated, not measured
+
+
 class HttpAnalyzer:
-    """Sends each batch of regions to the cloud service in one POST, over a kept-alive connection.
+    """Sends each batch of regions to the cloud service over a kept-alive connection: in one POST, or in as few
+    as keep to the limits the service tells in `/healthz` (regions, pixels and bytes per request).
 
     Connection failures, timeouts and 5xx answers are retried `retries` times with exponential backoff
     (`backoff_s`, then twice that, ...); a 4xx answer means the request itself is wrong and is not retried.
@@ -51,29 +57,51 @@ class HttpAnalyzer:
         self.bytes_sent = self.bytes_received = 0
         self.last_bytes_sent = self.last_bytes_received = 0
         self._client = httpx.Client(base_url=url.rstrip("/"), timeout=timeout_s)
-        name, threshold = self._remote_identity()
+        name, threshold, self.limits = self._remote_identity()
         self.name = f"remote:{name}"
         # The edge proposes candidates down to the threshold the remote analyzer was calibrated for, when it says.
         if threshold is not None:
             self.proposal_threshold = threshold
 
-    def _remote_identity(self) -> tuple[str, float | None]:
+    def _remote_identity(self) -> tuple[str, float | None, PublicLimits]:
         # One try, no retries: an unreachable cloud must not hold up the edge's start; analyze() retries later.
         try:
             response = self._client.get("/healthz")
-            health = response.json() if response.status_code == 200 else {}
-            name, threshold = health.get("analyzer"), health.get("proposal_threshold")
-        except (httpx.HTTPError, ValueError, AttributeError):
-            return "unknown", None
-        name = name if isinstance(name, str) and name else "unknown"
-        valid = isinstance(threshold, (int, float)) and not isinstance(threshold, bool) and 0 <= threshold <= 1
-        return name, float(threshold) if valid else None
+            health = Health.model_validate_json(response.content) if response.status_code == 200 else None
+        except (httpx.HTTPError, ValidationError):
+            health = None
+        if health is None:
+            return "unknown", None, ASSUMED_LIMITS
+        name = health.analyzer or "unknown"
+        threshold = health.proposal_threshold
+        valid = threshold is not None and 0 <= threshold <= 1
+        return name, threshold if valid else None, health.limits
 
     def analyze(self, regions: Sequence[Region]) -> list[DefectAnalysis]:
         self.last_bytes_sent = self.last_bytes_received = 0
-        if not regions:
-            return []
-        body = AnalyzeRequest(regions=[encode_region(region) for region in regions]).model_dump_json().encode()
+        analyses: list[DefectAnalysis] = []
+        for batch in self._requests([encode_region(region) for region in regions], regions):
+            analyses += self._post(batch)
+        return analyses
+
+    def _requests(self, payloads: list[RegionPayload], regions: Sequence[Region]) -> list[list[RegionPayload]]:
+        """The payloads in consecutive requests within the service's limits (a region over them alone, to be
+        refused with the service's reason)."""
+        limits, requests, current, pixels, size = self.limits, [], [], 0, 0
+        for payload, region in zip(payloads, regions):
+            region_pixels = region.image.size + (0 if region.template is None else region.template.size)
+            region_size = len(payload.image_png) + len(payload.template_png or "") + 300  # + ids, box, JSON
+            if current and (len(current) == limits.max_regions or pixels + region_pixels > limits.max_pixels
+                            or size + region_size > limits.max_body_bytes * BODY_MARGIN):
+                requests.append(current)
+                current, pixels, size = [], 0, 0
+            current.append(payload)
+            pixels += region_pixels
+            size += region_size
+        return requests + ([current] if current else [])
+
+    def _post(self, payloads: list[RegionPayload]) -> list[DefectAnalysis]:
+        body = AnalyzeRequest(regions=payloads).model_dump_json().encode()
         problem = ""
         for attempt in range(self.retries + 1):
             if attempt:
@@ -92,9 +120,9 @@ class HttpAnalyzer:
                 problem = f"HTTP {response.status_code}: {_detail(response)}"
                 continue
             if response.status_code != 200:
-                raise AnalyzerError(f"{self.url} refused the batch of {len(regions)} regions (HTTP {response.status_code}): {_detail(response)}")
-            return self._analyses(response, len(regions))
-        raise AnalyzerError(f"{self.url} failed {self.retries + 1} times for a batch of {len(regions)} regions; last: {problem}")
+                raise AnalyzerError(f"{self.url} refused the batch of {len(payloads)} regions (HTTP {response.status_code}): {_detail(response)}")
+            return self._analyses(response, len(payloads))
+        raise AnalyzerError(f"{self.url} failed {self.retries + 1} times for a batch of {len(payloads)} regions; last: {problem}")
 
     def _count(self, sent: int, received: int) -> None:
         self.bytes_sent += sent

@@ -63,6 +63,22 @@ class AnalyzeResponse(BaseModel):
     timings_ms: TimingsMs
 
 
+class PublicLimits(BaseModel):
+    """The limits a client must keep to in one request, as `GET /healthz` tells them."""
+
+    max_body_bytes: int = Field(gt=0)
+    max_regions: int = Field(gt=0)
+    max_crop_side: int = Field(gt=0)
+    max_pixels: int = Field(gt=0, description="crop and template pixels together")
+
+
+class Health(BaseModel):
+    status: str = Field(description="'ok' whenever the service answers")
+    analyzer: str = Field(description="the backend's name")
+    proposal_threshold: float | None = Field(description="the edge proposal threshold the analyzer was calibrated for, if any")
+    limits: PublicLimits
+
+
 class ErrorResponse(BaseModel):
     """Every error the service answers: one line saying what was wrong, naming the region when there is one."""
 
@@ -86,23 +102,47 @@ def encode_region(region: Region) -> RegionPayload:
     )
 
 
-def decode_png(text: str, what: str, max_side: int) -> np.ndarray:
-    """Decode base64 PNG text into a 2-D uint8 array; `what` names the field in error messages."""
+PNG_HEAD_BASE64 = 44  # base64 characters that hold the first 33 bytes: signature, IHDR length and type, IHDR data
+
+
+def png_size(text: str, what: str, max_side: int) -> tuple[int, int]:
+    """The width and height a base64 PNG declares, from its first 44 characters alone, after checking that it is
+    an 8-bit grayscale PNG within `max_side`: a few hundred bytes of PNG can declare a gigapixel image, so sizes
+    are known, and budgets checked, before anything is decoded. OpenCV would also convert colour or 16-bit
+    images silently instead of refusing them."""
     try:
-        data = base64.b64decode(text, validate=True)
+        head = base64.b64decode(text[:PNG_HEAD_BASE64], validate=True)
     except (binascii.Error, ValueError):
         raise ValueError(f"{what} is not valid base64") from None
-    # Check the PNG header before decoding: a few hundred bytes of PNG can declare a gigapixel image, and
-    # OpenCV would convert colour or 16-bit images silently instead of refusing them.
-    if len(data) < 33 or data[:8] != PNG_SIGNATURE or data[12:16] != b"IHDR":
+    if len(head) < 33 or head[:8] != PNG_SIGNATURE or head[12:16] != b"IHDR":
         raise ValueError(f"{what} is not a PNG image")
-    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
-    bit_depth, color_type = data[24], data[25]
+    width, height = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+    bit_depth, color_type = head[24], head[25]
     if bit_depth != 8 or color_type != 0:
         kind = PNG_COLOR_TYPES.get(color_type, f"color type {color_type}")
         raise ValueError(f"{what} must be an 8-bit grayscale PNG, got {bit_depth}-bit {kind}")
     if not (0 < width <= max_side and 0 < height <= max_side):
         raise ValueError(f"{what} is {width}x{height} px; each side must be 1..{max_side} px")
+    return width, height
+
+
+def payload_pixels(payload: RegionPayload, max_side: int = MAX_CROP_SIDE) -> int:
+    """Pixels the region's crop and template declare: the measure of the work it asks for."""
+    name = f"region {payload.region_id}"
+    width, height = png_size(payload.image_png, f"{name}: image_png", max_side)
+    if payload.template_png is None:
+        return width * height
+    t_width, t_height = png_size(payload.template_png, f"{name}: template_png", max_side)
+    return width * height + t_width * t_height
+
+
+def decode_png(text: str, what: str, max_side: int) -> np.ndarray:
+    """Decode base64 PNG text into a 2-D uint8 array; `what` names the field in error messages."""
+    png_size(text, what, max_side)
+    try:
+        data = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError(f"{what} is not valid base64") from None
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if image is None:
         raise ValueError(f"{what} is a corrupt or truncated PNG")
