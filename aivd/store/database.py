@@ -120,6 +120,7 @@ class StoredRun:
     config: dict
     status: str | None
     finished_at: datetime | None
+    images: int | None  # the images the run recorded when it was last finished or interrupted
 
 
 def _sqlite_settings(dbapi_connection, _connection_record) -> None:
@@ -208,7 +209,7 @@ class ResultStore:
             row = connection.execute(select(runs).where(runs.c.id == run_id)).one_or_none()
         if row is None:
             raise StoreError(f"the result database {self.url} has no run {run_id}")
-        return StoredRun(row.id, row.command, json.loads(row.config), row.status, row.finished_at)
+        return StoredRun(row.id, row.command, json.loads(row.config), row.status, row.finished_at, row.images)
 
     def reopen_run(self, run_id: int) -> None:
         """Mark a stopped run as running again, to go on adding records to it."""
