@@ -296,6 +296,8 @@ def inspect(
         raise fail("--resume OUT continues the run in OUT: give --out only with the same folder, or leave it out")
     if resume is not None:
         out = resume.absolute()  # the run's own working folder may become the current one
+        if not out.is_dir():
+            raise fail(f"{out}: no such output folder to resume")
         lock = _claim_output(out)
         arguments = _resumed_arguments(out, db or "", arguments, context)
     elif out is None:
