@@ -55,12 +55,9 @@ def url(tmp_path):
     return f"sqlite:///{tmp_path / 'aivd.sqlite'}"
 
 
-@pytest.mark.parametrize("returning", [True, False], ids=["insert-returning", "insert-per-image"])
-def test_records_round_trip_through_a_sqlite_file(url, returning):
+def test_records_round_trip_through_a_sqlite_file(url):
     added = [cloud_record(1), edge_record(2), error_record(3), edge_record(4, classes=())]
     with ResultStore(url) as store:
-        # without RETURNING for a batch (MySQL), images are inserted one by one: the same rows must come back
-        store._engine.dialect.insert_executemany_returning_sort_by_parameter_order = returning
         run_id = store.start_run("aivd inspect boards/", {"detector": "centernet", "out": "out"})
         for record in added:
             store.add(run_id, record)
@@ -71,7 +68,7 @@ def test_records_round_trip_through_a_sqlite_file(url, returning):
     with create_engine(url).connect() as connection:
         run = connection.execute(select(runs)).one()
     assert (run.images, run.ok, run.failed, run.defects) == (4, 3, 1, 4)
-    assert run.finished_at is not None and run.command == "aivd inspect boards/"
+    assert run.finished_at is not None and run.status == "finished" and run.command == "aivd inspect boards/"
 
 
 def test_runs_append_to_the_same_database(url, tmp_path):
@@ -92,11 +89,12 @@ def test_runs_append_to_the_same_database(url, tmp_path):
         rows = connection.execute(select(runs).order_by(runs.c.id)).all()
     assert [row.command for row in rows] == ["aivd inspect a", "aivd inspect b"]
     assert str(tmp_path) in rows[0].config
-    assert rows[1].finished_at is None  # never finished: the run is marked as incomplete
+    assert rows[1].finished_at is None and rows[1].status == "running"  # never finished: the run is marked as incomplete
 
 
-def test_records_are_written_in_batches_and_on_close(url):
-    store = ResultStore(url, batch_size=64)
+def test_each_record_is_committed_when_added(url):
+    """A killed run loses no record it has added: each is in the file, seen by another connection, at once."""
+    store = ResultStore(url)
     run_id = store.start_run("aivd inspect", {})
     observer = create_engine(url)
 
@@ -104,25 +102,50 @@ def test_records_are_written_in_batches_and_on_close(url):
         with observer.connect() as connection:
             return connection.execute(select(func.count()).select_from(images)).scalar_one()
 
-    for index in range(63):
+    for index in range(3):
         store.add(run_id, edge_record(index))
-    assert stored() == 0
-    store.add(run_id, edge_record(63))
-    assert stored() == 64
-    store.add(run_id, edge_record(64))
+        assert stored() == index + 1
+    with observer.connect() as connection:
+        assert connection.exec_driver_sql("PRAGMA journal_mode").scalar_one() == "wal"
     store.close()
-    assert stored() == 65
     store.close()  # closing twice is harmless
     observer.dispose()
 
 
+def test_a_stopped_run_is_reopened_and_finished_as_interrupted(url):
+    with ResultStore(url) as store:
+        run_id = store.start_run("aivd inspect boards/", {"arguments": {"edge_only": True}})
+        store.add(run_id, edge_record(1))
+        store.finish_run(run_id, {"images": 1, "ok": 1, "failed": 0, "defects": 3}, "interrupted")
+        stopped = store.run(run_id)
+        assert (stopped.status, stopped.config) == ("interrupted", {"arguments": {"edge_only": True}})
+        assert stopped.finished_at is not None
+        store.reopen_run(run_id)
+        reopened = store.run(run_id)
+        assert (reopened.status, reopened.finished_at) == ("running", None)
+        with pytest.raises(StoreError, match="has no run 99"):
+            store.run(99)
+
+
+def test_a_database_from_before_run_statuses_gains_the_column(url):
+    """An OUT/aivd.sqlite written by an older aivd has no runs.status; reopening it adds the column."""
+    with create_engine(url).begin() as connection:
+        connection.exec_driver_sql("CREATE TABLE runs (id INTEGER PRIMARY KEY, started_at DATETIME NOT NULL, finished_at DATETIME, "
+                                   "command TEXT NOT NULL, config TEXT NOT NULL, images INTEGER, ok INTEGER, failed INTEGER, defects INTEGER)")
+        connection.exec_driver_sql("INSERT INTO runs (started_at, command, config) VALUES ('2024-01-01 00:00:00', 'aivd inspect a', '{}')")
+    with ResultStore(url) as store:
+        assert store.run(1).status is None
+        second = store.start_run("aivd inspect b", {})
+        assert store.run(second).status == "running"
+
+
 def test_adding_500_records_is_cheap(url):
+    """A commit per record: SQLite in WAL mode without an fsync per commit keeps it far below an image's inspection."""
     with ResultStore(url) as store:
         run_id = store.start_run("aivd inspect", {})
         started = time.perf_counter()
         for index in range(500):
             store.add(run_id, cloud_record(index) if index % 2 else edge_record(index))
-        store.flush()
         per_image_ms = (time.perf_counter() - started) * 1000 / 500
         stored = store.records(run_id)
     assert len(stored) == 500, f"{per_image_ms:.3f} ms per image"

@@ -2,12 +2,14 @@
 was found.
 
 Reading and decoding the next images overlaps with inference (OpenCV and ONNX Runtime release the GIL);
-results are written in input order so runs are reproducible.
+results are written in input order so runs are reproducible, and a stopped run is a prefix of the inputs
+that `--resume` completes.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -24,6 +26,14 @@ from aivd.edge.detector import Detector
 from aivd.pipeline.engine import EdgeCloudPipeline, ImageResult, Proposal
 from aivd.pipeline.inputs import InspectionTask
 from aivd.pipeline.records import InspectionRecord
+from aivd.pipeline.run_folder import (
+    OutputLock,
+    clear_run_outputs,
+    database_url,
+    read_marker,
+    resume_database,
+    write_marker,
+)
 from aivd.store import ResultStore
 from aivd.viz.annotate import draw_detections
 from aivd.web import annotated_image_loader, write_inspection_report
@@ -41,6 +51,7 @@ class InspectOptions:
     report: bool = True  # write OUT/report.html
     command: str = ""  # recorded with the run in the database
     config: dict = field(default_factory=dict)
+    resume: bool = False  # continue the run OUT holds (needs the database) instead of starting a new one
 
 
 @dataclass
@@ -54,57 +65,130 @@ class InspectSummary:
     bytes_to_cloud: int = 0
     bytes_from_cloud: int = 0
     wall_s: float = 0.0
+    resumed: int = 0  # of `images`, those done before this session resumed the run
+    interrupted: bool = False  # stopped on request before every image was done
 
     @property
     def images_per_s(self) -> float:
-        return self.images / self.wall_s if self.wall_s else 0.0
+        return (self.images - self.resumed) / self.wall_s if self.wall_s else 0.0
+
+    def count(self, record: InspectionRecord) -> None:
+        self.images += 1
+        if record.status == "error":
+            self.failed += 1
+            return
+        self.ok += 1
+        self.defects += len(record.defects)
+        self.rejected += len(record.rejected)
+        self.cloud_failed += record.cloud_error is not None
+        self.bytes_to_cloud += record.bytes_to_cloud
+        self.bytes_from_cloud += record.bytes_from_cloud
 
 
 class ResultWriter:
-    """Owns the output folder: results.jsonl, annotated/, deeppcb/, the database and report.html.
+    """Owns the output folder: results.jsonl, annotated/, deeppcb/, the database, run.json and report.html.
 
-    The database is opened first, so a bad --db URL fails before any work is done."""
+    It holds OUT's lock from the start (`OutputBusy` when another run has it; pass `lock` when the caller took it
+    earlier) and opens the database before writing anything, so a busy folder or a bad --db URL fails before any
+    work is done. A new run replaces the files of the run OUT held (the database keeps every run). With
+    `options.resume` it continues the run OUT holds: `done` are the records that run already has.
 
-    def __init__(self, out_dir: Path, options: InspectOptions):
+    A record is durable in both stores or in neither, as far as a later `--resume` sees them: see `write`.
+    """
+
+    def __init__(self, out_dir: Path, options: InspectOptions, lock: OutputLock | None = None):
         self.out_dir = Path(out_dir)
         self.options = options
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        self.store, self.run_id = None, None
-        if options.database is not None:
-            self.store = ResultStore(options.database or f"sqlite:///{self.out_dir / 'aivd.sqlite'}")
-            self.run_id = self.store.start_run(options.command, options.config)
+        self._lock = lock or OutputLock(self.out_dir)
+        self.store = None
+        try:
+            self._open(options)
+        except BaseException:
+            if self.store is not None:
+                self.store.close()
+            self._lock.release()
+            raise
+
+    def _open(self, options: InspectOptions) -> None:
+        self.run_id, self.done, self.command = None, [], options.command
+        results = self.out_dir / "results.jsonl"
+        if options.resume:
+            if options.database is None:
+                raise ValueError("resuming a run needs its database")
+            marker = read_marker(self.out_dir)
+            self.store = ResultStore(resume_database(self.out_dir, marker, options.database))
+            run = self.store.run(marker.run_id)
+            self.run_id, self.command = run.id, run.command  # the report names the command that started the run
+            self.store.reopen_run(self.run_id)
+            self.done = self.store.records(self.run_id)
+            # The database is the record of what is done: results.jsonl is rewritten from it, which drops a line
+            # cut short by a kill and adds one whose write the kill prevented.
+            _write_lines(results, self.done)
+        else:
+            if options.database is not None:
+                self.store = ResultStore(database_url(self.out_dir, options.database))
+            clear_run_outputs(self.out_dir)
+            if self.store is not None:
+                self.run_id = self.store.start_run(options.command, options.config)
+                write_marker(self.out_dir, self.run_id, options.database)
+            _write_lines(results, [])
         if options.annotate:
             (self.out_dir / "annotated").mkdir(exist_ok=True)
         if options.deeppcb_results:
             (self.out_dir / "deeppcb").mkdir(exist_ok=True)
-        self._jsonl = open(self.out_dir / "results.jsonl", "w", encoding="utf-8")
-        self.records: list[InspectionRecord] = []
+        self._jsonl = open(results, "a", encoding="utf-8")
+        self.records: list[InspectionRecord] = list(self.done)
 
     def write(self, record: InspectionRecord, image=None, detections: Detections | None = None) -> None:
-        self._jsonl.write(json.dumps(record.model_dump(mode="json")) + "\n")
-        self.records.append(record)
+        """Write one record to every output.
+
+        The order makes a kill at any point safe. The annotated image and the official result file come first:
+        they are overwritten if the image is redone. The database commit is the moment the record exists; the
+        JSONL line follows it at once, so a kill can only leave the database one record ahead of results.jsonl,
+        never behind, and `--resume` rewrites results.jsonl from the database. Both survive the process being
+        killed once written (the kernel has them). Neither is synced to the disk per record (2.7 ms an fsync here,
+        against 1 ms for the commit): a power cut may lose the last records, each whole in the database, which a
+        resumed run redoes; SQLite syncs at its checkpoints and at the end, results.jsonl is synced in `finish`."""
+        if detections is not None:
+            if self.options.annotate and image is not None:
+                cv2.imwrite(str(self.out_dir / "annotated" / f"{record.image_id}.jpg"), draw_detections(image, detections))
+            if self.options.deeppcb_results:
+                (self.out_dir / "deeppcb" / f"{record.image_id}.txt").write_text(format_submission(detections))
+        line = json.dumps(record.model_dump(mode="json")) + "\n"
         if self.store is not None:
             self.store.add(self.run_id, record)
-        if detections is None:
-            return
-        if self.options.annotate and image is not None:
-            cv2.imwrite(str(self.out_dir / "annotated" / f"{record.image_id}.jpg"), draw_detections(image, detections))
-        if self.options.deeppcb_results:
-            (self.out_dir / "deeppcb" / f"{record.image_id}.txt").write_text(format_submission(detections))
+        self._jsonl.write(line)
+        self._jsonl.flush()
+        self.records.append(record)
 
     def finish(self, summary: InspectSummary) -> None:
+        """Close the run: results.jsonl on disk, the run's end and totals in the database, the report."""
+        os.fsync(self._jsonl.fileno())
         if self.store is not None:
-            self.store.finish_run(self.run_id, asdict(summary))
+            self.store.finish_run(self.run_id, asdict(summary), "interrupted" if summary.interrupted else "finished")
         if self.options.report:
             write_inspection_report(
-                self.out_dir, self.records, extra={"command": self.options.command} if self.options.command else None,
+                self.out_dir, self.records, extra={"command": self.command} if self.command else None,
                 image_loader=annotated_image_loader(self.out_dir),
             )
 
     def close(self) -> None:
-        self._jsonl.close()
-        if self.store is not None:
-            self.store.close()
+        try:
+            self._jsonl.close()
+            if self.store is not None:
+                self.store.close()
+        finally:
+            self._lock.release()
+
+
+def _write_lines(path: Path, records: list[InspectionRecord]) -> None:
+    """Replace `path` with one JSON line per record, atomically: a reader sees the old file or the new one."""
+    staged = path.with_name(path.name + ".tmp")
+    with open(staged, "w", encoding="utf-8") as file:
+        file.writelines(json.dumps(record.model_dump(mode="json")) + "\n" for record in records)
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(staged, path)
 
 
 def _load(task: InspectionTask, limits: ImageLimits):
@@ -178,31 +262,28 @@ def inspect_tasks(
     out: Path | ResultWriter,
     options: InspectOptions = InspectOptions(),
     on_result: Callable[[InspectionRecord], None] | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
 ) -> InspectSummary:
     """Inspect every task, write one record per task, and never stop on a bad input. `out` is the output
-    folder, or a `ResultWriter` already opened on one (to report a bad database before starting)."""
+    folder, or a `ResultWriter` already opened on one (to report a bad database before starting). When resuming,
+    the tasks whose image the run has done are skipped. Once `should_stop()` is true no new image is started: the
+    images in hand are finished and written and the run is closed as interrupted."""
     if not isinstance(pipeline, EdgeCloudPipeline):
         pipeline = EdgeCloudPipeline(pipeline)
     summary = InspectSummary()
     writer = out if isinstance(out, ResultWriter) else ResultWriter(out, options)
+    for record in writer.done:
+        summary.count(record)
+    summary.resumed = summary.images
+    done_ids = {record.image_id for record in writer.done}
+    tasks = [task for task in tasks if task.image_id not in done_ids]
     started = time.perf_counter()
 
     def finish(task: InspectionTask, loaded, outcome) -> None:
         outcome = outcome.result()
         record = _record(task, loaded[3], pipeline, outcome)
-        summary.images += 1
-        if isinstance(outcome, ImageError):
-            summary.failed += 1
-            detections = None
-        else:
-            detections = outcome.detections
-            summary.ok += 1
-            summary.defects += len(detections)
-            summary.rejected += len(record.rejected)
-            summary.cloud_failed += record.cloud_error is not None
-            summary.bytes_to_cloud += record.bytes_to_cloud
-            summary.bytes_from_cloud += record.bytes_from_cloud
-        writer.write(record, loaded[0], detections)
+        summary.count(record)
+        writer.write(record, loaded[0], None if isinstance(outcome, ImageError) else outcome.detections)
         if on_result:
             on_result(record)
 
@@ -212,6 +293,9 @@ def inspect_tasks(
         with ThreadPoolExecutor(max_workers=1) as cloud:
             in_flight: deque = deque()
             for task, loaded in _prefetched(tasks, options):
+                if should_stop():
+                    summary.interrupted = True
+                    break
                 in_flight.append((task, loaded, cloud.submit(_complete, pipeline, task, _start(task, loaded, pipeline))))
                 if len(in_flight) > CLOUD_IN_FLIGHT:
                     finish(*in_flight.popleft())

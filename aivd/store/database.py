@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from sqlalchemy import (
@@ -25,8 +26,11 @@ from sqlalchemy import (
     Table,
     Text,
     create_engine,
+    event,
     func,
+    inspect,
     select,
+    text,
     update,
 )
 from sqlalchemy.exc import SQLAlchemyError
@@ -41,6 +45,7 @@ runs = Table(
     Column("id", Integer, primary_key=True),
     Column("started_at", DateTime(timezone=True), nullable=False),
     Column("finished_at", DateTime(timezone=True)),  # null: the run stopped before finish_run
+    Column("status", String(16)),  # running, finished or interrupted (null in databases older than the column)
     Column("command", Text, nullable=False),
     Column("config", Text, nullable=False),
     Column("images", Integer),
@@ -97,6 +102,7 @@ timings = Table(
 _IMAGE_FIELDS = ("image_id", "image", "template", "status", "error", "detector", "analyzer", "cloud_error", "bytes_to_cloud", "bytes_from_cloud")
 _DEFECT_FIELDS = ("defect_type", "confidence", "source", "edge_type", "edge_confidence", "severity", "description", "recommended_action")
 _SUMMARY_FIELDS = ("images", "ok", "failed", "defects")
+RUN_STATUSES = ("running", "finished", "interrupted")
 
 
 class StoreError(RuntimeError):
@@ -105,6 +111,26 @@ class StoreError(RuntimeError):
 
 def _now() -> datetime:
     return datetime.now(timezone.utc)
+
+
+@dataclass(frozen=True)
+class StoredRun:
+    id: int
+    command: str
+    config: dict
+    status: str | None
+    finished_at: datetime | None
+    images: int | None  # the images the run recorded when it was last finished or interrupted
+
+
+def _sqlite_settings(dbapi_connection, _connection_record) -> None:
+    """WAL with synchronous=NORMAL: a commit is a write to the log, no fsync (0.03 ms per record measured here,
+    against 2.7 ms with synchronous=FULL), and it survives the process being killed; only a power cut or an OS
+    crash can lose the last commits, each whole, and a resumed run redoes those images."""
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
 
 
 def _defect_row(defect: DefectRecord, rejected: bool) -> dict:
@@ -130,19 +156,19 @@ def _defect_record(row) -> DefectRecord:
 class ResultStore:
     """Appends inspection runs to the database at a SQLAlchemy URL, e.g. `sqlite:///out/aivd.sqlite`.
 
-    `add` buffers records and writes them `batch_size` at a time in one transaction, because a commit per
-    image (an fsync on SQLite, a round trip on a server) would cost more than the inspection of a small image.
-    `close` writes what is buffered, also when a run ends in an exception. Not thread-safe: add from one thread.
+    Each `add` is one transaction: once it returns, the record is in the database whole, and a killed process
+    never leaves part of one. Not thread-safe: add from one thread.
     """
 
-    def __init__(self, url: str, batch_size: int = 64):
-        self.batch_size = batch_size
-        self._pending: list[tuple[int, InspectionRecord]] = []
+    def __init__(self, url: str):
         self._closed = False
         self.url = redact_url(url)  # for messages, which are printed and may be logged: no password
         with self._errors("open"):
             self._engine = create_engine(url)
+            if self._engine.dialect.name == "sqlite":
+                event.listen(self._engine, "connect", _sqlite_settings)
             metadata.create_all(self._engine)  # the first connection: an unwritable file or unreachable server fails here
+            self._add_missing_run_columns()
 
     @contextmanager
     def _errors(self, action: str) -> Iterator[None]:
@@ -161,59 +187,64 @@ class ResultStore:
     def __exit__(self, *exc_info) -> None:
         self.close()
 
+    def _add_missing_run_columns(self) -> None:
+        """A database written by an older aivd lacks the newer columns of `runs`; create_all adds no columns."""
+        with self._engine.begin() as connection:
+            present = {column["name"] for column in inspect(connection).get_columns("runs")}
+            for column in runs.columns:
+                if column.name not in present:
+                    kind = column.type.compile(self._engine.dialect)
+                    connection.execute(text(f"ALTER TABLE runs ADD COLUMN {column.name} {kind}"))
+
     def start_run(self, command: str, config: dict) -> int:
         """A new run's id; `config` is stored as JSON, with values JSON lacks (paths) as their text."""
         with self._errors("write"), self._engine.begin() as connection:
-            result = connection.execute(runs.insert().values(started_at=_now(), command=command, config=json.dumps(config, default=str)))
+            result = connection.execute(runs.insert().values(
+                started_at=_now(), status="running", command=command, config=json.dumps(config, default=str)))
             return result.inserted_primary_key[0]
 
-    def add(self, run_id: int, record: InspectionRecord) -> None:
-        self._pending.append((run_id, record))
-        if len(self._pending) >= self.batch_size:
-            self.flush()
+    def run(self, run_id: int) -> StoredRun:
+        """Run `run_id` as stored; StoreError when the database has no such run."""
+        with self._errors("read"), self._engine.connect() as connection:
+            row = connection.execute(select(runs).where(runs.c.id == run_id)).one_or_none()
+        if row is None:
+            raise StoreError(f"the result database {self.url} has no run {run_id}")
+        return StoredRun(row.id, row.command, json.loads(row.config), row.status, row.finished_at, row.images)
 
-    def flush(self) -> None:
-        """Write the buffered records in one transaction."""
-        pending, self._pending = self._pending, []
-        if not pending:
-            return
-        image_rows = [{"run_id": run_id, **{name: getattr(record, name) for name in _IMAGE_FIELDS}} for run_id, record in pending]
+    def reopen_run(self, run_id: int) -> None:
+        """Mark a stopped run as running again, to go on adding records to it."""
         with self._errors("write"), self._engine.begin() as connection:
-            if self._engine.dialect.insert_executemany_returning_sort_by_parameter_order:
-                # The new row ids in the order of the rows: on a server (PostgreSQL) one round trip per batch, not per image.
-                inserted = connection.execute(images.insert().returning(images.c.id, sort_by_parameter_order=True), image_rows)
-                row_ids = inserted.scalars().all()
-            else:  # databases without RETURNING (MySQL): an insert per image to learn its id
-                row_ids = [connection.execute(images.insert(), row).inserted_primary_key[0] for row in image_rows]
-            defect_rows, timing_rows = [], []
-            for row_id, (_, record) in zip(row_ids, pending):
-                defect_rows += [{"image_row_id": row_id, **_defect_row(d, rejected=False)} for d in record.defects]
-                defect_rows += [{"image_row_id": row_id, **_defect_row(d, rejected=True)} for d in record.rejected]
-                timing_rows += [{"image_row_id": row_id, "stage": stage, "ms": ms} for stage, ms in record.timings_ms.items()]
+            connection.execute(update(runs).where(runs.c.id == run_id).values(status="running", finished_at=None))
+
+    def add(self, run_id: int, record: InspectionRecord) -> None:
+        """Write one record (its image, defects and timings) in one transaction."""
+        image_row = {"run_id": run_id, **{name: getattr(record, name) for name in _IMAGE_FIELDS}}
+        with self._errors("write"), self._engine.begin() as connection:
+            row_id = connection.execute(images.insert(), image_row).inserted_primary_key[0]
+            defect_rows = [{"image_row_id": row_id, **_defect_row(d, rejected=False)} for d in record.defects]
+            defect_rows += [{"image_row_id": row_id, **_defect_row(d, rejected=True)} for d in record.rejected]
+            timing_rows = [{"image_row_id": row_id, "stage": stage, "ms": ms} for stage, ms in record.timings_ms.items()]
             if defect_rows:
                 connection.execute(defects.insert(), defect_rows)
             if timing_rows:
                 connection.execute(timings.insert(), timing_rows)
 
-    def finish_run(self, run_id: int, summary: dict) -> None:
-        """Write what is buffered and record the run's end and its totals (images, ok, failed, defects in `summary`)."""
-        self.flush()
+    def finish_run(self, run_id: int, summary: dict, status: str = "finished") -> None:
+        """Record the run's end, how it ended (finished or interrupted) and its totals (images, ok, failed, defects
+        in `summary`)."""
+        if status not in RUN_STATUSES:
+            raise ValueError(f"unknown run status {status!r}")
         totals = {name: summary[name] for name in _SUMMARY_FIELDS if name in summary}
         with self._errors("write"), self._engine.begin() as connection:
-            connection.execute(update(runs).where(runs.c.id == run_id).values(finished_at=_now(), **totals))
+            connection.execute(update(runs).where(runs.c.id == run_id).values(finished_at=_now(), status=status, **totals))
 
     def close(self) -> None:
-        if self._closed:
-            return
-        try:
-            self.flush()
-        finally:
+        if not self._closed:
             self._closed = True
             self._engine.dispose()
 
     def defect_counts(self, run_id: int) -> dict[str, int]:
         """Reported defects (not the rejected candidates) of a run per class, most frequent first."""
-        self.flush()
         count = func.count().label("count")
         query = (
             select(defects.c.defect_type, count)
@@ -227,7 +258,6 @@ class ResultStore:
 
     def records(self, run_id: int) -> list[InspectionRecord]:
         """A run's records as they were added, in the order they were added."""
-        self.flush()
         in_run = images.c.run_id == run_id
         with self._errors("read"), self._engine.connect() as connection:
             image_rows = connection.execute(select(images).where(in_run).order_by(images.c.id)).all()
