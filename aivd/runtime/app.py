@@ -29,8 +29,11 @@ from aivd.pipeline.records import InspectionRecord
 from aivd.runtime import telemetry
 from aivd.runtime.config import RAY_DEFAULT_ROUTER, ClusterConfig, EdgeNodeClass
 from aivd.runtime.emulation import EmulatedNode
+from aivd.serving.body_limit import BodyLimit
 
-MAX_UPLOAD_BYTES = 32 * 1024 * 1024
+MAX_UPLOAD_BYTES = 32 * 1024 * 1024  # one image or template
+MAX_REQUEST_BYTES = 64 * 1024 * 1024  # one request, counted while it is received (see BodyLimit)
+MAX_BATCH_IMAGES = 32
 NODE_CLASS_RESOURCE = "aivd_class_"  # a Ray node offering aivd_class_<name> hosts edge replicas of that class
 
 
@@ -156,6 +159,8 @@ api = FastAPI(
     description="Inspect images on the aivd cluster: each image goes to the edge node the scheduling policy picks, "
                 "its candidate regions to the cloud analyzer; the answer is the image's inspection record.",
 )
+# The limit holds while the body streams in: Starlette would otherwise spool the whole upload before any check.
+api.add_middleware(BodyLimit, max_body_bytes=MAX_REQUEST_BYTES, advice="send fewer or smaller images per request")
 
 
 @serve.deployment(name="ingress")
@@ -189,7 +194,8 @@ class Ingress:
     def _failed(name: str, image_id: str, reason: str) -> InspectionRecord:
         return InspectionRecord(image=name, image_id=image_id, template=None, status="error", error=reason)
 
-    @api.post("/v1/inspect", response_model=InspectionRecord, summary="Inspect one image (and its template)")
+    @api.post("/v1/inspect", response_model=InspectionRecord, summary="Inspect one image (and its template)",
+              responses={413: {"description": f"a file over {MAX_UPLOAD_BYTES} bytes or the request over {MAX_REQUEST_BYTES}"}})
     async def inspect(self, image: UploadFile = File(..., description="the image: JPEG, PNG, BMP or TIFF"),
                       template: UploadFile | None = File(None, description="its aligned defect-free template"),
                       image_id: str | None = Form(None, description="default: the file name without extension")):
@@ -198,17 +204,26 @@ class Ingress:
         template_name = template.filename if template is not None else None
         return await self._inspect(data, reference, name, image_id or name.rsplit(".", 1)[0], template_name)
 
-    @api.post("/v1/inspect/batch", response_model=list[InspectionRecord], summary="Inspect several images at once")
-    async def inspect_batch(self, images: list[UploadFile] = File(...), templates: list[UploadFile] | None = File(None)):
+    @api.post("/v1/inspect/batch", response_model=list[InspectionRecord], summary="Inspect several images at once",
+              responses={413: {"description": f"the request is over {MAX_REQUEST_BYTES} bytes or a file over {MAX_UPLOAD_BYTES}"},
+                         422: {"description": f"more than {MAX_BATCH_IMAGES} images, or templates not one per image"}})
+    async def inspect_batch(self, images: list[UploadFile] = File(..., description=f"at most {MAX_BATCH_IMAGES} images"),
+                            templates: list[UploadFile] | None = File(None, description="one aligned template per image, or none")):
+        if len(images) > MAX_BATCH_IMAGES:
+            raise HTTPException(422, f"{len(images)} images in one request; the limit is {MAX_BATCH_IMAGES}")
         if templates and len(templates) != len(images):
             raise HTTPException(422, f"{len(images)} images but {len(templates)} templates; send one template per image or none")
+        # Each image is read only when it can be dispatched: at most as many in memory as the edge can work on.
+        in_flight = asyncio.Semaphore(self.config.edge_replicas * self.config.max_ongoing_requests)
+
+        async def one(index: int, image: UploadFile, template: UploadFile | None) -> InspectionRecord:
+            async with in_flight:
+                name = image.filename or f"image-{index}"
+                return await self._inspect(await self._upload(image), await self._upload(template), name,
+                                           name.rsplit(".", 1)[0], template.filename if template is not None else None)
+
         pairs = zip(images, templates or [None] * len(images))
-        jobs = []
-        for index, (image, template) in enumerate(pairs):
-            name = image.filename or f"image-{index}"
-            jobs.append(self._inspect(await self._upload(image), await self._upload(template), name, name.rsplit(".", 1)[0],
-                                      template.filename if template is not None else None))
-        return list(await asyncio.gather(*jobs))
+        return list(await asyncio.gather(*(one(index, image, template) for index, (image, template) in enumerate(pairs))))
 
     @api.get("/healthz")
     def healthz(self) -> dict:
