@@ -1,14 +1,65 @@
 import os
+import threading
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+import uvicorn
+from hypothesis import HealthCheck, given, settings
+from schemathesis import GenerationMode
+from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from aivd.core import DEEPPCB_CLASSES, Detections
 from aivd.data.deeppcb import default_root
+from aivd.serving.server import ServerSettings, server_config
 
 SAMPLES = Path(__file__).resolve().parents[1] / "aivd" / "data" / "samples" / "deeppcb"
+
+
+@contextmanager
+def serving(app, settings: ServerSettings = ServerSettings()):
+    """The app under a real uvicorn, as `aivd serve cloud` runs it, on a free port of 127.0.0.1; yields its base URL."""
+    server = uvicorn.Server(server_config(app, "127.0.0.1", 0, settings, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+# No schema can say "a valid PNG", so a request the schema allows may still be refused (422): every other check
+# (no 5xx, documented status codes, content types and bodies) applies.
+UNEXPRESSIBLE = [positive_data_acceptance]
+FUZZ = settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+
+
+def fuzz(schema) -> list[str]:
+    """Fuzzes an HTTP API with schemathesis from its OpenAPI document against the real server: no 5xx, and every
+    answer (status code, content type, body) as the document says; fixed seed, bounded examples. Runs every operation of `schema` with valid and invalid data; returns their names. Hypothesis raises the first failure, shrunk."""
+    names = []
+    for result in schema.get_all_operations():
+        operation = result.ok()
+        # Without a body or parameters there is nothing to make invalid.
+        inputs = len(operation.body) + len(operation.query) + len(operation.path_parameters)
+        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)[: 2 if inputs else 1]:
+
+            @FUZZ
+            @given(case=operation.as_strategy(generation_mode=mode))
+            def call(case):
+                case.call_and_validate(excluded_checks=UNEXPRESSIBLE)
+
+            call()
+        names.append(f"{operation.method.upper()} {operation.path}")
+    return names
 
 
 def dets(boxes, scores=None, classes=None) -> Detections:

@@ -7,14 +7,12 @@ import subprocess
 import sys
 import threading
 import time
-from contextlib import contextmanager
 
 import cv2
 import httpx
 import numpy as np
 import pytest
-import uvicorn
-from conftest import SAMPLES
+from conftest import SAMPLES, serving
 from prometheus_client.parser import text_string_to_metric_families
 from typer.testing import CliRunner
 
@@ -28,26 +26,9 @@ from aivd.cloud.wire import AnalyzeRequest, decode_region, encode_region
 from aivd.core import cut_regions
 from aivd.data.deeppcb import read_annotation
 from aivd.data.images import read_pair
-from aivd.serving.server import ServerSettings, server_config
+from aivd.serving.server import ServerSettings
 
 LIMITS = ServiceLimits(max_body_bytes=256 * 1024, max_regions=40, max_crop_side=256)
-
-
-@contextmanager
-def serving(app, settings: ServerSettings = ServerSettings()):
-    """The app under a real uvicorn, as `aivd serve cloud` runs it, on a free port of 127.0.0.1; yields its base URL."""
-    server = uvicorn.Server(server_config(app, "127.0.0.1", 0, settings, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
 
 
 class Failing:
@@ -427,3 +408,18 @@ def test_a_stalled_request_is_cut_off_and_health_answers_beside_idle_connections
         assert time.monotonic() - started < 3
         for connection in [slowloris, *idle]:
             connection.close()
+
+
+@pytest.mark.integration
+def test_bench_service_abuse_runs_every_phase_against_the_real_server():
+    result = subprocess.run([sys.executable, "-m", "aivd.cli.main", "bench", "service-abuse", "--seconds", "1",
+                             "--idle-connections", "50"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    import json
+
+    report = json.loads(result.stdout)
+    assert set(report["with_hostile_512"]["statuses"]["hostile"]) == {"422"}  # over the pixel budget, refused unread
+    for phase in ("edge_alone", "with_hostile_512", "with_hostile_budget"):
+        assert set(report[phase]["statuses"]["edge"]) == {"200"} and report[phase]["requests"] > 0
+    assert report["healthz_with_idle"]["idle_connections"] == 50
+    assert set(report["healthz_with_idle"]["statuses"]["healthz"]) == {"200"}

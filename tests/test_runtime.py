@@ -176,6 +176,7 @@ def test_cluster_inspects_over_http_survives_a_killed_node_and_swaps_models(ray_
     import httpx
 
     from aivd.edge.detector import BUILTIN_MODEL
+    from aivd.runtime.app import MAX_BATCH_IMAGES, MAX_REQUEST_BYTES
     from aivd.runtime.cluster import deploy
     from aivd.store.model_versions import ModelStore
 
@@ -216,6 +217,20 @@ def test_cluster_inspects_over_http_survives_a_killed_node_and_swaps_models(ray_
     refused = httpx.post(f"{url}/v1/inspect/batch", files=files[:3], timeout=60)
     assert refused.status_code == 422 and "2 images but 1 templates" in refused.json()["detail"]
 
+    # Limits hold before the uploads are read: the count of images, and the bytes while they stream in.
+    many = [("images", (f"{i}.jpg", b"x")) for i in range(MAX_BATCH_IMAGES + 1)]
+    too_many = httpx.post(f"{url}/v1/inspect/batch", files=many, timeout=60)
+    assert too_many.status_code == 422 and too_many.json()["detail"] == f"{MAX_BATCH_IMAGES + 1} images in one request; the limit is {MAX_BATCH_IMAGES}"
+
+    def endless():  # no Content-Length: only counting the streamed bytes can stop it
+        yield b"--b\r\nContent-Disposition: form-data; name=\"images\"; filename=\"x.jpg\"\r\n\r\n"
+        while True:
+            yield b"\0" * (1 << 20)
+
+    huge = httpx.post(f"{url}/v1/inspect/batch", content=endless(), timeout=60,
+                      headers={"content-type": "multipart/form-data; boundary=b"})
+    assert huge.status_code == 413 and f"over the limit of {MAX_REQUEST_BYTES} bytes" in huge.json()["detail"]
+
     # Kill one edge node while 48 requests are in flight or queued; every one must still complete.
     stems = ["00041200", "13000198", "20085291"] * 16
     with ThreadPoolExecutor(6) as pool:
@@ -250,6 +265,22 @@ def test_cluster_inspects_over_http_survives_a_killed_node_and_swaps_models(ray_
     with ThreadPoolExecutor(4) as pool:
         after = list(pool.map(lambda stem: inspect(url, stem), stems[:12]))
     assert {r.json()["detector"] for r in after} == {f"builtin:deeppcb_centernet@{second}"}
+
+
+@pytest.mark.integration
+def test_cluster_api_answers_as_its_openapi_document_says(ray_cluster):
+    import schemathesis
+    from conftest import fuzz
+
+    from aivd.runtime.cluster import deploy
+
+    config = ClusterConfig.model_validate({
+        "edge": [{"name": "fast", "replicas": 1}], "port": free_port(), "edge_resources": {"aivd_edge": 1},
+        "cloud_resources": {"aivd_head": 0.01}, "ingress_resources": {"aivd_head": 0.01},
+    })
+    url = deploy(config)
+    operations = fuzz(schemathesis.openapi.from_url(f"{url}/openapi.json"))
+    assert operations == ["POST /v1/inspect", "POST /v1/inspect/batch", "GET /healthz", "GET /v1/router"]
 
 
 @pytest.mark.integration
