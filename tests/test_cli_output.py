@@ -52,3 +52,15 @@ def test_hostile_files_are_one_error_record_each(tmp_path):
     records = {json.loads(line)["image_id"]: json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()}
     assert records["good"]["status"] == "ok"
     assert "not a regular file" in records["fifo"]["error"] and "not a regular file" in records["zero"]["error"]
+
+
+@pytest.mark.integration
+def test_bench_hostile_inputs_writes_a_row_for_each_and_exits_1():
+    from aivd.bench.hostile_inputs import bench_hostile_inputs
+
+    report = bench_hostile_inputs(timeout_s=240)
+    assert report["rows"] == report["inputs"] == 7 and report["ok"] == 3
+    assert report["exit_code"] == 1 and not report["traceback"] and not report["timed_out"]
+    reasons = sorted(report["errors"].values())
+    assert [r.split(" (")[0] for r in reasons] == [
+        "not a decodable image", "not a regular file", "not a regular file", "unsupported size"]

@@ -983,6 +983,33 @@ def bench_crops_command(
     print(json.dumps({"split": split, **result}))
 
 
+@bench_app.command("hostile-inputs")
+def bench_hostile_inputs_command(
+    timeout: float = typer.Option(300.0, min=1.0, help="Seconds the inspect run may take before it counts as hung."),
+) -> None:
+    """`aivd inspect --edge-only` over hostile files (a FIFO, /dev/zero, a PNG bomb, markup and newlines in names):
+    rows written, exit code, traceback or not, wall time and peak memory."""
+    from aivd.bench.hostile_inputs import bench_hostile_inputs
+
+    print(json.dumps(bench_hostile_inputs(timeout)))
+
+
+@bench_app.command("service-abuse")
+def bench_service_abuse_command(
+    seconds: float = typer.Option(20.0, min=1.0, help="Seconds per phase."),
+    idle_connections: int = typer.Option(1100, min=0, help="Idle connections held open while /healthz is measured."),
+) -> None:
+    """A normal edge client's latency at the real cloud service while a hostile client floods it, and /healthz
+    beside idle connections (locust)."""
+    from aivd.bench.service_abuse import bench_service_abuse
+
+    try:
+        report = bench_service_abuse(seconds, idle_connections)
+    except RuntimeError as error:
+        raise fail(str(error)) from None
+    print(json.dumps(report))
+
+
 def main() -> None:
     app()
 
