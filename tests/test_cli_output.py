@@ -64,3 +64,17 @@ def test_bench_hostile_inputs_writes_a_row_for_each_and_exits_1():
     reasons = sorted(report["errors"].values())
     assert [r.split(" (")[0] for r in reasons] == [
         "not a decodable image", "not a regular file", "not a regular file", "unsupported size"]
+
+
+def test_an_aivd_error_no_command_caught_is_one_line_and_exit_2(monkeypatch, capsys):
+    from aivd.cli import main as cli
+    from aivd.data.dataset import DatasetError
+
+    def broken():
+        raise DatasetError("data.yaml: names is missing")
+
+    monkeypatch.setattr(cli, "app", broken)
+    with pytest.raises(SystemExit) as stopped:
+        cli.main()
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err.strip() == "error: data.yaml: names is missing"

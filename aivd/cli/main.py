@@ -24,6 +24,7 @@ from aivd.cli.models import models_app
 from aivd.cli.serve import serve_app
 from aivd.cli.simulate import simulate_app
 from aivd.cli.ui import console, error_line, fail, progress_bar, shown
+from aivd.core.errors import AivdError
 from aivd.core.redaction import MASK, redact_command, redact_url
 from aivd.core.regions import PIXELS_PER_MM_RANGE
 from aivd.pipeline.inputs import TemplateMode
@@ -1011,7 +1012,11 @@ def bench_service_abuse_command(
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except AivdError as error:  # a user-facing error no command turned into its own line: still one line, no traceback
+        error_line(str(error))
+        sys.exit(2)
 
 
 if __name__ == "__main__":

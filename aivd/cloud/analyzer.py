@@ -7,9 +7,10 @@ from typing import Protocol
 
 from aivd.cloud.schema import DefectAnalysis
 from aivd.core import Region
+from aivd.core.errors import AivdError
 
 
-class AnalyzerError(RuntimeError):
+class AnalyzerError(AivdError, RuntimeError):
     """A backend could not analyse a batch (unreachable service, invalid answer); the message says why."""
 
 

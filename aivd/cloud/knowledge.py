@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from aivd.cloud.schema import DefectAnalysis, Measurements, Severity
+from aivd.core.errors import AivdError
 from aivd.data.yaml_files import first_problem, read_yaml_mapping
 
 DEFAULT_KNOWLEDGE = Path(__file__).parent / "knowledge" / "deeppcb.yaml"
@@ -16,7 +17,7 @@ Comparison = Literal[">=", "<"]
 Condition = dict[str, bool | float | dict[Comparison, float]]
 
 
-class KnowledgeError(ValueError):
+class KnowledgeError(AivdError, ValueError):
     """A knowledge-base file that cannot be used; the message names the file and the problem."""
 
 

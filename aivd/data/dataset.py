@@ -18,6 +18,7 @@ from typing import ClassVar, NamedTuple
 import numpy as np
 
 from aivd.core import Detections, LabelMap
+from aivd.core.errors import AivdError
 from aivd.data.images import ImageError, read_image_size
 from aivd.data.templates import image_id_of
 
@@ -27,7 +28,7 @@ PIXEL_TOLERANCE = 1.0
 NORMALISED_TOLERANCE = 1e-3
 
 
-class DatasetError(ValueError):
+class DatasetError(AivdError, ValueError):
     """A data set that cannot be read as laid out; the message says which file and why."""
 
 

@@ -17,13 +17,15 @@ import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from aivd.core.errors import AivdError
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 
 # OpenCV prints its own multi-line decoder errors to stderr; we report one clear line per file instead.
 cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 
 
-class ImageError(ValueError):
+class ImageError(AivdError, ValueError):
     """An input image that cannot be inspected; str() is a one-line, user-facing reason."""
 
     def __init__(self, path: str | Path, reason: str):

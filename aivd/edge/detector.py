@@ -20,6 +20,7 @@ import numpy as np
 import onnxruntime as ort
 
 from aivd.core import Detections, LabelMap
+from aivd.core.errors import AivdError
 from aivd.edge import centernet
 from aivd.edge.crops import crop_windows
 
@@ -28,7 +29,7 @@ BUILTIN_OUTPUTS = ("peaks", "class_probs", "sizes", "offsets")
 BUILTIN_TILE_SIZE = 640  # the built-in model is trained on DeepPCB's 640 x 640 images; larger ones are tiled
 
 
-class ModelError(ValueError):
+class ModelError(AivdError, ValueError):
     """A model file that cannot be used; the message names the file and why."""
 
 

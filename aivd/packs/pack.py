@@ -28,6 +28,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from aivd.core import Detections, LabelMap
+from aivd.core.errors import AivdError
 from aivd.core.regions import PIXELS_PER_MM_RANGE
 from aivd.data.yaml_files import first_problem, read_yaml_mapping
 from aivd.edge.detector import BUILTIN_MODEL, TemplateDetector
@@ -37,7 +38,7 @@ PACK_FORMAT = 1
 BUILTIN_TEMPLATE_FREE = BUILTIN_MODEL.with_name("deeppcb_image_only.onnx")
 
 
-class PackError(ValueError):
+class PackError(AivdError, ValueError):
     """A pack that cannot be used; the message names the folder or file and why."""
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
 
+from aivd.core.errors import AivdError
 from aivd.core.redaction import MASK, redact_url
 
 LOCK_FILE = ".lock"
@@ -25,11 +26,11 @@ DEFAULT_DATABASE_FILE = "aivd.sqlite"
 RUN_OUTPUTS = ("annotated/*.jpg", "deeppcb/*.txt", "report.html")
 
 
-class OutputBusy(RuntimeError):
+class OutputBusy(AivdError, RuntimeError):
     """Another run holds the output folder."""
 
 
-class ResumeError(RuntimeError):
+class ResumeError(AivdError, RuntimeError):
     """The output folder holds no run that can be resumed as asked."""
 
 

@@ -11,6 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from aivd.core.errors import AivdError
 from aivd.core.regions import PIXELS_PER_MM_RANGE
 from aivd.data.yaml_files import read_yaml_mapping
 from aivd.scheduling import POLICIES, AivdConfig
@@ -20,7 +21,7 @@ from aivd.sim.scenarios import LinkProfile
 RAY_DEFAULT_ROUTER = "ray"
 
 
-class ConfigError(ValueError):
+class ConfigError(AivdError, ValueError):
     pass
 
 

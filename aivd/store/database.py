@@ -35,6 +35,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import SQLAlchemyError
 
+from aivd.core.errors import AivdError
 from aivd.core.redaction import redact_url
 from aivd.pipeline.records import DefectRecord, InspectionRecord
 
@@ -105,7 +106,7 @@ _SUMMARY_FIELDS = ("images", "ok", "failed", "defects")
 RUN_STATUSES = ("running", "finished", "interrupted")
 
 
-class StoreError(RuntimeError):
+class StoreError(AivdError, RuntimeError):
     """The result database cannot be opened or written."""
 
 

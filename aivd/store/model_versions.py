@@ -29,6 +29,8 @@ import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
+from aivd.core.errors import AivdError
+
 VERSION_NAME = re.compile(r"v[0-9]{4,}")
 STAGING_PREFIX = ".staging-"
 # A staging folder untouched this long belongs to a publisher that died; a live one adds a file at least every
@@ -36,7 +38,7 @@ STAGING_PREFIX = ".staging-"
 STALE_STAGING_S = 24 * 3600
 
 
-class ModelStoreError(ValueError):
+class ModelStoreError(AivdError, ValueError):
     """A version that does not exist, cannot be published or would reach outside the store; the message says
     which and why."""
 

@@ -16,8 +16,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from aivd.core.errors import AivdError
 
-class WeightImportError(ValueError):
+
+class WeightImportError(AivdError, ValueError):
     """An ONNX file whose weights do not fit the network; the message says where they differ."""
 
 

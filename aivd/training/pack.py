@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from aivd.core.errors import AivdError
 from aivd.data.dataset import DataSplit
 from aivd.training.held_out import DeepPCBScoring, DetectionScoring, HeldOutScoring
 
@@ -35,7 +36,7 @@ DEFAULT_BUDGET_MIN = 90.0
 TARGET_INPUT_SIDE = 320  # network-input pixels of a typical image: DeepPCB's 640 px at scale 0.5
 
 
-class PackTrainingError(ValueError):
+class PackTrainingError(AivdError, ValueError):
     """A data set a pack cannot be trained on; the message says why."""
 
 

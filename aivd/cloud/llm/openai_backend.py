@@ -39,6 +39,7 @@ from aivd.cloud.llm.prompts import (
 from aivd.cloud.measure import measure
 from aivd.cloud.schema import DefectAnalysis, analysis_json_schema
 from aivd.core import Region
+from aivd.core.errors import AivdError
 from aivd.core.redaction import redact_url
 from aivd.data.yaml_files import first_problem, read_yaml_mapping
 
@@ -55,7 +56,7 @@ SCHEMA_NAME = "defect_analysis"
 FAILURES_SHOWN = 3  # a batch error quotes this many regions' failures and counts the rest
 
 
-class ConfigError(ValueError):
+class ConfigError(AivdError, ValueError):
     """An LLM backend configuration that cannot be used; the message names the field and the problem."""
 
 

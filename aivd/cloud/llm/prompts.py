@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 from aivd.cloud.knowledge import DEFAULT_KNOWLEDGE, KnowledgeBase
 from aivd.cloud.schema import LLM_FIELDS, DefectAnalysis, analysis_json_schema
 from aivd.core import Region
+from aivd.core.errors import AivdError
 from aivd.data.yaml_files import first_problem, read_yaml_mapping
 
 PROMPTS_DIR = Path(__file__).parent / "prompts"
@@ -42,11 +43,11 @@ USER_FIELDS = SYSTEM_FIELDS | {"classes", "class_names", "images", "has_template
 EXCERPT_CHARS = 120
 
 
-class PromptError(ValueError):
+class PromptError(AivdError, ValueError):
     """A prompt file or version that cannot be used; the message names it and the problem."""
 
 
-class AnswerError(ValueError):
+class AnswerError(AivdError, ValueError):
     """A model's answer that is not a valid `DefectAnalysis`; the message says why and quotes its start."""
 
 
