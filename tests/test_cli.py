@@ -12,7 +12,7 @@ import zipfile
 import pytest
 from conftest import SAMPLES
 
-from aivd.pipeline.records import InspectionRecord
+from aivd.schema.records import InspectionRecord
 
 pytestmark = pytest.mark.integration
 SUBMISSION_LINE = re.compile(r"^\d+,\d+,\d+,\d+,\d+\.\d+,(open|short|mousebite|spur|copper|pin-hole)$")

@@ -11,12 +11,12 @@ from conftest import SAMPLES, dets
 from aivd.cloud.builtin import BuiltinAnalyzer
 from aivd.cloud.knowledge import KnowledgeBase, KnowledgeError
 from aivd.cloud.measure import measure
-from aivd.cloud.schema import Measurements, Severity, analysis_json_schema
 from aivd.core import Region, cut_regions
 from aivd.data.deeppcb import read_annotation
 from aivd.data.images import read_pair
 from aivd.edge.detector import load_detector
 from aivd.pipeline.engine import EdgeCloudPipeline
+from aivd.schema.analysis import Measurements, Severity, analysis_json_schema
 
 
 def board(*bars) -> np.ndarray:

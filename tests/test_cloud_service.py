@@ -20,12 +20,12 @@ from aivd.cli.main import app as aivd_app
 from aivd.cloud.analyzer import AnalyzerError
 from aivd.cloud.builtin import BuiltinAnalyzer
 from aivd.cloud.http_client import HttpAnalyzer
-from aivd.cloud.schema import DefectAnalysis
 from aivd.cloud.service import ServiceLimits, create_app
-from aivd.cloud.wire import AnalyzeRequest, decode_region, encode_region
 from aivd.core import cut_regions
 from aivd.data.deeppcb import read_annotation
 from aivd.data.images import read_pair
+from aivd.schema.analysis import DefectAnalysis
+from aivd.schema.wire import AnalyzeRequest, decode_region, encode_region
 from aivd.serving.server import ServerSettings
 
 LIMITS = ServiceLimits(max_body_bytes=256 * 1024, max_regions=40, max_crop_side=256)

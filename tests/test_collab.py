@@ -125,8 +125,8 @@ def test_online_pass_updates_publishes_and_swaps_the_edge_model_inside_the_strea
     from aivd.data.deeppcb import holdout_split, load_split
     from aivd.data.drift import DriftPhase
     from aivd.edge.detector import TemplateDetector
+    from aivd.model_store import ModelStore
     from aivd.pipeline.engine import EdgeCloudPipeline
-    from aivd.store.model_versions import ModelStore
     from aivd.training.online_update import EdgeUpdateConfig
 
     samples = holdout_split(load_split(deeppcb_root, "trainval"))[1][:24]

@@ -15,8 +15,8 @@ from conftest import SAMPLES
 from aivd.edge.detector import TemplateDetector
 from aivd.pipeline.inputs import tasks_from_paths
 from aivd.pipeline.inspect import InspectOptions, inspect_tasks
-from aivd.pipeline.records import InspectionRecord
 from aivd.pipeline.run_folder import OutputBusy, OutputLock, ResumeError, read_marker, resume_database, write_marker
+from aivd.schema.records import InspectionRecord
 from aivd.store import ResultStore
 
 PAIRS = sorted(path.name.removesuffix("_test.jpg") for path in SAMPLES.glob("*_test.jpg"))

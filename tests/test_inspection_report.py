@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from conftest import SAMPLES
 
-from aivd.cloud.schema import Measurements
-from aivd.pipeline.records import DefectRecord, InspectionRecord
+from aivd.schema.analysis import Measurements
+from aivd.schema.records import DefectRecord, InspectionRecord
 from aivd.web import annotated_image_loader, write_inspection_report
 
 CHROMIUM = Path("/usr/bin/chromium")

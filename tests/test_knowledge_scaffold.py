@@ -7,10 +7,10 @@ from typer.testing import CliRunner
 from aivd.cli.main import app
 from aivd.cloud.knowledge import KnowledgeBase
 from aivd.cloud.knowledge_scaffold import longer_sides, scaffold_knowledge
-from aivd.cloud.schema import Measurements, Severity
 from aivd.core import Detections, LabelMap
 from aivd.data.sources import open_data
 from aivd.data.synthetic import SyntheticConfig, write_dataset
+from aivd.schema.analysis import Measurements, Severity
 
 NEU_DET = ["crazing", "inclusion", "patches", "pitted_surface", "rolled-in_scale", "scratches"]
 runner = CliRunner()

@@ -32,8 +32,8 @@ from conftest import SAMPLES
 from aivd.cloud.analyzer import AnalyzerError
 from aivd.cloud.llm.prompts import AnswerError, parse_analysis, region_images
 from aivd.cloud.measure import measure
-from aivd.cloud.schema import LLM_FIELDS
 from aivd.core import DEEPPCB_CLASSES, Region
+from aivd.schema.analysis import LLM_FIELDS
 
 openai = pytest.importorskip("openai", reason="the `llm` extra is not installed")
 from aivd.cloud.llm.openai_backend import ConfigError, OpenAIAnalyzer, OpenAIConfig, png_bytes  # noqa: E402

@@ -20,8 +20,8 @@ from aivd.cloud.llm.prompts import (
     shipped_versions,
     to_openai_messages,
 )
-from aivd.cloud.schema import LLM_FIELDS, Severity, analysis_json_schema
 from aivd.core import DEEPPCB_CLASSES, Region
+from aivd.schema.analysis import LLM_FIELDS, Severity, analysis_json_schema
 
 CLASSES = DEEPPCB_CLASSES.names
 VALID = {"is_defect": True, "defect_type": "short", "confidence": 0.8, "severity": "critical",

@@ -10,7 +10,7 @@ from aivd.collab.drift_monitor import AgreementMonitor, TriggerConfig, UpdateTri
 from aivd.collab.replay import ReplayBuffer
 from aivd.edge.detector import BUILTIN_MODEL, TemplateDetector
 from aivd.edge.hot_swap import HotSwapDetector
-from aivd.store.model_versions import ModelStore, ModelStoreError
+from aivd.model_store import ModelStore, ModelStoreError
 
 REFINER = BUILTIN_MODEL.parent / "deeppcb_refiner.onnx"
 

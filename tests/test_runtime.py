@@ -176,9 +176,9 @@ def test_cluster_inspects_over_http_survives_a_killed_node_and_swaps_models(ray_
     import httpx
 
     from aivd.edge.detector import BUILTIN_MODEL
+    from aivd.model_store import ModelStore
     from aivd.runtime.app import MAX_BATCH_IMAGES, MAX_REQUEST_BYTES
     from aivd.runtime.cluster import deploy
-    from aivd.store.model_versions import ModelStore
 
     cluster, workers = ray_cluster
     store = ModelStore(tmp_path / "models")

@@ -6,8 +6,8 @@ import time
 import pytest
 from sqlalchemy import create_engine, func, select
 
-from aivd.cloud.schema import Measurements
-from aivd.pipeline.records import DefectRecord, InspectionRecord
+from aivd.schema.analysis import Measurements
+from aivd.schema.records import DefectRecord, InspectionRecord
 from aivd.store import ResultStore, StoreError
 from aivd.store.database import images, runs
 

@@ -14,7 +14,7 @@ import pytest
 
 from aivd.edge.detector import BUILTIN_MODEL
 from aivd.edge.hot_swap import HotSwapDetector
-from aivd.store.model_versions import STAGING_PREFIX, STALE_STAGING_S, ModelStore, ModelStoreError
+from aivd.model_store import STAGING_PREFIX, STALE_STAGING_S, ModelStore, ModelStoreError
 
 REFINER = BUILTIN_MODEL.parent / "deeppcb_refiner.onnx"
 
@@ -79,7 +79,7 @@ def test_ten_concurrent_cli_publishes_give_ten_complete_versions(tmp_path):
 # function on a path whose name matches the pattern.
 KILLED_PUBLISH = textwrap.dedent("""
     import os, re, shutil, signal, sys
-    from aivd.store.model_versions import ModelStore
+    from aivd.model_store import ModelStore
 
     module, name, pattern, store, detector, refiner = sys.argv[1:]
     owner = {"os": os, "shutil": shutil}[module]

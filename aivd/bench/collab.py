@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from aivd.cloud.wire import encode_region
 from aivd.collab.drift_monitor import TriggerConfig, UpdateTrigger
 from aivd.collab.hard_examples import FilterConfig, make_filter
 from aivd.collab.offload import BudgetController, MarginalErrorController
@@ -34,8 +33,9 @@ from aivd.data.drift import DriftPhase, drifted
 from aivd.data.images import read_pair
 from aivd.edge.hot_swap import HotSwapDetector
 from aivd.eval.protocol import evaluate
+from aivd.model_store import ModelStore
 from aivd.pipeline.engine import EdgeCloudPipeline
-from aivd.store.model_versions import ModelStore
+from aivd.schema.wire import encode_region
 
 if TYPE_CHECKING:
     from aivd.training.online_update import EdgeUpdateConfig

@@ -21,10 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from aivd.cloud.wire import AnalyzeRequest, encode_png, encode_region
 from aivd.core import cut_regions
 from aivd.data.deeppcb import read_annotation
 from aivd.data.images import read_pair
+from aivd.schema.wire import AnalyzeRequest, encode_png, encode_region
 
 SAMPLES = Path(__file__).resolve().parents[1] / "data" / "samples" / "deeppcb"
 HOSTILE_CROPS = 512

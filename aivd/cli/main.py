@@ -56,12 +56,12 @@ def resolve_deeppcb(root: Optional[Path]) -> Path:
 def _load_detector(model: Optional[Path], min_confidence: Optional[float]):
     """An ONNX file, or a model store's served version (followed as it changes: `aivd models promote`)."""
     from aivd.edge.detector import ModelError, load_detector
-    from aivd.store.model_versions import ModelStoreError
+    from aivd.model_store import ModelStoreError
 
     try:
         if model is not None and model.is_dir():
             from aivd.edge.hot_swap import HotSwapDetector
-            from aivd.store.model_versions import ModelStore
+            from aivd.model_store import ModelStore
 
             if not (model / "versions").is_dir():
                 raise fail(f"{model}: a folder, but not a model store (no versions/ folder); give an ONNX file or a store")

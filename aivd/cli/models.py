@@ -14,7 +14,7 @@ STORE = typer.Option(..., "--store", help="The model-store folder (what `model_s
 
 def _store(path: Path, create: bool = False):
     from aivd.cli.ui import fail
-    from aivd.store.model_versions import ModelStore
+    from aivd.model_store import ModelStore
 
     if not create and not (path / "versions").is_dir():
         raise fail(f"{path}: not a model store (no versions/ folder)")
@@ -28,7 +28,7 @@ def _store(path: Path, create: bool = False):
 def list_command(store: Path = STORE) -> None:
     """Every version with its parent and metrics, and which one is served; one JSON object."""
     from aivd.cli.ui import fail
-    from aivd.store.model_versions import ModelStoreError
+    from aivd.model_store import ModelStoreError
 
     models = _store(store)
     try:
@@ -49,8 +49,8 @@ def publish_command(
     first); prints the version."""
     from aivd.cli.ui import fail
     from aivd.edge.detector import ModelError, TemplateDetector
+    from aivd.model_store import ModelStoreError
     from aivd.packs import PackError, load_pack
-    from aivd.store.model_versions import ModelStoreError
 
     try:
         companions = []
@@ -76,7 +76,7 @@ def promote_command(version: str = typer.Argument(...), store: Path = STORE,
                     reason: str = typer.Option("", help="Recorded in the store's history.")) -> None:
     """Serve VERSION: edge workers following the store swap to it from their next image."""
     from aivd.cli.ui import fail
-    from aivd.store.model_versions import ModelStoreError
+    from aivd.model_store import ModelStoreError
 
     try:
         _store(store).promote(version, reason or "aivd models promote")
@@ -89,7 +89,7 @@ def promote_command(version: str = typer.Argument(...), store: Path = STORE,
 def rollback_command(store: Path = STORE, reason: str = typer.Option("", help="Recorded in the store's history.")) -> None:
     """Serve the current version's parent again; prints it."""
     from aivd.cli.ui import fail
-    from aivd.store.model_versions import ModelStoreError
+    from aivd.model_store import ModelStoreError
 
     try:
         print(_store(store).rollback(reason or "aivd models rollback"))

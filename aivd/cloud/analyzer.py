@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from aivd.cloud.schema import DefectAnalysis
 from aivd.core import Region
 from aivd.core.errors import AivdError
+from aivd.schema.analysis import DefectAnalysis
 
 
 class AnalyzerError(AivdError, RuntimeError):

@@ -17,10 +17,10 @@ import numpy as np
 from aivd.cloud.analyzer import AnalyzerError
 from aivd.cloud.knowledge import DEFAULT_KNOWLEDGE, KnowledgeBase
 from aivd.cloud.measure import measure
-from aivd.cloud.schema import DefectAnalysis
 from aivd.core import Region
 from aivd.edge.crops import crop_windows
 from aivd.edge.detector import ModelError, _session
+from aivd.schema.analysis import DefectAnalysis
 
 BUILTIN_CLASSIFIER = Path(__file__).parent / "models" / "deeppcb_classifier.onnx"
 DEFAULT_PROPOSAL_THRESHOLD = 0.05

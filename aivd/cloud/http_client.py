@@ -9,10 +9,10 @@ import httpx
 from pydantic import ValidationError
 
 from aivd.cloud.analyzer import AnalyzerError
-from aivd.cloud.schema import DefectAnalysis
-from aivd.cloud.wire import AnalyzeRequest, AnalyzeResponse, Health, PublicLimits, RegionPayload, encode_region
 from aivd.core import Region
 from aivd.core.redaction import redact_url
+from aivd.schema.analysis import DefectAnalysis
+from aivd.schema.wire import AnalyzeRequest, AnalyzeResponse, Health, PublicLimits, RegionPayload, encode_region
 
 
 def _detail(response: httpx.Response) -> str:

@@ -7,9 +7,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
-from aivd.cloud.schema import DefectAnalysis, Measurements, Severity
 from aivd.core.errors import AivdError
 from aivd.data.yaml_files import first_problem, read_yaml_mapping
+from aivd.schema.analysis import DefectAnalysis, Measurements, Severity
 
 DEFAULT_KNOWLEDGE = Path(__file__).parent / "knowledge" / "deeppcb.yaml"
 DEFAULT_SUBJECT = "industrial parts"

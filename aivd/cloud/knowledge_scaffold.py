@@ -14,8 +14,8 @@ import numpy as np
 import yaml
 
 from aivd.cloud.knowledge import DEFAULT_SUBJECT
-from aivd.cloud.schema import Severity
 from aivd.core import Detections
+from aivd.schema.analysis import Severity
 
 MAJOR_PERCENTILE = 75  # boxes at least this large (by their longer side) within their class are major
 
@@ -30,7 +30,7 @@ HEADER = """\
 # Per class: `summary` (what the defect is, one sentence), `likely_causes` (the process steps that most often
 # cause it), `severity` rules tried in order (the first whose `when` holds wins; `default` otherwise), `notes`
 # (sentences added to the description when their `when` holds) and `action` per severity (critical, major,
-# minor: what to do with the item and the process). A `when` maps a measurement (see aivd/cloud/schema.py:
+# minor: what to do with the item and the process). A `when` maps a measurement (see aivd/schema/analysis.py:
 # Measurements, plus max_side_px and max_side_mm, the box's longer side) to a value it must equal, or to
 # {{">=": x}} / {{"<": x}}. A measurement that is unknown (no imaging scale, no template) never holds.
 #

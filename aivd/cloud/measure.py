@@ -23,8 +23,8 @@ import math
 import cv2
 import numpy as np
 
-from aivd.cloud.schema import Measurements
 from aivd.core import Region
+from aivd.schema.analysis import Measurements
 
 MIN_PIECE_PX = 12
 BOX_MARGIN_PX = 2  # a defect's copper can sit just outside a tight box

@@ -21,8 +21,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import aivd
 from aivd.cloud.analyzer import Analyzer, AnalyzerError
-from aivd.cloud.schema import DefectAnalysis
-from aivd.cloud.wire import (
+from aivd.schema.analysis import DefectAnalysis
+from aivd.schema.wire import (
     MAX_CROP_SIDE,
     AnalyzeRequest,
     AnalyzeResponse,

@@ -17,7 +17,7 @@ import numpy as np
 
 from aivd.core import Detections
 from aivd.edge.detector import ModelError, TemplateDetector
-from aivd.store.model_versions import ModelStore, ModelStoreError
+from aivd.model_store import ModelStore, ModelStoreError
 
 log = logging.getLogger(__name__)
 

@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from aivd.cloud.analyzer import Analyzer, AnalyzerError
-from aivd.cloud.schema import DefectAnalysis
 from aivd.core import Detections, LabelMap, cut_regions
 from aivd.edge.detector import Detector
-from aivd.pipeline.records import DefectRecord
+from aivd.schema.analysis import DefectAnalysis
+from aivd.schema.records import DefectRecord
 
 
 @dataclass

@@ -25,7 +25,6 @@ from aivd.data.images import ImageError, ImageLimits, read_pair
 from aivd.edge.detector import Detector
 from aivd.pipeline.engine import EdgeCloudPipeline, ImageResult, Proposal
 from aivd.pipeline.inputs import InspectionTask
-from aivd.pipeline.records import InspectionRecord
 from aivd.pipeline.run_folder import (
     OutputLock,
     clear_run_outputs,
@@ -34,6 +33,7 @@ from aivd.pipeline.run_folder import (
     resume_database,
     write_marker,
 )
+from aivd.schema.records import InspectionRecord
 from aivd.store import ResultStore
 from aivd.viz.annotate import draw_detections
 from aivd.web import annotated_image_loader, write_inspection_report

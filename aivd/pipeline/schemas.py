@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from aivd.cloud.schema import DefectAnalysis, analysis_json_schema
 from aivd.core import DEEPPCB_CLASSES
-from aivd.pipeline.records import InspectionRecord
+from aivd.schema.analysis import DefectAnalysis, analysis_json_schema
+from aivd.schema.records import InspectionRecord
 
 
 def schemas() -> dict[str, dict]:

@@ -25,10 +25,10 @@ from aivd.core import Region
 from aivd.data.images import ImageError, check_pair, decode_gray
 from aivd.pipeline.engine import EdgeCloudPipeline, ImageResult
 from aivd.pipeline.inspect import inspection_record
-from aivd.pipeline.records import InspectionRecord
 from aivd.runtime import telemetry
 from aivd.runtime.config import RAY_DEFAULT_ROUTER, ClusterConfig, EdgeNodeClass
 from aivd.runtime.emulation import EmulatedNode
+from aivd.schema.records import InspectionRecord
 from aivd.serving.body_limit import BodyLimit
 
 MAX_UPLOAD_BYTES = 32 * 1024 * 1024  # one image or template
@@ -109,7 +109,7 @@ class EdgeNode:
         # One ONNX thread: several replicas share this machine's cores (a real edge node would use all of its own).
         if config.model_store is not None:
             from aivd.edge.hot_swap import HotSwapDetector
-            from aivd.store.model_versions import ModelStore
+            from aivd.model_store import ModelStore
 
             detector = HotSwapDetector(ModelStore(config.model_store), config.model_poll_s, threads=1)
         elif config.pack is not None:

@@ -67,7 +67,7 @@ class ClusterConfig(Strict):
     cloud_resources: dict[str, float] = Field(default_factory=dict)
     ingress_resources: dict[str, float] = Field(default_factory=dict)
     model_store: Path | None = Field(
-        None, description="a model-store folder (`aivd.store.model_versions`) every edge replica can read, on a shared file "
+        None, description="a model-store folder (`aivd.model_store`) every edge replica can read, on a shared file "
         "system across machines: replicas serve its CURRENT version and swap to a newly promoted one. Default: the built-in model")
     model_poll_s: float = Field(5.0, gt=0.0, description="how often an edge replica checks the model store for a new version")
     pack: Path | None = Field(

@@ -37,7 +37,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from aivd.core.errors import AivdError
 from aivd.core.redaction import redact_url
-from aivd.pipeline.records import DefectRecord, InspectionRecord
+from aivd.schema.records import DefectRecord, InspectionRecord
 
 metadata = MetaData()
 

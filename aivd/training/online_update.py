@@ -27,7 +27,7 @@ from aivd.core import Detections
 from aivd.edge.crops import CROP_SIZE
 from aivd.edge.detector import TemplateDetector
 from aivd.eval.protocol import best_threshold, evaluate
-from aivd.store.model_versions import ModelStore
+from aivd.model_store import ModelStore
 from aivd.training.common import seed_everything, write_metadata
 from aivd.training.crop_training import BoxSet, LoopConfig, ProbabilityWrapper, export_probabilities, train_loop
 from aivd.training.detector import CropSampler, DetectorTrainConfig, export_onnx, loaded_sample, train_step

@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 from jinja2 import Environment, PackageLoader, select_autoescape
 
-from aivd.pipeline.records import DefectRecord, InspectionRecord
+from aivd.schema.records import DefectRecord, InspectionRecord
 from aivd.web.assets import jpeg_data_uri
 
 ImageLoader = Callable[[InspectionRecord], np.ndarray | None]

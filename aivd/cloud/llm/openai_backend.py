@@ -37,11 +37,11 @@ from aivd.cloud.llm.prompts import (
     to_openai_messages,
 )
 from aivd.cloud.measure import measure
-from aivd.cloud.schema import DefectAnalysis, analysis_json_schema
 from aivd.core import Region
 from aivd.core.errors import AivdError
 from aivd.core.redaction import redact_url
 from aivd.data.yaml_files import first_problem, read_yaml_mapping
+from aivd.schema.analysis import DefectAnalysis, analysis_json_schema
 
 # How the answer's JSON Schema is sent:
 #   json_schema         the OpenAI API's response_format {"type": "json_schema", ...} (OpenAI, vLLM, SGLang, Ollama, LM Studio)

@@ -32,10 +32,10 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from aivd.cloud.knowledge import DEFAULT_KNOWLEDGE, KnowledgeBase
-from aivd.cloud.schema import LLM_FIELDS, DefectAnalysis, analysis_json_schema
 from aivd.core import Region
 from aivd.core.errors import AivdError
 from aivd.data.yaml_files import first_problem, read_yaml_mapping
+from aivd.schema.analysis import LLM_FIELDS, DefectAnalysis, analysis_json_schema
 
 PROMPTS_DIR = Path(__file__).parent / "prompts"
 SYSTEM_FIELDS = frozenset({"subject"})

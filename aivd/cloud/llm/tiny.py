@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 
 from aivd.cloud.knowledge import KnowledgeBase
-from aivd.cloud.schema import Measurements, analysis_json_schema
+from aivd.schema.analysis import Measurements, analysis_json_schema
 
 # Qwen2-VL's own special tokens, in its order; the processor and the model config refer to them by id.
 SPECIAL_TOKENS = (

@@ -27,8 +27,8 @@ from aivd.cloud.analyzer import AnalyzerError
 from aivd.cloud.knowledge import DEFAULT_KNOWLEDGE, KnowledgeBase
 from aivd.cloud.llm.prompts import AnswerError, build_messages, load_prompt, parse_analysis, region_images
 from aivd.cloud.measure import measure
-from aivd.cloud.schema import DefectAnalysis, analysis_json_schema
 from aivd.core import DEEPPCB_CLASSES, Region
+from aivd.schema.analysis import DefectAnalysis, analysis_json_schema
 
 TRAINING_RECORD = "training.json"  # beside an adapter trained by `aivd finetune train`: its classes and prompt
 MAX_CAUSES = 4

@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from aivd.cloud.schema import Measurements, Severity
+from aivd.schema.analysis import Measurements, Severity
 
 
 class DefectRecord(BaseModel):

@@ -16,9 +16,9 @@ import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from aivd.cloud.schema import DefectAnalysis
 from aivd.core import Region
 from aivd.core.regions import PIXELS_PER_MM_RANGE
+from aivd.schema.analysis import DefectAnalysis
 
 MAX_CROP_SIDE = 1024  # cut_regions makes crops of 2.2x the box; DeepPCB's are under 200 px
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -1,0 +1,54 @@
+"""The package layout: arrows between aivd's packages point one way."""
+
+import ast
+from collections import defaultdict
+from pathlib import Path
+
+AIVD = Path(__file__).resolve().parents[1] / "aivd"
+
+
+def package_imports() -> dict[str, set[str]]:
+    """For each top-level package of aivd, the other aivd packages its modules import (lazy imports included)."""
+    edges: dict[str, set[str]] = defaultdict(set)
+    for path in AIVD.rglob("*.py"):
+        parts = path.relative_to(AIVD).parts
+        if len(parts) == 1:
+            continue  # aivd/__init__.py
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            else:
+                continue
+            for name in names:
+                target = name.split(".")
+                if target[0] == "aivd" and len(target) > 1 and target[1] != parts[0] and (AIVD / target[1]).is_dir():
+                    edges[parts[0]].add(target[1])
+    return edges
+
+
+def reachable(edges: dict[str, set[str]], start: str) -> set[str]:
+    seen, todo = set(), [start]
+    while todo:
+        for target in edges.get(todo.pop(), ()):
+            if target not in seen:
+                seen.add(target)
+                todo.append(target)
+    return seen
+
+
+def test_no_package_is_in_an_import_cycle():
+    edges = package_imports()
+    cycles = sorted(package for package in edges if package in reachable(edges, package))
+    assert cycles == [], f"packages in an import cycle: {cycles}; {dict(edges)}"
+
+
+def test_core_and_schema_import_no_other_package():
+    edges = package_imports()
+    assert edges.get("core", set()) == set()
+    assert edges.get("schema", set()) <= {"core"}
+
+
+def test_the_check_sees_a_cycle():
+    assert reachable({"a": {"b"}, "b": {"a"}}, "a") == {"a", "b"}
