@@ -15,7 +15,7 @@ DEEPPCB_PIXELS_PER_MM = 48.0
 
 def _module(name: str):
     """aivd.NAME, or a clear exit when the 'vlm' and 'train' extras are not installed."""
-    from aivd.cli.main import import_extra
+    from aivd.cli.ui import import_extra
 
     return import_extra(name, "train,vlm", "fine-tuning")
 

@@ -23,7 +23,7 @@ from aivd.cli.kb import kb_app
 from aivd.cli.models import models_app
 from aivd.cli.serve import serve_app
 from aivd.cli.simulate import simulate_app
-from aivd.cli.ui import console, error_line, fail, progress_bar, shown
+from aivd.cli.ui import console, error_line, fail, import_extra, progress_bar, shown
 from aivd.core.errors import AivdError
 from aivd.core.redaction import MASK, redact_command, redact_url
 from aivd.core.regions import PIXELS_PER_MM_RANGE
@@ -706,18 +706,6 @@ def train_pack_command(
             raise fail(str(error)) from None
     console.print(f"pack written in {record['wall_s'] / 60:.1f} min -> {shown(record['pack'])} (model card: {shown(Path(record['pack']) / 'MODEL_CARD.md')})",
                   highlight=False)
-
-
-def import_extra(module: str, extras: str = "train", purpose: str = "training"):
-    """aivd.MODULE, or a clear exit naming the extras to install when its dependencies are missing."""
-    import importlib
-
-    try:
-        return importlib.import_module(f"aivd.{module}")
-    except ImportError as error:
-        names = " and ".join(f"'{name}'" for name in extras.split(","))
-        plural = "s" if "," in extras else ""
-        raise fail(f"{purpose} needs the {names} extra{plural} (pip install 'aivd[{extras}]'): {error}") from None
 
 
 def _training_module(name: str):

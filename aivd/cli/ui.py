@@ -41,3 +41,15 @@ def progress_bar() -> Progress:
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
         console=console, transient=False, disable=not console.is_terminal,
     )
+
+
+def import_extra(module: str, extras: str = "train", purpose: str = "training"):
+    """aivd.MODULE, or a clear exit naming the extras to install when its dependencies are missing."""
+    import importlib
+
+    try:
+        return importlib.import_module(f"aivd.{module}")
+    except ImportError as error:
+        names = " and ".join(f"'{name}'" for name in extras.split(","))
+        plural = "s" if "," in extras else ""
+        raise fail(f"{purpose} needs the {names} extra{plural} (pip install 'aivd[{extras}]'): {error}") from None
