@@ -96,6 +96,18 @@ def test_builtin_pack_detects_as_the_builtin_detector():
     assert found.class_names == expected.class_names
 
 
+def test_builtin_pack_sends_an_image_without_template_to_its_image_only_detector():
+    from aivd.packs.pack import BUILTIN_TEMPLATE_FREE
+
+    image, template = _sample()
+    detector = builtin_pack().load_detector(tile_size=0)
+    assert detector.image_only.path == BUILTIN_TEMPLATE_FREE
+    assert detector.image_only.refiner_path == BUILTIN_TEMPLATE_FREE.with_name("deeppcb_image_only_refiner.onnx")
+    alone = detector.detect(image)
+    np.testing.assert_allclose(alone.xyxy, TemplateDetector(BUILTIN_TEMPLATE_FREE).detect(image).xyxy)
+    assert len(alone) and detector.threshold_for(None) != detector.threshold_for(template)
+
+
 def _run(*args, check=True) -> subprocess.CompletedProcess:
     result = subprocess.run([sys.executable, "-m", "aivd.cli.main", *map(str, args)], capture_output=True, text=True, timeout=600)
     if check:

@@ -219,6 +219,6 @@ def test_a_9000_pixel_scan_is_inspected_end_to_end(tmp_path):
     elapsed = time.perf_counter() - started
     assert done.returncode == 0, done.stdout + done.stderr
     (record,) = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
-    assert record["status"] == "ok" and record["detector"] == "builtin:deeppcb_centernet"
+    assert record["status"] == "ok" and record["detector"] == "pack:deeppcb"
     assert all(0 <= v <= 9000 for d in record["defects"] for v in d["bbox"])
     assert elapsed < 300, f"took {elapsed:.0f} s"

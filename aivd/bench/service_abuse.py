@@ -43,7 +43,8 @@ def edge_body() -> bytes:
 
 def flat_body(count: int, prefix: str) -> bytes:
     flat = encode_png(np.full((CROP_SIDE, CROP_SIDE), 128, np.uint8))
-    regions = [{"region_id": f"{prefix}#{i}", "image_png": flat, "box": [0, 0, CROP_SIDE, CROP_SIDE], "origin": [0, 0],
+    box = [CROP_SIDE * 0.4, CROP_SIDE * 0.4, CROP_SIDE * 0.6, CROP_SIDE * 0.6]  # a box inside: its surroundings are measured too
+    regions = [{"region_id": f"{prefix}#{i}", "image_png": flat, "box": box, "origin": [0, 0],
                 "edge_class": "open", "edge_confidence": 0.5} for i in range(count)]
     return AnalyzeRequest.model_validate({"regions": regions}).model_dump_json().encode()
 

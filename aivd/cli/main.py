@@ -192,6 +192,8 @@ def _load_pipeline(
 
     if pack is not None and model is not None:
         raise fail("give --pack or --model, not both: a pack brings its own detectors")
+    if pack is None and model is None:
+        pack = Path("builtin")  # the shipped pack: its image-only detector takes the images without a template
     if backend is not CloudBackend.builtin and (cloud or classifier):
         raise fail(f"--cloud-backend {backend.value} runs the analyzer in this process: it cannot be combined with "
                    f"{'--cloud' if cloud else '--classifier'}")
