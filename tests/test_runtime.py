@@ -155,6 +155,12 @@ def inspect(url: str, stem: str):
 
 
 @pytest.fixture(scope="module")
+def serve_port() -> int:
+    """One port for the module: Ray Serve's HTTP proxy keeps the port it started on for the Ray instance's life."""
+    return free_port()
+
+
+@pytest.fixture(scope="module")
 def ray_cluster():
     pytest.importorskip("ray.serve")
     import ray
@@ -172,7 +178,7 @@ def ray_cluster():
 
 
 @pytest.mark.integration
-def test_cluster_inspects_over_http_survives_a_killed_node_and_swaps_models(ray_cluster, tmp_path):
+def test_cluster_inspects_over_http_survives_a_killed_node_and_swaps_models(ray_cluster, serve_port, tmp_path):
     import httpx
 
     from aivd.edge.detector import BUILTIN_MODEL
@@ -187,7 +193,7 @@ def test_cluster_inspects_over_http_survives_a_killed_node_and_swaps_models(ray_
     config = ClusterConfig.model_validate({
         "model_store": str(store.root), "model_poll_s": 0.2,
         "edge": [{"name": "fast", "replicas": 1}, {"name": "slow", "replicas": 2, "slowdown": 2}],
-        "policy": "ect", "pixels_per_mm": 48, "port": free_port(), "max_ongoing_requests": 2,
+        "policy": "ect", "pixels_per_mm": 48, "port": serve_port, "max_ongoing_requests": 2,
         "edge_resources": {"aivd_edge": 1}, "cloud_resources": {"aivd_head": 0.01},
         "ingress_resources": {"aivd_head": 0.01}, "routing_stats_period_s": 0.5,
     })
@@ -268,14 +274,14 @@ def test_cluster_inspects_over_http_survives_a_killed_node_and_swaps_models(ray_
 
 
 @pytest.mark.integration
-def test_cluster_api_answers_as_its_openapi_document_says(ray_cluster):
+def test_cluster_api_answers_as_its_openapi_document_says(ray_cluster, serve_port):
     import schemathesis
     from conftest import fuzz
 
     from aivd.runtime.cluster import deploy
 
     config = ClusterConfig.model_validate({
-        "edge": [{"name": "fast", "replicas": 1}], "port": free_port(), "edge_resources": {"aivd_edge": 1},
+        "edge": [{"name": "fast", "replicas": 1}], "port": serve_port, "edge_resources": {"aivd_edge": 1},
         "cloud_resources": {"aivd_head": 0.01}, "ingress_resources": {"aivd_head": 0.01},
     })
     url = deploy(config)

@@ -34,6 +34,8 @@ from aivd.serving.body_limit import BodyLimit
 MAX_UPLOAD_BYTES = 32 * 1024 * 1024  # one image or template
 MAX_REQUEST_BYTES = 64 * 1024 * 1024  # one request, counted while it is received (see BodyLimit)
 MAX_BATCH_IMAGES = 32
+# Starlette's answer to a body that is not multipart/form-data it can parse; documented so that clients know it.
+UNREADABLE_FORM = {400: {"description": "the body is not readable multipart/form-data"}}
 NODE_CLASS_RESOURCE = "aivd_class_"  # a Ray node offering aivd_class_<name> hosts edge replicas of that class
 
 
@@ -195,7 +197,7 @@ class Ingress:
         return InspectionRecord(image=name, image_id=image_id, template=None, status="error", error=reason)
 
     @api.post("/v1/inspect", response_model=InspectionRecord, summary="Inspect one image (and its template)",
-              responses={413: {"description": f"a file over {MAX_UPLOAD_BYTES} bytes or the request over {MAX_REQUEST_BYTES}"}})
+              responses={**UNREADABLE_FORM, 413: {"description": f"a file over {MAX_UPLOAD_BYTES} bytes or the request over {MAX_REQUEST_BYTES}"}})
     async def inspect(self, image: UploadFile = File(..., description="the image: JPEG, PNG, BMP or TIFF"),
                       template: UploadFile | None = File(None, description="its aligned defect-free template"),
                       image_id: str | None = Form(None, description="default: the file name without extension")):
@@ -205,7 +207,7 @@ class Ingress:
         return await self._inspect(data, reference, name, image_id or name.rsplit(".", 1)[0], template_name)
 
     @api.post("/v1/inspect/batch", response_model=list[InspectionRecord], summary="Inspect several images at once",
-              responses={413: {"description": f"the request is over {MAX_REQUEST_BYTES} bytes or a file over {MAX_UPLOAD_BYTES}"},
+              responses={**UNREADABLE_FORM, 413: {"description": f"the request is over {MAX_REQUEST_BYTES} bytes or a file over {MAX_UPLOAD_BYTES}"},
                          422: {"description": f"more than {MAX_BATCH_IMAGES} images, or templates not one per image"}})
     async def inspect_batch(self, images: list[UploadFile] = File(..., description=f"at most {MAX_BATCH_IMAGES} images"),
                             templates: list[UploadFile] | None = File(None, description="one aligned template per image, or none")):
