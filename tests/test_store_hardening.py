@@ -14,7 +14,8 @@ import pytest
 
 from aivd.edge.detector import BUILTIN_MODEL
 from aivd.edge.hot_swap import HotSwapDetector
-from aivd.model_store import STAGING_PREFIX, STALE_STAGING_S, ModelStore, ModelStoreError
+from aivd.model_store import ModelStore, ModelStoreError
+from aivd.model_store.store import STAGING_PREFIX, STALE_STAGING_S
 
 REFINER = BUILTIN_MODEL.parent / "deeppcb_refiner.onnx"
 
