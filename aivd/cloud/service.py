@@ -155,8 +155,9 @@ def _validation_message(errors: list[dict], body: object) -> str:
 
 def parse_request(body: bytes, limits: ServiceLimits) -> tuple[AnalyzeRequest, list[int]]:
     """The request and each region's pixel count, or `Refused`. Nothing is decoded here but the JSON and the PNG
-    headers: the work budget is known before any work is done. Runs in a worker thread, because parsing a
-    16 MiB body takes long enough to stall every other connection if done on the event loop."""
+    headers: the work budget is known before any work is done. Runs in a worker thread rather than on the event
+    loop, which serves every other connection (json.loads holds the GIL while it runs, so the loop can still
+    pause for the parse of one large body: the body limit bounds it)."""
     try:
         document = json.loads(body)
     except (ValueError, UnicodeDecodeError) as error:
