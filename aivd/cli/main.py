@@ -208,6 +208,8 @@ def _load_pipeline(
             detector = loaded.load_detector(min_confidence, tile_size=tile_size)
         except (ModelError, PackError) as error:
             raise fail(str(error)) from None
+        except ValueError as error:  # what TiledDetector says of a tile size it cannot use
+            raise fail(f"--tile-size: {error}") from None
         classifier, knowledge = classifier or loaded.classifier, knowledge or loaded.knowledge
         pixels_per_mm = loaded.pixels_per_mm if pixels_per_mm is None else pixels_per_mm
         pcb_facts = loaded.pcb_facts
