@@ -24,10 +24,6 @@ class FairTurns:
         self._free = slots
         self._waiting: OrderedDict[Hashable, deque[asyncio.Future]] = OrderedDict()
 
-    @property
-    def waiting(self) -> int:
-        return sum(len(queue) for queue in self._waiting.values())
-
     @asynccontextmanager
     async def turn(self, client: Hashable) -> AsyncIterator[None]:
         """Wait for a turn for `client`, and hold it inside the `async with`. Cancelling the wait (a client that
