@@ -50,3 +50,27 @@ def test_merge_of_nothing_needs_labels():
         Detections.merge([])
     empty = Detections.merge([], labels=DEEPPCB_CLASSES)
     assert len(empty) == 0 and empty.labels == DEEPPCB_CLASSES
+
+
+def test_extra_per_box_fields_follow_selection_clipping_and_merge():
+    found = dets([[0, 0, 10, 10], [5, 5, 90, 90], [20, 20, 30, 30]], scores=np.array([0.2, 0.9, 0.5]))
+    found = Detections(found.xyxy, found.confidence, found.class_id, found.labels, {"source": np.array(["edge", "cloud", "edge"])})
+    ranked = found.sorted_by_confidence()
+    assert ranked.data["source"].tolist() == ["cloud", "edge", "edge"]
+    assert found.with_min_confidence(0.4).data["source"].tolist() == ["cloud", "edge"]
+    assert found.clipped(50, 50).data["source"].tolist() == ["edge", "cloud", "edge"]
+    merged = Detections.merge([found[[0]], found[[1, 2]]])
+    assert merged.data["source"].tolist() == ["edge", "cloud", "edge"]
+    with pytest.raises(ValueError, match="different data fields"):
+        Detections.merge([found, dets([[0, 0, 1, 1]])])
+
+
+def test_extra_fields_need_one_entry_per_box_and_are_copied():
+    with pytest.raises(ValueError, match=r"data\['sent'\] must have one entry per box \(2\)"):
+        Detections(np.zeros((2, 4)), np.ones(2), np.zeros(2), DEEPPCB_CLASSES, {"sent": np.array([True])})
+    flags = np.array([True, False])
+    found = Detections(np.zeros((2, 4)), np.ones(2), np.zeros(2), DEEPPCB_CLASSES, {"sent": flags})
+    flags[0] = False  # the caller's array stays theirs
+    assert found.data["sent"].tolist() == [True, False]
+    with pytest.raises(ValueError):
+        found.data["sent"][0] = False  # and the Detections' own is read-only

@@ -23,13 +23,16 @@ def _as_array(values, dtype, shape_tail: tuple[int, ...], what: str) -> np.ndarr
 class Detections:
     """N boxes in pixel coordinates `x1, y1, x2, y2` with a score and a model class id each.
 
-    Immutable and cheap: filters return new instances sharing nothing mutable.
+    `data` holds extra per-box fields (one array of length N each, as supervision's `Detections.data`), such as
+    which tier decided a box; selecting, clipping and merging carry them along. Immutable and cheap: filters
+    return new instances sharing nothing mutable.
     """
 
     xyxy: np.ndarray
     confidence: np.ndarray
     class_id: np.ndarray
     labels: LabelMap = field(compare=False)
+    data: dict[str, np.ndarray] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
         xyxy = _as_array(self.xyxy, np.float32, (4,), "xyxy")
@@ -43,6 +46,14 @@ class Detections:
             raise ValueError(f"class ids must be in [0, {len(self.labels)}); got {sorted(set(class_id.tolist()))}")
         if len(xyxy) and np.any(xyxy[:, 2:] < xyxy[:, :2]):
             raise ValueError("boxes must satisfy x2 >= x1 and y2 >= y1")
+        data = {}
+        for key, values in self.data.items():
+            values = np.array(values)  # a copy: the caller's array stays theirs
+            if values.ndim < 1 or len(values) != len(xyxy):
+                raise ValueError(f"data[{key!r}] must have one entry per box ({len(xyxy)}); got shape {values.shape}")
+            values.setflags(write=False)
+            data[key] = values
+        object.__setattr__(self, "data", data)
         for name, value in (("xyxy", xyxy), ("confidence", confidence), ("class_id", class_id)):
             value.setflags(write=False)
             object.__setattr__(self, name, value)
@@ -64,9 +75,13 @@ class Detections:
                 raise ValueError(f"cannot merge Detections with different labels: {list(labels.names)} and {list(part.labels.names)}")
         if not parts:
             return cls.empty(labels)
+        keys = set(parts[0].data)
+        if any(set(part.data) != keys for part in parts):
+            raise ValueError(f"cannot merge Detections with different data fields: {sorted(sorted(p.data) for p in parts)}")
         return cls(
             np.concatenate([part.xyxy for part in parts]), np.concatenate([part.confidence for part in parts]),
             np.concatenate([part.class_id for part in parts]), labels,
+            {key: np.concatenate([part.data[key] for part in parts]) for key in parts[0].data},
         )
 
     def __len__(self) -> int:
@@ -76,7 +91,8 @@ class Detections:
         """Select by boolean mask, index array or slice."""
         if isinstance(index, (int, np.integer)):
             index = [index]
-        return Detections(self.xyxy[index], self.confidence[index], self.class_id[index], self.labels)
+        return Detections(self.xyxy[index], self.confidence[index], self.class_id[index], self.labels,
+                          {key: values[index] for key, values in self.data.items()})
 
     @property
     def class_names(self) -> list[str]:
@@ -97,7 +113,7 @@ class Detections:
         xyxy = self.xyxy.copy()
         xyxy[:, [0, 2]] = xyxy[:, [0, 2]].clip(0, width)
         xyxy[:, [1, 3]] = xyxy[:, [1, 3]].clip(0, height)
-        return Detections(xyxy, self.confidence, self.class_id, self.labels)
+        return Detections(xyxy, self.confidence, self.class_id, self.labels, self.data)
 
     def to_records(self) -> list[dict]:
         return [
