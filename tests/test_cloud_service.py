@@ -96,7 +96,8 @@ def test_remote_analyses_equal_in_process_ones(service, builtin, regions):
     try:
         assert remote.name == "remote:builtin"
         assert remote.analyze(regions) == builtin.analyze(regions)
-        assert remote.analyze([]) == [] and remote.last_bytes_sent == 0
+        empty = remote.analyze([])
+        assert empty == [] and empty.bytes_sent == 0
     finally:
         remote.close()
 
@@ -124,11 +125,11 @@ def test_metrics_and_byte_counts_agree(builtin, regions):
         batches = (regions[:3], regions[3:])
         sent = []
         for batch in batches:
-            remote.analyze(batch)
+            analyses = remote.analyze(batch)
             request_size = len(AnalyzeRequest(regions=[encode_region(r) for r in batch]).model_dump_json().encode())
-            assert remote.last_bytes_sent == request_size
-            sent.append(remote.last_bytes_sent)
-            assert remote.last_bytes_received > 0
+            assert analyses.bytes_sent == request_size  # the answer carries what it cost
+            sent.append(analyses.bytes_sent)
+            assert analyses.bytes_received > 0
         received = remote.bytes_received
         remote.close()
         assert remote.bytes_sent == sum(sent)
@@ -164,8 +165,8 @@ def test_oversized_body_is_refused_before_parsing(service, regions):
     # The client knows the limit from /healthz and splits a batch too big for one request into several.
     remote = HttpAnalyzer(service)
     many = [dataclasses.replace(regions[0], region_id=f"big#{i}") for i in range(LIMITS.max_regions)]
-    assert len(remote.analyze(many)) == len(many)
-    assert remote.last_bytes_sent > LIMITS.max_body_bytes
+    analyses = remote.analyze(many)
+    assert len(analyses) == len(many) and analyses.bytes_sent > LIMITS.max_body_bytes
     remote.close()
 
 
@@ -229,10 +230,11 @@ def test_503_from_the_backend_is_retried(builtin, regions):
     restarting = Failing(builtin, AnalyzerError("model is restarting"), times=1)
     with serving(create_app(restarting, LIMITS)) as url:
         remote = HttpAnalyzer(url, backoff_s=0.01)
-        assert remote.analyze(regions[:2]) == builtin.analyze(regions[:2])
+        analyses = remote.analyze(regions[:2])
+        assert analyses == builtin.analyze(regions[:2])
         remote.close()
     assert restarting.calls == 2
-    assert remote.last_bytes_sent == remote.bytes_sent > 0  # both attempts' bodies count, and they were one call
+    assert analyses.bytes_sent == remote.bytes_sent > 0  # both attempts' bodies count, and they were one call
 
 
 @pytest.mark.integration

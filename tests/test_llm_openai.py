@@ -142,7 +142,7 @@ def test_answers_get_the_measurements_from_the_pixels_and_one_bad_answer_fails_t
     analyzer = OpenAIAnalyzer(OpenAIConfig(base_url="http://127.0.0.1:9/v1", model="m", concurrency=3), CLASSES)
     regions = [board_region(i) for i in range(5)]
 
-    def answer(messages):  # each region's answer names its own box width, to check the order survives the pool
+    def answer(messages, cost=None):  # each region's answer names its own box width, to check the order survives the pool
         width = re.search(r"= 18, 16, (\d+), 32", messages[-1]["content"][-1]["text"]).group(1)
         return json.dumps(VALID | {"description": f"width {width}"})
 
@@ -152,7 +152,7 @@ def test_answers_get_the_measurements_from_the_pixels_and_one_bad_answer_fails_t
     assert [a.measurements for a in analyses] == [measure(r) for r in regions]
     assert analyses[0].measurements.joins_conductors is True and analyses[0].measurements.width_mm == pytest.approx(10 / 48, abs=1e-3)
 
-    analyzer.complete = lambda messages: answer(messages).replace('"short"', '"scratch"') if "30, 32" in messages[-1]["content"][-1]["text"] else answer(messages)
+    analyzer.complete = lambda messages, cost=None: answer(messages).replace('"short"', '"scratch"') if "30, 32" in messages[-1]["content"][-1]["text"] else answer(messages)
     with pytest.raises(AnalyzerError, match=r"1 of 5 regions failed: board#2: invalid answer: defect_type 'scratch' is not one of"):
         analyzer.analyze(regions)
     analyzer.close()
@@ -293,10 +293,11 @@ def stop(process: subprocess.Popen) -> None:
 def test_the_crops_reach_the_vision_model_and_a_garbage_answer_is_refused(server):
     analyzer = OpenAIAnalyzer(server.config(), CLASSES)
     region = board_region()
-    with pytest.raises(AnalyzerError, match=r"openai:\S+: 1 of 1 regions failed: board#0: invalid answer: "):
+    with pytest.raises(AnalyzerError, match=r"openai:\S+: 1 of 1 regions failed: board#0: invalid answer: ") as failed:
         analyzer.analyze([region])
     pngs = sum(len(png_bytes(image)) for image in region_images(region))
-    assert analyzer.last_bytes_sent > pngs * 4 / 3 and analyzer.last_bytes_received > 100
+    assert failed.value.bytes_sent > pngs * 4 / 3 and failed.value.bytes_received > 100  # the error says what it cost
+    assert (analyzer.bytes_sent, analyzer.bytes_received) == (failed.value.bytes_sent, failed.value.bytes_received)
 
     # The server counts each image as the vision tower's patches: the same messages without the images are
     # exactly that many prompt tokens shorter.
@@ -349,12 +350,12 @@ def test_no_more_requests_are_in_flight_than_the_concurrency_limit(server):
     analyzer = OpenAIAnalyzer(server.config(concurrency=2), CLASSES)
     send, lock, in_flight, most = analyzer.complete, threading.Lock(), [0], [0]
 
-    def counted(messages):
+    def counted(messages, cost=None):
         with lock:
             in_flight[0] += 1
             most[0] = max(most[0], in_flight[0])
         try:
-            return send(messages)
+            return send(messages, cost)
         finally:
             with lock:
                 in_flight[0] -= 1

@@ -14,13 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
-from aivd.cloud.analyzer import AnalyzerError
+from aivd.cloud.analyzer import Analyses, AnalyzerError
 from aivd.cloud.knowledge import DEFAULT_KNOWLEDGE, KnowledgeBase
 from aivd.cloud.measure import measure
 from aivd.core import Region
 from aivd.edge.crops import crop_windows
 from aivd.edge.detector import ModelError, _session
-from aivd.schema.analysis import DefectAnalysis
 
 BUILTIN_CLASSIFIER = Path(__file__).parent / "models" / "deeppcb_classifier.onnx"
 DEFAULT_PROPOSAL_THRESHOLD = 0.05
@@ -78,16 +77,16 @@ class BuiltinAnalyzer:
             raise ModelError(f"{model}: classes {sorted(missing)} are not in the knowledge base {knowledge}")
         self.proposal_threshold = self.classifier.proposal_threshold
 
-    def analyze(self, regions: Sequence[Region]) -> list[DefectAnalysis]:
+    def analyze(self, regions: Sequence[Region]) -> Analyses:
         try:
             probs = self.classifier.probabilities(regions)
         except Exception as error:  # onnxruntime raises private types; a bad batch must not end the caller's run
             raise AnalyzerError(f"classifier failed: {type(error).__name__}: {error}") from None
         names, confidence, is_defect = self.classifier.decide(probs)
-        return [
+        return Analyses(
             self.knowledge.analysis(name, round(float(score), 4), bool(defect), measure(region, pcb_facts=self.pcb_facts), region.edge_class)
             for region, name, score, defect in zip(regions, names, confidence, is_defect)
-        ]
+        )
 
     def close(self) -> None:
         pass

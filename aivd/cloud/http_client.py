@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import httpx
 from pydantic import ValidationError
 
-from aivd.cloud.analyzer import AnalyzerError
+from aivd.cloud.analyzer import Analyses, AnalyzerError
 from aivd.core import Region
 from aivd.core.redaction import redact_url
 from aivd.schema.analysis import DefectAnalysis
@@ -37,9 +37,9 @@ class HttpAnalyzer:
     (`backoff_s`, then twice that, ...); a 4xx answer means the request itself is wrong and is not retried.
     Every failure is an `AnalyzerError` saying why, so the edge can fall back to its own verdict.
 
-    `bytes_sent` and `bytes_received` count HTTP body bytes over the object's life, retries included;
-    `last_bytes_sent` and `last_bytes_received` those of the latest `analyze` call, to attribute traffic to
-    an image. These make an instance a one-thread object: give each thread its own.
+    Each `analyze` answer carries the HTTP body bytes it cost, retries included; `bytes_sent` and
+    `bytes_received` add them up over the object's life. An instance is a one-thread object (httpx's client is
+    shared but the totals are not locked): give each thread its own.
     """
 
     def __init__(self, url: str, timeout_s: float = 10.0, retries: int = 2, backoff_s: float = 0.2) -> None:
@@ -55,7 +55,6 @@ class HttpAnalyzer:
         self.retries = retries
         self.backoff_s = backoff_s
         self.bytes_sent = self.bytes_received = 0
-        self.last_bytes_sent = self.last_bytes_received = 0
         self._client = httpx.Client(base_url=url.rstrip("/"), timeout=timeout_s)
         name, threshold, self.limits = self._remote_identity()
         self.name = f"remote:{name}"
@@ -77,11 +76,10 @@ class HttpAnalyzer:
         valid = threshold is not None and 0 <= threshold <= 1
         return name, threshold if valid else None, health.limits
 
-    def analyze(self, regions: Sequence[Region]) -> list[DefectAnalysis]:
-        self.last_bytes_sent = self.last_bytes_received = 0
-        analyses: list[DefectAnalysis] = []
+    def analyze(self, regions: Sequence[Region]) -> Analyses:
+        analyses = Analyses()
         for batch in self._requests([encode_region(region) for region in regions], regions):
-            analyses += self._post(batch)
+            self._post(batch, analyses)
         return analyses
 
     def _requests(self, payloads: list[RegionPayload], regions: Sequence[Region]) -> list[list[RegionPayload]]:
@@ -100,7 +98,9 @@ class HttpAnalyzer:
             size += region_size
         return requests + ([current] if current else [])
 
-    def _post(self, payloads: list[RegionPayload]) -> list[DefectAnalysis]:
+    def _post(self, payloads: list[RegionPayload], analyses: Analyses) -> None:
+        """Analyses of one request, appended to `analyses` with what the request cost; an `AnalyzerError` carries
+        the cost of this call's requests so far."""
         body = AnalyzeRequest(regions=payloads).model_dump_json().encode()
         problem = ""
         for attempt in range(self.retries + 1):
@@ -112,33 +112,38 @@ class HttpAnalyzer:
                 problem = f"cannot connect ({str(error) or type(error).__name__})"
                 continue  # nothing was sent
             except httpx.TransportError as error:
-                self._count(len(body), 0)  # the connection was up, so the body (or part of it) went out
+                self._count(analyses, len(body), 0)  # the connection was up, so the body (or part of it) went out
                 problem = f"{type(error).__name__} ({str(error) or 'no details'})"
                 continue
-            self._count(len(body), response.num_bytes_downloaded)
+            self._count(analyses, len(body), response.num_bytes_downloaded)
             if response.status_code >= 500:
                 problem = f"HTTP {response.status_code}: {_detail(response)}"
                 continue
             if response.status_code != 200:
-                raise AnalyzerError(f"{self.url} refused the batch of {len(payloads)} regions (HTTP {response.status_code}): {_detail(response)}")
-            return self._analyses(response, len(payloads))
-        raise AnalyzerError(f"{self.url} failed {self.retries + 1} times for a batch of {len(payloads)} regions; last: {problem}")
+                raise self._error(analyses, f"{self.url} refused the batch of {len(payloads)} regions (HTTP {response.status_code}): {_detail(response)}")
+            analyses += self._analyses(response, len(payloads), analyses)
+            return
+        raise self._error(analyses, f"{self.url} failed {self.retries + 1} times for a batch of {len(payloads)} regions; last: {problem}")
 
-    def _count(self, sent: int, received: int) -> None:
+    def _count(self, analyses: Analyses, sent: int, received: int) -> None:
+        analyses.bytes_sent += sent
+        analyses.bytes_received += received
         self.bytes_sent += sent
         self.bytes_received += received
-        self.last_bytes_sent += sent
-        self.last_bytes_received += received
 
-    def _analyses(self, response: httpx.Response, expected: int) -> list[DefectAnalysis]:
+    @staticmethod
+    def _error(analyses: Analyses, message: str) -> AnalyzerError:
+        return AnalyzerError(message, analyses.bytes_sent, analyses.bytes_received)
+
+    def _analyses(self, response: httpx.Response, expected: int, analyses: Analyses) -> list[DefectAnalysis]:
         try:
             answer = AnalyzeResponse.model_validate_json(response.content)
         except ValidationError as error:
             first = error.errors()[0]
             where = ".".join(map(str, first["loc"])) or "body"
-            raise AnalyzerError(f"{self.url} sent an invalid answer: {where}: {first['msg']} ({error.error_count()} errors)") from None
+            raise self._error(analyses, f"{self.url} sent an invalid answer: {where}: {first['msg']} ({error.error_count()} errors)") from None
         if len(answer.analyses) != expected:
-            raise AnalyzerError(f"{self.url} sent {len(answer.analyses)} analyses for {expected} regions")
+            raise self._error(analyses, f"{self.url} sent {len(answer.analyses)} analyses for {expected} regions")
         return answer.analyses
 
     def close(self) -> None:

@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from aivd.cloud.analyzer import AnalyzerError
+from aivd.cloud.analyzer import Analyses, AnalyzerError
 from aivd.cloud.knowledge import DEFAULT_KNOWLEDGE, KnowledgeBase
 from aivd.cloud.llm.prompts import (
     AnswerError,
@@ -122,8 +122,8 @@ class OpenAIAnalyzer:
     detector's); `knowledge` gives the prompt their one-line descriptions and what is inspected; `pcb_facts` adds
     the copper and conductor measurements (for PCB domains).
 
-    `bytes_sent` / `bytes_received` count request and answer bodies over the object's life (the client's retries
-    are not seen); `last_bytes_sent` / `last_bytes_received` those of the latest `analyze` call.
+    Each `analyze` answer carries the request and answer bodies it cost (the client's retries are not seen);
+    `bytes_sent` / `bytes_received` add them up over the object's life.
     """
 
     def __init__(
@@ -149,7 +149,6 @@ class OpenAIAnalyzer:
         self._lock = threading.Lock()
         self._request_options = self._structured_output(analysis_json_schema(self.class_names))
         self.bytes_sent = self.bytes_received = 0
-        self.last_bytes_sent = self.last_bytes_received = 0
 
     def _structured_output(self, schema: dict) -> dict:
         mode = self.config.structured_output
@@ -168,11 +167,11 @@ class OpenAIAnalyzer:
         chat = build_messages(self.prompt, region, self.class_names, self.knowledge)
         return to_openai_messages(chat, [png_bytes(image) for image in region_images(region)])
 
-    def analyze(self, regions: Sequence[Region]) -> list[DefectAnalysis]:
-        self.last_bytes_sent = self.last_bytes_received = 0
+    def analyze(self, regions: Sequence[Region]) -> Analyses:
         unreachable = threading.Event()
-        futures = [self._pool.submit(self._analyze_one, region, unreachable) for region in regions]
-        results: list[DefectAnalysis] = []
+        cost = Analyses()  # the batch's traffic, added up by the request threads
+        futures = [self._pool.submit(self._analyze_one, region, unreachable, cost) for region in regions]
+        results = Analyses()
         failures: list[str] = []
         for region, future in zip(regions, futures):
             try:
@@ -181,27 +180,30 @@ class OpenAIAnalyzer:
                 failures.append(f"{region.region_id}: invalid answer: {error}")
             except _RequestFailed as error:
                 wait(futures)  # the rest are skipped, or finish the requests already sent
-                raise AnalyzerError(f"{self.name} at {redact_url(self.config.base_url)}: {region.region_id}: {error}") from None
+                raise AnalyzerError(f"{self.name} at {redact_url(self.config.base_url)}: {region.region_id}: {error}",
+                                    cost.bytes_sent, cost.bytes_received) from None
         if failures:
             more = f"; and {len(failures) - FAILURES_SHOWN} more" if len(failures) > FAILURES_SHOWN else ""
             raise AnalyzerError(f"{self.name}: {len(failures)} of {len(regions)} regions failed: "
-                                f"{'; '.join(failures[:FAILURES_SHOWN])}{more}")
+                                f"{'; '.join(failures[:FAILURES_SHOWN])}{more}", cost.bytes_sent, cost.bytes_received)
+        results.bytes_sent, results.bytes_received = cost.bytes_sent, cost.bytes_received
         return results
 
-    def _analyze_one(self, region: Region, unreachable: threading.Event) -> DefectAnalysis:
+    def _analyze_one(self, region: Region, unreachable: threading.Event, cost: Analyses) -> DefectAnalysis:
         # Once one request of the batch has failed for good, the server is down or refuses: the regions not yet
         # sent would fail the same way, each after its own timeouts and retries, so they are not sent.
         if unreachable.is_set():
             raise _RequestFailed("not sent: another request of the batch failed")
         try:
-            text = self.complete(self.messages(region))
+            text = self.complete(self.messages(region), cost)
         except _RequestFailed:
             unreachable.set()
             raise
         return parse_analysis(text, self.class_names).model_copy(update={"measurements": measure(region, pcb_facts=self.pcb_facts)})
 
-    def complete(self, messages: list[dict]) -> str:
-        """The text of the server's answer to `messages`, sent with the configured structured output."""
+    def complete(self, messages: list[dict], cost: Analyses | None = None) -> str:
+        """The text of the server's answer to `messages`, sent with the configured structured output; its bytes are
+        added to `cost`."""
         openai = self._openai
         try:
             raw = self._client.chat.completions.with_raw_response.create(
@@ -217,7 +219,7 @@ class OpenAIAnalyzer:
             raise _RequestFailed(f"HTTP {error.status_code}: {_status_detail(error)}") from None
         except openai.OpenAIError as error:  # e.g. an answer body that is not a chat completion
             raise _RequestFailed(f"{type(error).__name__}: {error}") from None
-        self._count(len(raw.http_request.content), len(raw.content))
+        self._count(cost, len(raw.http_request.content), len(raw.content))
         if not completion.choices:
             raise AnswerError("the server answered no choices")
         choice = completion.choices[0]
@@ -228,12 +230,13 @@ class OpenAIAnalyzer:
             raise AnswerError(f"the answer has no text{f' (refusal: {refusal})' if refusal else ''}")
         return choice.message.content
 
-    def _count(self, sent: int, received: int) -> None:
+    def _count(self, cost: Analyses | None, sent: int, received: int) -> None:
         with self._lock:
             self.bytes_sent += sent
             self.bytes_received += received
-            self.last_bytes_sent += sent
-            self.last_bytes_received += received
+            if cost is not None:
+                cost.bytes_sent += sent
+                cost.bytes_received += received
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)

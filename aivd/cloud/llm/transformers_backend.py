@@ -23,12 +23,12 @@ from pathlib import Path
 
 import numpy as np
 
-from aivd.cloud.analyzer import AnalyzerError
+from aivd.cloud.analyzer import Analyses, AnalyzerError
 from aivd.cloud.knowledge import DEFAULT_KNOWLEDGE, KnowledgeBase
 from aivd.cloud.llm.prompts import AnswerError, build_messages, load_prompt, parse_analysis, region_images
 from aivd.cloud.measure import measure
 from aivd.core import DEEPPCB_CLASSES, Region
-from aivd.schema.analysis import DefectAnalysis, analysis_json_schema
+from aivd.schema.analysis import analysis_json_schema
 
 TRAINING_RECORD = "training.json"  # beside an adapter trained by `aivd finetune train`: its classes and prompt
 MAX_CAUSES = 4
@@ -235,8 +235,8 @@ class TransformersAnalyzer:
         network, encoder = load_vlm(model, adapter, device)
         self.generator = ConstrainedGenerator(network, encoder, self.class_names, max_new_tokens)
 
-    def analyze(self, regions: Sequence[Region]) -> list[DefectAnalysis]:
-        analyses = []
+    def analyze(self, regions: Sequence[Region]) -> Analyses:
+        analyses = Analyses()
         for start in range(0, len(regions), self.batch_size):
             batch = regions[start : start + self.batch_size]
             try:
