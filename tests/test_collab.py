@@ -60,7 +60,7 @@ def test_budget_controller_holds_the_upload_ratio_when_scores_drift():
         # After image 300 the edge grows much less sure (drift): a fixed threshold would send most boxes.
         centre = 0.85 if step < 300 else 0.45
         found = boxes(np.clip(rng.normal(centre, 0.1, 8), 0, 1))
-        shares.append(controller.select(found).mean())
+        shares.append(controller.decide(found).sent.mean())
     assert abs(np.mean(shares[100:300]) - 0.3) < 0.05
     assert abs(np.mean(shares[400:]) - 0.3) < 0.05  # recovered within 100 images of the shift
     assert 0.25 < controller.upload_ratio < 0.4
@@ -68,27 +68,24 @@ def test_budget_controller_holds_the_upload_ratio_when_scores_drift():
     assert is_hard(fixed, boxes(np.clip(rng.normal(0.45, 0.1, 800), 0, 1))).mean() > 0.9
 
 
-def test_replay_takes_the_cloud_answer_for_sent_regions_and_the_edge_decision_for_the_rest():
-    from aivd.bench.collab import ImageOutcome, combine
+def test_the_merge_takes_the_cloud_answer_for_sent_regions_and_the_edge_decision_for_the_rest():
+    from aivd.pipeline.engine import CloudAnswers, edge_agrees, merge_tiers
 
     candidates = dets([[0, 0, 10, 10], [20, 20, 30, 30], [40, 40, 50, 50]], scores=np.array([0.9, 0.3, 0.5]),
                       classes=np.array([0, 1, 2]))
-    cloud = dets(candidates.xyxy, scores=np.array([0.95, 0.8, 0.0]), classes=np.array([3, 1, 0]))
-    outcome = ImageOutcome("x", dets([]), candidates, cloud, np.array([True, True, False]), np.array([100, 200, 300]), 5000)
-    edge_only = combine(outcome, np.zeros(3, bool), edge_threshold=0.35)
+    cloud = CloudAnswers(np.array([True, True, False]), np.array([3, 1, 0]), np.array([0.95, 0.8, 0.0], np.float32))
+    edge_only = merge_tiers(candidates, np.zeros(3, bool), cloud, edge_threshold=0.35)
     assert edge_only.class_id.tolist() == [0, 2] and edge_only.confidence.tolist() == pytest.approx([0.9, 0.5])
-    all_cloud = combine(outcome, np.ones(3, bool), edge_threshold=0.35)
+    assert edge_only.data["candidate"].tolist() == [0, 2] and not edge_only.data["sent"].any()
+    all_cloud = merge_tiers(candidates, np.ones(3, bool), cloud, edge_threshold=0.35)
     assert all_cloud.class_id.tolist() == [3, 1]  # the cloud relabels the first, finds the second, rejects the third
-    mixed = combine(outcome, np.array([False, True, True]), edge_threshold=0.35)
-    assert sorted(mixed.class_id.tolist()) == [0, 1]
-    from aivd.bench.collab import edge_agrees
-
+    mixed = merge_tiers(candidates, np.array([False, True, True]), cloud, edge_threshold=0.35)
+    assert mixed.class_id.tolist() == [0, 1] and mixed.data["sent"].tolist() == [False, True]  # sorted by score
     # Edge keeps 0 (class 0; cloud says class 3): wrong. Edge drops 1 (cloud keeps it): wrong. Edge keeps 2, cloud
-    # rejects it: wrong. Make the first agree and check it flips.
-    assert edge_agrees(outcome, 0.35).tolist() == [False, False, False]
-    agreeing = ImageOutcome("x", dets([]), candidates, dets(candidates.xyxy, scores=np.array([0.95, 0.0, 0.9]),
-                            classes=np.array([0, 0, 2])), np.array([True, False, True]), np.array([1, 1, 1]), 1)
-    assert edge_agrees(agreeing, 0.35).tolist() == [True, True, True]
+    # rejects it: wrong. Make them agree and check each flips.
+    assert edge_agrees(candidates, cloud, 0.35).tolist() == [False, False, False]
+    agreeing = CloudAnswers(np.array([True, False, True]), np.array([0, 0, 2]), np.array([0.95, 0.0, 0.9], np.float32))
+    assert edge_agrees(candidates, agreeing, 0.35).tolist() == [True, True, True]
 
 
 @pytest.mark.integration
@@ -127,12 +124,12 @@ def test_online_pass_updates_publishes_and_swaps_the_edge_model_inside_the_strea
     from aivd.edge.detector import TemplateDetector
     from aivd.model_store import ModelStore
     from aivd.pipeline.engine import EdgeCloudPipeline
-    from aivd.training.online_update import EdgeUpdateConfig
+    from aivd.training.online_update import LearnerConfig
 
     samples = holdout_split(load_split(deeppcb_root, "trainval"))[1][:24]
     pipeline = EdgeCloudPipeline(TemplateDetector(), BuiltinAnalyzer(threads=1))
     # A periodic trigger (every 5 hard images): the stream is too short for the drift monitor's reference.
-    settings = OnlineSettings(tmp_path, EdgeUpdateConfig(detector_steps=2, refiner_epochs=1, batch_size=4),
+    settings = OnlineSettings(tmp_path, LearnerConfig(detector_steps=2, refiner_epochs=1, batch_size=4),
                               TriggerConfig(every=5), window=8)
     drift = drift_run(pipeline, samples, collect(pipeline, samples), DriftPhase(start=12, kind="blur", strength=1.2),
                       "threshold", 0.3, 0, settings)
@@ -173,16 +170,17 @@ def test_marginal_error_controller_settles_where_the_edge_errs_at_the_tolerated_
     controller = MarginalErrorController(make_filter("threshold"), target=0.95, band=0.04, step=0.01)
     for _ in range(3000):
         scores = rng.uniform(0, 1, 10)
-        hard, uncertainty = controller.select(boxes(scores))
+        decision = controller.decide(boxes(scores))
+        hard, uncertainty = decision.sent, decision.uncertainty
         # The edge is wrong with probability equal to its uncertainty (1 - score): 5% errors at score 0.95.
         edge_right = rng.random(10) >= uncertainty
-        controller.feedback(uncertainty[hard], edge_right[hard])
+        controller.feedback(decision, edge_right[hard])
     # Tolerating 5% errors, regions the edge scores below about 0.95 go to the cloud: cutoff near 0.05.
     assert 0.02 < controller.filter.cutoff < 0.09
     assert 0.9 < controller.upload_ratio < 0.99
     strict = MarginalErrorController(make_filter("threshold"), target=0.7, band=0.04, step=0.01)
     for _ in range(3000):
         scores = rng.uniform(0, 1, 10)
-        hard, uncertainty = strict.select(boxes(scores))
-        strict.feedback(uncertainty[hard], (rng.random(10) >= uncertainty)[hard])
+        decision = strict.decide(boxes(scores))
+        strict.feedback(decision, (rng.random(10) >= decision.uncertainty)[decision.sent])
     assert 0.25 < strict.filter.cutoff < 0.35 and strict.upload_ratio < controller.upload_ratio

@@ -165,11 +165,11 @@ def bundled_images():
 def test_online_updater_publishes_gates_and_rolls_back(tmp_path):
     pytest.importorskip("torch")
     from aivd.collab.drift_monitor import TriggerConfig
-    from aivd.training.online_update import EdgeUpdateConfig, OnlineUpdater
+    from aivd.training.online_update import LearnerConfig, OnlineUpdater
 
     store = ModelStore(tmp_path / "models")
     store.promote(store.publish(BUILTIN_MODEL, [REFINER]))
-    config = EdgeUpdateConfig(detector_steps=2, refiner_epochs=1, batch_size=4, threads=1)
+    config = LearnerConfig(detector_steps=2, refiner_epochs=1, batch_size=4, threads=1)
     images = list(bundled_images())
 
     def feed(updater, agrees, position):
@@ -247,12 +247,12 @@ def test_models_cli_publishes_promotes_rolls_back_and_inspect_serves_the_store(t
 def test_a_promotion_before_the_monitor_measured_the_parent_is_not_rolled_back_against_zero(tmp_path):
     pytest.importorskip("torch")
     from aivd.collab.drift_monitor import TriggerConfig
-    from aivd.training.online_update import EdgeUpdateConfig, OnlineUpdater
+    from aivd.training.online_update import LearnerConfig, OnlineUpdater
 
     store = ModelStore(tmp_path / "models")
     store.promote(store.publish(BUILTIN_MODEL, [REFINER]))
     # A periodic update after 6 images, while the monitor still fills its 50-region reference: the parent has no rate.
-    updater = OnlineUpdater(store, tmp_path, EdgeUpdateConfig(detector_steps=0, refiner_epochs=1, threads=1),
+    updater = OnlineUpdater(store, tmp_path, LearnerConfig(detector_steps=0, refiner_epochs=1, threads=1),
                             ReplayBuffer(validation_every=3), AgreementMonitor(reference=50, window=10, tolerance=0.1),
                             UpdateTrigger(TriggerConfig(every=6)), min_gain=-1.0)
     records = [updater.observe(f"{i}-{image_id}", test, template, labels, 1, np.array([True]), i)

@@ -1,16 +1,19 @@
 """`aivd bench collab`: what offloading only the hard regions costs in accuracy and saves in bytes.
 
 Every image of the split goes through the edge once (detection, candidates at the cloud's proposal threshold,
-crops) and every candidate through the cloud analyzer once; the answers are kept. Then each offloading policy is
-replayed over them: a region sent to the cloud gets the cloud's decision, a region kept at the edge the edge's own
-(a defect if its score reaches the edge threshold). Official DeepPCB scoring throughout.
+crops) and every candidate through the cloud analyzer once; the answers are kept (`collect`). Then each offloading
+policy is replayed over them through the live pipeline's own stages (`replay`): `EdgeCloudPipeline.decide` with
+the policy as its offloader, then `EdgeCloudPipeline.complete`, whose analyzer answers from what was kept. So a
+region sent to the cloud gets the cloud's decision and one kept at the edge the edge's own, by `merge_tiers`, as
+`aivd inspect` does; only detection and analysis are not redone. Official DeepPCB scoring throughout.
 
 - `curve`: per filter, the F-score and bytes at upload ratios 0, 0.1, ..., 1 (the cutoff set by quantile over
   the whole split, an oracle placement of the cutoff that only the curve uses);
 - `budget`: the online `BudgetController` at a 30% budget, image by image in split order, against sending
   everything (`fscore_all_cloud`); bytes are the JSON request bodies of `POST /v1/analyze` for the regions sent;
 - `accuracy_target`: the `MarginalErrorController` for targets 0.9, 0.95 and 0.98 (edge-cloud agreement on the
-  regions sent is its only label);
+  regions sent is its only label). Here its feedback comes before the next image's decision; in `aivd inspect`
+  the cloud's half of an image runs while the edge works on the next two, so there it arrives two images later;
 - `drift` (with a `DriftPhase`): the same controller over the split, shuffled into a stream whose imaging
   degrades from one image on: F before and after, and after on the same images undrifted; with `OnlineSettings`,
   a third pass with the online update of the edge model (`online_pass`), compared with the other two on the
@@ -19,26 +22,32 @@ replayed over them: a region sent to the cloud gets the cloud's decision, a regi
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from aivd.cloud.analyzer import Analyses
 from aivd.collab.drift_monitor import TriggerConfig, UpdateTrigger
 from aivd.collab.hard_examples import FilterConfig, make_filter
-from aivd.collab.offload import BudgetController, MarginalErrorController
-from aivd.core import Detections
+from aivd.collab.offload import EASY, HARD, LabelAll, OffloadDecision, Offloader, SendAll
+from aivd.config import OffloadConfig
+from aivd.core import Detections, Region
 from aivd.data.drift import DriftPhase, drifted
 from aivd.data.images import read_pair
 from aivd.edge.hot_swap import HotSwapDetector
 from aivd.eval.protocol import evaluate
 from aivd.model_store import ModelStore
-from aivd.pipeline.engine import EdgeCloudPipeline
+from aivd.pipeline.engine import CloudAnswers, EdgeCloudPipeline, ImageResult, Proposal, merge_tiers
+from aivd.pipeline.factory import build_offloader
+from aivd.pipeline.learning import learn_from, regions_sent
+from aivd.schema.analysis import DefectAnalysis
 from aivd.schema.wire import encode_region
 
 if TYPE_CHECKING:
-    from aivd.training.online_update import EdgeUpdateConfig
+    from aivd.config import LearnerConfig  # noqa: F401 - named in a dataclass annotation
 
 RATIOS = tuple(round(0.1 * i, 1) for i in range(11))
 CURVE_FILTERS = ("threshold", "margin", "cross_entropy", "random")
@@ -50,101 +59,150 @@ class ImageOutcome:
 
     image_id: str
     truth: Detections
-    candidates: Detections  # the edge's candidates at the proposal threshold, with its classes and scores
-    cloud: Detections  # per candidate: the cloud's class and confidence (score 0 where it rejects the region)
-    cloud_keeps: np.ndarray  # per candidate: did the cloud call it a defect
-    request_bytes: np.ndarray  # per candidate: bytes of its region in an analyze request
+    candidates: Detections  # the edge's candidates, with its classes and scores
+    edge_threshold: float  # the edge's own threshold for this image
+    regions: dict[int, Region]  # per candidate the cloud may be sent (at the proposal threshold): its region
+    analyses: dict[int, DefectAnalysis]  # and the cloud's answer for it
+    request_bytes: np.ndarray  # per candidate: bytes of its region in an analyze request (0 if it cannot be sent)
     image_bytes: int  # the test image and template files, what a cloud-only pipeline would upload
+
+    @property
+    def cloud(self) -> CloudAnswers:
+        sent = np.zeros(len(self.candidates), bool)
+        sent[list(self.analyses)] = True
+        return CloudAnswers.of([self.analyses[i] for i in np.flatnonzero(sent)], sent, self.candidates.labels)
+
+
+class RecordedAnalyzer:
+    """The analyzer of a replay: answers each region with the analysis recorded for it, and what it cost."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.answers: dict[str, tuple[DefectAnalysis, int]] = {}
+
+    def record(self, outcome: ImageOutcome) -> None:
+        for index, region in outcome.regions.items():
+            self.answers[region.region_id] = (outcome.analyses[index], int(outcome.request_bytes[index]))
+
+    def analyze(self, regions: Sequence[Region]) -> Analyses:
+        answers = [self.answers[region.region_id] for region in regions]
+        return Analyses((analysis for analysis, _ in answers), bytes_sent=sum(size for _, size in answers))
+
+    def close(self) -> None:
+        pass
 
 
 def collect(pipeline: EdgeCloudPipeline, samples, drift: list[DriftPhase] = (), seed: int = 0) -> list[ImageOutcome]:
     """Run both tiers over every candidate of every image once, as the (optionally drifting) camera sees it."""
-    return [observe(pipeline, sample, *drifted(index, *read_pair(sample.image_path, sample.template_path), list(drift), seed))
+    everything = _sending_all(pipeline)
+    return [observe(everything, sample, *drifted(index, *read_pair(sample.image_path, sample.template_path), list(drift), seed))
             for index, sample in enumerate(samples)]
 
 
-def observe(pipeline: EdgeCloudPipeline, sample, image: np.ndarray, template: np.ndarray | None) -> ImageOutcome:
-    """One image through the edge, and each of its candidates through the cloud."""
-    labels = pipeline.labels
-    proposal = pipeline.propose(image, template, sample.image_id)
-    analyses = pipeline.analyzer.analyze(proposal.regions) if proposal.regions else []
-    keeps = np.array([a.is_defect and a.defect_type in labels.names for a in analyses], bool)
-    class_ids = np.array([labels.id(a.defect_type) if keep else 0 for a, keep in zip(analyses, keeps)], np.int64)
-    scores = np.array([a.confidence if keep else 0.0 for a, keep in zip(analyses, keeps)], np.float32)
-    candidates = proposal.proposals
-    sizes = np.array([len(encode_region(r).model_dump_json()) for r in proposal.regions], np.int64)
+def _sending_all(pipeline: EdgeCloudPipeline) -> EdgeCloudPipeline:
+    return EdgeCloudPipeline(pipeline.detector, pipeline.analyzer, pipeline.proposal_threshold, pipeline.pixels_per_mm, SendAll())
+
+
+def observe(everything: EdgeCloudPipeline, sample, image: np.ndarray, template: np.ndarray | None) -> ImageOutcome:
+    """One image through the edge, and each of its candidates through the cloud (`everything` sends them all)."""
+    proposal = everything.propose(image, template, sample.image_id)
+    analyses = everything.analyzer.analyze(proposal.regions) if proposal.regions else []
+    sent = np.flatnonzero(proposal.decision.sent).tolist()
+    sizes = np.zeros(len(proposal.candidates), np.int64)
+    sizes[sent] = [len(encode_region(region).model_dump_json()) for region in proposal.regions]
     files = sum(p.stat().st_size for p in (sample.image_path, sample.template_path) if p is not None)
-    return ImageOutcome(sample.image_id, sample.ground_truth(), candidates,
-                        Detections(candidates.xyxy, scores, class_ids, labels), keeps, sizes, files)
+    return ImageOutcome(sample.image_id, sample.ground_truth(), proposal.candidates, proposal.edge_threshold,
+                        dict(zip(sent, proposal.regions)), dict(zip(sent, analyses)), sizes, files)
 
 
-def combine(outcome: ImageOutcome, sent: np.ndarray, edge_threshold: float) -> Detections:
-    """The image's final defects when the regions in `sent` went to the cloud and the rest stayed at the edge."""
-    at_edge = ~sent & (outcome.candidates.confidence >= edge_threshold)
-    from_cloud = sent & outcome.cloud_keeps
-    c, e = outcome.cloud, outcome.candidates
-    return Detections(np.concatenate([e.xyxy[at_edge], c.xyxy[from_cloud]]),
-                      np.concatenate([e.confidence[at_edge], c.confidence[from_cloud]]),
-                      np.concatenate([e.class_id[at_edge], c.class_id[from_cloud]]), e.labels)
+def replayer(pipeline: EdgeCloudPipeline, offloader: Offloader) -> EdgeCloudPipeline:
+    """`pipeline` with `offloader` as its offloading stage and recorded answers as its cloud."""
+    recorded = RecordedAnalyzer(pipeline.analyzer.name)
+    return EdgeCloudPipeline(pipeline.detector, recorded, pipeline.proposal_threshold, pipeline.pixels_per_mm, offloader)
 
 
-def final_pairs(outcomes: list[ImageOutcome], masks: list[np.ndarray], edge_threshold: float) -> list[tuple]:
-    """(image id, final defects, ground truth) per image, as the official evaluation takes them."""
-    return [(o.image_id, combine(o, m, edge_threshold), o.truth) for o, m in zip(outcomes, masks)]
+def replay_one(replaying: EdgeCloudPipeline, outcome: ImageOutcome) -> ImageResult:
+    """One image through the live pipeline's offloading decision, cloud half and merge, from its recorded answers."""
+    replaying.analyzer.record(outcome)
+    decision = replaying.decide(outcome.candidates)
+    regions = [outcome.regions[i] for i in np.flatnonzero(decision.sent)]
+    return replaying.complete(Proposal(outcome.candidates, decision, regions, outcome.edge_threshold, {}))
 
 
-def replay(outcomes: list[ImageOutcome], masks: list[np.ndarray], edge_threshold: float) -> dict:
-    pairs = final_pairs(outcomes, masks, edge_threshold)
-    regions = sum(len(m) for m in masks)
-    sent = sum(int(m.sum()) for m in masks)
+def replay(pipeline: EdgeCloudPipeline, outcomes: list[ImageOutcome], offloader: Offloader) -> list[ImageResult]:
+    replaying = replayer(pipeline, offloader)
+    return [replay_one(replaying, outcome) for outcome in outcomes]
+
+
+def fixed_pairs(outcomes: list[ImageOutcome], send: bool) -> list[tuple]:
+    """(image id, final defects, ground truth) per image with every region sent to the cloud, or none."""
+    return [(o.image_id, merge_tiers(o.candidates, _eligible(o) if send else np.zeros(len(o.candidates), bool), o.cloud,
+                                     o.edge_threshold), o.truth) for o in outcomes]
+
+
+def _eligible(outcome: ImageOutcome) -> np.ndarray:
+    mask = np.zeros(len(outcome.candidates), bool)
+    mask[list(outcome.regions)] = True
+    return mask
+
+
+def figures(outcomes: list[ImageOutcome], results: list[ImageResult]) -> dict:
+    """What `aivd inspect` puts in summary.json, and the F-score, for a replay."""
+    regions = sum(len(o.candidates) for o in outcomes)
+    sent = sum(regions_sent(r) for r in results)
+    pairs = [(o.image_id, r.detections, o.truth) for o, r in zip(outcomes, results)]
     return {"offload_ratio": round(sent / max(regions, 1), 4), "fscore": round(evaluate(pairs).fscore, 5),
-            "bytes_to_cloud": int(sum(int(o.request_bytes[m].sum()) for o, m in zip(outcomes, masks)))}
+            "bytes_to_cloud": int(sum(r.bytes_to_cloud for r in results))}
 
 
-def curve(outcomes: list[ImageOutcome], filter_name: str, edge_threshold: float, seed: int) -> list[dict]:
+class OracleCutoff:
+    """A filter at a cutoff fixed in advance (placed by quantile over the whole split: only the curve uses it)."""
+
+    def __init__(self, filter_name: str, cutoff: float, seed: int) -> None:
+        self.filter = make_filter(FilterConfig(name=filter_name, params={"seed": seed} if filter_name == "random" else {}))
+        self.cutoff, self.name = cutoff, f"oracle:{filter_name}"
+
+    def decide(self, candidates: Detections) -> OffloadDecision:
+        uncertainty = self.filter.uncertainty(candidates) if len(candidates) else np.zeros(0)
+        hard = uncertainty > self.cutoff
+        return OffloadDecision(hard, [HARD if h else EASY for h in hard], uncertainty, self.cutoff)
+
+    def feedback(self, decision: OffloadDecision, edge_was_right: np.ndarray) -> None:
+        pass
+
+
+def curve(pipeline: EdgeCloudPipeline, outcomes: list[ImageOutcome], filter_name: str, seed: int) -> list[dict]:
     filter_ = make_filter(FilterConfig(name=filter_name, params={"seed": seed} if filter_name == "random" else {}))
-    uncertainty = [filter_.uncertainty(o.candidates) if len(o.candidates) else np.zeros(0) for o in outcomes]
-    pooled = np.concatenate(uncertainty)
+    pooled = np.concatenate([filter_.uncertainty(o.candidates[_eligible(o)]) if o.regions else np.zeros(0) for o in outcomes])
     points = []
     for ratio in RATIOS:
         # Above the (1 - ratio) quantile; ratio 0 sends nothing, ratio 1 everything.
         cutoff = np.inf if ratio == 0 else (-np.inf if ratio == 1 else float(np.quantile(pooled, 1 - ratio)))
-        points.append(replay(outcomes, [u > cutoff for u in uncertainty], edge_threshold))
+        points.append(figures(outcomes, replay(pipeline, outcomes, OracleCutoff(filter_name, cutoff, seed))))
     return points
 
 
-def budget_run(outcomes: list[ImageOutcome], filter_name: str, budget: float, edge_threshold: float) -> dict:
-    controller = BudgetController(make_filter(filter_name), budget=budget)
-    masks = [controller.select(o.candidates) for o in outcomes]
-    result = replay(outcomes, masks, edge_threshold)
-    everything = replay(outcomes, [np.ones(len(o.candidates), bool) for o in outcomes], edge_threshold)
+def budget_offloader(filter_name: str, budget: float) -> Offloader:
+    return build_offloader(OffloadConfig(filter=FilterConfig(name=filter_name), budget=budget))
+
+
+def budget_run(pipeline: EdgeCloudPipeline, outcomes: list[ImageOutcome], filter_name: str, budget: float) -> dict:
+    result = figures(outcomes, replay(pipeline, outcomes, budget_offloader(filter_name, budget)))
+    everything = figures(outcomes, replay(pipeline, outcomes, SendAll()))
     return {
         "filter": filter_name, "budget": budget, **result,
         "fscore_all_cloud": everything["fscore"],
-        "fscore_edge_only": replay(outcomes, [np.zeros(len(o.candidates), bool) for o in outcomes], edge_threshold)["fscore"],
+        "fscore_edge_only": round(evaluate(fixed_pairs(outcomes, send=False)).fscore, 5),
         "fscore_share_of_all_cloud": round(result["fscore"] / everything["fscore"], 4),
         "bytes_ratio_vs_cloud_only": round(result["bytes_to_cloud"] / max(everything["bytes_to_cloud"], 1), 4),
         "bytes_ratio_vs_whole_images": round(result["bytes_to_cloud"] / max(sum(o.image_bytes for o in outcomes), 1), 4),
     }
 
 
-def edge_agrees(outcome: ImageOutcome, edge_threshold: float) -> np.ndarray:
-    """Per candidate: would the edge's own decision (keep as its class, or drop) be the cloud's?"""
-    e = outcome.candidates
-    edge_keeps = e.confidence >= edge_threshold
-    same_class = e.class_id == outcome.cloud.class_id
-    return np.where(edge_keeps, outcome.cloud_keeps & same_class, ~outcome.cloud_keeps)
-
-
-def accuracy_target_run(outcomes: list[ImageOutcome], filter_name: str, target: float, edge_threshold: float, seed: int) -> dict:
+def accuracy_target_run(pipeline: EdgeCloudPipeline, outcomes: list[ImageOutcome], filter_name: str, target: float, seed: int) -> dict:
     """The `MarginalErrorController` image by image: the cloud's answers on what it is sent are its only labels."""
-    controller = MarginalErrorController(make_filter(filter_name), target=target, seed=seed)
-    masks = []
-    for outcome in outcomes:
-        sent, uncertainty = controller.select(outcome.candidates)
-        controller.feedback(uncertainty[sent], edge_agrees(outcome, edge_threshold)[sent])
-        masks.append(sent)
-    return {"filter": filter_name, "target": target, **replay(outcomes, masks, edge_threshold),
+    controller = build_offloader(OffloadConfig(filter=FilterConfig(name=filter_name), target_accuracy=target, seed=seed))
+    return {"filter": filter_name, "target": target, **figures(outcomes, replay(pipeline, outcomes, controller)),
             "final_cutoff": round(controller.filter.cutoff, 4)}
 
 
@@ -158,17 +216,16 @@ def drift_run(pipeline: EdgeCloudPipeline, samples, clean: list[ImageOutcome], p
         raise ValueError(f"the drift must start inside the stream of {len(samples)} images, got {phase.start}")
     order = np.random.default_rng(seed).permutation(len(samples))
     stream = [samples[i] for i in order]
-    threshold, start = pipeline.edge_threshold, phase.start
+    start = phase.start
     result: dict = {"phase": phase.model_dump(), "filter": filter_name, "budget": budget}
     finals, edge_finals, cloud_finals = {}, {}, {}
     passes = (("without_drift", [clean[i] for i in order]), ("drift", collect(pipeline, stream, [phase], seed)))
     for label, outcomes in passes:
-        controller = BudgetController(make_filter(filter_name), budget=budget)
-        masks = [controller.select(o.candidates) for o in outcomes]
-        finals[label] = final_pairs(outcomes, masks, threshold)
-        edge_finals[label] = final_pairs(outcomes, [np.zeros(len(o.candidates), bool) for o in outcomes], threshold)
-        cloud_finals[label] = final_pairs(outcomes, [np.ones(len(o.candidates), bool) for o in outcomes], threshold)
-        before, after = replay(outcomes[:start], masks[:start], threshold), replay(outcomes[start:], masks[start:], threshold)
+        results = replay(pipeline, outcomes, budget_offloader(filter_name, budget))
+        finals[label] = [(o.image_id, r.detections, o.truth) for o, r in zip(outcomes, results)]
+        edge_finals[label] = fixed_pairs(outcomes, send=False)
+        cloud_finals[label] = fixed_pairs(outcomes, send=True)
+        before, after = figures(outcomes[:start], results[:start]), figures(outcomes[start:], results[start:])
         # The images before `start` are the same in both passes, so "before" is written twice with equal values.
         result.update({
             "fscore_before": before["fscore"], "offload_ratio_before": before["offload_ratio"],
@@ -210,7 +267,7 @@ def drift_run(pipeline: EdgeCloudPipeline, samples, clean: list[ImageOutcome], p
 @dataclass(frozen=True)
 class OnlineSettings:
     workdir: Path  # where the model store and the candidates' files go
-    config: EdgeUpdateConfig | None = None  # None: the defaults
+    config: LearnerConfig | None = None  # None: the defaults
     trigger: TriggerConfig = field(default_factory=TriggerConfig)
     train_window: int = 100
     window: int = 50  # images per point of the timeline
@@ -224,31 +281,28 @@ def online_pass(pipeline: EdgeCloudPipeline, stream, phase: DriftPhase, filter_n
     synchronously when the trigger fires, so `images_to_recover` counts images, not seconds (each update's
     `seconds` says how long it took). Validation images send every region to the cloud; they count in the ratio.
     """
-    from aivd.training.online_update import EdgeUpdateConfig, OnlineUpdater  # torch: only for this pass
+    from aivd.config import LearnerConfig
+    from aivd.training.online_update import OnlineUpdater  # torch: only for this pass
 
     store = ModelStore(settings.workdir / "models")
     detector = pipeline.detector
     store.promote(store.publish(detector.path, [detector.refiner_path] if detector.refiner_path else [], metrics={"source": "shipped"}))
     edge = HotSwapDetector(store, poll_s=0.0)
     live = EdgeCloudPipeline(edge, pipeline.analyzer, pipeline.proposal_threshold, pipeline.pixels_per_mm)
-    updater = OnlineUpdater(store, settings.workdir, settings.config or EdgeUpdateConfig(), trigger=UpdateTrigger(settings.trigger),
+    everything = _sending_all(live)
+    updater = OnlineUpdater(store, settings.workdir, settings.config or LearnerConfig(), trigger=UpdateTrigger(settings.trigger),
                             train_window=settings.train_window)
-    controller = BudgetController(make_filter(filter_name), budget=budget)
+    replaying = replayer(live, LabelAll(budget_offloader(filter_name, budget), updater.wants_full_labels))
     finals, edge_finals, sent_regions, regions, served = [], [], 0, 0, []
     for position, sample in enumerate(stream):
         image, template = drifted(position, *read_pair(sample.image_path, sample.template_path), [phase], seed)
-        outcome = observe(live, sample, image, template)
-        threshold = live.edge_threshold
-        sent = controller.select(outcome.candidates)
-        if sent.any() and updater.wants_full_labels():
-            sent = np.ones_like(sent)
-        final = combine(outcome, sent, threshold)
-        finals.append((outcome.image_id, final, outcome.truth))
-        edge_finals.append((outcome.image_id, combine(outcome, np.zeros_like(sent), threshold), outcome.truth))
-        sent_regions, regions = sent_regions + int(sent.sum()), regions + len(sent)
+        outcome = observe(everything, sample, image, template)
+        result = replay_one(replaying, outcome)
+        finals.append((outcome.image_id, result.detections, outcome.truth))
+        edge_finals.append(fixed_pairs([outcome], send=False)[0])
+        sent_regions, regions = sent_regions + regions_sent(result), regions + len(outcome.candidates)
         served.append(edge.version)
-        updater.observe(outcome.image_id, image, template, final, int(sent.sum()), edge_agrees(outcome, threshold)[sent], position,
-                        rejected=outcome.candidates.xyxy[sent & ~outcome.cloud_keeps])
+        learn_from(updater, outcome.image_id, image, template, result, position)
     return {"updates": updater.updates, "offload_ratio": round(sent_regions / max(regions, 1), 4),
             "versions_served": {v: served.count(v) for v in dict.fromkeys(served)}, "finals": finals, "edge_finals": edge_finals}
 
@@ -256,13 +310,12 @@ def online_pass(pipeline: EdgeCloudPipeline, stream, phase: DriftPhase, filter_n
 def bench_collab(pipeline: EdgeCloudPipeline, samples, budget: float = 0.3, budget_filter: str = "threshold", seed: int = 0,
                  drift: DriftPhase | None = None, update: OnlineSettings | None = None) -> dict:
     outcomes = collect(pipeline, samples)
-    threshold = pipeline.edge_threshold
-    curves = {name: curve(outcomes, name, threshold, seed) for name in dict.fromkeys([*CURVE_FILTERS, budget_filter])}
+    curves = {name: curve(pipeline, outcomes, name, seed) for name in dict.fromkeys([*CURVE_FILTERS, budget_filter])}
     return {
         "images": len(outcomes), "regions": int(sum(len(o.candidates) for o in outcomes)),
-        "edge_threshold": threshold, "proposal_threshold": pipeline.proposal_threshold,
+        "edge_threshold": pipeline.edge_threshold, "proposal_threshold": pipeline.proposal_threshold,
         "curve": curves[budget_filter], "curves": curves,
-        "budget": budget_run(outcomes, budget_filter, budget, threshold),
-        "accuracy_target": [accuracy_target_run(outcomes, budget_filter, target, threshold, seed) for target in (0.9, 0.95, 0.98)],
+        "budget": budget_run(pipeline, outcomes, budget_filter, budget),
+        "accuracy_target": [accuracy_target_run(pipeline, outcomes, budget_filter, target, seed) for target in (0.9, 0.95, 0.98)],
         "drift": None if drift is None else drift_run(pipeline, samples, outcomes, drift, budget_filter, budget, seed, update),
     }

@@ -430,7 +430,7 @@ def _inspect(out: Path, db: str, resuming: bool, lock, args: SimpleNamespace) ->
         f"{summary.images_per_s:.1f} images/s -> {shown(out / 'results.jsonl')}", highlight=False,
     )
     if pipeline.analyzer is not None:
-        console.print(f"cloud: {summary.rejected} edge candidates judged not defects", highlight=False)
+        console.print(f"cloud: {summary.rejected_by_cloud} edge candidates judged not defects", highlight=False)
     if summary.cloud_failed:
         console.print(
             f"[yellow]warning:[/yellow] cloud unavailable for {summary.cloud_failed} images; their defects are the edge's own "
@@ -946,7 +946,7 @@ def bench_collab_command(
 
     training = _training_module("online_update")
     with tempfile.TemporaryDirectory(prefix="aivd-online-") as temporary:
-        settings = OnlineSettings(workdir or Path(temporary), training.EdgeUpdateConfig(detector_steps=update_steps, seed=seed),
+        settings = OnlineSettings(workdir or Path(temporary), training.LearnerConfig(detector_steps=update_steps, seed=seed),
                                   TriggerConfig(min_images=min_images), train_window)
         print(json.dumps(bench_collab(pipeline, samples, budget, budget_filter, seed, phase, settings)))
 

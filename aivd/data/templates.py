@@ -3,11 +3,18 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 
 from aivd.data.images import IMAGE_SUFFIXES
 
 TEST_SUFFIX, TEMPLATE_SUFFIX = "_test", "_temp"
+
+
+class TemplateMode(str, Enum):
+    auto = "auto"  # use the aligned template beside the image when there is one
+    require = "require"  # an image without a template is an error
+    none = "none"  # ignore templates
 
 
 def template_beside(image: Path) -> Path | None:

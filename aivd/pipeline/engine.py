@@ -1,9 +1,12 @@
-"""One image through the edge and, when configured, the cloud tier.
+"""One image through the edge, the offloading stage and, for the regions it sends, the cloud tier.
 
-Edge only: the detector's boxes at its calibrated threshold are the defects. With a cloud analyzer: the edge
-proposes every candidate down to the (lower) proposal threshold, crops a region around each, and the cloud
-decides per region whether it is a defect, of which class, and writes the record. If the cloud fails, the
-image keeps the edge's own decisions, marked with `cloud_error`, so an unreachable cloud never stops a line.
+The edge proposes every candidate down to the (lower) proposal threshold. The offloading stage
+(`aivd.collab.offload`) decides per candidate whether the cloud sees it: every one (`SendAll`), none
+(`KeepAtEdge`, which is what an edge-only pipeline is), or the hard ones within a budget or an accuracy target.
+The cloud decides whether each region it is sent is a defect, of which class, and writes the record; the edge
+decides the rest at its own calibrated threshold. `merge_tiers` is the one rule that joins the two, used by the
+live path and by `aivd bench collab`'s replay alike. If the cloud fails, the image keeps the edge's own decisions
+on every candidate, marked with `cloud_error`, so an unreachable cloud never stops a line.
 
 `EdgeCloudPipeline` is also a `Detector` (its `detect` returns the final boxes), so evaluation and benchmarks
 measure the full pipeline exactly as they measure the edge alone.
@@ -16,20 +19,22 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from aivd.cloud.analyzer import Analyzer, AnalyzerError
+from aivd.cloud.analyzer import Analyses, Analyzer, AnalyzerError
+from aivd.collab.offload import KeepAtEdge, OffloadDecision, Offloader, SendAll
 from aivd.core import Detections, LabelMap, cut_regions
 from aivd.edge.detector import Detector
 from aivd.schema.analysis import DefectAnalysis
-from aivd.schema.records import DefectRecord
+from aivd.schema.records import DefectRecord, OffloadNote
 
 
 @dataclass
 class Proposal:
     """What the edge hands the cloud for one image."""
 
-    edge: Detections  # the edge's own decisions at its threshold: the fallback if the cloud fails
-    proposals: Detections  # candidates at the proposal threshold, one region each
-    regions: list
+    candidates: Detections  # at the proposal threshold, in the detector's order
+    decision: OffloadDecision  # per candidate: sent to the cloud or not, and why
+    regions: list  # one region per sent candidate, in order
+    edge_threshold: float  # the edge's own threshold for this image (a swapped model brings its own)
     timings_ms: dict[str, float]
 
 
@@ -42,24 +47,75 @@ class ImageResult:
     cloud_error: str | None = None
     bytes_to_cloud: int = 0
     bytes_from_cloud: int = 0
+    edge_agrees: np.ndarray | None = None  # per sent region: was the edge's own decision the cloud's (None: no answer)
 
 
-def _edge_records(detections: Detections) -> list[DefectRecord]:
-    return [DefectRecord(**d, source="edge") for d in detections.to_records()]
+@dataclass(frozen=True)
+class CloudAnswers:
+    """The cloud's answer per candidate of an image (only the sent candidates' entries are read)."""
+
+    keeps: np.ndarray  # bool: the cloud called the region a defect of a known class
+    class_id: np.ndarray
+    confidence: np.ndarray
+
+    @classmethod
+    def of(cls, analyses: list[DefectAnalysis], sent: np.ndarray, labels: LabelMap) -> CloudAnswers:
+        keeps, class_id, confidence = np.zeros(len(sent), bool), np.zeros(len(sent), np.int64), np.zeros(len(sent), np.float32)
+        for index, analysis in zip(np.flatnonzero(sent), analyses):
+            if analysis.is_defect and analysis.defect_type in labels.names:
+                keeps[index], class_id[index], confidence[index] = True, labels.id(analysis.defect_type), analysis.confidence
+        return cls(keeps, class_id, confidence)
 
 
-def _cloud_record(box, analysis: DefectAnalysis, edge_class: str, edge_confidence: float, source: str) -> DefectRecord:
+def merge_tiers(candidates: Detections, sent: np.ndarray, cloud: CloudAnswers, edge_threshold: float) -> Detections:
+    """The image's final defects: a sent candidate is what the cloud says, one kept at the edge a defect when its
+    score reaches the edge's threshold. Sorted by score (stable); `data["candidate"]` indexes `candidates` and
+    `data["sent"]` says which tier decided."""
+    from_cloud = sent & cloud.keeps
+    keep = np.flatnonzero((~sent & (candidates.confidence >= edge_threshold)) | from_cloud)
+    scores = np.where(from_cloud, cloud.confidence, candidates.confidence)[keep]
+    order = keep[np.argsort(-scores, kind="stable")]
+    return Detections(candidates.xyxy[order], np.where(from_cloud, cloud.confidence, candidates.confidence)[order],
+                      np.where(from_cloud, cloud.class_id, candidates.class_id)[order], candidates.labels,
+                      data={"candidate": order, "sent": sent[order]})
+
+
+def edge_agrees(candidates: Detections, cloud: CloudAnswers, edge_threshold: float) -> np.ndarray:
+    """Per candidate: would the edge's own decision (keep as its class, or drop) be the cloud's?"""
+    edge_keeps = candidates.confidence >= edge_threshold
+    return np.where(edge_keeps, cloud.keeps & (candidates.class_id == cloud.class_id), ~cloud.keeps)
+
+
+def _note(decision: OffloadDecision, index: int) -> OffloadNote:
+    score = None if decision.uncertainty is None else float(decision.uncertainty[index])
+    uncertainty = None if score is None or np.isnan(score) else round(score, 4)
+    cutoff = None if decision.cutoff is None else round(float(decision.cutoff), 4)
+    return OffloadNote(sent=bool(decision.sent[index]), reason=decision.reasons[index], uncertainty=uncertainty, cutoff=cutoff)
+
+
+def _edge_record(candidates: Detections, index: int, note: OffloadNote) -> DefectRecord:
+    return DefectRecord(bbox=tuple(round(float(v), 1) for v in candidates.xyxy[index]), defect_type=candidates.class_names[index],
+                        confidence=round(float(candidates.confidence[index]), 4), source="edge", offload=note)
+
+
+def _cloud_record(box, analysis: DefectAnalysis, edge_class: str, edge_confidence: float, source: str, note: OffloadNote) -> DefectRecord:
     return DefectRecord(
         bbox=tuple(round(float(v), 1) for v in box), defect_type=analysis.defect_type, confidence=analysis.confidence,
         source=source, edge_type=edge_class, edge_confidence=round(edge_confidence, 4), severity=analysis.severity,
         likely_causes=analysis.likely_causes, description=analysis.description,
-        recommended_action=analysis.recommended_action, measurements=analysis.measurements,
+        recommended_action=analysis.recommended_action, measurements=analysis.measurements, offload=note,
     )
 
 
 class EdgeCloudPipeline:
+    """edge -> offloading decision -> cloud -> `merge_tiers`, as one object (Sedna's JointInference).
+
+    `offloader` defaults to sending every candidate when there is an analyzer; without one, every candidate stays
+    at the edge. `propose` (the edge's half) must be called in input order, since a budget's state moves image by
+    image; `complete` (the cloud's half) may run on another thread, and also in input order."""
+
     def __init__(self, detector: Detector, analyzer: Analyzer | None = None, proposal_threshold: float | None = None,
-                 pixels_per_mm: float | None = None):
+                 pixels_per_mm: float | None = None, offloader: Offloader | None = None):
         self.detector = detector
         self.analyzer = analyzer
         self.labels: LabelMap = detector.labels
@@ -67,6 +123,7 @@ class EdgeCloudPipeline:
         default_proposal = getattr(analyzer, "proposal_threshold", self.edge_threshold)
         self.proposal_threshold = default_proposal if proposal_threshold is None else proposal_threshold
         self.pixels_per_mm = pixels_per_mm
+        self.offloader = KeepAtEdge() if analyzer is None else (offloader or SendAll())
 
     @property
     def name(self) -> str:
@@ -91,20 +148,26 @@ class EdgeCloudPipeline:
         return self.complete(self.propose(image, template, image_id))
 
     def propose(self, image: np.ndarray, template: np.ndarray | None, image_id: str) -> Proposal:
-        """The edge's half: detection, and the regions to send to the cloud."""
+        """The edge's half: the candidates, which of them go to the cloud, and their regions."""
         template = template if self.detector.uses_template else None
+        edge_threshold = self.edge_threshold_for(template)
         started = time.perf_counter()
         if self.analyzer is None:
-            edge = self.detector.detect(image, template)
-            return Proposal(edge, edge, [], {"detect": _ms_since(started)})
-        edge_threshold = self.edge_threshold_for(template)
+            candidates = self.detector.detect(image, template)
+            timings = {"detect": _ms_since(started)}
+            return Proposal(candidates, self.offloader.decide(candidates), [], edge_threshold, timings)
         candidates = self.detector.detect(image, template, min(self.proposal_threshold, edge_threshold))
         timings = {"detect": _ms_since(started)}
+        decision = self.decide(candidates)
         started = time.perf_counter()
-        proposals = candidates.with_min_confidence(self.proposal_threshold)
-        regions = cut_regions(image, template, proposals, image_id, self.pixels_per_mm)
+        regions = cut_regions(image, template, candidates[decision.sent], image_id, self.pixels_per_mm)
         timings["crop"] = _ms_since(started)
-        return Proposal(candidates.with_min_confidence(edge_threshold), proposals, regions, timings)
+        return Proposal(candidates, decision, regions, edge_threshold, timings)
+
+    def decide(self, candidates: Detections) -> OffloadDecision:
+        """The offloading stage's decision over an image's candidates; only those at the proposal threshold may go."""
+        eligible = candidates.confidence >= self.proposal_threshold
+        return _widened(self.offloader.decide(candidates[eligible]), eligible)
 
     def edge_threshold_for(self, template: np.ndarray | None) -> float:
         """A pack's edge has a detector with its own threshold for images with and without a template."""
@@ -112,39 +175,64 @@ class EdgeCloudPipeline:
         return self.edge_threshold if threshold_for is None else threshold_for(template)
 
     def complete(self, proposal: Proposal) -> ImageResult:
-        """The cloud's half (safe to run on another thread than `propose`): analysis and the final records."""
-        if self.analyzer is None:
-            return ImageResult(proposal.edge, _edge_records(proposal.edge), timings_ms=proposal.timings_ms)
+        """The cloud's half: analysis of the sent regions, the merge, the records, and the stage's feedback."""
         timings = dict(proposal.timings_ms)
-        started = time.perf_counter()
-        try:
-            analyses = self.analyzer.analyze(proposal.regions) if proposal.regions else []
-            if len(analyses) != len(proposal.regions):  # zip would silently drop regions
-                raise AnalyzerError(f"{self.analyzer.name} answered {len(analyses)} analyses for {len(proposal.regions)} regions")
-        except AnalyzerError as error:
+        candidates, decision = proposal.candidates, proposal.decision
+        analyses, cloud_error = Analyses(), None
+        if proposal.regions:
+            started = time.perf_counter()
+            try:
+                analyses = self.analyzer.analyze(proposal.regions)
+                if len(analyses) != len(proposal.regions):  # zip would silently drop regions
+                    raise AnalyzerError(f"{self.analyzer.name} answered {len(analyses)} analyses for {len(proposal.regions)} regions")
+            except AnalyzerError as error:
+                analyses, cloud_error = Analyses((), error.bytes_sent, error.bytes_received), str(error)
             timings["analyze"] = _ms_since(started)
-            return ImageResult(proposal.edge, _edge_records(proposal.edge), timings_ms=timings, cloud_error=str(error), **self._bytes())
-        timings["analyze"] = _ms_since(started)
-        return self._combine(proposal.proposals, proposal.regions, analyses, timings)
+        # Without the cloud's answers, the edge decides every candidate, the sent ones included.
+        decided_by_cloud = decision.sent if cloud_error is None else np.zeros(len(candidates), bool)
+        cloud = CloudAnswers.of(analyses, decided_by_cloud, self.labels)
+        final = merge_tiers(candidates, decided_by_cloud, cloud, proposal.edge_threshold)
+        defects, rejected = self._records(proposal, decided_by_cloud, analyses, final)
+        agrees = None
+        if cloud_error is None and decision.sent.any():
+            agrees = edge_agrees(candidates, cloud, proposal.edge_threshold)[decision.sent]
+            self.offloader.feedback(decision, agrees)
+        return ImageResult(final, defects, rejected, timings, cloud_error, analyses.bytes_sent, analyses.bytes_received, agrees)
 
-    def _bytes(self) -> dict:
-        return {"bytes_to_cloud": getattr(self.analyzer, "last_bytes_sent", 0), "bytes_from_cloud": getattr(self.analyzer, "last_bytes_received", 0)}
+    def _records(self, proposal: Proposal, by_cloud: np.ndarray, analyses: Analyses, final: Detections) -> tuple[list, list]:
+        """A record per candidate: the final defects in `final`'s order, and the rest as rejected, each with its
+        offloading note."""
+        candidates, decision = proposal.candidates, proposal.decision
+        analysis_of = dict(zip(np.flatnonzero(by_cloud).tolist(), analyses))
+        region_of = dict(zip(np.flatnonzero(decision.sent).tolist(), proposal.regions))
+        source = f"cloud:{self.analyzer.name}" if self.analyzer is not None else "edge"
 
-    def _combine(self, proposals: Detections, regions, analyses: list[DefectAnalysis], timings: dict) -> ImageResult:
-        source = f"cloud:{self.analyzer.name}"
-        defects, rejected, keep, class_ids, scores = [], [], [], [], []
-        for index, (region, analysis) in enumerate(zip(regions, analyses)):
-            record = _cloud_record(proposals.xyxy[index], analysis, region.edge_class, region.edge_confidence, source)
-            if analysis.is_defect and analysis.defect_type in self.labels.names:
-                defects.append(record)
-                keep.append(index)
-                class_ids.append(self.labels.id(analysis.defect_type))
-                scores.append(analysis.confidence)
-            else:
-                rejected.append(record)
-        final = Detections(proposals.xyxy[keep], np.array(scores, np.float32), np.array(class_ids, np.int64), self.labels)
-        order = np.argsort(-final.confidence, kind="stable")
-        return ImageResult(final[order], [defects[i] for i in order], rejected, timings, **self._bytes())
+        def record(index: int) -> DefectRecord:
+            note = _note(decision, index)
+            if index in analysis_of:
+                region = region_of[index]
+                return _cloud_record(candidates.xyxy[index], analysis_of[index], region.edge_class, region.edge_confidence, source, note)
+            return _edge_record(candidates, index, note)
+
+        kept = final.data["candidate"].tolist()
+        kept_set = set(kept)
+        return [record(i) for i in kept], [record(i) for i in range(len(candidates)) if i not in kept_set]
+
+
+def _widened(decision: OffloadDecision, eligible: np.ndarray) -> OffloadDecision:
+    """`decision`, made over the eligible candidates, over all of them: the others stay at the edge."""
+    if eligible.all():
+        return decision
+    sent, reasons = np.zeros(len(eligible), bool), [BELOW_PROPOSAL] * len(eligible)
+    uncertainty = None if decision.uncertainty is None else np.full(len(eligible), np.nan)
+    for position, index in enumerate(np.flatnonzero(eligible)):
+        sent[index], reasons[index] = decision.sent[position], decision.reasons[position]
+        if uncertainty is not None:
+            uncertainty[index] = decision.uncertainty[position]
+    return OffloadDecision(sent, reasons, uncertainty, decision.cutoff)
+
+
+BELOW_PROPOSAL = "below_proposal_threshold"
 
 
 def _ms_since(started: float) -> float:

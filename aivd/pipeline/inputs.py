@@ -8,18 +8,11 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, replace
-from enum import Enum
 from pathlib import Path
 
 from aivd.data.deeppcb import DeepPCBSource
 from aivd.data.images import IMAGE_SUFFIXES
-from aivd.data.templates import TEMPLATE_SUFFIX, image_id_of, template_beside
-
-
-class TemplateMode(str, Enum):
-    auto = "auto"  # use the aligned template beside the image when there is one
-    require = "require"  # an image without a template is an error
-    none = "none"  # ignore templates
+from aivd.data.templates import TEMPLATE_SUFFIX, TemplateMode, image_id_of, template_beside
 
 
 @dataclass(frozen=True)

@@ -56,14 +56,19 @@ class InspectOptions:
 
 @dataclass
 class InspectSummary:
+    """A run's totals: what OUT/summary.json holds and the database stores with the run."""
+
     images: int = 0
     ok: int = 0
-    failed: int = 0
+    failed: int = 0  # images that could not be inspected (their records say why); `errors` in summary.json
     defects: int = 0
-    rejected: int = 0  # edge candidates the cloud judged not to be defects
+    candidates: int = 0  # candidate regions the edge proposed
+    sent: int = 0  # of them, those the offloading stage sent to the cloud
+    rejected_by_cloud: int = 0  # sent candidates the cloud judged not to be defects
     cloud_failed: int = 0  # images the cloud could not analyse; their defects are the edge's
     bytes_to_cloud: int = 0
     bytes_from_cloud: int = 0
+    model_versions: dict[str, int] = field(default_factory=dict)  # each edge model version served: images it served
     wall_s: float = 0.0
     resumed: int = 0  # of `images`, those done before this session resumed the run
     interrupted: bool = False  # stopped on request before every image was done
@@ -72,17 +77,32 @@ class InspectSummary:
     def images_per_s(self) -> float:
         return (self.images - self.resumed) / self.wall_s if self.wall_s else 0.0
 
+    @property
+    def offload_ratio(self) -> float:
+        return round(self.sent / self.candidates, 4) if self.candidates else 0.0
+
     def count(self, record: InspectionRecord) -> None:
         self.images += 1
+        if record.detector is not None:
+            self.model_versions[record.detector] = self.model_versions.get(record.detector, 0) + 1
         if record.status == "error":
             self.failed += 1
             return
         self.ok += 1
         self.defects += len(record.defects)
-        self.rejected += len(record.rejected)
+        regions = [*record.defects, *record.rejected]
+        self.candidates += len(regions)
+        self.sent += sum(1 for region in regions if region.offload is not None and region.offload.sent)
+        self.rejected_by_cloud += sum(1 for region in record.rejected if region.source != "edge")
         self.cloud_failed += record.cloud_error is not None
         self.bytes_to_cloud += record.bytes_to_cloud
         self.bytes_from_cloud += record.bytes_from_cloud
+
+    def as_json(self) -> dict:
+        """OUT/summary.json: the run's totals, `errors` counting the images that could not be inspected."""
+        totals = asdict(self)
+        return {"images": totals.pop("images"), "errors": totals.pop("failed"), **totals, "offload_ratio": self.offload_ratio,
+                "images_per_s": round(self.images_per_s, 2), "wall_s": round(self.wall_s, 3)}
 
 
 class ResultWriter:
@@ -164,6 +184,7 @@ class ResultWriter:
     def finish(self, summary: InspectSummary) -> None:
         """Close the run: results.jsonl on disk, the run's end and totals in the database, the report."""
         os.fsync(self._jsonl.fileno())
+        _write_atomically(self.out_dir / "summary.json", json.dumps(summary.as_json(), indent=2) + "\n")
         if self.store is not None:
             self.store.finish_run(self.run_id, asdict(summary), "interrupted" if summary.interrupted else "finished")
         if self.options.report:
@@ -182,10 +203,15 @@ class ResultWriter:
 
 
 def _write_lines(path: Path, records: list[InspectionRecord]) -> None:
-    """Replace `path` with one JSON line per record, atomically: a reader sees the old file or the new one."""
+    """Replace `path` with one JSON line per record, atomically."""
+    _write_atomically(path, "".join(json.dumps(record.model_dump(mode="json")) + "\n" for record in records))
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Replace `path` with `text`: a reader sees the old file or the new one, never a part."""
     staged = path.with_name(path.name + ".tmp")
     with open(staged, "w", encoding="utf-8") as file:
-        file.writelines(json.dumps(record.model_dump(mode="json")) + "\n" for record in records)
+        file.write(text)
         file.flush()
         os.fsync(file.fileno())
     os.replace(staged, path)

@@ -23,7 +23,7 @@ LOCK_FILE = ".lock"
 MARKER_FILE = "run.json"
 DEFAULT_DATABASE_FILE = "aivd.sqlite"
 # What a run writes besides results.jsonl, run.json and the database; a new run removes an earlier run's.
-RUN_OUTPUTS = ("annotated/*.jpg", "deeppcb/*.txt", "report.html")
+RUN_OUTPUTS = ("annotated/*.jpg", "deeppcb/*.txt", "report.html", "summary.json")
 
 
 class OutputBusy(AivdError, RuntimeError):

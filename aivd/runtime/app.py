@@ -20,7 +20,7 @@ from ray.serve.config import RequestRouterConfig
 from ray.serve.handle import DeploymentHandle
 
 import aivd
-from aivd.cloud.analyzer import AnalyzerError
+from aivd.cloud.analyzer import Analyses, AnalyzerError
 from aivd.core import Region
 from aivd.data.images import ImageError, check_pair, decode_gray
 from aivd.pipeline.engine import EdgeCloudPipeline, ImageResult
@@ -47,9 +47,9 @@ class CloudHandleAnalyzer:
         self.proposal_threshold = proposal_threshold
         self.timeout_s = timeout_s
 
-    def analyze(self, regions: list[Region]):
-        try:
-            return self.handle.analyze.remote(regions).result(timeout_s=self.timeout_s)
+    def analyze(self, regions: list[Region]) -> Analyses:
+        try:  # Ray moves the regions as objects: no HTTP bodies to count
+            return Analyses(self.handle.analyze.remote(regions).result(timeout_s=self.timeout_s))
         except Exception as error:  # any failure of the remote tier leaves the image with the edge's result
             raise AnalyzerError(f"cloud deployment failed: {type(error).__name__}: {error}") from error
 

@@ -14,6 +14,17 @@ from pydantic import BaseModel, Field
 from aivd.schema.analysis import Measurements, Severity
 
 
+class OffloadNote(BaseModel):
+    """Whether a candidate region went to the cloud, and why (`aivd.collab.offload`)."""
+
+    sent: bool
+    reason: str = Field(description="send_all, edge_only, hard (uncertainty above the cutoff), easy (not above it), "
+                                    "audit (sent to measure the edge), validation (sent with the rest of its image for the "
+                                    "online updater) or below_proposal_threshold")
+    uncertainty: float | None = Field(None, description="the hard-example filter's score for the region, when a filter decided")
+    cutoff: float | None = Field(None, description="the filter's cutoff the region was judged by")
+
+
 class DefectRecord(BaseModel):
     bbox: tuple[float, float, float, float] = Field(description="x1, y1, x2, y2 in pixels of the input image")
     defect_type: str = Field(description="class name, e.g. open, short, mousebite, spur, copper, pin-hole")
@@ -26,6 +37,7 @@ class DefectRecord(BaseModel):
     description: str | None = None
     recommended_action: str | None = None
     measurements: Measurements | None = None
+    offload: OffloadNote | None = Field(None, description="whether this candidate region went to the cloud, and why")
 
 
 class InspectionRecord(BaseModel):
@@ -40,9 +52,10 @@ class InspectionRecord(BaseModel):
         None, description="why the cloud tier could not analyse this image; its defects are then the edge's own")
     defects: list[DefectRecord] = []
     rejected: list[DefectRecord] = Field(
-        default_factory=list, description="edge candidates the cloud judged not to be defects, kept for audit")
+        default_factory=list, description="the other candidate regions, kept for audit: those the cloud judged not to be "
+                                          "defects, and those kept at the edge below its threshold")
     timings_ms: dict[str, float] = Field(default_factory=dict, description="per stage: read, detect, analyze, total")
-    bytes_to_cloud: int = Field(0, description="request bytes sent to a remote cloud tier for this image")
-    bytes_from_cloud: int = Field(0, description="response bytes received from a remote cloud tier for this image")
+    bytes_to_cloud: int = Field(0, description="request bytes sent to a remote cloud tier for this image (0 in-process)")
+    bytes_from_cloud: int = Field(0, description="response bytes received from a remote cloud tier for this image (0 in-process)")
     edge_node: str | None = Field(
         None, description="the edge node (Ray Serve replica and its node class) that inspected the image; null in-process")

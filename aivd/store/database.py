@@ -90,6 +90,7 @@ defects = Table(
     Column("description", Text),
     Column("recommended_action", Text),
     Column("measurements", Text),
+    Column("offload", Text),  # JSON: whether the region went to the cloud and why (null in older databases)
 )
 
 # The primary key starts with image_row_id, so it is also the index for joining on that foreign key.
@@ -142,6 +143,7 @@ def _defect_row(defect: DefectRecord, rejected: bool) -> dict:
         **{name: data[name] for name in _DEFECT_FIELDS},
         "likely_causes": json.dumps(data["likely_causes"]),
         "measurements": json.dumps(data["measurements"]) if data["measurements"] is not None else None,
+        "offload": json.dumps(data["offload"]) if data["offload"] is not None else None,
     }
 
 
@@ -151,6 +153,7 @@ def _defect_record(row) -> DefectRecord:
         **{name: getattr(row, name) for name in _DEFECT_FIELDS},
         likely_causes=json.loads(row.likely_causes),
         measurements=json.loads(row.measurements) if row.measurements is not None else None,
+        offload=json.loads(row.offload) if row.offload is not None else None,
     )
 
 
@@ -169,7 +172,7 @@ class ResultStore:
             if self._engine.dialect.name == "sqlite":
                 event.listen(self._engine, "connect", _sqlite_settings)
             metadata.create_all(self._engine)  # the first connection: an unwritable file or unreachable server fails here
-            self._add_missing_run_columns()
+            self._add_missing_columns()
 
     @contextmanager
     def _errors(self, action: str) -> Iterator[None]:
@@ -188,14 +191,15 @@ class ResultStore:
     def __exit__(self, *exc_info) -> None:
         self.close()
 
-    def _add_missing_run_columns(self) -> None:
-        """A database written by an older aivd lacks the newer columns of `runs`; create_all adds no columns."""
+    def _add_missing_columns(self) -> None:
+        """A database written by an older aivd lacks the newer (nullable) columns; create_all adds no columns."""
         with self._engine.begin() as connection:
-            present = {column["name"] for column in inspect(connection).get_columns("runs")}
-            for column in runs.columns:
-                if column.name not in present:
-                    kind = column.type.compile(self._engine.dialect)
-                    connection.execute(text(f"ALTER TABLE runs ADD COLUMN {column.name} {kind}"))
+            for table in (runs, defects):
+                present = {column["name"] for column in inspect(connection).get_columns(table.name)}
+                for column in table.columns:
+                    if column.name not in present:
+                        kind = column.type.compile(self._engine.dialect)
+                        connection.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}"))
 
     def start_run(self, command: str, config: dict) -> int:
         """A new run's id; `config` is stored as JSON, with values JSON lacks (paths) as their text."""

@@ -23,6 +23,7 @@ import torch
 
 from aivd.collab.drift_monitor import AgreementMonitor, UpdateTrigger
 from aivd.collab.replay import LabelledImage, ReplayBuffer
+from aivd.config import LearnerConfig
 from aivd.core import Detections
 from aivd.edge.crops import CROP_SIZE
 from aivd.edge.detector import TemplateDetector
@@ -34,21 +35,6 @@ from aivd.training.detector import CropSampler, DetectorTrainConfig, export_onnx
 from aivd.training.detector_net import CenterNetLite, ExportWrapper
 from aivd.training.onnx_import import load_onnx_weights
 from aivd.training.refiner import RefinerNet, RefinerTrainConfig, recipe_and_augment
-
-
-@dataclass(frozen=True)
-class EdgeUpdateConfig:
-    # Chosen on a drifting trainval stream (docs/BENCHMARKS.md): the refiner alone at 1e-3 recovered more of the
-    # edge's F than with the detector fine-tuned too (200 steps: slower by minutes, and no better); 3e-3, the
-    # first training's rate, wrecked the BatchNorm-folded refiner (validation F 0.5: rejected).
-    detector_steps: int = 0  # 0: the detector is kept as it is
-    detector_lr: float = 3e-4
-    batch_size: int = 16
-    refiner_epochs: int = 8
-    refiner_lr: float = 1e-3
-    recalibrate: bool = False  # choose a new score threshold on the validation images
-    seed: int = 0
-    threads: int = 2
 
 
 @dataclass(frozen=True)
@@ -78,7 +64,7 @@ def _score(pairs, threshold: float) -> float:
     return evaluate([(i, d.with_min_confidence(threshold), truth) for i, d, truth in pairs]).fscore
 
 
-def _fine_tune_detector(current: Path, meta: dict, train: list[LabelledImage], config: EdgeUpdateConfig, rng) -> CenterNetLite:
+def _fine_tune_detector(current: Path, meta: dict, train: list[LabelledImage], config: LearnerConfig, rng) -> CenterNetLite:
     labels = json.loads(meta["labels"])
     input_scale = float(meta["input_scale"])
     net = CenterNetLite(len(labels))
@@ -107,7 +93,7 @@ def _box_set(images: list[LabelledImage], reject_index: int | None) -> BoxSet:
     return BoxSet([i.image for i in images], [i.template for i in images], np.concatenate(owners), np.concatenate(boxes), np.concatenate(classes))
 
 
-def _fine_tune_refiner(current: Path, reject_index: int | None, train, validation, config: EdgeUpdateConfig, rng,
+def _fine_tune_refiner(current: Path, reject_index: int | None, train, validation, config: LearnerConfig, rng,
                        workdir: Path) -> RefinerNet:
     """Fine-tune the refiner at `current`; `reject_index` is where its `no-defect` output is, if it has one.
 
@@ -124,7 +110,7 @@ def _fine_tune_refiner(current: Path, reject_index: int | None, train, validatio
 
 
 def update_edge_model(current: Path, train: list[LabelledImage], validation: list[LabelledImage], out_dir: Path,
-                      config: EdgeUpdateConfig = EdgeUpdateConfig()) -> EdgeUpdate:
+                      config: LearnerConfig = LearnerConfig()) -> EdgeUpdate:
     """Fine-tune the pair whose detector is at `current` and write the new pair into `out_dir`."""
     if not train or not validation:
         raise ValueError(f"an update needs training and validation images, got {len(train)} and {len(validation)}")
@@ -158,7 +144,7 @@ def update_edge_model(current: Path, train: list[LabelledImage], validation: lis
     if config.recalibrate:
         threshold, _ = best_threshold(candidate_pairs)
     write_metadata(detector_path, {"score_threshold": str(threshold), "updated_from": str(current),
-                                   "update_config": asdict(config), "update_train_images": len(train)})
+                                   "update_config": config.model_dump(), "update_train_images": len(train)})
     return EdgeUpdate(detector_path, companions, round(_score(_pairs(parent, validation), parent.min_confidence), 5),
                       round(_score(candidate_pairs, threshold), 5), threshold, len(train), len(validation),
                       round(time.perf_counter() - started, 1))
@@ -176,7 +162,7 @@ class OnlineUpdater:
     more than its parent did just before the update (plus the monitor's tolerance), the store rolls back.
     """
 
-    def __init__(self, store: ModelStore, workdir: Path, config: EdgeUpdateConfig = EdgeUpdateConfig(),
+    def __init__(self, store: ModelStore, workdir: Path, config: LearnerConfig = LearnerConfig(),
                  buffer: ReplayBuffer | None = None, monitor: AgreementMonitor | None = None,
                  trigger: UpdateTrigger | None = None, train_window: int = 100, min_gain: float = 0.0) -> None:
         if store.current() is None:

@@ -99,6 +99,11 @@ def _rejected_name(defect: DefectRecord) -> str:
     return defect.edge_type or defect.defect_type
 
 
+def _rejected_by_cloud(record: InspectionRecord) -> list[DefectRecord]:
+    """The candidates the cloud judged not to be defects (the others in `rejected` the edge dropped itself)."""
+    return [d for d in record.rejected if d.source != "edge"]
+
+
 def _card(record: InspectionRecord, image_loader: ImageLoader | None) -> dict:
     image = image_loader(record) if image_loader else None
     return {
@@ -106,7 +111,7 @@ def _card(record: InspectionRecord, image_loader: ImageLoader | None) -> dict:
         "thumbnail": jpeg_data_uri(image, THUMBNAIL_SIDE, THUMBNAIL_QUALITY) if image is not None else "",
         "worst": SEVERITIES[_worst_severity(record)],
         "defects": [_defect_view(d) for d in record.defects],
-        "rejected": [_rejected_name(d) for d in record.rejected],
+        "rejected": [_rejected_name(d) for d in _rejected_by_cloud(record)],
     }
 
 
@@ -131,7 +136,7 @@ def write_inspection_report(
     inspected = [r for r in records if r.status == "ok"]
     failed = [r for r in records if r.status != "ok"]
     found = [d for r in inspected for d in r.defects]
-    rejected = [d for r in inspected for d in r.rejected]
+    rejected = [d for r in inspected for d in _rejected_by_cloud(r)]
     class_counts = Counter(d.defect_type for d in found)
     severity_counts = Counter(_severity(d) for d in found)
     with_defects = sorted((r for r in inspected if r.defects), key=_worst_first)

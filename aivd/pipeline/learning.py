@@ -1,0 +1,32 @@
+"""Online learning from the pipeline's own results: what an image's result teaches the `OnlineUpdater`.
+
+The same function feeds the updater in `aivd bench collab`'s online pass and in a live run, so both learn from
+exactly the same labels: the final defects as the image's labels, the edge's agreement with the cloud on the
+regions sent, and the boxes the cloud rejected as negatives.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from aivd.pipeline.engine import ImageResult
+
+
+def cloud_rejected_boxes(result: ImageResult) -> np.ndarray:
+    """(N, 4) boxes of the candidates the cloud judged not to be defects."""
+    boxes = [record.bbox for record in result.rejected if record.source != "edge" and record.offload is not None and record.offload.sent]
+    return np.array(boxes, np.float32).reshape(-1, 4)
+
+
+def regions_sent(result: ImageResult) -> int:
+    return sum(1 for record in [*result.defects, *result.rejected] if record.offload is not None and record.offload.sent)
+
+
+def learn_from(updater, image_id: str, image: np.ndarray, template: np.ndarray | None, result: ImageResult,
+               position: int | None = None) -> dict | None:
+    """Give `updater` (an `OnlineUpdater`) one inspected image; returns the update's record when one ran."""
+    if result.cloud_error is not None:
+        return None  # without the cloud's answers the image teaches nothing
+    agrees = result.edge_agrees if result.edge_agrees is not None else np.zeros(0, bool)
+    return updater.observe(image_id, image, template, result.detections, regions_sent(result), agrees, position,
+                           rejected=cloud_rejected_boxes(result))
