@@ -37,6 +37,18 @@ def test_replay_buffer_keeps_only_hard_images_and_holds_validation_images_out_fo
         ReplayBuffer(capacity=1)
 
 
+def test_a_due_validation_image_that_came_partly_labelled_is_trained_on_and_the_next_full_one_validates():
+    # Live, images are in flight between the question and the answer: a due image may arrive with regions the
+    # edge decided; its labels would be the parent's own, so it trains, and validation waits for full ones, until
+    # one image in validation_every validates again.
+    buffer = ReplayBuffer(validation_every=2)
+    for index, full in enumerate([True, False, False, True, True, True, True]):
+        buffer.add(f"img{index}", image(), None, dets([[1, 1, 5, 5]]), cloud_regions=1, fully_labelled=full)
+    train, validation = buffer.split()
+    assert [i.image_id for i in validation] == ["img3", "img4", "img5"]
+    assert [i.image_id for i in train] == ["img0", "img1", "img2", "img6"]
+
+
 def test_a_refiner_with_no_defect_also_learns_the_regions_the_cloud_rejected():
     pytest.importorskip("torch")
     from aivd.training.online_update import _box_set

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from aivd.pipeline.engine import ImageResult
+from aivd.pipeline.engine import BELOW_PROPOSAL, ImageResult
 
 
 def cloud_rejected_boxes(result: ImageResult) -> np.ndarray:
@@ -22,6 +22,12 @@ def regions_sent(result: ImageResult) -> int:
     return sum(1 for record in [*result.defects, *result.rejected] if record.offload is not None and record.offload.sent)
 
 
+def fully_labelled(result: ImageResult) -> bool:
+    """Whether the cloud decided every candidate it could be sent (those at the proposal threshold)."""
+    return all(record.offload is None or record.offload.sent or record.offload.reason == BELOW_PROPOSAL
+               for record in [*result.defects, *result.rejected])
+
+
 def learn_from(updater, image_id: str, image: np.ndarray, template: np.ndarray | None, result: ImageResult,
                position: int | None = None) -> dict | None:
     """Give `updater` (an `OnlineUpdater`) one inspected image; returns the update's record when one ran."""
@@ -29,4 +35,4 @@ def learn_from(updater, image_id: str, image: np.ndarray, template: np.ndarray |
         return None  # without the cloud's answers the image teaches nothing
     agrees = result.edge_agrees if result.edge_agrees is not None else np.zeros(0, bool)
     return updater.observe(image_id, image, template, result.detections, regions_sent(result), agrees, position,
-                           rejected=cloud_rejected_boxes(result))
+                           rejected=cloud_rejected_boxes(result), fully_labelled=fully_labelled(result))

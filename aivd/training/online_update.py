@@ -14,6 +14,7 @@ import json
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -160,11 +161,14 @@ class OnlineUpdater:
     promoted only if it scores at least `min_gain` above its parent on the validation images. After a promotion
     the monitor watches the new model over its first `monitor.reference` regions; if it disagrees with the cloud
     more than its parent did just before the update (plus the monitor's tolerance), the store rolls back.
+
+    `train` is what fine-tunes (`update_edge_model`'s signature); a live learner runs it in another process.
     """
 
     def __init__(self, store: ModelStore, workdir: Path, config: LearnerConfig = LearnerConfig(),
                  buffer: ReplayBuffer | None = None, monitor: AgreementMonitor | None = None,
-                 trigger: UpdateTrigger | None = None, train_window: int = 100, min_gain: float = 0.0) -> None:
+                 trigger: UpdateTrigger | None = None, train_window: int = 100, min_gain: float = 0.0,
+                 train: Callable[..., EdgeUpdate] = update_edge_model) -> None:
         if store.current() is None:
             raise ValueError(f"{store.root}: no CURRENT version to update")
         self.store, self.workdir, self.config = store, Path(workdir), config
@@ -172,7 +176,7 @@ class OnlineUpdater:
         self.buffer = ReplayBuffer() if buffer is None else buffer
         self.monitor = AgreementMonitor() if monitor is None else monitor
         self.trigger = UpdateTrigger() if trigger is None else trigger
-        self.train_window, self.min_gain = train_window, min_gain
+        self.train_window, self.min_gain, self.train = train_window, min_gain, train
         self.updates: list[dict] = []
         self._watch: tuple[str, float] | None = None  # (promoted version, its parent's disagreement at the update)
 
@@ -181,10 +185,12 @@ class OnlineUpdater:
         return self.buffer.next_is_validation
 
     def observe(self, image_id: str, image: np.ndarray, template: np.ndarray | None, labels: Detections,
-                cloud_regions: int, agrees: np.ndarray, position: int | None = None, rejected: np.ndarray | None = None) -> dict | None:
+                cloud_regions: int, agrees: np.ndarray, position: int | None = None, rejected: np.ndarray | None = None,
+                fully_labelled: bool = True) -> dict | None:
         """Record one image; returns the update's record when one ran (promoted or not) or a rollback happened.
-        `rejected` holds the boxes of the regions the cloud called no defect."""
-        hard = self.buffer.add(image_id, image, template, labels, cloud_regions, rejected)
+        `rejected` holds the boxes of the regions the cloud called no defect; `fully_labelled` says whether the
+        cloud decided every candidate (only such an image may validate)."""
+        hard = self.buffer.add(image_id, image, template, labels, cloud_regions, rejected, fully_labelled)
         self.monitor.update(agrees)
         # The monitor was rebased at the promotion, so its reference is the new model's first regions.
         if self._watch is not None and self.monitor.reference_disagreement is not None:
@@ -207,7 +213,7 @@ class OnlineUpdater:
         parent = self.store.current()
         out_dir = self.workdir / f"candidate-{len(self.updates) + 1}"
         try:
-            update = update_edge_model(self.store.detector_path(parent), train, validation, out_dir, self.config)
+            update = self.train(self.store.detector_path(parent), train, validation, out_dir, self.config)
         except ValueError as error:  # too little labelled data yet: try again when the trigger next fires
             self.trigger.updated(promoted=False)
             record = {"position": position, "action": "skip", "parent": parent, "reason": str(error)}
