@@ -154,6 +154,15 @@ class UpdateConfig(_Section):
     trigger: TriggerConfig = TriggerConfig()
     learner: LearnerConfig = LearnerConfig()
     train_window: int = Field(100, ge=2, description="the most recent hard images an update trains and validates on")
+    queue: int = Field(
+        16, ge=1, description="inspected images waiting for the learner; when it is full an image is not observed (not "
+                              "buffered, not counted by the trigger or the drift monitor), so inspection never waits")
+    isolation: Literal["process", "thread"] = Field(
+        "process", description="where an update trains: a separate process at a lower priority (inspection keeps its "
+                               "speed: docs/BENCHMARKS.md) or a thread of the inspecting one (less memory, no start-up)")
+    wait_for_updates: bool = Field(
+        False, description="inspect one image at a time and wait while an update trains, so that a run is reproducible "
+                           "(the same updates at the same images as `aivd bench collab --update`); slower")
 
     @model_validator(mode="after")
     def _store_when_enabled(self) -> UpdateConfig:
@@ -184,6 +193,12 @@ class PipelineConfig(_Section):
     update: UpdateConfig = UpdateConfig()
     outputs: OutputsConfig = OutputsConfig()
     imaging: ImagingConfig = ImagingConfig()
+
+    @model_validator(mode="after")
+    def _learning_needs_a_cloud(self) -> PipelineConfig:
+        if self.update.enabled and self.cloud.backend == "none":
+            raise ValueError("update.enabled needs a cloud tier (cloud.backend other than none): the edge learns from its answers")
+        return self
 
     def shown(self) -> dict[str, Any]:
         """The config as JSON-able data with every URL's password hidden: what `aivd config show` prints and runs store."""

@@ -8,7 +8,7 @@ from pathlib import Path
 from aivd.cloud.analyzer import Analyzer
 from aivd.collab.hard_examples import make_filter
 from aivd.collab.offload import BudgetController, KeepAtEdge, MarginalErrorController, Offloader, SendAll
-from aivd.config import CloudConfig, ConfigError, EdgeConfig, OffloadConfig, PipelineConfig
+from aivd.config import CloudConfig, ConfigError, EdgeConfig, OffloadConfig, PipelineConfig, UpdateConfig
 from aivd.edge.detector import Detector
 from aivd.pipeline.engine import EdgeCloudPipeline
 
@@ -19,6 +19,8 @@ def build_pipeline(config: PipelineConfig, pixels_per_mm: float | None = None) -
     """The pipeline `config` describes. `pixels_per_mm` is the caller's default imaging scale (DeepPCB input knows
     its own) where neither the config nor the pack sets one."""
     detector, pack = build_detector(config.edge)
+    if config.update.enabled:
+        detector = following_update_store(config.update, config.edge, detector)
     scale = config.imaging.pixels_per_mm
     if scale is None:
         scale = pack.pixels_per_mm if pack is not None and pack.pixels_per_mm is not None else pixels_per_mm
@@ -55,6 +57,47 @@ def build_detector(edge: EdgeConfig) -> tuple[Detector, object | None]:
         return _tiled(_model_detector(edge.model, edge.min_confidence), edge.tile_size), None
     except (ModelError, ModelStoreError, PackError) as error:
         raise ConfigError(str(error)) from None
+
+
+def following_update_store(update: UpdateConfig, edge: EdgeConfig, detector: Detector) -> Detector:
+    """With online learning on, the edge serves the update store's CURRENT version, and is seeded with `detector`'s
+    model (a pack's template-aware one) when the store is empty, as `aivd bench collab --update` does; tiled as
+    `detector` was. It polls the store every second, or before every image when a run waits for its updates."""
+    from aivd.edge.detector import TemplateDetector
+    from aivd.edge.hot_swap import HotSwapDetector
+    from aivd.edge.tiling import TiledDetector
+    from aivd.model_store import ModelStore, ModelStoreError
+
+    if edge.min_confidence is not None:
+        raise ConfigError("edge.min_confidence does not apply with update.enabled: each version in the store carries its threshold")
+    tile_size = detector.tile_size if isinstance(detector, TiledDetector) else None
+    model = _served_model(detector)
+    try:
+        store = ModelStore(update.model_store)
+        if store.current() is None:
+            if not isinstance(model, TemplateDetector):
+                raise ConfigError(f"update.enabled: the online update trains aivd's built-in detector, not {model.name}")
+            companions = [model.refiner_path] if model.refiner_path else []
+            store.promote(store.publish(model.path, companions, metrics={"source": str(model.path)}), "the edge's model before updates")
+        following = HotSwapDetector(store, poll_s=0.0 if update.wait_for_updates else 1.0)
+    except (ModelStoreError, OSError) as error:
+        raise ConfigError(f"update.model_store: {error}") from None
+    return _tiled(following, tile_size)
+
+
+def _served_model(detector: Detector) -> Detector:
+    """The one model behind the pack, tiling and store wrappers: what an update starts from."""
+    from aivd.edge.hot_swap import HotSwapDetector
+    from aivd.edge.tiling import TiledDetector
+    from aivd.packs.pack import PackDetector
+
+    if isinstance(detector, TiledDetector):
+        return _served_model(detector.detector)
+    if isinstance(detector, PackDetector):
+        return _served_model(detector.template_aware or detector.image_only)
+    if isinstance(detector, HotSwapDetector):
+        return detector.detector
+    return detector
 
 
 def _model_detector(model: Path, min_confidence: float | None) -> Detector:

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 
@@ -37,6 +38,9 @@ from aivd.schema.records import InspectionRecord
 from aivd.store import ResultStore
 from aivd.viz.annotate import draw_detections
 from aivd.web import annotated_image_loader, write_inspection_report
+
+if TYPE_CHECKING:
+    from aivd.pipeline.live_update import Live
 
 CLOUD_IN_FLIGHT = 2  # images whose cloud half may be pending while the edge goes on
 
@@ -289,11 +293,13 @@ def inspect_tasks(
     options: InspectOptions = InspectOptions(),
     on_result: Callable[[InspectionRecord], None] | None = None,
     should_stop: Callable[[], bool] = lambda: False,
+    live: Live | None = None,
 ) -> InspectSummary:
     """Inspect every task, write one record per task, and never stop on a bad input. `out` is the output
     folder, or a `ResultWriter` already opened on one (to report a bad database before starting). When resuming,
     the tasks whose image the run has done are skipped. Once `should_stop()` is true no new image is started: the
-    images in hand are finished and written and the run is closed as interrupted."""
+    images in hand are finished and written and the run is closed as interrupted. `live` (`live_update.live`)
+    gets each written image: its metrics, and its learner the images inspected (one at a time when it waits)."""
     if not isinstance(pipeline, EdgeCloudPipeline):
         pipeline = EdgeCloudPipeline(pipeline)
     summary = InspectSummary()
@@ -310,12 +316,20 @@ def inspect_tasks(
         record = _record(task, loaded[3], pipeline, outcome)
         summary.count(record)
         writer.write(record, loaded[0], None if isinstance(outcome, ImageError) else outcome.detections)
+        if live is not None:
+            inspected = None if isinstance(outcome, ImageError) else outcome
+            if live.metrics is not None:
+                live.metrics.observe(record, inspected)
+            if live.learner is not None and inspected is not None:
+                live.learner.offer(summary.images - 1, task.image_id, loaded[0], loaded[1], inspected)
         if on_result:
             on_result(record)
 
     try:
         # The cloud's half of image i runs on its own thread while the edge works on image i + 1, as the two
         # tiers would on two machines; records are still written in input order.
+        # A learner that waits sees image i, and may swap the edge's model, before image i + 1 is proposed.
+        overlap = 0 if live is not None and live.learner is not None and live.learner.wait else CLOUD_IN_FLIGHT
         with ThreadPoolExecutor(max_workers=1) as cloud:
             in_flight: deque = deque()
             for task, loaded in _prefetched(tasks, options):
@@ -323,7 +337,7 @@ def inspect_tasks(
                     summary.interrupted = True
                     break
                 in_flight.append((task, loaded, cloud.submit(_complete, pipeline, task, _start(task, loaded, pipeline))))
-                if len(in_flight) > CLOUD_IN_FLIGHT:
+                if len(in_flight) > overlap:
                     finish(*in_flight.popleft())
             while in_flight:
                 finish(*in_flight.popleft())

@@ -1,0 +1,288 @@
+"""Online learning beside a live run, and the run's Prometheus metrics.
+
+`LiveLearner` feeds the `OnlineUpdater` (replay buffer, drift monitor, trigger, training, gate, rollback) from
+a background worker, so that learning never blocks inspection:
+
+- After each image's cloud half, the inspecting loop hands (position, image id, image, template, result) over
+  through a bounded queue. When the queue is full the image is not observed at all: not buffered, not counted by
+  the trigger nor by the drift monitor. A learner that falls behind therefore sees a thinner stream: the trigger
+  fires later, counted in stream images, and never on images it did not see.
+- An update trains where `update.isolation` says: by default in a separate process at the lowest priority, with
+  `update.learner.threads` torch threads, so inspection keeps its cores (measured by `aivd bench live-update`).
+  The worker thread waits for it; images keep queueing meanwhile, up to the queue's size.
+- A promoted version reaches the edge through the model store: the edge is a `HotSwapDetector` on it
+  (`aivd.pipeline.factory.following_update_store`), which picks the new CURRENT up at its next poll.
+- A validation image needs every region decided by the cloud: the pipeline's offloader is wrapped in
+  `LabelAll(offloader, learner.wants_full_labels)`. The edge reads that flag on its own thread; the worker
+  publishes it as a plain bool after each observation (one writer, an atomic read), so the edge never waits for
+  the learner's lock or for a training update. With images in flight, the image that comes back fully labelled
+  is not always the one the buffer asked for; the buffer then holds the next fully labelled image out instead
+  (`ReplayBuffer.add`).
+
+With `update.wait_for_updates` the run is reproducible: the loop inspects one image at a time and waits until
+the learner has observed it (and trained, when that image triggered an update), which is exactly what
+`aivd bench collab --update` (`online_pass`) does, so both make the same updates at the same images.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import tempfile
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Info, start_http_server
+
+from aivd.collab.offload import LabelAll
+from aivd.config import PipelineConfig, UpdateConfig
+from aivd.core.errors import AivdError
+from aivd.pipeline.engine import EdgeCloudPipeline, ImageResult
+from aivd.pipeline.learning import learn_from, regions_sent
+from aivd.schema.records import InspectionRecord
+
+log = logging.getLogger(__name__)
+
+# How much lower than the inspecting process an update trains (nice increment; 19 is the lowest priority): on a
+# machine without spare cores the scheduler then gives inspection the CPU whenever it wants it.
+TRAINING_NICENESS = 19
+UPDATE_ACTIONS = ("promote", "reject", "skip", "rollback", "error")
+
+
+class MetricsServerError(AivdError, OSError):
+    """The metrics port cannot be served (taken, or not ours to bind); the message names it."""
+
+
+class LiveMetrics:
+    """A live run's Prometheus metrics, in a registry of their own (so that several runs in one process, as in
+    tests, do not collide), served by prometheus_client's own HTTP server (`serve`)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.candidates = Counter("aivd_candidate_regions", "Candidate regions the edge proposed", registry=r)
+        self.sent = Counter("aivd_regions_sent", "Candidate regions the offloading stage sent to the cloud", registry=r)
+        self.answered = Counter("aivd_cloud_answered_regions", "Sent regions the cloud answered", registry=r)
+        self.disagreed = Counter("aivd_cloud_disagreements", "Answered regions the cloud decided otherwise than the edge would have",
+                                 registry=r)
+        self.offload_ratio = Gauge("aivd_offload_ratio", "Share of the candidate regions sent to the cloud since the start", registry=r)
+        self.disagreement = Gauge("aivd_cloud_disagreement",
+                                  "1 - edge agreement: share of the answered regions the cloud decided otherwise, since the start",
+                                  registry=r)
+        self.drift = Gauge("aivd_drift", "1 while the drift monitor sees the edge disagree with the cloud more than it used to",
+                           registry=r)
+        self.model = Info("aivd_edge_model", "The edge model served for the latest image", registry=r)
+        self.updates = Counter("aivd_model_updates", "Online updates of the edge model by outcome", ["action"], registry=r)
+        for action in UPDATE_ACTIONS:
+            self.updates.labels(action)  # each outcome is exported from the start, at 0
+
+    def observe(self, record: InspectionRecord, result: ImageResult | None) -> None:
+        """One written record, with its `ImageResult` when the image was inspected."""
+        if record.detector is not None:
+            name, _, version = record.detector.partition("@")
+            self.model.info({"model": name, "version": version})
+        if result is None:
+            return
+        self.candidates.inc(len(result.defects) + len(result.rejected))
+        self.sent.inc(regions_sent(result))
+        if result.edge_agrees is not None:
+            self.answered.inc(len(result.edge_agrees))
+            self.disagreed.inc(int((~result.edge_agrees).sum()))
+        self.offload_ratio.set(_ratio(self.sent, self.candidates))
+        self.disagreement.set(_ratio(self.disagreed, self.answered))
+
+    def updated(self, action: str) -> None:
+        self.updates.labels(action).inc()
+
+    @contextmanager
+    def serving(self, port: int, host: str = "127.0.0.1") -> Iterator[int]:
+        """Serve /metrics on `host:port` (0: a free port) while inside; yields the port."""
+        try:
+            server, thread = start_http_server(port, host, self.registry)
+        except OSError as error:
+            raise MetricsServerError(f"--metrics-port {port}: cannot serve metrics on {host}:{port} ({error.strerror or error})") from None
+        try:
+            yield server.server_address[1]
+        finally:
+            server.shutdown()
+            server.server_close()
+            thread.join(5)
+
+
+def _ratio(part: Counter, whole: Counter) -> float:
+    total = whole._value.get()  # prometheus_client has no public read of a counter; a gauge of the ratio needs it
+    return part._value.get() / total if total else 0.0
+
+
+@dataclass
+class _Handed:
+    position: int
+    image_id: str
+    image: object
+    template: object
+    result: ImageResult
+
+
+class LiveLearner:
+    """The `OnlineUpdater` on a worker thread, fed through a bounded queue (see the module's docstring)."""
+
+    def __init__(self, updater, queue_size: int = 16, wait: bool = False, metrics: LiveMetrics | None = None,
+                 on_close=()) -> None:
+        self.updater, self.wait, self.metrics = updater, wait, metrics
+        self.observed = self.dropped = 0
+        self._queue: queue.Queue[_Handed | None] = queue.Queue(maxsize=queue_size)
+        self._full_labels = updater.wants_full_labels()  # written by the worker only
+        self._on_close = list(on_close)
+        self._worker = threading.Thread(target=self._run, name="aivd-learner", daemon=True)
+        self._worker.start()
+
+    def wants_full_labels(self) -> bool:
+        """Whether a validation image is due; read by the edge's thread, never blocks."""
+        return self._full_labels
+
+    @property
+    def updates(self) -> list[dict]:
+        return self.updater.updates
+
+    def offer(self, position: int, image_id: str, image, template, result: ImageResult) -> bool:
+        """Hand one inspected image over; False when the queue is full and the image is not observed. In `wait`
+        mode this returns once the learner has observed it (and trained, if it triggered an update)."""
+        item = _Handed(position, image_id, image, template, result)
+        if self.wait:
+            self._queue.put(item)
+            self._queue.join()
+            return True
+        try:
+            self._queue.put_nowait(item)
+        except queue.Full:
+            self.dropped += 1
+            return False
+        return True
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            try:
+                self._observe(item)
+            finally:
+                self._queue.task_done()
+        self._queue.task_done()
+
+    def _observe(self, item: _Handed) -> None:
+        try:
+            record = learn_from(self.updater, item.image_id, item.image, item.template, item.result, item.position)
+        except Exception:  # a failed update must not end the run: log it, back off until the trigger fires again
+            log.exception("online update at image %s failed", item.position)
+            self.updater.trigger.updated(promoted=False)
+            record = {"action": "error"}
+        self.observed += 1
+        self._full_labels = self.updater.wants_full_labels()
+        if self.metrics is not None:
+            self.metrics.drift.set(int(self.updater.monitor.drifted))
+            if record is not None:
+                self.metrics.updated(record["action"])
+        if record is not None:
+            log.info("online update at image %s: %s", item.position, record)
+
+    def close(self) -> None:
+        """Finish what was handed over (an update in training included), then stop the worker and clean up."""
+        self._queue.put(None)
+        self._worker.join()
+        for close in self._on_close:
+            close()
+
+
+class ProcessTrainer:
+    """`update_edge_model` in a process of its own at the lowest priority: training then takes no core from
+    inspection (nor the GIL), which a thread of the inspecting process would."""
+
+    def __init__(self) -> None:
+        self._pool = self._start()
+
+    @staticmethod
+    def _start() -> ProcessPoolExecutor:
+        # spawn, not fork: the inspecting process has threads (prefetch, cloud, ONNX Runtime) a fork would copy mid-state.
+        return ProcessPoolExecutor(1, mp_context=get_context("spawn"), initializer=os.nice, initargs=(TRAINING_NICENESS,))
+
+    def __call__(self, current: Path, train, validation, out_dir: Path, config):
+        from aivd.training.online_update import update_edge_model
+
+        try:
+            return self._pool.submit(update_edge_model, current, train, validation, out_dir, config).result()
+        except BrokenProcessPool:  # killed (out of memory?): the next update gets a fresh process
+            self._pool = self._start()
+            raise
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _thread_trainer():
+    """`update_edge_model` on the learner's thread, which first lowers its own priority (Linux schedules threads
+    one by one, and torch's worker threads inherit it)."""
+    from aivd.training.online_update import update_edge_model
+
+    lowered = set()
+
+    def train(*args):
+        thread = threading.get_native_id()
+        if thread not in lowered:
+            os.setpriority(os.PRIO_PROCESS, thread, min(os.getpriority(os.PRIO_PROCESS, thread) + TRAINING_NICENESS, 19))
+            lowered.add(thread)
+        return update_edge_model(*args)
+
+    return train
+
+
+def build_learner(update: UpdateConfig, pipeline: EdgeCloudPipeline, metrics: LiveMetrics | None = None) -> LiveLearner:
+    """The learner for `pipeline` (built by `build_pipeline` with `update.enabled`, so its edge follows the store):
+    an `OnlineUpdater` on `update.model_store`, and the pipeline's offloader wrapped to label validation images fully."""
+    from aivd.collab.drift_monitor import UpdateTrigger
+    from aivd.model_store import ModelStore
+    from aivd.training.online_update import OnlineUpdater  # torch: only when learning
+
+    workdir = tempfile.TemporaryDirectory(prefix="aivd-learner-")  # candidates, until published into the store
+    trainer = ProcessTrainer() if update.isolation == "process" else None
+    updater = OnlineUpdater(ModelStore(update.model_store), Path(workdir.name), update.learner, trigger=UpdateTrigger(update.trigger),
+                            train_window=update.train_window, train=trainer or _thread_trainer())
+    closers = [trainer.close] if trainer else []
+    learner = LiveLearner(updater, update.queue, update.wait_for_updates, metrics, [*closers, workdir.cleanup])
+    pipeline.offloader = LabelAll(pipeline.offloader, learner.wants_full_labels)
+    return learner
+
+
+@dataclass
+class Live:
+    """What runs beside an inspection: the learner and the metrics, each None when not asked for."""
+
+    learner: LiveLearner | None = None
+    metrics: LiveMetrics | None = None
+    metrics_port: int | None = None  # the port metrics are served on
+
+
+@contextmanager
+def live(config: PipelineConfig, pipeline: EdgeCloudPipeline, metrics_port: int | None = None,
+         metrics_host: str = "127.0.0.1") -> Iterator[Live]:
+    """The learner (with `config.update.enabled`) and the metrics server (with a `metrics_port`) for one run of
+    `pipeline`; pass what it yields to `inspect_tasks`. On leaving, the learner finishes what it was handed."""
+    result = Live(metrics=LiveMetrics() if metrics_port is not None else None)
+    with result.metrics.serving(metrics_port, metrics_host) if result.metrics else _nothing() as port:
+        result.metrics_port = port
+        if config.update.enabled:
+            result.learner = build_learner(config.update, pipeline, result.metrics)
+        try:
+            yield result
+        finally:
+            if result.learner is not None:
+                result.learner.close()
+
+
+@contextmanager
+def _nothing() -> Iterator[None]:
+    yield None
