@@ -73,3 +73,75 @@ def test_the_live_path_waiting_for_its_updates_makes_the_bench_replays_updates_a
     assert [{k: u.get(k) for k in decisions} for u in extras.learner.updates] == bench_updates
     assert {name.rpartition("@")[2]: n for name, n in summary.model_versions.items()} == replayed["versions_served"]
     assert summary.offload_ratio == replayed["offload_ratio"] and extras.learner.dropped == 0
+
+
+def bundled_tasks():
+    from aivd.pipeline.demo import SAMPLES
+
+    return [InspectionTask(path.stem.removesuffix("_test"), path, path.with_name(path.name.replace("_test", "_temp")))
+            for path in sorted(SAMPLES.glob("*_test.jpg"))]
+
+
+def test_metrics_are_served_over_http_with_the_runs_offload_ratio_and_disagreement(tmp_path):
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from aivd.pipeline.live_update import MetricsServerError
+
+    config = PipelineConfig.model_validate({"edge": {"model": BUILTIN_MODEL}, "offload": {"budget": 0.5}})
+    pipeline = build_pipeline(config)
+    with live(config, pipeline, metrics_port=0) as extras:
+        summary = inspect_tasks(bundled_tasks(), pipeline, tmp_path / "out", QUIET, live=extras)
+        answer = httpx.get(f"http://127.0.0.1:{extras.metrics_port}/metrics")
+        with pytest.raises(MetricsServerError, match=f"--metrics-port {extras.metrics_port}: cannot serve"):
+            with extras.metrics.serving(extras.metrics_port):
+                pass
+    assert answer.status_code == 200
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(answer.text) for s in family.samples}
+    assert 0 < summary.offload_ratio < 1 and samples[("aivd_offload_ratio", ())] == pytest.approx(summary.offload_ratio, abs=1e-4)
+    assert samples[("aivd_regions_sent_total", ())] == summary.sent and samples[("aivd_candidate_regions_total", ())] == summary.candidates
+    answered, disagreed = samples[("aivd_cloud_answered_regions_total", ())], samples[("aivd_cloud_disagreements_total", ())]
+    assert answered == summary.sent and samples[("aivd_cloud_disagreement", ())] == pytest.approx(disagreed / answered)
+    assert samples[("aivd_edge_model_info", (("model", "builtin:deeppcb_centernet"), ("version", "")))] == 1
+    assert samples[("aivd_model_updates_total", (("action", "promote"),))] == 0 and samples[("aivd_drift", ())] == 0
+    with pytest.raises(httpx.ConnectError):  # the server went with the run
+        httpx.get(f"http://127.0.0.1:{extras.metrics_port}/metrics")
+
+
+def test_the_learner_never_blocks_inspection_and_drops_what_does_not_fit_its_queue(tmp_path):
+    pytest.importorskip("torch")
+    import threading
+    import time
+
+    from aivd.collab.drift_monitor import UpdateTrigger
+    from aivd.data.images import read_pair
+    from aivd.model_store import ModelStore
+    from aivd.pipeline.live_update import LiveLearner
+    from aivd.training.online_update import OnlineUpdater
+
+    store = ModelStore(tmp_path / "store")
+    pipeline = build_pipeline(learning_config(tmp_path / "store", isolation="thread"))  # seeds the store
+    task = bundled_tasks()[0]
+    image, template = read_pair(task.image_path, task.template_path)
+    result = pipeline.run(image, template, task.image_id)
+    assert result.edge_agrees is not None and len(result.edge_agrees)  # a hard image: every one triggers an update
+
+    started, release = threading.Event(), threading.Event()
+
+    def slow_training(*args):  # an update that trains until released, then finds too little data
+        started.set()
+        release.wait(30)
+        raise ValueError("too few images")
+
+    updater = OnlineUpdater(store, tmp_path, FAST, trigger=UpdateTrigger(TriggerConfig(every=1)), train=slow_training)
+    learner = LiveLearner(updater, queue_size=2)
+    assert learner.offer(0, "a", image, template, result) and started.wait(30)
+    began = time.perf_counter()
+    handed = [learner.offer(position, f"i{position}", image, template, result) for position in (1, 2, 3)]
+    assert time.perf_counter() - began < 0.5 and handed == [True, True, False]  # image 3: queue full, not observed
+    release.set()
+    learner.close()
+    assert learner.observed == 3 and learner.dropped == 1
+    assert [(u["position"], u["action"]) for u in learner.updates] == [(0, "skip"), (1, "skip"), (2, "skip")]
+    assert updater.buffer.added == 3  # the dropped image never reached the buffer nor the trigger
