@@ -64,6 +64,32 @@ def bench_inspect_command(
 
 
 
+@bench_app.command("live-update")
+def bench_live_update_command(
+    deeppcb: Optional[Path] = typer.Option(None, help=DEEPPCB_HELP),
+    limit: int = typer.Option(100, min=1, help="Test images inspected per pass."),
+    train_images: int = typer.Option(60, min=10, help="Trainval images the pipeline labels into the update's replay buffer."),
+    isolation: str = typer.Option("process", help="Where the update trains: process (lowest priority) or thread."),
+    threads: int = typer.Option(1, min=1, help="Torch threads the update trains with."),
+    refiner_epochs: int = typer.Option(8, min=1, help="Epochs the update fine-tunes the class refiner."),
+    budget: float = typer.Option(0.3, min=0.0, max=1.0, help="Offload budget of the pipeline."),
+) -> None:
+    """Inspection throughput while an online update trains beside it, against without one (docs/online-learning.md)."""
+    from aivd.bench.live_update import bench_live_update
+    from aivd.config import ConfigError, build_config
+    from aivd.pipeline.inputs import tasks_from_deeppcb
+
+    root = resolve_deeppcb(deeppcb)
+    overrides = {"offload": {"budget": budget}, "update": {
+        "enabled": True, "model_store": "unused", "isolation": isolation, "learner": {"threads": threads, "refiner_epochs": refiner_epochs}}}
+    try:
+        config = build_config(None, overrides)
+    except ConfigError as error:
+        raise fail(str(error)) from None
+    tasks = tasks_from_deeppcb(root, "test")[:limit]
+    print(json.dumps(bench_live_update(config, tasks, tasks_from_deeppcb(root, "trainval")[:train_images])))
+
+
 @bench_app.command("cluster")
 def bench_cluster_command(
     nodes: int = typer.Option(8, min=1, max=64, help="Emulated edge nodes (classes cycle gpu, ipc, arm, ipc)."),

@@ -223,7 +223,7 @@ class ProcessTrainer:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _thread_trainer():
+def thread_trainer():
     """`update_edge_model` on the learner's thread, which first lowers its own priority (Linux schedules threads
     one by one, and torch's worker threads inherit it)."""
     from aivd.training.online_update import update_edge_model
@@ -250,7 +250,7 @@ def build_learner(update: UpdateConfig, pipeline: EdgeCloudPipeline, metrics: Li
     workdir = tempfile.TemporaryDirectory(prefix="aivd-learner-")  # candidates, until published into the store
     trainer = ProcessTrainer() if update.isolation == "process" else None
     updater = OnlineUpdater(ModelStore(update.model_store), Path(workdir.name), update.learner, trigger=UpdateTrigger(update.trigger),
-                            train_window=update.train_window, train=trainer or _thread_trainer())
+                            train_window=update.train_window, train=trainer or thread_trainer())
     closers = [trainer.close] if trainer else []
     learner = LiveLearner(updater, update.queue, update.wait_for_updates, metrics, [*closers, workdir.cleanup])
     pipeline.offloader = LabelAll(pipeline.offloader, learner.wants_full_labels)
