@@ -290,6 +290,45 @@ def test_cluster_api_answers_as_its_openapi_document_says(ray_cluster, serve_por
 
 
 @pytest.mark.integration
+def test_the_cluster_updater_learns_from_the_edge_replicas_and_they_serve_what_it_promotes(ray_cluster, serve_port, tmp_path):
+    pytest.importorskip("torch")
+    from ray import serve
+
+    from aivd.edge.detector import BUILTIN_MODEL
+    from aivd.model_store import ModelStore
+    from aivd.runtime.cluster import APP_NAME, deploy
+
+    store = ModelStore(tmp_path / "models")
+    store.promote(store.publish(BUILTIN_MODEL, [BUILTIN_MODEL.parent / "deeppcb_refiner.onnx"]))
+    config = ClusterConfig.model_validate({
+        "model_store": str(store.root), "model_poll_s": 0.2, "edge": [{"name": "fast", "replicas": 2}], "port": serve_port,
+        "edge_resources": {"aivd_edge": 1}, "cloud_resources": {"aivd_head": 0.01}, "ingress_resources": {"aivd_head": 0.01},
+        "updater_resources": {"aivd_head": 0.01},
+        "update": {"enabled": True, "model_store": str(store.root), "trigger": {"every": 4},
+                   "learner": {"detector_steps": 0, "refiner_epochs": 1, "threads": 1}},
+    })
+    url = deploy(config)
+    updater = serve.get_deployment_handle("updater", APP_NAME)
+    stems = sorted(path.name.removesuffix("_test.jpg") for path in SAMPLES.glob("*_test.jpg"))
+    sent, report = 0, {"updates": []}
+    deadline = time.monotonic() + 240
+    # Until an update was trained and gated (the first ones are skipped: no validation image yet).
+    while not {u["action"] for u in report["updates"]} & {"promote", "reject"} and time.monotonic() < deadline:
+        for stem in stems:
+            assert inspect(url, stem).json()["status"] == "ok"
+        sent += len(stems)
+        time.sleep(1.0)
+        report = updater.report.remote().result()
+    assert report["arrived"] == sent and report["observed"] + report["dropped"] <= sent
+    gated = [u for u in report["updates"] if u["action"] in ("promote", "reject")]
+    assert gated and store.info(gated[0]["version"])["parent"] == "v0001"  # published to the cluster's store
+    if gated[0]["action"] == "promote":
+        time.sleep(1.0)  # replicas poll the store every 0.2 s
+        served = {inspect(url, stem).json()["detector"].rpartition("@")[2] for stem in stems}
+        assert served and "v0001" not in served  # (a later update may have been promoted meanwhile)
+
+
+@pytest.mark.integration
 def test_bench_cluster_prints_one_json_object_with_every_request_answered(tmp_path):
     import json
     import subprocess

@@ -240,19 +240,24 @@ def thread_trainer():
     return train
 
 
-def build_learner(update: UpdateConfig, pipeline: EdgeCloudPipeline, metrics: LiveMetrics | None = None) -> LiveLearner:
-    """The learner for `pipeline` (built by `build_pipeline` with `update.enabled`, so its edge follows the store):
-    an `OnlineUpdater` on `update.model_store`, and the pipeline's offloader wrapped to label validation images fully."""
+def learner_for(update: UpdateConfig, metrics: LiveMetrics | None = None, isolation: str | None = None) -> LiveLearner:
+    """A learner on `update.model_store` (which must serve a version); `isolation` overrides `update.isolation`."""
     from aivd.collab.drift_monitor import UpdateTrigger
     from aivd.model_store import ModelStore
     from aivd.training.online_update import OnlineUpdater  # torch: only when learning
 
     workdir = tempfile.TemporaryDirectory(prefix="aivd-learner-")  # candidates, until published into the store
-    trainer = ProcessTrainer() if update.isolation == "process" else None
+    trainer = ProcessTrainer() if (isolation or update.isolation) == "process" else None
     updater = OnlineUpdater(ModelStore(update.model_store), Path(workdir.name), update.learner, trigger=UpdateTrigger(update.trigger),
                             train_window=update.train_window, train=trainer or thread_trainer())
     closers = [trainer.close] if trainer else []
-    learner = LiveLearner(updater, update.queue, update.wait_for_updates, metrics, [*closers, workdir.cleanup])
+    return LiveLearner(updater, update.queue, update.wait_for_updates, metrics, [*closers, workdir.cleanup])
+
+
+def build_learner(update: UpdateConfig, pipeline: EdgeCloudPipeline, metrics: LiveMetrics | None = None) -> LiveLearner:
+    """The learner for `pipeline` (built by `build_pipeline` with `update.enabled`, so its edge follows the store),
+    whose offloader is wrapped to label validation images fully."""
+    learner = learner_for(update, metrics)
     pipeline.offloader = LabelAll(pipeline.offloader, learner.wants_full_labels)
     return learner
 

@@ -96,7 +96,7 @@ def _replica_class(config: ClusterConfig) -> tuple[str, int, EdgeNodeClass]:
 
 @serve.deployment(name="edge")
 class EdgeNode:
-    async def __init__(self, config: ClusterConfig, cloud: DeploymentHandle | None) -> None:
+    async def __init__(self, config: ClusterConfig, cloud: DeploymentHandle | None, updater: DeploymentHandle | None = None) -> None:
         from aivd.edge.detector import load_detector
 
         self.replica_id, rank, self.node_class = _replica_class(config)
@@ -119,6 +119,7 @@ class EdgeNode:
         else:
             detector = load_detector(threads=1)
         self.pipeline = EdgeCloudPipeline(detector, analyzer, pixels_per_mm=config.pixels_per_mm)
+        self._learning(updater)
 
     async def inspect(self, image: bytes, template: bytes | None, image_name: str, image_id: str,
                       template_name: str | None = None) -> InspectionRecord:
@@ -140,6 +141,7 @@ class EdgeNode:
                 proposal, service_s = await self.emulated.serve(self.pipeline.propose, test, reference, image_id)
                 self.telemetry.served(service_s)
                 outcome = await asyncio.to_thread(self.pipeline.complete, proposal)
+                await self._teach(image_id, test, reference, outcome)
             record = inspection_record(image_name, image_id, template_name if template is not None else None,
                                        self.pipeline, outcome, read_ms)
             record.edge_node = f"{self.node_class.name}/{self.replica_id}"
@@ -151,6 +153,19 @@ class EdgeNode:
             raise
         finally:
             self.telemetry.ongoing -= 1
+
+    def _learning(self, updater: DeploymentHandle | None) -> None:
+        """With an updater, validation images (when it says one is due) send all their regions to the cloud."""
+        from aivd.collab.offload import LabelAll
+
+        self.updater, self.full_labels = updater, False
+        if updater is not None:
+            self.pipeline.offloader = LabelAll(self.pipeline.offloader, lambda: self.full_labels)
+
+    async def _teach(self, image_id: str, image, template, outcome: ImageResult) -> None:
+        """Hand the inspected image to the updater (it only queues it) and keep its answer for the next image."""
+        if self.updater is not None and outcome.cloud_error is None:
+            self.full_labels = await self.updater.observe.remote(image_id, image, template, outcome)
 
     def record_routing_stats(self) -> dict:
         return self.telemetry.report()
@@ -268,10 +283,19 @@ def build_app(config: ClusterConfig):
         num_replicas=config.edge_replicas, max_ongoing_requests=config.max_ongoing_requests,
         request_router_config=request_router_config(config),
         ray_actor_options={"num_cpus": 0, "resources": config.edge_resources},
-    ).bind(config, cloud)
+    ).bind(config, cloud, _updater(config))
     return Ingress.options(
         max_ongoing_requests=10_000, ray_actor_options={"num_cpus": 0, "resources": config.ingress_resources},
     ).bind(edge, config)
+
+
+def _updater(config: ClusterConfig):
+    """The updater deployment, bound, when the config enables online learning."""
+    if not config.update.enabled:
+        return None
+    from aivd.runtime.updater import EdgeUpdater
+
+    return EdgeUpdater.options(ray_actor_options={"num_cpus": 0, "resources": config.updater_resources}).bind(config.update)
 
 
 def app_builder(args: dict):

@@ -9,8 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from aivd.config import UpdateConfig
 from aivd.core.errors import AivdError
 from aivd.core.regions import PIXELS_PER_MM_RANGE
 from aivd.data.yaml_files import read_yaml_mapping
@@ -79,6 +80,19 @@ class ClusterConfig(Strict):
     placement: Literal["rank", "resources"] = Field(
         "rank", description="how a replica finds its node class: by replica rank in the order of `edge`, or by "
         "a resource `aivd_class_<name>` on its Ray node")
+
+    update: UpdateConfig = Field(
+        UpdateConfig(), description="online learning: an updater deployment learns from every edge replica's results and "
+                                    "publishes to update.model_store, which must be `model_store` (aivd.runtime.updater)")
+    updater_resources: dict[str, float] = Field(default_factory=dict, description="Ray resources the updater needs (it trains)")
+
+    @model_validator(mode="after")
+    def _updates_reach_the_edge(self) -> ClusterConfig:
+        if self.update.enabled and self.update.model_store != self.model_store:
+            raise ValueError("update.model_store must be model_store: the store the edge replicas follow")
+        if self.update.enabled and not self.cloud.enabled:
+            raise ValueError("update.enabled needs cloud.enabled: the edge learns from the cloud's answers")
+        return self
 
     @field_validator("policy")
     @classmethod
