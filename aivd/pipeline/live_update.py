@@ -82,6 +82,8 @@ class LiveMetrics:
         self.updates = Counter("aivd_model_updates", "Online updates of the edge model by outcome", ["action"], registry=r)
         for action in UPDATE_ACTIONS:
             self.updates.labels(action)  # each outcome is exported from the start, at 0
+        # The ratios' terms, kept here: prometheus_client has no public read of a counter's value.
+        self._candidates = self._sent = self._answered = self._disagreed = 0
 
     def observe(self, record: InspectionRecord, result: ImageResult | None) -> None:
         """One written record, with its `ImageResult` when the image was inspected."""
@@ -90,13 +92,15 @@ class LiveMetrics:
             self.model.info({"model": name, "version": version})
         if result is None:
             return
-        self.candidates.inc(len(result.defects) + len(result.rejected))
-        self.sent.inc(regions_sent(result))
-        if result.edge_agrees is not None:
-            self.answered.inc(len(result.edge_agrees))
-            self.disagreed.inc(int((~result.edge_agrees).sum()))
-        self.offload_ratio.set(_ratio(self.sent, self.candidates))
-        self.disagreement.set(_ratio(self.disagreed, self.answered))
+        candidates, sent = len(result.defects) + len(result.rejected), regions_sent(result)
+        answered = 0 if result.edge_agrees is None else len(result.edge_agrees)
+        disagreed = 0 if result.edge_agrees is None else int((~result.edge_agrees).sum())
+        for counter, value in ((self.candidates, candidates), (self.sent, sent), (self.answered, answered), (self.disagreed, disagreed)):
+            counter.inc(value)
+        self._candidates, self._sent = self._candidates + candidates, self._sent + sent
+        self._answered, self._disagreed = self._answered + answered, self._disagreed + disagreed
+        self.offload_ratio.set(self._sent / self._candidates if self._candidates else 0.0)
+        self.disagreement.set(self._disagreed / self._answered if self._answered else 0.0)
 
     def updated(self, action: str) -> None:
         self.updates.labels(action).inc()
@@ -114,11 +118,6 @@ class LiveMetrics:
             server.shutdown()
             server.server_close()
             thread.join(5)
-
-
-def _ratio(part: Counter, whole: Counter) -> float:
-    total = whole._value.get()  # prometheus_client has no public read of a counter; a gauge of the ratio needs it
-    return part._value.get() / total if total else 0.0
 
 
 @dataclass
