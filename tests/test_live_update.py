@@ -145,3 +145,23 @@ def test_the_learner_never_blocks_inspection_and_drops_what_does_not_fit_its_que
     assert learner.observed == 3 and learner.dropped == 1
     assert [(u["position"], u["action"]) for u in learner.updates] == [(0, "skip"), (1, "skip"), (2, "skip")]
     assert updater.buffer.added == 3  # the dropped image never reached the buffer nor the trigger
+
+
+def test_learning_serves_the_update_store_seeded_with_the_packs_model_and_bad_settings_are_one_line_each(tmp_path):
+    from aivd.config import ConfigError, build_config
+
+    store = tmp_path / "store"
+    pipeline = build_pipeline(build_config(None, {"update": {"enabled": True, "model_store": str(store)}}))
+    assert pipeline.detector.name == "builtin:deeppcb_centernet@v0001" and pipeline.detector.tile_size == 640  # tiled as the pack
+    assert sorted(p.name for p in (store / "versions" / "v0001").iterdir()) == [
+        "deeppcb_centernet.onnx", "deeppcb_refiner.onnx", "version.json"]
+    (tmp_path / "a-file").write_text("")
+    for overrides, line in [
+        ({"cloud": {"backend": "none"}}, "pipeline config: update.enabled needs a cloud tier (cloud.backend other than none)"),
+        ({"update": {"enabled": True, "model_store": str(tmp_path / "a-file")}},
+         f"update.model_store {tmp_path / 'a-file'}: cannot use as a model store"),
+        ({"edge": {"min_confidence": 0.3}}, "edge.min_confidence does not apply with update.enabled"),
+    ]:
+        with pytest.raises(ConfigError) as error:
+            build_pipeline(build_config(None, {"update": {"enabled": True, "model_store": str(store)}} | overrides))
+        assert str(error.value).startswith(line) and "\n" not in str(error.value)

@@ -229,9 +229,10 @@ def problems_of(error: ValidationError) -> list[str]:
     """One line per problem pydantic found: `section.key: message`."""
     lines = []
     for problem in error.errors():
-        where = ".".join(str(part) for part in problem["loc"]) or "config"
+        where = ".".join(str(part) for part in problem["loc"])
         message = problem["msg"].removeprefix("Value error, ")
-        lines.append(message if message.startswith(where.split(".")[0] + ".") else f"{where}: {message}")
+        # A check across sections (no location) names its keys itself.
+        lines.append(message if not where or message.startswith(where.split(".")[0] + ".") else f"{where}: {message}")
     return lines
 
 

@@ -65,39 +65,40 @@ def following_update_store(update: UpdateConfig, edge: EdgeConfig, detector: Det
     `detector` was. It polls the store every second, or before every image when a run waits for its updates."""
     from aivd.edge.detector import TemplateDetector
     from aivd.edge.hot_swap import HotSwapDetector
-    from aivd.edge.tiling import TiledDetector
     from aivd.model_store import ModelStore, ModelStoreError
 
     if edge.min_confidence is not None:
         raise ConfigError("edge.min_confidence does not apply with update.enabled: each version in the store carries its threshold")
-    tile_size = detector.tile_size if isinstance(detector, TiledDetector) else None
-    model = _served_model(detector)
+    model, tile_size = _served_model(detector)
     try:
         store = ModelStore(update.model_store)
+    except OSError as error:
+        raise ConfigError(f"update.model_store {update.model_store}: cannot use as a model store ({error.strerror or error})") from None
+    try:
         if store.current() is None:
             if not isinstance(model, TemplateDetector):
                 raise ConfigError(f"update.enabled: the online update trains aivd's built-in detector, not {model.name}")
             companions = [model.refiner_path] if model.refiner_path else []
             store.promote(store.publish(model.path, companions, metrics={"source": str(model.path)}), "the edge's model before updates")
         following = HotSwapDetector(store, poll_s=0.0 if update.wait_for_updates else 1.0)
-    except (ModelStoreError, OSError) as error:
+    except ModelStoreError as error:
         raise ConfigError(f"update.model_store: {error}") from None
     return _tiled(following, tile_size)
 
 
-def _served_model(detector: Detector) -> Detector:
-    """The one model behind the pack, tiling and store wrappers: what an update starts from."""
+def _served_model(detector: Detector, tile_size: int | None = None) -> tuple[Detector, int | None]:
+    """The one model behind the pack, tiling and store wrappers (what an update starts from), and its tile size."""
     from aivd.edge.hot_swap import HotSwapDetector
     from aivd.edge.tiling import TiledDetector
     from aivd.packs.pack import PackDetector
 
     if isinstance(detector, TiledDetector):
-        return _served_model(detector.detector)
+        return _served_model(detector.detector, detector.tile_size)
     if isinstance(detector, PackDetector):
-        return _served_model(detector.template_aware or detector.image_only)
+        return _served_model(detector.template_aware or detector.image_only, tile_size)
     if isinstance(detector, HotSwapDetector):
-        return detector.detector
-    return detector
+        return detector.detector, tile_size
+    return detector, tile_size
 
 
 def _model_detector(model: Path, min_confidence: float | None) -> Detector:
