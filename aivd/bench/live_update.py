@@ -1,10 +1,11 @@
 """`aivd bench live-update`: what an online update training beside `aivd inspect` costs inspection.
 
-The pipeline is the one a live run with `update.enabled` builds (its edge follows a model store). First the
-images are inspected with nothing else running (`images_per_s_without_update`). Then an update of the edge model
-is trained, as the live learner trains it (`update.isolation`, `update.learner.threads`), from a replay buffer
-the pipeline itself labelled, while the same images are inspected over and over: every image finished between
-the update's start and its end counts (`images_per_s_during_update`). The update's start includes starting its
+The pipeline is the one a live run with `update.enabled` builds (its edge follows a model store). The images are
+inspected with nothing else running, before and after the update (`images_per_s_without_update` is the mean of
+the two, which brackets the load others put on a shared machine). In between, an update of the edge model is
+trained as the live learner trains it (`update.isolation`, `update.learner.threads`), from a replay buffer the
+pipeline itself labelled, while the same images are inspected over and over: every image finished between the
+update's start and its end counts (`images_per_s_during_update`). The update's start includes starting its
 process, as a live run's first update does.
 """
 
@@ -56,7 +57,7 @@ def bench_live_update(config: PipelineConfig, tasks: list[InspectionTask], train
         store = ModelStore(update.model_store)
         train, validation = labelled_buffer(pipeline, train_tasks).split()
         inspect_tasks(tasks[:2], pipeline, work / "warm", QUIET)  # model sessions warmed up, as in a running line
-        alone = inspect_tasks(tasks, pipeline, work / "alone", QUIET)
+        before = inspect_tasks(tasks, pipeline, work / "before", QUIET).images_per_s
 
         trainer = ProcessTrainer() if update.isolation == "process" else None
         train_fn = trainer or thread_trainer()
@@ -82,15 +83,18 @@ def bench_live_update(config: PipelineConfig, tasks: list[InspectionTask], train
         finally:
             if trainer is not None:
                 trainer.close()
+        after = inspect_tasks(tasks, pipeline, work / "after", QUIET).images_per_s
     if "error" in span:
         raise span["error"]
     during = [t for t in finished if span["start"] <= t <= span["end"]]
     seconds = span["end"] - span["start"]
-    without, with_update = alone.images_per_s, len(during) / seconds
+    # Before and after: on a shared machine the load others put on it drifts; their mean brackets the update.
+    without, with_update = (before + after) / 2, len(during) / seconds
     return {
         "isolation": update.isolation, "torch_threads": update.learner.threads, "refiner_epochs": update.learner.refiner_epochs,
         "images": len(tasks), "train_images": len(train), "validation_images": len(validation),
-        "images_per_s_without_update": round(without, 2), "images_per_s_during_update": round(with_update, 2),
+        "images_per_s_without_update": round(without, 2), "images_per_s_before_after": [round(before, 2), round(after, 2)],
+        "images_per_s_during_update": round(with_update, 2),
         "ratio": round(with_update / without, 3), "update_seconds": round(seconds, 1), "images_during_update": len(during),
         "update_fscore_before_after": [span["update"].fscore_before, span["update"].fscore_after],
     }
