@@ -13,6 +13,7 @@ processor, which needs torchvision, and the CPU build of torchvision that matche
 
 import base64
 import importlib.util
+import inspect
 import json
 import os
 import re
@@ -169,14 +170,14 @@ def test_an_unreachable_server_fails_the_batch_saying_so_and_sends_no_more_regio
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--llm-model", "m"], "--llm-model needs --cloud-backend openai or transformers"),
-    (["--cloud-backend", "openai", "--cloud", "http://h:8700"], "cannot be combined with --cloud"),
-    (["--cloud-backend", "openai", "--llm-model", "m"], "needs --llm-base-url and --llm-model, or --llm-config FILE"),
-    (["--cloud-backend", "openai", "--llm-base-url", "ftp://h", "--llm-model", "m"], "--llm-\\* options: base_url: Value error"),
+    (["--llm-model", "m"], r"cloud.llm.model \(--llm-model\): for backend openai or transformers \(--cloud-backend\)"),
+    (["--cloud-backend", "openai", "--cloud", "http://h:8700"], "--cloud and --cloud-backend each choose the cloud tier: give one"),
+    (["--cloud-backend", "openai", "--llm-model", "m"], r"\(--llm-base-url, --llm-model\), or cloud.llm.config \(--llm-config FILE\)"),
+    (["--cloud-backend", "openai", "--llm-base-url", "ftp://h", "--llm-model", "m"], "cloud.llm: base_url: Value error"),
     (["--cloud-backend", "openai", "--llm-base-url", "http://h/v1", "--llm-model", "m", "--llm-adapter", "a"], "picks the adapter by model name"),
     (["--cloud-backend", "openai", "--llm-base-url", "http://h/v1", "--llm-model", "m", "--llm-prompt", "v99"], "no shipped prompt version 'v99'"),
-    (["--cloud-backend", "transformers"], "needs --llm-model"),
-    (["--cloud-backend", "transformers", "--llm-model", "m", "--llm-base-url", "http://h/v1"], "are for the openai backend"),
+    (["--cloud-backend", "transformers"], r"needs cloud.llm.model \(--llm-model"),
+    (["--cloud-backend", "transformers", "--llm-model", "m", "--llm-base-url", "http://h/v1"], "are for backend openai"),
 ])
 def test_cli_refuses_llm_options_that_do_not_fit(tmp_path, args, message):
     from typer.testing import CliRunner
@@ -236,7 +237,8 @@ class Server:
         return self.log.read_text(errors="replace")
 
     def requests_received(self) -> int:
-        return self.text().count("[Request received]")
+        # transformers serve logs each request it starts: "[Request received]" before 5.x, "Request ID: model ..." since.
+        return len(re.findall(r"\[Request received\]|\bRequest \S+: model ", self.text()))
 
     def wait_for_requests(self, count: int, timeout_s: float = 30) -> int:
         deadline = time.monotonic() + timeout_s
@@ -254,8 +256,12 @@ def server(tmp_path_factory):
     model = build_tiny_llava(tmp_path_factory.mktemp("tiny-llava"))
     port = free_port()
     log = tmp_path_factory.mktemp("server") / "serve.log"
+    # Newer transformers log each request they start only with --enable-log-requests (`Server.requests_received`).
+    from transformers.cli.serve import Serve
+
+    request_log = ["--enable-log-requests"] if "enable_log_requests" in inspect.signature(Serve.__init__).parameters else []
     command = [str(Path(sys.executable).parent / "transformers"), "serve", str(model), "--host", "127.0.0.1",
-               "--port", str(port), "--device", "cpu", "--log-level", "info"]
+               "--port", str(port), "--device", "cpu", "--log-level", "info", *request_log]
     with log.open("w") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=os.environ | {"HF_HUB_OFFLINE": "1"})
     try:

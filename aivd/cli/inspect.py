@@ -17,6 +17,7 @@ from aivd.cli.pipeline_options import (
     CLASSIFIER,
     CLOUD_BACKEND,
     CLOUD_URL,
+    CONFIG,
     DEEPPCB_HELP,
     DEEPPCB_PIXELS_PER_MM,
     EDGE_ONLY,
@@ -26,13 +27,19 @@ from aivd.cli.pipeline_options import (
     LLM_CONFIG,
     LLM_MODEL,
     LLM_PROMPT,
+    OFFLOAD_BUDGET,
+    OFFLOAD_FILTER,
     PACK,
     PIXELS_PER_MM,
     PROPOSAL,
+    SET,
     CloudBackend,
     LLMOptions,
-    load_pipeline,
+    built_pipeline,
+    flag_overrides,
+    pipeline_config,
     resolve_deeppcb,
+    set_overrides,
 )
 from aivd.cli.ui import console, error_line, fail, progress_bar, shown
 from aivd.core.redaction import MASK, redact_command, redact_url
@@ -55,12 +62,14 @@ def inspect(
         None, "--resume", metavar="OUT",
         help="Continue the stopped run in OUT with the options it was started with, skipping the images it has done. "
              "Give --db, --cloud or --llm-base-url again only if its URL had a password (not stored)."),
+    config: Optional[Path] = CONFIG,
+    set_values: Optional[list[str]] = SET,
     deeppcb: Optional[Path] = typer.Option(None, help="Inspect an official DeepPCB split instead of PATHS. " + DEEPPCB_HELP),
     split: str = typer.Option("test", help="DeepPCB split: trainval or test."),
     model: Optional[Path] = typer.Option(None, help="ONNX detector (an aivd model or an Ultralytics YOLO export), or a model-store folder whose served version is followed (`aivd models`). Default: built-in."),
     pack: Optional[Path] = PACK,
     template: Optional[Path] = typer.Option(None, help="One aligned template for every image."),
-    templates: TemplateMode = typer.Option(TemplateMode.auto, help="auto: use NAME_temp beside NAME_test; require: missing is an error; none: ignore."),
+    templates: Optional[TemplateMode] = typer.Option(None, help="auto (the default): use NAME_temp beside NAME_test; require: missing is an error; none: ignore."),
     min_confidence: Optional[float] = typer.Option(None, min=0.0, max=1.0, help="Edge score threshold; default: the model's calibrated one."),
     edge_only: bool = EDGE_ONLY,
     cloud: Optional[str] = CLOUD_URL,
@@ -68,15 +77,17 @@ def inspect(
     knowledge: Optional[Path] = KNOWLEDGE,
     proposal_threshold: Optional[float] = PROPOSAL,
     pixels_per_mm: Optional[float] = PIXELS_PER_MM,
-    cloud_backend: CloudBackend = CLOUD_BACKEND,
+    cloud_backend: Optional[CloudBackend] = CLOUD_BACKEND,
+    offload_budget: Optional[float] = OFFLOAD_BUDGET,
+    offload_filter: Optional[str] = OFFLOAD_FILTER,
     llm_config: Optional[Path] = LLM_CONFIG,
     llm_base_url: Optional[str] = LLM_BASE_URL,
     llm_model: Optional[str] = LLM_MODEL,
     llm_adapter: Optional[Path] = LLM_ADAPTER,
     llm_prompt: Optional[str] = LLM_PROMPT,
-    annotate: bool = typer.Option(True, help="Write annotated images to OUT/annotated/."),
-    db: Optional[str] = typer.Option(None, help="SQLAlchemy URL of the result database, e.g. postgresql+psycopg://... Default: OUT/aivd.sqlite."),
-    report: bool = typer.Option(True, help="Write OUT/report.html."),
+    annotate: Optional[bool] = typer.Option(None, "--annotate/--no-annotate", help="Write annotated images to OUT/annotated/ (default: yes).", show_default=False),
+    db: Optional[str] = typer.Option(None, help="SQLAlchemy URL of the result database, e.g. postgresql+psycopg://... Default: the config's, else OUT/aivd.sqlite."),
+    report: Optional[bool] = typer.Option(None, "--report/--no-report", help="Write OUT/report.html (default: yes).", show_default=False),
     tile_size: Optional[int] = typer.Option(
         None, "--tile-size", min=0,
         help="Detect images longer than 1.5 tiles in overlapping tiles of this many px. Default: 640 for the built-in detector, "
@@ -161,8 +172,22 @@ def _resumed_arguments(out: Path, db: str, arguments: dict, context: typer.Conte
     return resumed
 
 
+def _inspect_overrides(args: SimpleNamespace) -> dict:
+    """The config keys inspect's own options set (on top of the pipeline options every command shares)."""
+    from aivd.config.pipeline import merged
+
+    llm = LLMOptions(args.llm_config, args.llm_base_url, args.llm_model, args.llm_adapter, args.llm_prompt)
+    shared = flag_overrides(args.model, args.min_confidence, args.edge_only, args.cloud, args.classifier, args.knowledge,
+                            args.proposal_threshold, args.pixels_per_mm, args.cloud_backend, llm, args.pack, args.tile_size,
+                            args.offload_budget, args.offload_filter)
+    own = {"edge": {"templates": args.templates, "template": args.template},
+           "outputs": {"annotate": args.annotate, "report": args.report}}
+    return merged(shared, {section: {k: v for k, v in values.items() if v is not None} for section, values in own.items()})
+
+
 def _inspect(out: Path, db: str, resuming: bool, lock, args: SimpleNamespace) -> None:
     from aivd.cli.interrupts import StopRequest
+    from aivd.config.pipeline import merged
     from aivd.data.deeppcb import DatasetError
     from aivd.pipeline.inputs import tasks_from_deeppcb, tasks_from_paths
     from aivd.pipeline.inspect import InspectOptions, ResultWriter, inspect_tasks
@@ -171,32 +196,30 @@ def _inspect(out: Path, db: str, resuming: bool, lock, args: SimpleNamespace) ->
 
     if bool(args.paths) == bool(args.deeppcb):
         raise fail("give either image PATHS or --deeppcb ROOT, not both and not neither")
-    if args.template is not None and not args.template.is_file():
-        raise fail(f"{args.template}: template not found")
-    if args.deeppcb and args.template is not None:
+    config = pipeline_config(args.config, merged(set_overrides(args.set_values), _inspect_overrides(args)))
+    edge = config.edge
+    if edge.template is not None and not edge.template.is_file():
+        raise fail(f"{edge.template}: template not found")
+    if args.deeppcb and edge.template is not None:
         raise fail("--template does not apply to --deeppcb: each DeepPCB image has its own template (--templates none ignores them)")
     try:
         tasks = (tasks_from_deeppcb(resolve_deeppcb(args.deeppcb), args.split) if args.deeppcb
-                 else tasks_from_paths(args.paths, args.templates, args.template))
+                 else tasks_from_paths(args.paths, edge.templates, edge.template))
     except DatasetError as error:
         raise fail(str(error)) from None
-    if args.deeppcb and args.templates is TemplateMode.none:
+    if args.deeppcb and edge.templates is TemplateMode.none:
         tasks = [dataclasses.replace(task, template_path=None, error=None) for task in tasks]
     if not tasks:
         raise fail("no images found in the given paths")
     lock = lock or _claim_output(out)
-    pixels_per_mm = args.pixels_per_mm
-    if pixels_per_mm is None and args.deeppcb:
-        pixels_per_mm = DEEPPCB_PIXELS_PER_MM
-    llm = LLMOptions(args.llm_config, args.llm_base_url, args.llm_model, args.llm_adapter, args.llm_prompt)
-    pipeline = load_pipeline(args.model, args.min_confidence, args.edge_only, args.cloud, args.classifier, args.knowledge,
-                              args.proposal_threshold, pixels_per_mm, args.cloud_backend, llm, args.pack, args.tile_size)
+    pipeline = built_pipeline(config, DEEPPCB_PIXELS_PER_MM if args.deeppcb else None)
     options = InspectOptions(
-        annotate=args.annotate, deeppcb_results=bool(args.deeppcb), database=db, report=args.report, resume=resuming,
-        command=redact_command(["aivd", *sys.argv[1:]]),
+        annotate=config.outputs.annotate, deeppcb_results=bool(args.deeppcb), database=db or config.outputs.database or "",
+        report=config.outputs.report, resume=resuming, command=redact_command(["aivd", *sys.argv[1:]]),
         config={"pipeline": pipeline.name, "edge_threshold": pipeline.edge_threshold, "proposal_threshold": pipeline.proposal_threshold,
-                "pixels_per_mm": pixels_per_mm, "images": len(tasks), "tile_size": getattr(pipeline.detector, "tile_size", None),
-                "cwd": os.getcwd(), "arguments": {name: _stored_argument(name, value) for name, value in vars(args).items()}},
+                "pixels_per_mm": pipeline.pixels_per_mm, "images": len(tasks), "tile_size": getattr(pipeline.detector, "tile_size", None),
+                "pipeline_config": config.shown(), "cwd": os.getcwd(),
+                "arguments": {name: _stored_argument(name, value) for name, value in vars(args).items()}},
     )
     resume_command = f"aivd inspect --resume {shlex.quote(str(out))}"
     with StopRequest(f"the records written so far are kept; continue with: {resume_command}") as stop:

@@ -10,6 +10,7 @@ import sys
 import typer
 
 from aivd.cli.bench import bench_app
+from aivd.cli.config import config_app
 from aivd.cli.data import data_app
 from aivd.cli.demo import demo, synth
 from aivd.cli.eval import eval_command
@@ -38,6 +39,7 @@ app.add_typer(finetune_app, name="finetune")
 app.add_typer(models_app, name="models")
 app.add_typer(data_app, name="data")
 app.add_typer(kb_app, name="kb")
+app.add_typer(config_app, name="config")
 
 
 def main() -> None:

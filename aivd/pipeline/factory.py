@@ -52,13 +52,23 @@ def build_detector(edge: EdgeConfig) -> tuple[Detector, object | None]:
                 if isinstance(error, (ModelError, PackError)):
                     raise
                 raise ConfigError(f"edge.tile_size: {error}") from None
-        return _tiled(_model_detector(edge.model, edge.min_confidence), edge.tile_size), None
+        return _tiled(model_detector(edge.model, edge.min_confidence), edge.tile_size), None
     except (ModelError, ModelStoreError, PackError) as error:
         raise ConfigError(str(error)) from None
 
 
-def _model_detector(model: Path, min_confidence: float | None) -> Detector:
+def model_detector(model: Path, min_confidence: float | None) -> Detector:
     """An ONNX file, or a model store's served version (followed as it changes: `aivd models promote`)."""
+    from aivd.edge.detector import ModelError
+    from aivd.model_store import ModelStoreError
+
+    try:
+        return _model_detector(model, min_confidence)
+    except (ModelError, ModelStoreError) as error:
+        raise ConfigError(str(error)) from None
+
+
+def _model_detector(model: Path, min_confidence: float | None) -> Detector:
     from aivd.edge.detector import load_detector
 
     if model.is_dir():
@@ -148,7 +158,7 @@ def _transformers_analyzer(cloud: CloudConfig, knowledge) -> Analyzer:
     except KnowledgeError as error:
         raise ConfigError(str(error)) from None
     except (OSError, ValueError) as error:  # a missing or unreadable model or adapter, a bad prompt
-        raise ConfigError(f"cloud.llm.model {llm.model}: {error}") from None
+        raise ConfigError(f"cloud.llm.model (--llm-model) {llm.model}: {error}") from None
 
 
 def build_offloader(offload: OffloadConfig) -> Offloader:
