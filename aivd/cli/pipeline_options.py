@@ -5,12 +5,15 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import NamedTuple, Optional
+from typing import TYPE_CHECKING, NamedTuple, Optional
 
 import typer
 
 from aivd.cli.ui import console, fail, shown
 from aivd.core.regions import PIXELS_PER_MM_RANGE
+
+if TYPE_CHECKING:
+    from aivd.cloud.analyzer import Analyzer
 
 DEEPPCB_HELP = "DeepPCB root (the folder holding PCBData/); default: $AIVD_DEEPPCB_ROOT or ../shared/data/deeppcb."
 
@@ -197,6 +200,7 @@ def load_pipeline(
         return EdgeCloudPipeline(detector)
     if backend is not CloudBackend.builtin:
         return EdgeCloudPipeline(detector, _llm_analyzer(backend, llm, list(detector.labels.names), knowledge), proposal, pixels_per_mm)
+    analyzer: Analyzer
     try:
         if cloud:
             from aivd.cloud.http_client import HttpAnalyzer
