@@ -9,7 +9,7 @@ import shlex
 import sys
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Optional, get_type_hints
+from typing import Any, Optional, get_type_hints
 
 import typer
 
@@ -149,8 +149,8 @@ def _resumed_arguments(out: Path, db: str, arguments: dict, context: typer.Conte
         raise fail(f"{out}: run {run.id} was not started by an aivd inspect that can resume it")
     types = get_type_hints(inspect)
     try:
-        resumed = {name: None if value is None else TypeAdapter(types[name]).validate_python(value)
-                   for name, value in run.config["arguments"].items()}
+        resumed: dict[str, Any] = {name: None if value is None else TypeAdapter(types[name]).validate_python(value)
+                                   for name, value in run.config["arguments"].items()}
     except (KeyError, ValidationError) as error:
         raise fail(f"{out}: the options stored with run {run.id} are not this aivd's ({str(error).splitlines()[0]})") from None
     for name, value in arguments.items():

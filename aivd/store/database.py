@@ -33,6 +33,7 @@ from sqlalchemy import (
     text,
     update,
 )
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.exc import SQLAlchemyError
 
 from aivd.core.errors import AivdError
@@ -113,6 +114,13 @@ class StoreError(AivdError, RuntimeError):
 
 def _now() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def _inserted_id(result: CursorResult) -> int:
+    """The id a one-row INSERT gave its row."""
+    key = result.inserted_primary_key
+    assert key is not None  # None only for statements other than a one-row INSERT
+    return key[0]
 
 
 @dataclass(frozen=True)
@@ -206,7 +214,7 @@ class ResultStore:
         with self._errors("write"), self._engine.begin() as connection:
             result = connection.execute(runs.insert().values(
                 started_at=_now(), status="running", command=command, config=json.dumps(config, default=str)))
-            return result.inserted_primary_key[0]
+            return _inserted_id(result)
 
     def run(self, run_id: int) -> StoredRun:
         """Run `run_id` as stored; StoreError when the database has no such run."""
@@ -225,7 +233,7 @@ class ResultStore:
         """Write one record (its image, defects and timings) in one transaction."""
         image_row = {"run_id": run_id, **{name: getattr(record, name) for name in _IMAGE_FIELDS}}
         with self._errors("write"), self._engine.begin() as connection:
-            row_id = connection.execute(images.insert(), image_row).inserted_primary_key[0]
+            row_id = _inserted_id(connection.execute(images.insert(), image_row))
             defect_rows = [{"image_row_id": row_id, **_defect_row(d, rejected=False)} for d in record.defects]
             defect_rows += [{"image_row_id": row_id, **_defect_row(d, rejected=True)} for d in record.rejected]
             timing_rows = [{"image_row_id": row_id, "stage": stage, "ms": ms} for stage, ms in record.timings_ms.items()]
@@ -259,7 +267,7 @@ class ResultStore:
             .order_by(count.desc(), defects.c.defect_type)
         )
         with self._errors("read"), self._engine.connect() as connection:
-            return {row.defect_type: row.count for row in connection.execute(query)}
+            return {defect_type: number for defect_type, number in connection.execute(query)}
 
     def records(self, run_id: int) -> list[InspectionRecord]:
         """A run's records as they were added, in the order they were added."""
