@@ -162,8 +162,8 @@ def free_port() -> int:
 class Server:
     """An OpenAI-compatible server started for the tests: its API root, the model name it serves, and its log."""
 
-    def __init__(self, url: str, model: str, log: Path):
-        self.url, self.model, self.log = url, model, log
+    def __init__(self, url: str, model: str, log: Path, process: subprocess.Popen):
+        self.url, self.model, self.log, self.process = url, model, log, process
 
     def text(self) -> str:
         return self.log.read_text(errors="replace")
@@ -277,6 +277,6 @@ def llama_server(tmp_path_factory):
                                    stdout=out, stderr=subprocess.STDOUT)
     try:
         wait_until_up(process, f"http://127.0.0.1:{port}/v1/models", log)
-        yield Server(f"http://127.0.0.1:{port}/v1", "tiny", log)
+        yield Server(f"http://127.0.0.1:{port}/v1", "tiny", log, process)
     finally:
         stop(process)

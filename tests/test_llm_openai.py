@@ -230,7 +230,7 @@ def server(tmp_path_factory):
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=os.environ | {"HF_HUB_OFFLINE": "1"})
     try:
         wait_until_up(process, f"http://127.0.0.1:{port}/health", log)
-        yield Server(f"http://127.0.0.1:{port}/v1", str(model), log)
+        yield Server(f"http://127.0.0.1:{port}/v1", str(model), log, process)
     finally:
         stop(process)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import free_port
+from conftest import free_port, stop
 
 from aivd.runtime.config import ClusterConfig, ConfigError, load_cluster_config
 from aivd.runtime.emulation import EmulatedNode
@@ -324,9 +324,9 @@ def test_cluster_inspects_over_http_survives_a_killed_node_and_swaps_models(ray_
     refiner = BUILTIN_MODEL.parent / "deeppcb_refiner.onnx"
     store.promote(store.publish(BUILTIN_MODEL, [refiner]))
     config = ClusterConfig.model_validate({
-        "model_store": str(store.root), "model_poll_s": 0.2,
+        "pipeline": {"edge": {"model": str(store.root), "model_poll_s": 0.2}, "imaging": {"pixels_per_mm": 48}},
         "edge": [{"name": "fast", "replicas": 1}, {"name": "slow", "replicas": 2, "slowdown": 2}],
-        "policy": "ect", "pixels_per_mm": 48, "port": serve_port, "max_ongoing_requests": 2,
+        "policy": "ect", "port": serve_port, "max_ongoing_requests": 2,
         "edge_resources": {"aivd_edge": 1}, "cloud_resources": {"aivd_head": 0.01},
         "ingress_resources": {"aivd_head": 0.01}, "routing_stats_period_s": 0.5,
     })
@@ -396,6 +396,10 @@ def test_cluster_inspects_over_http_survives_a_killed_node_and_swaps_models(ray_
     router = httpx.get(f"{url}/v1/router").json()
     assert router["policy"] == "ect" and router["decisions"] >= len(stems) and router["median_ms"] < 5
 
+    # The same figures reach Prometheus through Ray Serve's metrics: every node exports its replicas' metrics.
+    exported = exported_metrics(["ray_aivd_edge_images_total", "ray_aivd_router_decision_seconds_count"])
+    assert exported["ray_aivd_edge_images_total"] >= len(stems) and exported["ray_aivd_router_decision_seconds_count"] >= len(stems)
+
     # A new model version is promoted in the store: every replica serves it from its next image on.
     assert {r.json()["detector"] for r in responses} == {"builtin:deeppcb_centernet@v0001"}
     second = store.publish(BUILTIN_MODEL, [refiner], parent="v0001")
@@ -404,6 +408,105 @@ def test_cluster_inspects_over_http_survives_a_killed_node_and_swaps_models(ray_
     with ThreadPoolExecutor(4) as pool:
         after = list(pool.map(lambda stem: inspect(url, stem), stems[:12]))
     assert {r.json()["detector"] for r in after} == {f"builtin:deeppcb_centernet@{second}"}
+
+
+def exported_metrics(names: list[str], timeout_s: float = 60) -> dict[str, float]:
+    """Each metric's sum over the series every live Ray node exports (Prometheus text), once all of them show up."""
+    import httpx
+    import ray
+    from prometheus_client.parser import text_string_to_metric_families
+
+    deadline, totals = time.monotonic() + timeout_s, {}
+    while time.monotonic() < deadline:
+        totals = dict.fromkeys(names, 0.0)
+        seen = set()
+        for node in ray.nodes():
+            if not node["Alive"]:
+                continue
+            try:
+                text = httpx.get(f"http://{node['NodeManagerAddress']}:{node['MetricsExportPort']}/metrics", timeout=5).text
+            except httpx.HTTPError:
+                continue
+            for family in text_string_to_metric_families(text):
+                for sample in family.samples:
+                    if sample.name in totals:
+                        totals[sample.name] += sample.value
+                        seen.add(sample.name)
+        if seen == set(names):
+            return totals
+        time.sleep(1)  # Ray's agents export what the workers reported at their last interval
+    pytest.fail(f"not all of {names} exported within {timeout_s} s: {totals}")
+
+
+def wait_for_status(deployment: str, wanted: str, timeout_s: float = 120) -> None:
+    from ray import serve
+
+    from aivd.runtime.cluster import APP_NAME
+
+    deadline, status = time.monotonic() + timeout_s, None
+    while time.monotonic() < deadline:
+        status = serve.status().applications[APP_NAME].deployments[deployment]
+        if status.status == wanted:
+            return
+        time.sleep(0.5)
+    pytest.fail(f"the {deployment} deployment stayed {status.status}, not {wanted}: {status.message}")
+
+
+@pytest.mark.integration
+def test_cluster_runs_the_openai_backend_on_a_llama_cpp_server_and_reports_a_lost_server_and_a_lost_model(
+        ray_cluster, serve_port, llama_server, tmp_path):
+    import shutil
+
+    import httpx
+    import yaml
+
+    from aivd.edge.detector import BUILTIN_MODEL
+    from aivd.model_store import ModelStore
+    from aivd.runtime.cluster import deploy
+
+    store = ModelStore(tmp_path / "models")
+    version = store.publish(BUILTIN_MODEL, [BUILTIN_MODEL.parent / "deeppcb_refiner.onnx"])
+    store.promote(version)
+    llm = tmp_path / "llm.yaml"  # the random model needs room to finish the JSON its grammar holds it to
+    llm.write_text(yaml.safe_dump(llama_server.config(structured_output="json_object", max_tokens=1024, max_retries=0,
+                                                      concurrency=2, timeout_s=60).model_dump()))
+    config = ClusterConfig.model_validate({
+        "pipeline": {"edge": {"model": str(store.root)}, "cloud": {"backend": "openai", "llm": {"config": str(llm)}},
+                     "imaging": {"pixels_per_mm": 48}},
+        "edge": [{"name": "fast", "replicas": 1}], "port": serve_port, "health_check_period_s": 1, "health_check_timeout_s": 10,
+        "cloud": {"timeout_s": 10}, "edge_resources": {"aivd_edge": 1}, "cloud_resources": {"aivd_head": 0.01},
+        "ingress_resources": {"aivd_head": 0.01},
+    })
+    url = deploy(config)
+
+    # The regions go to the llama.cpp server over HTTP, from the cloud deployment, and its answers come back. The
+    # random model's answers break the schema's bounds, so the image may keep the edge's results: either way, it
+    # says so, and its bytes to the cloud are the LLM requests' bodies.
+    record = inspect(url, "00041200").json()
+    assert record["status"] == "ok" and record["analyzer"] == "openai:tiny" and record["bytes_to_cloud"] > 0
+    assert record["cloud_error"] is None or record["cloud_error"].startswith("openai:tiny")
+    assert all(d["source"] in ("edge", "cloud:openai:tiny") for d in record["defects"])
+    assert {"cloud", "edge", "ingress"} <= set(status_of_all())
+
+    # The server goes away: the cloud deployment reports it; the edge is not to blame and keeps answering alone.
+    stop(llama_server.process)
+    wait_for_status("cloud", "UNHEALTHY")  # Serve's message is its own; the replica's log has ours ("not answering")
+    alone = inspect(url, "20085291").json()
+    assert alone["status"] == "ok" and alone["cloud_error"] and {d["source"] for d in alone["defects"]} <= {"edge"}
+    assert status_of_all()["edge"] == "HEALTHY"
+
+    # The version the edge serves is deleted from its store: the edge replica reports it.
+    shutil.rmtree(store.versions_dir / version)
+    wait_for_status("edge", "UNHEALTHY")
+    assert httpx.get(f"{url}/healthz").status_code == 200  # the ingress itself is fine
+
+
+def status_of_all() -> dict[str, str]:
+    from ray import serve
+
+    from aivd.runtime.cluster import APP_NAME
+
+    return {name: status.status for name, status in serve.status().applications[APP_NAME].deployments.items()}
 
 
 @pytest.mark.integration
