@@ -97,10 +97,12 @@ class CloudAnalyzer:
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
     async def analyze(self, requests: list[list[Region]]) -> list[Analyses | AnalyzerError]:
-        """Each edge request's analyses, or the error that stopped them: several requests' regions in one model call
-        for a batched backend, each request on its own otherwise, and always when the joint call failed, so that one
-        image's failure is not its batch-mates'."""
-        if self.batched and len(requests) > 1:
+        """Each edge request's analyses, or the error that stopped them. A batched backend analyses several requests'
+        regions in one model call, and each request alone when that call failed, so that one image's failure is not
+        its batch-mates'; a remote backend gets each request in calls of its own, at once."""
+        if not self.batched:
+            return list(await asyncio.gather(*(asyncio.to_thread(self._analyze, regions) for regions in requests)))
+        if len(requests) > 1:
             joint = await asyncio.to_thread(self._analyze, [region for regions in requests for region in regions])
             if not isinstance(joint, AnalyzerError):
                 out, start = [], 0
@@ -108,7 +110,8 @@ class CloudAnalyzer:
                     out.append(Analyses(joint[start:start + len(regions)]))
                     start += len(regions)
                 return out
-        return list(await asyncio.gather(*(asyncio.to_thread(self._analyze, regions) for regions in requests)))
+        # One call at a time, as the joint one: the model is this replica's, on its one device.
+        return [await asyncio.to_thread(self._analyze, regions) for regions in requests]
 
     def _analyze(self, regions: list[Region]) -> Analyses | AnalyzerError:
         try:
