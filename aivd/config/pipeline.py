@@ -47,6 +47,7 @@ class EdgeConfig(_Section):
                                 "built-in models, none for `model`; 0: never tile")
     templates: TemplateMode = Field(TemplateMode.auto, description="auto: NAME_temp beside NAME_test; require: missing is an error; none: ignore")
     template: Path | None = Field(None, description="one aligned template for every image")
+    model_poll_s: float = Field(5.0, gt=0.0, description="a model store as `model`: how often the edge looks for a newly promoted version")
 
     @model_validator(mode="after")
     def _one_source(self) -> EdgeConfig:

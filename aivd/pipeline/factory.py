@@ -3,8 +3,6 @@ Ray runtime alike. Every problem is a `ConfigError` (an `AivdError`) that says w
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from aivd.cloud.analyzer import Analyzer
 from aivd.collab.hard_examples import make_filter
 from aivd.collab.offload import BudgetController, KeepAtEdge, MarginalErrorController, Offloader, SendAll
@@ -15,14 +13,17 @@ from aivd.pipeline.engine import EdgeCloudPipeline
 BUILTIN = "builtin"
 
 
-def build_pipeline(config: PipelineConfig, pixels_per_mm: float | None = None) -> EdgeCloudPipeline:
+def build_pipeline(config: PipelineConfig, pixels_per_mm: float | None = None, *, threads: int = 2,
+                   cloud: Analyzer | None = None) -> EdgeCloudPipeline:
     """The pipeline `config` describes. `pixels_per_mm` is the caller's default imaging scale (DeepPCB input knows
-    its own) where neither the config nor the pack sets one."""
-    detector, pack = build_detector(config.edge)
+    its own) where neither the config nor the pack sets one; `threads` the edge model's ONNX threads. `cloud` is the
+    cloud tier when the caller reaches it some other way (a Ray edge replica: a handle on the cloud deployment,
+    which built `config.cloud`'s backend); by default it is built here."""
+    detector, pack = build_detector(config.edge, threads)
     scale = config.imaging.pixels_per_mm
     if scale is None:
         scale = pack.pixels_per_mm if pack is not None and pack.pixels_per_mm is not None else pixels_per_mm
-    analyzer = build_analyzer(config.cloud, list(detector.labels.names), pack)
+    analyzer = cloud if cloud is not None else build_analyzer(config.cloud, list(detector.labels.names), pack)
     return EdgeCloudPipeline(detector, analyzer, config.cloud.proposal_threshold, scale, build_offloader(config.offload))
 
 
@@ -37,8 +38,8 @@ def load_pack(name: str):
         raise ConfigError(str(error)) from None
 
 
-def build_detector(edge: EdgeConfig) -> tuple[Detector, object | None]:
-    """The edge detector, and the model pack it came from (None for `edge.model`)."""
+def build_detector(edge: EdgeConfig, threads: int = 2) -> tuple[Detector, object | None]:
+    """The edge detector with `threads` ONNX threads, and the model pack it came from (None for `edge.model`)."""
     from aivd.edge.detector import ModelError
     from aivd.model_store import ModelStoreError
     from aivd.packs import PackError
@@ -47,12 +48,12 @@ def build_detector(edge: EdgeConfig) -> tuple[Detector, object | None]:
         if edge.model is None:
             pack = load_pack(edge.pack or BUILTIN)
             try:
-                return pack.load_detector(edge.min_confidence, tile_size=edge.tile_size), pack
+                return pack.load_detector(edge.min_confidence, threads, edge.tile_size), pack
             except ValueError as error:  # what TiledDetector says of a tile size it cannot use
                 if isinstance(error, (ModelError, PackError)):
                     raise
                 raise ConfigError(f"edge.tile_size: {error}") from None
-        return _tiled(model_detector(edge.model, edge.min_confidence), edge.tile_size), None
+        return _tiled(_model_detector(edge, threads), edge.tile_size), None
     except (ModelError, ModelStoreError, PackError) as error:
         raise ConfigError(str(error)) from None
 
@@ -63,14 +64,15 @@ def model_detector(model: Path, min_confidence: float | None) -> Detector:
     from aivd.model_store import ModelStoreError
 
     try:
-        return _model_detector(model, min_confidence)
+        return _model_detector(EdgeConfig(model=model, min_confidence=min_confidence), threads=2)
     except (ModelError, ModelStoreError) as error:
         raise ConfigError(str(error)) from None
 
 
-def _model_detector(model: Path, min_confidence: float | None) -> Detector:
+def _model_detector(edge: EdgeConfig, threads: int) -> Detector:
     from aivd.edge.detector import load_detector
 
+    model, min_confidence = edge.model, edge.min_confidence
     if model.is_dir():
         from aivd.edge.hot_swap import HotSwapDetector
         from aivd.model_store import ModelStore
@@ -79,8 +81,18 @@ def _model_detector(model: Path, min_confidence: float | None) -> Detector:
             raise ConfigError(f"{model}: a folder, but not a model store (no versions/ folder); give an ONNX file or a store")
         if min_confidence is not None:
             raise ConfigError("edge.min_confidence does not apply to a model store: each version carries its threshold")
-        return HotSwapDetector(ModelStore(model), poll_s=5.0)
-    return load_detector(model, min_confidence)
+        return HotSwapDetector(ModelStore(model), edge.model_poll_s, threads)
+    return load_detector(model, min_confidence, threads)
+
+
+def edge_classes(edge: EdgeConfig) -> tuple[list[str], object | None]:
+    """The class names the edge detects and its pack (None for `edge.model`): what the cloud tier needs of the edge.
+    A pack's names are in its manifest; only a given model is loaded to read them."""
+    if edge.model is None:
+        pack = load_pack(edge.pack or BUILTIN)
+        return list(pack.labels.names), pack
+    detector, _ = build_detector(edge, threads=1)
+    return list(detector.labels.names), None
 
 
 def _tiled(detector: Detector, tile_size: int | None) -> Detector:
