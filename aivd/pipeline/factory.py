@@ -3,6 +3,8 @@ Ray runtime alike. Every problem is a `ConfigError` (an `AivdError`) that says w
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from aivd.cloud.analyzer import Analyzer
 from aivd.collab.hard_examples import make_filter
 from aivd.collab.offload import BudgetController, KeepAtEdge, MarginalErrorController, Offloader, SendAll
