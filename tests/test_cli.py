@@ -173,7 +173,7 @@ def test_demo_writes_a_report(tmp_path):
 
 
 def test_error_messages_keep_square_brackets(capsys):
-    from aivd.cli.main import fail
+    from aivd.cli.ui import fail
 
     fail("install it with pip install 'aivd[train,vlm]'; see runs/[old]/log")
     assert "pip install 'aivd[train,vlm]'; see runs/[old]/log" in capsys.readouterr().err

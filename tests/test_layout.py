@@ -1,4 +1,4 @@
-"""The package layout: arrows between aivd's packages point one way."""
+"""The package layout: arrows between aivd's packages, and between the modules of its CLI, point one way."""
 
 import ast
 from collections import defaultdict
@@ -28,6 +28,27 @@ def package_imports() -> dict[str, set[str]]:
     return edges
 
 
+def cli_module_imports() -> dict[str, set[str]]:
+    """For each module of aivd.cli, the other modules of aivd.cli it imports (lazy imports included)."""
+    cli = AIVD / "cli"
+    modules = {path.stem for path in cli.glob("*.py")}
+    edges: dict[str, set[str]] = defaultdict(set)
+    for path in cli.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                # `from aivd.cli.x import y` imports module x; `from aivd.cli import x` imports module x too.
+                names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            else:
+                continue
+            for name in names:
+                target = name.split(".")
+                if target[:2] == ["aivd", "cli"] and len(target) > 2 and target[2] in modules and target[2] != path.stem:
+                    edges[path.stem].add(target[2])
+    return edges
+
+
 def reachable(edges: dict[str, set[str]], start: str) -> set[str]:
     seen, todo = set(), [start]
     while todo:
@@ -48,6 +69,13 @@ def test_core_and_schema_import_no_other_package():
     edges = package_imports()
     assert edges.get("core", set()) == set()
     assert edges.get("schema", set()) <= {"core"}
+
+
+def test_no_cli_module_is_in_an_import_cycle():
+    edges = cli_module_imports()
+    assert edges["main"] >= {"inspect", "train", "bench"}  # the check reads the imports it should
+    cycles = sorted(module for module in edges if module in reachable(edges, module))
+    assert cycles == [], f"aivd.cli modules in an import cycle: {cycles}; {dict(edges)}"
 
 
 def test_the_check_sees_a_cycle():

@@ -10,7 +10,6 @@ import typer
 finetune_app = typer.Typer(
     help="Fine-tune a vision-language model as the cloud tier: build chat data, train a LoRA adapter.", no_args_is_help=True,
 )
-DEEPPCB_PIXELS_PER_MM = 48.0
 
 
 def _module(name: str):
@@ -62,6 +61,7 @@ def build_command(
         True, "--pcb-facts/--no-pcb-facts", help="Measure copper and conductors where there are templates (PCB data sets)."),
 ) -> None:
     """Chat data (TRL messages JSONL and LLaMA-Factory sharegpt) from a box-annotated data set."""
+    from aivd.cli.pipeline_options import DEEPPCB_PIXELS_PER_MM
     from aivd.cli.ui import console, fail, progress_bar
     from aivd.cloud.knowledge import DEFAULT_KNOWLEDGE, KnowledgeError
     from aivd.cloud.llm.prompts import PromptError

@@ -1,0 +1,208 @@
+"""`aivd bench`: the benchmarks; each prints one JSON object on stdout."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from aivd.cli.pipeline_options import (
+    CLASSIFIER,
+    CLOUD_URL,
+    DEEPPCB_HELP,
+    DEEPPCB_PIXELS_PER_MM,
+    EDGE_ONLY,
+    JSON_ALWAYS,
+    PACK,
+    PROPOSAL,
+    data_split,
+    load_detector,
+    load_pipeline,
+    resolve_deeppcb,
+)
+from aivd.cli.train import training_module
+from aivd.cli.ui import fail, progress_bar
+from aivd.pipeline.inputs import TemplateMode
+
+bench_app = typer.Typer(help="Benchmarks; each prints one JSON object.", no_args_is_help=True)
+
+
+@bench_app.command("inspect")
+def bench_inspect_command(
+    deeppcb: Optional[Path] = typer.Option(None, help=DEEPPCB_HELP),
+    split: str = typer.Option("test", help="DeepPCB split to run over."),
+    limit: Optional[int] = typer.Option(None, min=1, help="Only the first N images."),
+    model: Optional[Path] = typer.Option(None, help="ONNX detector. Default: built-in."),
+    pack: Optional[Path] = PACK,
+    data: Optional[Path] = typer.Option(None, "--data", help="Any data set (`aivd data check` reads it) instead of DeepPCB."),
+    templates: TemplateMode = typer.Option(TemplateMode.auto, help="none: inspect the images without their templates."),
+    annotate: bool = typer.Option(True, help="Include writing annotated images, as `aivd inspect` does by default."),
+    repeat: int = typer.Option(1, min=1, help="Passes over the images."),
+    edge_only: bool = EDGE_ONLY,
+    cloud: Optional[str] = CLOUD_URL,
+) -> None:
+    """Inspection speed end to end at batch 1 (decode, pre/post-processing, edge and cloud models), and peak memory."""
+    from aivd.bench.inspect_speed import bench_inspect
+    from aivd.pipeline.inputs import InspectionTask, tasks_from_deeppcb
+
+    if data is not None:
+        samples = data_split(data, split).samples
+        tasks = [InspectionTask(s.image_id, s.image_path, s.template_path) for s in samples][:limit]
+        pixels_per_mm = None
+    else:
+        tasks = tasks_from_deeppcb(resolve_deeppcb(deeppcb), split)[:limit]
+        pixels_per_mm = DEEPPCB_PIXELS_PER_MM
+    if templates is TemplateMode.none:
+        tasks = [dataclasses.replace(task, template_path=None) for task in tasks]
+    pipeline = load_pipeline(model, None, edge_only, cloud, pixels_per_mm=pixels_per_mm, pack=pack)
+    print(json.dumps(bench_inspect(tasks, pipeline, annotate, repeat=repeat)))
+
+
+
+@bench_app.command("cluster")
+def bench_cluster_command(
+    nodes: int = typer.Option(8, min=1, max=64, help="Emulated edge nodes (classes cycle gpu, ipc, arm, ipc)."),
+    scenario: int = typer.Option(3, min=1, max=3, help="Simulator scenario whose links and arrivals to copy."),
+    policies: str = typer.Option("aivd,ray,rr", help="Routing policies to compare; 'ray' is Ray Serve's own router."),
+    requests: int = typer.Option(600, min=1, help="Requests per policy."),
+    seed: int = typer.Option(0),
+    load: Optional[float] = typer.Option(None, min=0.01, help="Arrival rate as a fraction of the emulated capacity; default: the scenario's."),
+    time_scale: float = typer.Option(4.0, min=0.1, help="Service times = the simulator's x this (one machine runs slower devices)."),
+    max_ongoing: int = typer.Option(8, min=1, help="Requests in flight per edge replica (Ray's max_ongoing_requests)."),
+    port: int = typer.Option(8000, min=1, max=65535),
+    sample: Optional[Path] = typer.Option(None, exists=True, dir_okay=False, help="A *_test.jpg with its *_temp.jpg beside it. Default: a bundled DeepPCB pair."),
+    as_json: bool = JSON_ALWAYS,
+) -> None:
+    """Drive real HTTP load through the Ray Serve runtime per policy; print measured and simulated figures as JSON."""
+    from aivd.bench.cluster import bench_cluster
+    from aivd.cli.simulate import check_policies, parse_list
+    from aivd.runtime.config import RAY_DEFAULT_ROUTER
+
+    names = parse_list(policies)
+    check_policies([n for n in names if n != RAY_DEFAULT_ROUTER] or ["rr"])
+    sample = sample or Path(__file__).resolve().parents[1] / "data" / "samples" / "deeppcb" / "20085291_test.jpg"
+    # Ray prints its workers' and raylets' messages on the driver's stdout; keep stdout for the one JSON object.
+    real_stdout = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        report = bench_cluster(nodes, scenario, names, requests, seed, load, time_scale, max_ongoing, port, sample)
+    finally:
+        sys.stdout.flush()
+        os.dup2(real_stdout, 1)
+        os.close(real_stdout)
+    print(json.dumps(report))
+
+
+@bench_app.command("collab")
+def bench_collab_command(
+    deeppcb: Optional[Path] = typer.Option(None, help=DEEPPCB_HELP),
+    split: str = typer.Option("test", help="test, trainval, or holdout (the held-out tenth of trainval, for choices)."),
+    limit: Optional[int] = typer.Option(None, min=1, help="Only the first N images."),
+    budget: float = typer.Option(0.3, min=0.0, max=1.0, help="Share of regions the online controller may send to the cloud."),
+    budget_filter: str = typer.Option("threshold", "--filter", help="Hard-example filter for the budget run: threshold, margin, cross_entropy, ibt, random."),
+    seed: int = typer.Option(0, help="Seed of the random filter and the drift's noise."),
+    drift: Optional[str] = typer.Option(None, help="Also stream the split with the imaging degrading from its middle on: KIND:STRENGTH, KIND one of blur, contrast_noise, resample (e.g. blur:1.2)."),
+    update: bool = typer.Option(False, "--update/--no-update", help="With --drift: also run the stream with online updates of the edge model (needs the train extra)."),
+    workdir: Optional[Path] = typer.Option(None, help="With --update: keep the model store and candidates here. Default: a temporary folder."),
+    update_steps: int = typer.Option(0, min=0, help="Detector fine-tuning steps per update (0: only the class refiner is updated)."),
+    min_images: int = typer.Option(40, min=1, help="Hard images after drift is seen before an update runs."),
+    train_window: int = typer.Option(100, min=1, help="Newest hard images an update trains on."),
+    as_json: bool = JSON_ALWAYS,
+) -> None:
+    """Offload only the hard regions: F-score and bytes against the upload ratio, and at a budget; one JSON object."""
+    from aivd.bench.collab import bench_collab
+    from aivd.collab.hard_examples import FILTERS
+    from aivd.data.deeppcb import holdout_split, load_split
+
+    if budget_filter not in FILTERS:
+        raise typer.BadParameter(f"unknown filter {budget_filter!r}; known: {', '.join(FILTERS)}", param_hint="--filter")
+    if split not in ("test", "trainval", "holdout"):
+        raise typer.BadParameter("test, trainval or holdout", param_hint="--split")
+    root = resolve_deeppcb(deeppcb)
+    samples = holdout_split(load_split(root, "trainval"))[1] if split == "holdout" else load_split(root, split)
+    samples = samples[:limit]
+    phase = None
+    if drift:
+        from pydantic import ValidationError
+
+        from aivd.data.drift import DriftPhase
+
+        kind, _, strength = drift.partition(":")
+        try:
+            phase = DriftPhase(start=len(samples) // 2, kind=kind, strength=float(strength or "nan"))
+        except (ValidationError, ValueError):
+            raise typer.BadParameter("KIND:STRENGTH with KIND blur, contrast_noise or resample and STRENGTH > 0", param_hint="--drift") from None
+    if update and phase is None:
+        raise typer.BadParameter("--update needs --drift", param_hint="--update")
+    pipeline = load_pipeline(None, None, False, pixels_per_mm=DEEPPCB_PIXELS_PER_MM)
+    if not update:
+        print(json.dumps(bench_collab(pipeline, samples, budget, budget_filter, seed, phase)))
+        return
+    import tempfile
+
+    from aivd.bench.collab import OnlineSettings
+    from aivd.collab.drift_monitor import TriggerConfig
+
+    training = training_module("online_update")
+    with tempfile.TemporaryDirectory(prefix="aivd-online-") as temporary:
+        settings = OnlineSettings(workdir or Path(temporary), training.LearnerConfig(detector_steps=update_steps, seed=seed),
+                                  TriggerConfig(min_images=min_images), train_window)
+        print(json.dumps(bench_collab(pipeline, samples, budget, budget_filter, seed, phase, settings)))
+
+
+@bench_app.command("crops")
+def bench_crops_command(
+    deeppcb: Optional[Path] = typer.Option(None, help=DEEPPCB_HELP),
+    split: str = typer.Option("test", help="DeepPCB split."),
+    classifier: Optional[Path] = CLASSIFIER,
+    model: Optional[Path] = typer.Option(None, help="Edge detector whose candidates are classified. Default: built-in."),
+    proposal_threshold: Optional[float] = PROPOSAL,
+    limit: Optional[int] = typer.Option(None, min=1, help="Only the first N images."),
+) -> None:
+    """Crop classification accuracy of the cloud classifier on ground-truth boxes and on the edge's boxes."""
+    from aivd.bench.crop_accuracy import crop_accuracy
+    from aivd.cloud.builtin import BUILTIN_CLASSIFIER, CropClassifier
+    from aivd.data.deeppcb import load_split
+    from aivd.edge.detector import ModelError
+
+    try:
+        crop_model = CropClassifier(classifier or BUILTIN_CLASSIFIER)
+    except ModelError as error:
+        raise fail(str(error)) from None
+    with progress_bar() as progress:
+        samples = progress.track(load_split(resolve_deeppcb(deeppcb), split)[:limit], description="classifying")
+        result = crop_accuracy(crop_model, load_detector(model, None), samples, proposal_threshold)
+    print(json.dumps({"split": split, **result}))
+
+
+@bench_app.command("hostile-inputs")
+def bench_hostile_inputs_command(
+    timeout: float = typer.Option(300.0, min=1.0, help="Seconds the inspect run may take before it counts as hung."),
+) -> None:
+    """`aivd inspect --edge-only` over hostile files (a FIFO, /dev/zero, a PNG bomb, markup and newlines in names):
+    rows written, exit code, traceback or not, wall time and peak memory."""
+    from aivd.bench.hostile_inputs import bench_hostile_inputs
+
+    print(json.dumps(bench_hostile_inputs(timeout)))
+
+
+@bench_app.command("service-abuse")
+def bench_service_abuse_command(
+    seconds: float = typer.Option(20.0, min=1.0, help="Seconds per phase."),
+    idle_connections: int = typer.Option(1100, min=0, help="Idle connections held open while /healthz is measured."),
+) -> None:
+    """A normal edge client's latency at the real cloud service while a hostile client floods it, and /healthz
+    beside idle connections (locust)."""
+    from aivd.bench.service_abuse import bench_service_abuse
+
+    try:
+        report = bench_service_abuse(seconds, idle_connections)
+    except RuntimeError as error:
+        raise fail(str(error)) from None
+    print(json.dumps(report))
+

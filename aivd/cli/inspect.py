@@ -1,0 +1,236 @@
+"""`aivd inspect`: find and analyse the defects in images, writing records, a database and a report; `--resume`
+continues a stopped run with the options it was started with."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shlex
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Optional, get_type_hints
+
+import typer
+
+from aivd.cli.pipeline_options import (
+    CLASSIFIER,
+    CLOUD_BACKEND,
+    CLOUD_URL,
+    DEEPPCB_HELP,
+    DEEPPCB_PIXELS_PER_MM,
+    EDGE_ONLY,
+    KNOWLEDGE,
+    LLM_ADAPTER,
+    LLM_BASE_URL,
+    LLM_CONFIG,
+    LLM_MODEL,
+    LLM_PROMPT,
+    PACK,
+    PIXELS_PER_MM,
+    PROPOSAL,
+    CloudBackend,
+    LLMOptions,
+    load_pipeline,
+    resolve_deeppcb,
+)
+from aivd.cli.ui import console, error_line, fail, progress_bar, shown
+from aivd.core.redaction import MASK, redact_command, redact_url
+from aivd.pipeline.inputs import TemplateMode
+
+# Where a run is written, not what it inspects: not stored with the run's arguments.
+RUN_LOCATION = ("context", "out", "resume", "db")
+# URL options that may carry a password: stored with it hidden, so a resumed run needs them given again.
+SECRET_URL_OPTIONS = ("cloud", "llm_base_url")
+
+
+def inspect(
+    context: typer.Context,
+    paths: list[Path] = typer.Argument(None, help="Image files or folders (searched recursively)."),
+    out: Optional[Path] = typer.Option(
+        None, "--out", "-o",
+        help="Output folder: results.jsonl, annotated/, deeppcb/, report.html, aivd.sqlite, run.json. A new run replaces the "
+             "files of the run the folder held (the database keeps every run); a folder another run is writing is refused."),
+    resume: Optional[Path] = typer.Option(
+        None, "--resume", metavar="OUT",
+        help="Continue the stopped run in OUT with the options it was started with, skipping the images it has done. "
+             "Give --db, --cloud or --llm-base-url again only if its URL had a password (not stored)."),
+    deeppcb: Optional[Path] = typer.Option(None, help="Inspect an official DeepPCB split instead of PATHS. " + DEEPPCB_HELP),
+    split: str = typer.Option("test", help="DeepPCB split: trainval or test."),
+    model: Optional[Path] = typer.Option(None, help="ONNX detector (an aivd model or an Ultralytics YOLO export), or a model-store folder whose served version is followed (`aivd models`). Default: built-in."),
+    pack: Optional[Path] = PACK,
+    template: Optional[Path] = typer.Option(None, help="One aligned template for every image."),
+    templates: TemplateMode = typer.Option(TemplateMode.auto, help="auto: use NAME_temp beside NAME_test; require: missing is an error; none: ignore."),
+    min_confidence: Optional[float] = typer.Option(None, min=0.0, max=1.0, help="Edge score threshold; default: the model's calibrated one."),
+    edge_only: bool = EDGE_ONLY,
+    cloud: Optional[str] = CLOUD_URL,
+    classifier: Optional[Path] = CLASSIFIER,
+    knowledge: Optional[Path] = KNOWLEDGE,
+    proposal_threshold: Optional[float] = PROPOSAL,
+    pixels_per_mm: Optional[float] = PIXELS_PER_MM,
+    cloud_backend: CloudBackend = CLOUD_BACKEND,
+    llm_config: Optional[Path] = LLM_CONFIG,
+    llm_base_url: Optional[str] = LLM_BASE_URL,
+    llm_model: Optional[str] = LLM_MODEL,
+    llm_adapter: Optional[Path] = LLM_ADAPTER,
+    llm_prompt: Optional[str] = LLM_PROMPT,
+    annotate: bool = typer.Option(True, help="Write annotated images to OUT/annotated/."),
+    db: Optional[str] = typer.Option(None, help="SQLAlchemy URL of the result database, e.g. postgresql+psycopg://... Default: OUT/aivd.sqlite."),
+    report: bool = typer.Option(True, help="Write OUT/report.html."),
+    tile_size: Optional[int] = typer.Option(
+        None, "--tile-size", min=0,
+        help="Detect images longer than 1.5 tiles in overlapping tiles of this many px. Default: 640 for the built-in detector, "
+             "none for --model; 0: never tile."),
+) -> None:
+    """Find defects in images (edge), analyse each (cloud) and write one JSON record per image, the database
+    and an HTML report.
+
+    Each record is committed to the database and results.jsonl as it is done. Ctrl-C or SIGTERM stops after the
+    images in hand, closes the run and writes the report (exit 130 or 143); `--resume OUT` continues it."""
+    arguments = {name: value for name, value in locals().items() if name not in RUN_LOCATION}
+    if out is not None and resume is not None and out.resolve() != resume.resolve():
+        raise fail("--resume OUT continues the run in OUT: give --out only with the same folder, or leave it out")
+    if resume is not None:
+        out = resume.absolute()  # the run's own working folder may become the current one
+        if not out.is_dir():
+            raise fail(f"{out}: no such output folder to resume")
+        lock = _claim_output(out)
+        arguments = _resumed_arguments(out, db or "", arguments, context)
+    elif out is None:
+        raise fail("give the output folder: --out OUT, or --resume OUT to continue a stopped run")
+    else:
+        lock = None
+    _inspect(out, db or "", resume is not None, lock, SimpleNamespace(**arguments))
+
+
+def _claim_output(out: Path):
+    """The lock of output folder `out`, or a one-line exit when another run holds it or it cannot be written."""
+    from aivd.pipeline.run_folder import OutputBusy, OutputLock
+
+    try:
+        return OutputLock(out)
+    except OutputBusy as error:
+        raise fail(str(error)) from None
+    except OSError as error:
+        raise fail(f"{out}: cannot write the output folder ({error.strerror or error})") from None
+
+
+def _stored_argument(name: str, value):
+    return redact_url(value) if name in SECRET_URL_OPTIONS and value else value
+
+
+def _resumed_arguments(out: Path, db: str, arguments: dict, context: typer.Context) -> dict:
+    """The arguments the run in `out` was started with, for `--resume`. An option given on the command line must
+    agree with the run's; a URL whose password was not stored must be given again. Changes to the run's working
+    folder, against which its relative paths were given."""
+    from pydantic import TypeAdapter, ValidationError
+
+    from aivd.pipeline.run_folder import ResumeError, read_marker, resume_database
+    from aivd.store import ResultStore, StoreError
+
+    try:
+        marker = read_marker(out)
+        with ResultStore(resume_database(out, marker, db)) as store:
+            run = store.run(marker.run_id)
+    except (ResumeError, StoreError) as error:
+        raise fail(str(error)) from None
+    if "arguments" not in run.config:
+        raise fail(f"{out}: run {run.id} was not started by an aivd inspect that can resume it")
+    types = get_type_hints(inspect)
+    try:
+        resumed = {name: None if value is None else TypeAdapter(types[name]).validate_python(value)
+                   for name, value in run.config["arguments"].items()}
+    except (KeyError, ValidationError) as error:
+        raise fail(f"{out}: the options stored with run {run.id} are not this aivd's ({str(error).splitlines()[0]})") from None
+    for name, value in arguments.items():
+        if getattr(context.get_parameter_source(name), "name", None) != "COMMANDLINE":
+            continue
+        if _stored_argument(name, value) != resumed[name]:
+            option = "PATHS" if name == "paths" else "--" + name.replace("_", "-")
+            was = " ".join(map(str, resumed[name])) if isinstance(resumed[name], list) else resumed[name]
+            raise fail(f"--resume continues run {run.id} with its own options: {option} was {was} there; leave it out")
+        resumed[name] = value  # the same, with the password the run's record hides
+    for name in SECRET_URL_OPTIONS:
+        if resumed[name] and MASK in resumed[name]:
+            raise fail(f"run {run.id} used --{name.replace('_', '-')} {resumed[name]}: give that URL again, with its password")
+    if run.config["cwd"] != os.getcwd():
+        try:
+            os.chdir(run.config["cwd"])
+        except OSError as error:
+            raise fail(f"{run.config['cwd']}: cannot enter the folder run {run.id} was started in ({error.strerror})") from None
+    return resumed
+
+
+def _inspect(out: Path, db: str, resuming: bool, lock, args: SimpleNamespace) -> None:
+    from aivd.cli.interrupts import StopRequest
+    from aivd.data.deeppcb import DatasetError
+    from aivd.pipeline.inputs import tasks_from_deeppcb, tasks_from_paths
+    from aivd.pipeline.inspect import InspectOptions, ResultWriter, inspect_tasks
+    from aivd.pipeline.run_folder import ResumeError
+    from aivd.store import StoreError
+
+    if bool(args.paths) == bool(args.deeppcb):
+        raise fail("give either image PATHS or --deeppcb ROOT, not both and not neither")
+    if args.template is not None and not args.template.is_file():
+        raise fail(f"{args.template}: template not found")
+    if args.deeppcb and args.template is not None:
+        raise fail("--template does not apply to --deeppcb: each DeepPCB image has its own template (--templates none ignores them)")
+    try:
+        tasks = (tasks_from_deeppcb(resolve_deeppcb(args.deeppcb), args.split) if args.deeppcb
+                 else tasks_from_paths(args.paths, args.templates, args.template))
+    except DatasetError as error:
+        raise fail(str(error)) from None
+    if args.deeppcb and args.templates is TemplateMode.none:
+        tasks = [dataclasses.replace(task, template_path=None, error=None) for task in tasks]
+    if not tasks:
+        raise fail("no images found in the given paths")
+    lock = lock or _claim_output(out)
+    pixels_per_mm = args.pixels_per_mm
+    if pixels_per_mm is None and args.deeppcb:
+        pixels_per_mm = DEEPPCB_PIXELS_PER_MM
+    llm = LLMOptions(args.llm_config, args.llm_base_url, args.llm_model, args.llm_adapter, args.llm_prompt)
+    pipeline = load_pipeline(args.model, args.min_confidence, args.edge_only, args.cloud, args.classifier, args.knowledge,
+                              args.proposal_threshold, pixels_per_mm, args.cloud_backend, llm, args.pack, args.tile_size)
+    options = InspectOptions(
+        annotate=args.annotate, deeppcb_results=bool(args.deeppcb), database=db, report=args.report, resume=resuming,
+        command=redact_command(["aivd", *sys.argv[1:]]),
+        config={"pipeline": pipeline.name, "edge_threshold": pipeline.edge_threshold, "proposal_threshold": pipeline.proposal_threshold,
+                "pixels_per_mm": pixels_per_mm, "images": len(tasks), "tile_size": getattr(pipeline.detector, "tile_size", None),
+                "cwd": os.getcwd(), "arguments": {name: _stored_argument(name, value) for name, value in vars(args).items()}},
+    )
+    resume_command = f"aivd inspect --resume {shlex.quote(str(out))}"
+    with StopRequest(f"the records written so far are kept; continue with: {resume_command}") as stop:
+        try:
+            writer = ResultWriter(out, options, lock)
+        except (StoreError, ResumeError) as error:
+            raise fail(str(error)) from None
+        except OSError as error:
+            raise fail(f"{out}: cannot write the output folder ({error.strerror or error})") from None
+        with progress_bar() as progress:
+            bar = progress.add_task("inspecting", total=len(tasks), completed=len(writer.done))
+
+            def on_result(record) -> None:
+                if record.status == "error":
+                    error_line(f"{record.image}: {record.error}")
+                progress.advance(bar)
+
+            summary = inspect_tasks(tasks, pipeline, writer, options, on_result, lambda: stop.requested)
+    resumed = f" ({summary.resumed} before resuming)" if summary.resumed else ""
+    console.print(
+        f"{summary.ok} of {summary.images} images inspected{resumed}, {summary.defects} defects, {summary.failed} failed, "
+        f"{summary.images_per_s:.1f} images/s -> {shown(out / 'results.jsonl')}", highlight=False,
+    )
+    if pipeline.analyzer is not None:
+        console.print(f"cloud: {summary.rejected_by_cloud} edge candidates judged not defects", highlight=False)
+    if summary.cloud_failed:
+        console.print(
+            f"[yellow]warning:[/yellow] cloud unavailable for {summary.cloud_failed} images; their defects are the edge's own "
+            "(see cloud_error in results.jsonl)", highlight=False,
+        )
+    if summary.interrupted:
+        console.print(f"[yellow]interrupted:[/yellow] {summary.images} of {len(tasks)} images done; continue with: "
+                      f"{shown(resume_command)}", highlight=False)
+        raise typer.Exit(stop.exit_code)
+    if summary.failed:
+        raise typer.Exit(1)
+
