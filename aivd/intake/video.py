@@ -32,7 +32,8 @@ import numpy as np
 
 from aivd.core.errors import AivdError
 from aivd.core.redaction import redact_url
-from aivd.pipeline.inputs import InspectionTask
+from aivd.data.templates import TemplateMode
+from aivd.pipeline.inputs import InspectionTask, tasks_from_paths
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".m4v", ".webm", ".mpg", ".mpeg", ".wmv", ".ts", ".mts")
 STREAM_FPS = 2.0  # a live source's default sampling rate, frames per second of wall time
@@ -212,3 +213,20 @@ class LiveStream:
 
     def __exit__(self, *exc_info) -> None:
         self.close()
+
+
+def tasks_with_videos(paths: list[Path], template_mode: TemplateMode, template: Path | None, fps: float | None,
+                      max_frames: int | None) -> tuple[Iterator[InspectionTask], int | None]:
+    """Tasks for PATHS: the image files and folders as `tasks_from_paths` gives them, then the sampled frames of
+    each video file (by suffix) in the order given, read as they are inspected; and how many tasks there are when
+    that is known (no video). A video's frames take `template` as theirs; `TemplateMode.none` ignores it."""
+    videos = [Path(path) for path in paths if is_video(path)]
+    images = tasks_from_paths([path for path in paths if not is_video(path)], template_mode, template)
+    frame_template = None if template_mode is TemplateMode.none else template
+
+    def tasks() -> Iterator[InspectionTask]:
+        yield from images
+        for video, name in zip(videos, unique_names(videos)):
+            yield from video_tasks(video, name, fps, max_frames, frame_template)
+
+    return tasks(), None if videos else len(images)

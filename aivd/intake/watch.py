@@ -52,12 +52,11 @@ from watchdog.events import (
 from watchdog.observers import Observer
 
 from aivd.data.templates import TemplateMode, image_id_of
+from aivd.intake import QUEUE_SIZE, SETTLE_S
 from aivd.pipeline.inputs import InspectionTask, is_image_to_inspect, template_for
 from aivd.store import ResultStore
 from aivd.store.database import IntakeEntry
 
-SETTLE_S = 1.0  # a file whose size and modification time held this long is taken as whole
-QUEUE_SIZE = 16  # paths between the watcher and the inspector
 TICK_S = 0.1  # how often noted files are looked at
 
 

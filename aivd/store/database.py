@@ -191,7 +191,9 @@ class ResultStore:
     """Appends inspection runs to the database at a SQLAlchemy URL, e.g. `sqlite:///out/aivd.sqlite`.
 
     Each `add` is one transaction: once it returns, the record is in the database whole, and a killed process
-    never leaves part of one. Not thread-safe: add from one thread.
+    never leaves part of one. Each call takes its own connection from the engine's pool, so threads may share a
+    store (`aivd watch` journals files on one while records are added on another); records added from several
+    threads are stored in the order their transactions commit.
     """
 
     def __init__(self, url: str):
