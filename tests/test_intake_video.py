@@ -225,3 +225,17 @@ def test_aivd_inspect_reads_a_stream_until_max_frames_or_a_signal(mjpeg, tmp_pat
     _, stderr = endless.communicate(timeout=60)
     assert endless.returncode == 130 and "Traceback" not in stderr
     assert "interrupted" in (out / "summary.json").read_text()
+
+
+@pytest.mark.integration
+def test_aivd_inspect_refuses_video_options_that_cannot_apply(clip, tmp_path):
+    def refused(*args) -> str:
+        result = subprocess.run([sys.executable, "-m", "aivd.cli.main", "inspect", *map(str, args), "--out", tmp_path / "out"],
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        return result.stderr.strip()
+
+    assert refused(BOARDS[0], "--fps", "2") == "error: --fps and --max-frames apply to video files and --stream"
+    assert refused(clip, "--stream", "0") == "error: give one of image or video PATHS, --deeppcb ROOT or --stream URL"
+    assert refused(clip, "--templates", "require") == ("error: --templates require: video frames have no template beside them; "
+                                                       "give --template FILE")
