@@ -1,8 +1,10 @@
 """Video files, cameras and live streams as input (issue 16, item 4): frames sampled by video or wall time,
 inspected from memory under stable ids, and a live stream that drops is reopened."""
 
+import json
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -239,3 +241,17 @@ def test_aivd_inspect_refuses_video_options_that_cannot_apply(clip, tmp_path):
     assert refused(clip, "--stream", "0") == "error: give one of image or video PATHS, --deeppcb ROOT or --stream URL"
     assert refused(clip, "--templates", "require") == ("error: --templates require: video frames have no template beside them; "
                                                        "give --template FILE")
+
+
+@pytest.mark.integration
+def test_a_run_stored_before_the_video_options_existed_still_resumes(tmp_path):
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "aivd.cli.main", "inspect"]
+    subprocess.run([*command, BOARDS[0], "--edge-only", "--no-report", "--out", out], check=True, capture_output=True, timeout=120)
+    with sqlite3.connect(out / "aivd.sqlite") as connection:  # as an aivd without --stream, --fps, --max-frames stored it
+        config = json.loads(connection.execute("SELECT config FROM runs").fetchone()[0])
+        for name in ("stream", "fps", "max_frames"):
+            del config["arguments"][name]
+        connection.execute("UPDATE runs SET config = ?", (json.dumps(config),))
+    resumed = subprocess.run([*command, "--resume", out], capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0 and "1 of 1 images inspected (1 before resuming)" in resumed.stderr, resumed.stderr

@@ -152,6 +152,9 @@ def _resumed_arguments(out: Path, db: str, arguments: dict, context: typer.Conte
                    for name, value in run.config["arguments"].items()}
     except (KeyError, ValidationError) as error:
         raise fail(f"{out}: the options stored with run {run.id} are not this aivd's ({str(error).splitlines()[0]})") from None
+    # An option newer than the aivd that started the run had its default there.
+    defaults = {parameter.name: parameter.default for parameter in context.command.params}
+    resumed = {**{name: defaults[name] for name in arguments if name not in resumed}, **resumed}
     for name, value in arguments.items():
         if getattr(context.get_parameter_source(name), "name", None) != "COMMANDLINE":
             continue
@@ -218,13 +221,6 @@ def _inspect(out: Path, db: str, resuming: bool, lock, args: SimpleNamespace) ->
     if total == 0:
         raise fail("no images found in the given paths")
     lock = lock or _claim_output(out)
-    if args.stream:
-        template = None if args.templates is TemplateMode.none else args.template
-        try:
-            tasks = LiveStream(args.stream, args.fps, args.max_frames, template, on_event=warning_line)
-        except StreamError as error:
-            raise fail(str(error)) from None
-        total = None
     pixels_per_mm = args.pixels_per_mm
     if pixels_per_mm is None and args.deeppcb:
         pixels_per_mm = DEEPPCB_PIXELS_PER_MM
@@ -239,6 +235,12 @@ def _inspect(out: Path, db: str, resuming: bool, lock, args: SimpleNamespace) ->
                 "cwd": os.getcwd(), "arguments": {name: _stored_argument(name, value) for name, value in vars(args).items()}},
     )
     resume_command = f"aivd inspect --resume {shlex.quote(str(out))}"
+    if args.stream:  # opened last, as its frames start coming at once
+        template = None if args.templates is TemplateMode.none else args.template
+        try:
+            tasks = LiveStream(args.stream, args.fps, args.max_frames, template, on_event=warning_line)
+        except StreamError as error:
+            raise fail(str(error)) from None
     with StopRequest(f"the records written so far are kept; continue with: {resume_command}") as stop, _closing(tasks):
         try:
             writer = ResultWriter(out, options, lock)

@@ -190,7 +190,7 @@ class LiveStream:
             capture.release()
 
     def __iter__(self) -> Iterator[InspectionTask]:
-        seen, given = 0, 0
+        seen, given, last_stamp, repeats = 0, 0, "", 0
         while self.max_frames is None or given < self.max_frames:
             with self._fresh:
                 while not self._closed.is_set() and (self._latest is None or self._latest[0] <= seen):
@@ -199,6 +199,10 @@ class LiveStream:
                     return
                 seen, frame, at = self._latest
             stamp = at.strftime("%Y%m%dT%H%M%S.%f")[:-3] + "Z"
+            repeats = repeats + 1 if stamp == last_stamp else 0  # two frames in one millisecond: the ids stay unique
+            last_stamp = stamp
+            if repeats:
+                stamp = f"{stamp}-{repeats + 1}"
             yield InspectionTask(f"{self.name}-{stamp}", f"{self.shown}#{stamp}", self.template, frame=_gray(frame))
             given += 1
 
