@@ -209,12 +209,15 @@ def test_a_live_stream_is_sampled_by_wall_time_and_reopened_when_it_drops(mjpeg)
 def test_aivd_inspect_reads_a_stream_until_max_frames_or_a_signal(mjpeg, tmp_path):
     port, _ = mjpeg
     url = f"http://127.0.0.1:{port}/"
-    limited = subprocess.run([sys.executable, "-m", "aivd.cli.main", "inspect", "--stream", url, "--fps", "4", "--max-frames", "3",
+    secret = f"http://inspector:s3cret@127.0.0.1:{port}/"  # the server ignores it; aivd must not write it anywhere
+    limited = subprocess.run([sys.executable, "-m", "aivd.cli.main", "inspect", "--stream", secret, "--fps", "4", "--max-frames", "3",
                               "--edge-only", "--no-report", "--out", tmp_path / "limited"], capture_output=True, text=True, timeout=120)
     assert limited.returncode == 0, limited.stderr
     records = _read(tmp_path / "limited")
-    assert len(records) == 3 and all(record.status == "ok" and record.image.startswith(url + "#") for record in records)
+    shown = f"http://inspector:***@127.0.0.1:{port}/#"
+    assert len(records) == 3 and all(record.status == "ok" and record.image.startswith(shown) for record in records)
     assert "stream: 0 drops, 0 reconnects" in limited.stderr
+    assert not [path for path in (tmp_path / "limited").rglob("*") if path.is_file() and b"s3cret" in path.read_bytes()]
 
     out = tmp_path / "endless"
     endless = subprocess.Popen([sys.executable, "-m", "aivd.cli.main", "inspect", "--stream", url, "--edge-only", "--no-report",

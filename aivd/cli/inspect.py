@@ -42,7 +42,7 @@ from aivd.pipeline.inputs import TemplateMode
 # Where a run is written, not what it inspects: not stored with the run's arguments.
 RUN_LOCATION = ("context", "out", "resume", "db")
 # URL options that may carry a password: stored with it hidden, so a resumed run needs them given again.
-SECRET_URL_OPTIONS = ("cloud", "llm_base_url")
+SECRET_URL_OPTIONS = ("cloud", "llm_base_url", "stream")
 
 
 def inspect(
@@ -56,7 +56,7 @@ def inspect(
     resume: Optional[Path] = typer.Option(
         None, "--resume", metavar="OUT",
         help="Continue the stopped run in OUT with the options it was started with, skipping the images it has done. "
-             "Give --db, --cloud or --llm-base-url again only if its URL had a password (not stored)."),
+             "Give --db, --cloud, --llm-base-url or --stream again only if its URL had a password (not stored)."),
     deeppcb: Optional[Path] = typer.Option(None, help="Inspect an official DeepPCB split instead of PATHS. " + DEEPPCB_HELP),
     split: str = typer.Option("test", help="DeepPCB split: trainval or test."),
     model: Optional[Path] = typer.Option(None, help="ONNX detector (an aivd model or an Ultralytics YOLO export), or a model-store folder whose served version is followed (`aivd models`). Default: built-in."),

@@ -271,7 +271,7 @@ def _prefetched(tasks: Iterable[InspectionTask], options: InspectOptions) -> Ite
                 if not offer((task, _load(task, options.limits))):
                     return
             offer(_END)
-        except BaseException as failure:  # a source that fails (a stream that cannot be opened) ends the run with its error
+        except BaseException as failure:  # a source that fails (a watched folder whose journal cannot be written) ends the run
             offer(failure)
 
     reader = threading.Thread(target=read, name="aivd-read", daemon=True)
