@@ -7,6 +7,7 @@ import dataclasses
 import os
 import shlex
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Optional, get_type_hints
@@ -41,19 +42,20 @@ from aivd.cli.pipeline_options import (
     resolve_deeppcb,
     set_overrides,
 )
-from aivd.cli.ui import console, error_line, fail, progress_bar, shown
+from aivd.cli.ui import console, error_line, fail, progress_bar, shown, warning_line
 from aivd.core.redaction import MASK, redact_command, redact_url
 from aivd.pipeline.inputs import TemplateMode
 
 # Where a run is written, not what it inspects: not stored with the run's arguments.
 RUN_LOCATION = ("context", "out", "resume", "db")
 # URL options that may carry a password: stored with it hidden, so a resumed run needs them given again.
-SECRET_URL_OPTIONS = ("cloud", "llm_base_url")
+SECRET_URL_OPTIONS = ("cloud", "llm_base_url", "stream")
 
 
 def inspect(
     context: typer.Context,
-    paths: list[Path] = typer.Argument(None, help="Image files or folders (searched recursively)."),
+    paths: list[Path] = typer.Argument(
+        None, help="Image files or folders (searched recursively), and video files (.mp4, .avi, .mkv, .mov, ...: their frames)."),
     out: Optional[Path] = typer.Option(
         None, "--out", "-o",
         help="Output folder: results.jsonl, annotated/, deeppcb/, report.html, aivd.sqlite, run.json. A new run replaces the "
@@ -61,7 +63,7 @@ def inspect(
     resume: Optional[Path] = typer.Option(
         None, "--resume", metavar="OUT",
         help="Continue the stopped run in OUT with the options it was started with, skipping the images it has done. "
-             "Give --db, --cloud or --llm-base-url again only if its URL had a password (not stored)."),
+             "Give --db, --cloud, --llm-base-url or --stream again only if its URL had a password (not stored)."),
     config: Optional[Path] = CONFIG,
     set_values: Optional[list[str]] = SET,
     deeppcb: Optional[Path] = typer.Option(None, help="Inspect an official DeepPCB split instead of PATHS. " + DEEPPCB_HELP),
@@ -92,6 +94,14 @@ def inspect(
         None, "--tile-size", min=0,
         help="Detect images longer than 1.5 tiles in overlapping tiles of this many px. Default: 640 for the built-in detector, "
              "none for --model; 0: never tile."),
+    stream: Optional[str] = typer.Option(
+        None, "--stream", metavar="URL|INDEX",
+        help="Inspect a live stream instead of PATHS: an rtsp:// or http(s):// URL (MJPEG, HLS) or a camera number. Runs until "
+             "Ctrl-C, SIGTERM or --max-frames; a stream that drops is reopened (waits of 0.5 s doubling to 30 s)."),
+    fps: Optional[float] = typer.Option(
+        None, "--fps", min=0.001,
+        help="Frames to inspect per second: of video time for video files (default: every frame), of wall time for --stream (default: 2)."),
+    max_frames: Optional[int] = typer.Option(None, "--max-frames", min=1, help="Inspect at most this many frames of each video file or of the stream."),
 ) -> None:
     """Find defects in images (edge), analyse each (cloud) and write one JSON record per image, the database
     and an HTML report.
@@ -153,6 +163,9 @@ def _resumed_arguments(out: Path, db: str, arguments: dict, context: typer.Conte
                                    for name, value in run.config["arguments"].items()}
     except (KeyError, ValidationError) as error:
         raise fail(f"{out}: the options stored with run {run.id} are not this aivd's ({str(error).splitlines()[0]})") from None
+    # An option newer than the aivd that started the run had its default there.
+    defaults = {parameter.name: parameter.default for parameter in context.command.params}
+    resumed = {**{name: defaults[name] for name in arguments if name not in resumed}, **resumed}
     for name, value in arguments.items():
         if getattr(context.get_parameter_source(name), "name", None) != "COMMANDLINE":
             continue
@@ -185,31 +198,54 @@ def _inspect_overrides(args: SimpleNamespace) -> dict:
     return merged(shared, {section: {k: v for k, v in values.items() if v is not None} for section, values in own.items()})
 
 
+@contextmanager
+def _closing(tasks):
+    """A live stream is closed when the run ends, however it ends."""
+    from aivd.intake.video import LiveStream
+
+    try:
+        yield
+    finally:
+        if isinstance(tasks, LiveStream):
+            tasks.close()
+
+
 def _inspect(out: Path, db: str, resuming: bool, lock, args: SimpleNamespace) -> None:
     from aivd.cli.interrupts import StopRequest
     from aivd.config.pipeline import merged
     from aivd.data.deeppcb import DatasetError
-    from aivd.pipeline.inputs import tasks_from_deeppcb, tasks_from_paths
+    from aivd.intake.video import LiveStream, StreamError, is_video, tasks_with_videos
+    from aivd.pipeline.inputs import tasks_from_deeppcb
     from aivd.pipeline.inspect import InspectOptions, ResultWriter, inspect_tasks
     from aivd.pipeline.run_folder import ResumeError
     from aivd.store import StoreError
 
-    if bool(args.paths) == bool(args.deeppcb):
-        raise fail("give either image PATHS or --deeppcb ROOT, not both and not neither")
+    if sum(map(bool, (args.paths, args.deeppcb, args.stream))) != 1:
+        raise fail("give one of image or video PATHS, --deeppcb ROOT or --stream URL")
     config = pipeline_config(args.config, merged(set_overrides(args.set_values), _inspect_overrides(args)))
     edge = config.edge
     if edge.template is not None and not edge.template.is_file():
         raise fail(f"{edge.template}: template not found")
     if args.deeppcb and edge.template is not None:
         raise fail("--template does not apply to --deeppcb: each DeepPCB image has its own template (--templates none ignores them)")
+    videos = args.stream or any(map(is_video, args.paths or []))
+    if (args.fps or args.max_frames) and not videos:
+        raise fail("--fps and --max-frames apply to video files and --stream")
+    if videos and edge.templates is TemplateMode.require and edge.template is None:
+        raise fail("--templates require: video frames have no template beside them; give --template FILE")
+    tasks, total = [], None
     try:
-        tasks = (tasks_from_deeppcb(resolve_deeppcb(args.deeppcb), args.split) if args.deeppcb
-                 else tasks_from_paths(args.paths, edge.templates, edge.template))
+        if args.deeppcb:
+            tasks = tasks_from_deeppcb(resolve_deeppcb(args.deeppcb), args.split)
+        elif not args.stream:
+            tasks, total = tasks_with_videos(args.paths, edge.templates, edge.template, args.fps, args.max_frames)
     except DatasetError as error:
         raise fail(str(error)) from None
-    if args.deeppcb and edge.templates is TemplateMode.none:
-        tasks = [dataclasses.replace(task, template_path=None, error=None) for task in tasks]
-    if not tasks:
+    if args.deeppcb:
+        if edge.templates is TemplateMode.none:
+            tasks = [dataclasses.replace(task, template_path=None, error=None) for task in tasks]
+        total = len(tasks)
+    if total == 0:
         raise fail("no images found in the given paths")
     lock = lock or _claim_output(out)
     pipeline = built_pipeline(config, DEEPPCB_PIXELS_PER_MM if args.deeppcb else None)
@@ -217,12 +253,18 @@ def _inspect(out: Path, db: str, resuming: bool, lock, args: SimpleNamespace) ->
         annotate=config.outputs.annotate, deeppcb_results=bool(args.deeppcb), database=db or config.outputs.database or "",
         report=config.outputs.report, resume=resuming, command=redact_command(["aivd", *sys.argv[1:]]),
         config={"pipeline": pipeline.name, "edge_threshold": pipeline.edge_threshold, "proposal_threshold": pipeline.proposal_threshold,
-                "pixels_per_mm": pipeline.pixels_per_mm, "images": len(tasks), "tile_size": getattr(pipeline.detector, "tile_size", None),
+                "pixels_per_mm": pipeline.pixels_per_mm, "images": total, "tile_size": getattr(pipeline.detector, "tile_size", None),
                 "pipeline_config": config.shown(), "cwd": os.getcwd(),
                 "arguments": {name: _stored_argument(name, value) for name, value in vars(args).items()}},
     )
     resume_command = f"aivd inspect --resume {shlex.quote(str(out))}"
-    with StopRequest(f"the records written so far are kept; continue with: {resume_command}") as stop:
+    if args.stream:  # opened last, as its frames start coming at once
+        template = None if edge.templates is TemplateMode.none else edge.template
+        try:
+            tasks = LiveStream(args.stream, args.fps, args.max_frames, template, on_event=warning_line)
+        except StreamError as error:
+            raise fail(str(error)) from None
+    with StopRequest(f"the records written so far are kept; continue with: {resume_command}") as stop, _closing(tasks):
         try:
             writer = ResultWriter(out, options, lock)
         except (StoreError, ResumeError) as error:
@@ -230,7 +272,7 @@ def _inspect(out: Path, db: str, resuming: bool, lock, args: SimpleNamespace) ->
         except OSError as error:
             raise fail(f"{out}: cannot write the output folder ({error.strerror or error})") from None
         with progress_bar() as progress:
-            bar = progress.add_task("inspecting", total=len(tasks), completed=len(writer.done))
+            bar = progress.add_task("inspecting", total=total, completed=len(writer.done))
 
             def on_result(record) -> None:
                 if record.status == "error":
@@ -250,8 +292,11 @@ def _inspect(out: Path, db: str, resuming: bool, lock, args: SimpleNamespace) ->
             f"[yellow]warning:[/yellow] cloud unavailable for {summary.cloud_failed} images; their defects are the edge's own "
             "(see cloud_error in results.jsonl)", highlight=False,
         )
+    if isinstance(tasks, LiveStream):
+        console.print(f"stream: {tasks.drops} drops, {tasks.reconnects} reconnects", highlight=False)
     if summary.interrupted:
-        console.print(f"[yellow]interrupted:[/yellow] {summary.images} of {len(tasks)} images done; continue with: "
+        of = f" of {total}" if total is not None else ""
+        console.print(f"[yellow]interrupted:[/yellow] {summary.images}{of} images done; continue with: "
                       f"{shown(resume_command)}", highlight=False)
         raise typer.Exit(stop.exit_code)
     if summary.failed:

@@ -23,6 +23,7 @@ from aivd.cli.serve import serve_app
 from aivd.cli.simulate import simulate_app
 from aivd.cli.train import train_app
 from aivd.cli.ui import error_line
+from aivd.cli.watch import watch
 from aivd.core.errors import AivdError
 
 app = typer.Typer(help="Edge-cloud visual inspection of industrial defects.", no_args_is_help=True, add_completion=False)
@@ -31,6 +32,7 @@ app.command("eval")(eval_command)
 app.command()(demo)
 app.command()(synth)
 app.command()(schema)
+app.command()(watch)
 app.add_typer(train_app, name="train")
 app.add_typer(bench_app, name="bench")
 app.add_typer(serve_app, name="serve")

@@ -167,7 +167,14 @@ def read_pair(
     test_path: str | Path, template_path: str | Path | None, limits: ImageLimits = ImageLimits()
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Read a test image and its optional aligned template; their sizes must match."""
-    test = read_gray(test_path, limits)
+    return with_template(read_gray(test_path, limits), test_path, template_path, limits)
+
+
+def with_template(
+    test: np.ndarray, test_path: str | Path, template_path: str | Path | None, limits: ImageLimits = ImageLimits()
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """A test image already read (from a file or a video frame) with its optional aligned template, read from its
+    file; a template problem is the test image's error."""
     if template_path is None:
         return test, None
     try:
