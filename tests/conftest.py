@@ -1,10 +1,17 @@
+import importlib.util
+import json
 import os
+import re
+import socket
+import subprocess
+import sys
 import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
 import cv2
+import httpx
 import numpy as np
 import pytest
 import uvicorn
@@ -132,3 +139,146 @@ def tiny_model(tmp_path_factory):
     from aivd.cloud.llm.tiny import build_tiny_vlm
 
     return build_tiny_vlm(tmp_path_factory.mktemp("tiny-vlm"))
+
+
+# --- real servers for the tests: free ports, OpenAI-compatible LLM servers in processes of their own -----------------
+
+
+def require(*modules: str, install: str) -> None:
+    """Skip when an optional package a server test needs is missing, except in CI, which must install it."""
+    missing = [name for name in modules if importlib.util.find_spec(name) is None]
+    if missing:
+        message = f"{', '.join(missing)} not installed: pip install {install}"
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run this test; {message}")
+        pytest.skip(message)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    """An OpenAI-compatible server started for the tests: its API root, the model name it serves, and its log."""
+
+    def __init__(self, url: str, model: str, log: Path, process: subprocess.Popen):
+        self.url, self.model, self.log, self.process = url, model, log, process
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def requests_received(self) -> int:
+        # transformers serve logs each request it starts: "[Request received]" before 5.x, "Request ID: model ..." since.
+        return len(re.findall(r"\[Request received\]|\bRequest \S+: model ", self.text()))
+
+    def wait_for_requests(self, count: int, timeout_s: float = 30) -> int:
+        deadline = time.monotonic() + timeout_s
+        while self.requests_received() < count and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return self.requests_received()
+
+    def config(self, **values):
+        from aivd.cloud.llm.openai_backend import OpenAIConfig
+
+        return OpenAIConfig(base_url=self.url, model=self.model, **({"structured_output": "none", "max_tokens": 24} | values))
+
+
+def wait_until_up(process: subprocess.Popen, url: str, log: Path, timeout_s: float = 180) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if process.poll() is not None:
+            pytest.fail(f"the server exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            pytest.fail(f"the server did not answer within {timeout_s} s:\n{log.read_text()[-3000:]}")
+        time.sleep(0.5)
+
+
+def stop(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+# --- a real server that enforces the schema: llama.cpp --------------------------------------------------------------
+#
+# llama-cpp-python's server turns the JSON Schema into a grammar that constrains decoding, so even a random model
+# answers JSON of the schema's shape. It has no vision tower for a GGUF written here (images are dropped from the
+# prompt), and llama.cpp's grammar leaves number bounds unchecked: the random model writes confidences far above 1,
+# which parse_analysis must refuse.
+
+
+def write_tiny_gguf(out_dir: Path) -> Path:
+    """A tiny random Llama-architecture GGUF with `build_tiny_vlm`'s byte-level BPE tokenizer and chat template."""
+    import gguf
+    import transformers
+
+    from aivd.cloud.llm.tiny import build_tiny_vlm
+
+    qwen = build_tiny_vlm(out_dir / "qwen2-vl")
+    spec = json.loads(transformers.AutoTokenizer.from_pretrained(qwen).backend_tokenizer.to_str())
+    special = {token["content"]: token["id"] for token in spec["added_tokens"]}
+    tokens = sorted(spec["model"]["vocab"] | special, key=lambda token: (spec["model"]["vocab"] | special)[token])
+    embed, ff, layers, heads, kv_heads = 64, 128, 2, 4, 2
+    head_dim = embed // heads
+    path = out_dir / "tiny.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_context_length(4096)
+    writer.add_embedding_length(embed)
+    writer.add_block_count(layers)
+    writer.add_feed_forward_length(ff)
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(kv_heads)
+    writer.add_layer_norm_rms_eps(1e-6)
+    writer.add_rope_dimension_count(head_dim)
+    writer.add_file_type(gguf.LlamaFileType.ALL_F32)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list(tokens)
+    writer.add_token_types([gguf.TokenType.CONTROL if token in special else gguf.TokenType.NORMAL for token in tokens])
+    writer.add_token_merges([" ".join(merge) if isinstance(merge, list) else merge for merge in spec["model"]["merges"]])
+    writer.add_bos_token_id(special["<|endoftext|>"])
+    writer.add_eos_token_id(special["<|im_end|>"])
+    writer.add_add_bos_token(False)
+    writer.add_chat_template((qwen / "chat_template.jinja").read_text())
+    rng = np.random.default_rng(0)
+    shapes = {"token_embd.weight": (len(tokens), embed), "output_norm.weight": (embed,), "output.weight": (len(tokens), embed)}
+    for block in range(layers):
+        shapes |= {f"blk.{block}.{name}.weight": shape for name, shape in {
+            "attn_norm": (embed,), "ffn_norm": (embed,), "attn_q": (embed, embed), "attn_k": (kv_heads * head_dim, embed),
+            "attn_v": (kv_heads * head_dim, embed), "attn_output": (embed, embed), "ffn_gate": (ff, embed), "ffn_up": (ff, embed),
+            "ffn_down": (embed, ff)}.items()}
+    for name, shape in shapes.items():
+        weights = np.ones(shape) if name.endswith("norm.weight") else rng.normal(0, 0.02, shape)
+        writer.add_tensor(name, weights.astype(np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+@pytest.fixture(scope="module")
+def llama_server(tmp_path_factory):
+    require("llama_cpp", "gguf", "transformers", install="'llama-cpp-python[server]>=0.3.36' gguf (and the vlm extra)")
+    model = write_tiny_gguf(tmp_path_factory.mktemp("tiny-gguf"))
+    port = free_port()
+    log = tmp_path_factory.mktemp("llama-server") / "serve.log"
+    with log.open("w") as out:
+        process = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--model_alias", "tiny",
+                                    "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "4096"],
+                                   stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_until_up(process, f"http://127.0.0.1:{port}/v1/models", log)
+        yield Server(f"http://127.0.0.1:{port}/v1", "tiny", log, process)
+    finally:
+        stop(process)

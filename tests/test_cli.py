@@ -76,7 +76,7 @@ def test_inspect_exits_non_zero_and_names_each_bad_file(tmp_path):
 
 
 def test_bad_arguments_are_refused_clearly(tmp_path):
-    assert "either image PATHS or --deeppcb" in aivd("inspect", "--out", tmp_path, check_rc=2).stderr
+    assert "give one of image or video PATHS, --deeppcb ROOT or --stream URL" in aivd("inspect", "--out", tmp_path, check_rc=2).stderr
     assert "cannot open the result database" in aivd("inspect", SAMPLES, "--out", tmp_path, "--db", "nosuchdb://x", check_rc=2).stderr
     assert "not an aivd crop classifier" in aivd("inspect", SAMPLES, "--out", tmp_path, "--classifier", SAMPLES.parents[2] / "edge" / "models" / "deeppcb_centernet.onnx", check_rc=2).stderr
     broken = tmp_path / "broken.onnx"

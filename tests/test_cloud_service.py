@@ -264,6 +264,19 @@ def test_unreachable_service_fails_within_bounded_time(regions):
     assert remote.bytes_sent == 0
 
 
+def test_the_health_probe_says_whether_the_service_answers_now(service):
+    """What the Ray cloud deployment's check_health asks of an http backend."""
+    remote = HttpAnalyzer(service)
+    remote.check(timeout_s=5)
+    remote.close()
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        down = HttpAnalyzer(f"http://127.0.0.1:{unused.getsockname()[1]}", retries=0)
+        with pytest.raises(AnalyzerError, match=r"http://127.0.0.1:\d+: not answering: ConnectError"):
+            down.check(timeout_s=1)
+        down.close()
+
+
 def test_client_refuses_a_bad_url():
     with pytest.raises(ValueError, match="must be http"):
         HttpAnalyzer("ftp://example.org")

@@ -38,7 +38,7 @@ def test_every_problem_is_one_line_naming_the_file_and_the_key(tmp_path):
     lines = str(failure.value).splitlines()
     assert all(line.startswith(f"{file}: ") for line in lines), lines
     text = str(failure.value)
-    for expected in ("give edge.pack or edge.model, not both", "cloud.url is for backend http, which needs it",
+    for expected in ("give edge.pack or edge.model, not both", "cloud.url (--cloud) is for backend http, which needs it",
                      "offload.budget: Input should be less than or equal to 1", "surprise: Extra inputs are not permitted"):
         assert expected in text
     assert len(lines) == 4  # the filter is checked once the budget is valid, not reported twice
@@ -47,7 +47,7 @@ def test_every_problem_is_one_line_naming_the_file_and_the_key(tmp_path):
 def test_an_unknown_filter_or_backend_setting_is_refused():
     with pytest.raises(ConfigError, match="unknown hard-example filter 'psychic'"):
         build_config(overrides={"offload": {"filter": {"name": "psychic"}}})
-    with pytest.raises(ConfigError, match=r"cloud.llm.model: for backend openai or transformers"):
+    with pytest.raises(ConfigError, match=r"cloud.llm.model \(--llm-model\): for backend openai or transformers"):
         build_config(overrides={"cloud": {"llm": {"model": "m"}}})
     with pytest.raises(ConfigError, match="backend openai needs cloud.llm.base_url and cloud.llm.model"):
         build_config(overrides={"cloud": {"backend": "openai", "llm": {"model": "m"}}})
@@ -91,3 +91,49 @@ def test_a_config_round_trips_through_its_own_dump_and_the_published_schema_desc
     assert again == config
     schema = json.loads((Path(__file__).resolve().parents[1] / "docs" / "schema" / "pipeline_config.schema.json").read_text())
     assert set(schema["properties"]) == {"edge", "cloud", "offload", "update", "outputs", "imaging"}
+
+
+def test_relative_paths_in_a_file_are_relative_to_the_file(tmp_path):
+    file = write_file(tmp_path / "lines" / "a.yaml", "edge: {model: models/edge.onnx}\nupdate: {model_store: /abs/store}\n")
+    config = build_config(file, {"cloud": {"knowledge": "kb.yaml"}})
+    assert config.edge.model == tmp_path / "lines" / "models" / "edge.onnx"
+    assert str(config.update.model_store) == "/abs/store" and str(config.cloud.knowledge) == "kb.yaml"  # flags: as given
+
+
+def run_cli(*args):
+    from typer.testing import CliRunner
+
+    from aivd.cli.main import app
+
+    return CliRunner().invoke(app, list(map(str, args)))
+
+
+def test_config_show_prints_the_effective_config_and_check_lists_problems(tmp_path):
+    import yaml
+
+    good = write_file(tmp_path / "good.yaml", "offload: {budget: 0.5}\ncloud: {backend: http, url: 'http://u:pw@cloud:8080'}\n")
+    shown = run_cli("config", "show", good, "--set", "offload.filter.name=margin", "--set", "offload.budget=0.25")
+    assert shown.exit_code == 0, shown.output
+    effective = yaml.safe_load(shown.output)
+    assert effective["offload"]["budget"] == 0.25 and effective["offload"]["filter"]["name"] == "margin"
+    assert effective["cloud"]["url"] == "http://u:***@cloud:8080" and "pw@" not in shown.output
+    bad = write_file(tmp_path / "bad.yaml", "edge: {pack: a, model: b}\noffload: {budget: two}\n")
+    checked = run_cli("config", "check", good, bad)
+    assert checked.exit_code == 2
+    lines = checked.output.strip().splitlines()
+    assert lines[0] == f"{good}: ok" and len(lines) == 3 and all(line.startswith(f"error: {bad}: ") for line in lines[1:])
+    assert run_cli("config", "show", "--set", "offload").exit_code == 2  # not KEY=VALUE
+
+
+def test_inspect_takes_a_config_whose_keys_the_flags_override(tmp_path):
+    from aivd.pipeline.demo import SAMPLES
+
+    config = write_file(tmp_path / "line.yaml", "offload: {budget: 0.0}\noutputs: {annotate: false, report: false}\n")
+    result = run_cli("inspect", SAMPLES, "--config", config, "--offload-budget", "1", "--out", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["sent"] == summary["candidates"] > 0 and summary["offload_ratio"] == 1.0  # the flag won
+    assert not (tmp_path / "out" / "annotated").exists() and not (tmp_path / "out" / "report.html").exists()  # the file's
+    kept = run_cli("inspect", SAMPLES, "--config", config, "--out", tmp_path / "kept")
+    assert kept.exit_code == 0, kept.output
+    assert json.loads((tmp_path / "kept" / "summary.json").read_text())["sent"] == 0

@@ -12,11 +12,10 @@ processor, which needs torchvision, and the CPU build of torchvision that matche
 """
 
 import base64
-import importlib.util
+import inspect
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import threading
@@ -24,10 +23,9 @@ import time
 from pathlib import Path
 
 import cv2
-import httpx
 import numpy as np
 import pytest
-from conftest import SAMPLES
+from conftest import SAMPLES, Server, free_port, require, stop, wait_until_up
 
 from aivd.cloud.analyzer import AnalyzerError
 from aivd.cloud.llm.prompts import AnswerError, parse_analysis, region_images
@@ -54,22 +52,6 @@ def board_region(index: int = 0, template: bool = True) -> Region:
     test = image.copy()
     test[18:30, 20 + index : 26 + index] = 0  # a bridge between the two tracks
     return Region(f"board#{index}", test, image if template else None, (18.0, 16.0, 28.0 + index, 32.0), (0, 0), "short", 0.6, 48.0)
-
-
-def require(*modules: str, install: str) -> None:
-    """Skip when an optional package a server test needs is missing, except in CI, which must install it."""
-    missing = [name for name in modules if importlib.util.find_spec(name) is None]
-    if missing:
-        message = f"{', '.join(missing)} not installed: pip install {install}"
-        if os.environ.get("CI"):
-            pytest.fail(f"CI must run this test; {message}")
-        pytest.skip(message)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # --- configuration and request building: no server ---------------------------------------------------------------
@@ -168,15 +150,24 @@ def test_an_unreachable_server_fails_the_batch_saying_so_and_sends_no_more_regio
     analyzer.close()
 
 
+def test_the_health_probe_of_an_unreachable_server_fails_at_once_saying_where(monkeypatch):
+    analyzer = OpenAIAnalyzer(OpenAIConfig(base_url=f"http://user:secret@127.0.0.1:{free_port()}/v1", model="m", max_retries=5), CLASSES)
+    started = time.perf_counter()
+    with pytest.raises(AnalyzerError, match=r"^openai:m at http://user:\*+@127.0.0.1:\d+/v1: not answering: APIConnectionError") as failed:
+        analyzer.check(timeout_s=2)
+    assert "secret" not in str(failed.value) and time.perf_counter() - started < 2  # one try, not the configured retries
+    analyzer.close()
+
+
 @pytest.mark.parametrize("args, message", [
-    (["--llm-model", "m"], "--llm-model needs --cloud-backend openai or transformers"),
-    (["--cloud-backend", "openai", "--cloud", "http://h:8700"], "cannot be combined with --cloud"),
-    (["--cloud-backend", "openai", "--llm-model", "m"], "needs --llm-base-url and --llm-model, or --llm-config FILE"),
-    (["--cloud-backend", "openai", "--llm-base-url", "ftp://h", "--llm-model", "m"], "--llm-\\* options: base_url: Value error"),
+    (["--llm-model", "m"], r"cloud.llm.model \(--llm-model\): for backend openai or transformers \(--cloud-backend\)"),
+    (["--cloud-backend", "openai", "--cloud", "http://h:8700"], "--cloud and --cloud-backend each choose the cloud tier: give one"),
+    (["--cloud-backend", "openai", "--llm-model", "m"], r"\(--llm-base-url, --llm-model\), or cloud.llm.config \(--llm-config FILE\)"),
+    (["--cloud-backend", "openai", "--llm-base-url", "ftp://h", "--llm-model", "m"], "cloud.llm: base_url: Value error"),
     (["--cloud-backend", "openai", "--llm-base-url", "http://h/v1", "--llm-model", "m", "--llm-adapter", "a"], "picks the adapter by model name"),
     (["--cloud-backend", "openai", "--llm-base-url", "http://h/v1", "--llm-model", "m", "--llm-prompt", "v99"], "no shipped prompt version 'v99'"),
-    (["--cloud-backend", "transformers"], "needs --llm-model"),
-    (["--cloud-backend", "transformers", "--llm-model", "m", "--llm-base-url", "http://h/v1"], "are for the openai backend"),
+    (["--cloud-backend", "transformers"], r"needs cloud.llm.model \(--llm-model"),
+    (["--cloud-backend", "transformers", "--llm-model", "m", "--llm-base-url", "http://h/v1"], "are for backend openai"),
 ])
 def test_cli_refuses_llm_options_that_do_not_fit(tmp_path, args, message):
     from typer.testing import CliRunner
@@ -228,65 +219,25 @@ def build_tiny_llava(out_dir: Path) -> Path:
     return out
 
 
-class Server:
-    def __init__(self, url: str, model: str, log: Path):
-        self.url, self.model, self.log = url, model, log
-
-    def text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def requests_received(self) -> int:
-        return self.text().count("[Request received]")
-
-    def wait_for_requests(self, count: int, timeout_s: float = 30) -> int:
-        deadline = time.monotonic() + timeout_s
-        while self.requests_received() < count and time.monotonic() < deadline:
-            time.sleep(0.1)
-        return self.requests_received()
-
-    def config(self, **values) -> OpenAIConfig:
-        return OpenAIConfig(base_url=self.url, model=self.model, **({"structured_output": "none", "max_tokens": 24} | values))
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     require("transformers", "torch", install="-e '.[train,vlm]'")
     model = build_tiny_llava(tmp_path_factory.mktemp("tiny-llava"))
     port = free_port()
     log = tmp_path_factory.mktemp("server") / "serve.log"
+    # Newer transformers log each request they start only with --enable-log-requests (`Server.requests_received`).
+    from transformers.cli.serve import Serve
+
+    request_log = ["--enable-log-requests"] if "enable_log_requests" in inspect.signature(Serve.__init__).parameters else []
     command = [str(Path(sys.executable).parent / "transformers"), "serve", str(model), "--host", "127.0.0.1",
-               "--port", str(port), "--device", "cpu", "--log-level", "info"]
+               "--port", str(port), "--device", "cpu", "--log-level", "info", *request_log]
     with log.open("w") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=os.environ | {"HF_HUB_OFFLINE": "1"})
     try:
         wait_until_up(process, f"http://127.0.0.1:{port}/health", log)
-        yield Server(f"http://127.0.0.1:{port}/v1", str(model), log)
+        yield Server(f"http://127.0.0.1:{port}/v1", str(model), log, process)
     finally:
         stop(process)
-
-
-def wait_until_up(process: subprocess.Popen, url: str, log: Path, timeout_s: float = 180) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        if process.poll() is not None:
-            pytest.fail(f"the server exited with {process.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            pytest.fail(f"the server did not answer within {timeout_s} s:\n{log.read_text()[-3000:]}")
-        time.sleep(0.5)
-
-
-def stop(process: subprocess.Popen) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 @pytest.mark.integration
@@ -384,81 +335,6 @@ def test_aivd_inspect_with_the_openai_backend_keeps_the_edge_results_and_records
     assert re.match(rf"openai:{re.escape(server.model)}: (\d+) of \1 regions failed: 00041200#0: invalid answer: ", record["cloud_error"])
     assert record["defects"] and {d["source"] for d in record["defects"]} == {"edge"} and record["bytes_to_cloud"] > 0
     assert "cloud unavailable for 1 images" in result.stderr
-
-
-# --- a real server that enforces the schema: llama.cpp --------------------------------------------------------------
-#
-# llama-cpp-python's server turns the JSON Schema into a grammar that constrains decoding, so even a random model
-# answers JSON of the schema's shape. It has no vision tower for a GGUF written here (images are dropped from the
-# prompt), and llama.cpp's grammar leaves number bounds unchecked: the random model writes confidences far above 1,
-# which parse_analysis must refuse.
-
-
-def write_tiny_gguf(out_dir: Path) -> Path:
-    """A tiny random Llama-architecture GGUF with `build_tiny_vlm`'s byte-level BPE tokenizer and chat template."""
-    import gguf
-    import transformers
-
-    from aivd.cloud.llm.tiny import build_tiny_vlm
-
-    qwen = build_tiny_vlm(out_dir / "qwen2-vl")
-    spec = json.loads(transformers.AutoTokenizer.from_pretrained(qwen).backend_tokenizer.to_str())
-    special = {token["content"]: token["id"] for token in spec["added_tokens"]}
-    tokens = sorted(spec["model"]["vocab"] | special, key=lambda token: (spec["model"]["vocab"] | special)[token])
-    embed, ff, layers, heads, kv_heads = 64, 128, 2, 4, 2
-    head_dim = embed // heads
-    path = out_dir / "tiny.gguf"
-    writer = gguf.GGUFWriter(str(path), "llama")
-    writer.add_context_length(4096)
-    writer.add_embedding_length(embed)
-    writer.add_block_count(layers)
-    writer.add_feed_forward_length(ff)
-    writer.add_head_count(heads)
-    writer.add_head_count_kv(kv_heads)
-    writer.add_layer_norm_rms_eps(1e-6)
-    writer.add_rope_dimension_count(head_dim)
-    writer.add_file_type(gguf.LlamaFileType.ALL_F32)
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("default")
-    writer.add_token_list(tokens)
-    writer.add_token_types([gguf.TokenType.CONTROL if token in special else gguf.TokenType.NORMAL for token in tokens])
-    writer.add_token_merges([" ".join(merge) if isinstance(merge, list) else merge for merge in spec["model"]["merges"]])
-    writer.add_bos_token_id(special["<|endoftext|>"])
-    writer.add_eos_token_id(special["<|im_end|>"])
-    writer.add_add_bos_token(False)
-    writer.add_chat_template((qwen / "chat_template.jinja").read_text())
-    rng = np.random.default_rng(0)
-    shapes = {"token_embd.weight": (len(tokens), embed), "output_norm.weight": (embed,), "output.weight": (len(tokens), embed)}
-    for block in range(layers):
-        shapes |= {f"blk.{block}.{name}.weight": shape for name, shape in {
-            "attn_norm": (embed,), "ffn_norm": (embed,), "attn_q": (embed, embed), "attn_k": (kv_heads * head_dim, embed),
-            "attn_v": (kv_heads * head_dim, embed), "attn_output": (embed, embed), "ffn_gate": (ff, embed), "ffn_up": (ff, embed),
-            "ffn_down": (embed, ff)}.items()}
-    for name, shape in shapes.items():
-        weights = np.ones(shape) if name.endswith("norm.weight") else rng.normal(0, 0.02, shape)
-        writer.add_tensor(name, weights.astype(np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
-
-
-@pytest.fixture(scope="module")
-def llama_server(tmp_path_factory):
-    require("llama_cpp", "gguf", "transformers", install="'llama-cpp-python[server]>=0.3.36' gguf (and the vlm extra)")
-    model = write_tiny_gguf(tmp_path_factory.mktemp("tiny-gguf"))
-    port = free_port()
-    log = tmp_path_factory.mktemp("llama-server") / "serve.log"
-    with log.open("w") as out:
-        process = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--model_alias", "tiny",
-                                    "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "4096"],
-                                   stdout=out, stderr=subprocess.STDOUT)
-    try:
-        wait_until_up(process, f"http://127.0.0.1:{port}/v1/models", log)
-        yield Server(f"http://127.0.0.1:{port}/v1", "tiny", log)
-    finally:
-        stop(process)
 
 
 @pytest.mark.integration

@@ -192,17 +192,23 @@ def test_publish_a_pack_to_a_model_store(tmp_path):
     assert result.returncode == 2 and "not valid YAML" in result.stderr
 
 
-def test_cluster_config_takes_a_pack(tmp_path):
+def test_cluster_config_takes_a_pipeline_file_relative_to_it_and_says_where_the_old_pack_key_went(tmp_path):
+    from aivd.pipeline.factory import edge_classes
     from aivd.runtime.config import ConfigError, load_cluster_config
 
     config = tmp_path / "cluster.yaml"
-    config.write_text(f"edge: [{{name: a}}]\npack: {_pack(tmp_path / 'p')}\n")
-    assert load_cluster_config(config).model_pack().name == "copy"
-    config.write_text(f"edge: [{{name: a}}]\npack: {tmp_path}\n")
-    with pytest.raises(ConfigError, match="pack: .*not a model pack"):
+    (tmp_path / "pipeline.yaml").write_text(f"edge: {{pack: {_pack(tmp_path / 'p')}}}\ncloud: {{backend: none}}\n")
+    config.write_text("edge: [{name: a}]\npipeline: pipeline.yaml\n")
+    pipeline = load_cluster_config(config).pipeline
+    assert pipeline.cloud.backend == "none" and edge_classes(pipeline.edge)[1].name == "copy"
+    (tmp_path / "pipeline.yaml").write_text("edge: {pack: p, model: x.onnx}\n")
+    with pytest.raises(ConfigError, match=r"pipeline: .*pipeline.yaml: edge: give edge.pack or edge.model, not both"):
+        load_cluster_config(config)
+    config.write_text(f"edge: [{{name: a}}]\npack: {tmp_path / 'p'}\ncloud: {{enabled: false}}\n")
+    with pytest.raises(ConfigError, match=r"pack: now pipeline.edge.pack; cloud.enabled: now pipeline.cloud.backend"):
         load_cluster_config(config)
     config.write_text("edge: [{name: a}]\n")
-    assert load_cluster_config(config).model_pack().name == "deeppcb"
+    assert edge_classes(load_cluster_config(config).pipeline.edge)[1].name == "deeppcb"
 
 
 @pytest.mark.integration

@@ -2,13 +2,13 @@
 cluster, inspections over HTTP that survive a node being killed mid-run."""
 
 import asyncio
-import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import free_port, stop
 
 from aivd.runtime.config import ClusterConfig, ConfigError, load_cluster_config
 from aivd.runtime.emulation import EmulatedNode
@@ -138,13 +138,146 @@ def test_router_penalises_a_replica_reporting_errors_and_its_floor_still_feeds_i
     assert choose() == [["healthy"], ["erroring"]]
 
 
+def bound_deployments(app) -> dict:
+    """name -> Deployment of a bound application, following the handles each deployment is bound with."""
+    found, todo = {}, [app]
+    while todo:
+        deployment = todo.pop()._bound_deployment
+        found[deployment.name] = deployment
+        todo += [arg for arg in deployment.init_args if type(arg).__name__ == "Application"]
+    return found
+
+
+def test_a_transformers_cloud_tier_gets_the_gpu_it_asks_for_and_every_deployment_its_health_checks():
+    pytest.importorskip("ray.serve")
+    from aivd.runtime.app import build_app
+
+    config = ClusterConfig.model_validate({
+        "edge": [{"name": "a"}], "health_check_period_s": 2, "health_check_timeout_s": 5,
+        "cloud_resources": {"GPU": 1, "CPU": 2, "aivd_cloud": 1}, "edge_resources": {"aivd_edge": 0.5},
+        "pipeline": {"cloud": {"backend": "transformers", "llm": {"model": "Qwen/Qwen2-VL-2B-Instruct"}}},
+    })
+    deployments = bound_deployments(build_app(config))
+    assert set(deployments) == {"ingress", "edge", "cloud"}
+    # Ray refuses CPU and GPU among custom resources: they become the replica's counts.
+    assert deployments["cloud"].ray_actor_options == {"num_cpus": 2, "num_gpus": 1, "resources": {"aivd_cloud": 1}}
+    assert deployments["edge"].ray_actor_options == {"num_cpus": 0, "num_gpus": 0, "resources": {"aivd_edge": 0.5}}
+    for deployment in deployments.values():
+        options = deployment._deployment_config
+        assert (options.health_check_period_s, options.health_check_timeout_s) == (2, 5)
+    edge_only = ClusterConfig.model_validate({"edge": [{"name": "a"}], "pipeline": {"cloud": {"backend": "none"}}})
+    assert set(bound_deployments(build_app(edge_only))) == {"ingress", "edge"}
+
+
+def test_router_decision_quantiles_come_from_the_histograms_buckets():
+    from aivd.runtime.telemetry import DecisionTimes
+
+    times = DecisionTimes()
+    assert times.summary("ect") == {"policy": "ect", "decisions": 0}
+    seconds = np.random.default_rng(0).lognormal(np.log(50e-6), 0.6, 5000)
+    for value in seconds:
+        times.observe(float(value), "ect")
+    summary = times.summary("ect")
+    assert summary["decisions"] == 5000
+    for key, percent in (("median_ms", 50), ("p99_ms", 99)):
+        exact = np.percentile(seconds, percent) * 1000
+        assert abs(summary[key] - exact) / exact < 0.19, (key, summary[key], exact)  # within one bucket's width
+
+
+def test_edge_metrics_count_what_the_records_say_as_the_run_summary_does():
+    from aivd.runtime.telemetry import EdgeMetrics
+    from aivd.schema.records import DefectRecord, InspectionRecord, OffloadNote
+
+    def region(sent: bool) -> DefectRecord:
+        return DefectRecord(bbox=(0, 0, 4, 4), defect_type="short", confidence=0.9, source="edge",
+                            offload=OffloadNote(sent=sent, reason="hard" if sent else "easy"))
+
+    metrics = EdgeMetrics("fast")
+    metrics.inspected(InspectionRecord(image="a.jpg", image_id="a", template=None, status="ok", error=None,
+                                       defects=[region(True), region(False)], rejected=[region(False)],
+                                       cloud_error="cloud deployment failed"))
+    metrics.inspected(InspectionRecord(image="b.jpg", image_id="b", template=None, status="ok", error=None, defects=[region(True)]))
+    metrics.inspected(InspectionRecord(image="c.jpg", image_id="c", template=None, status="error", error="truncated"))
+    totals = metrics.totals
+    assert (totals.images, totals.failed, totals.candidates, totals.sent, totals.cloud_failed) == (3, 1, 4, 2, 1)
+    assert totals.offload_ratio == 0.5
+
+
+class Probed:
+    """What `HandleHealth` uses of a DeploymentHandle: `describe.remote()`, awaited; answers while `up`."""
+
+    def __init__(self, up: bool) -> None:
+        self.up, self.describe, self.probes = up, self, 0
+
+    def remote(self):
+        self.probes += 1
+
+        async def answer():
+            if not self.up:
+                raise RuntimeError("no replica answers")
+            return {}
+        return answer()
+
+
+def test_a_handle_is_dead_only_when_its_calls_fail_and_a_fresh_one_gets_through():
+    pytest.importorskip("ray.serve")
+    from ray.exceptions import RayActorError, RayTaskError
+
+    from aivd.runtime.health import HandleHealth
+
+    own, fresh = Probed(up=True), Probed(up=True)
+    health = HandleHealth(own, lambda: fresh, "cloud", timeout_s=1)
+    asyncio.run(health.check())
+    assert own.probes == 0  # nothing failed: nothing is probed
+    health.called(RayTaskError("analyze", "traceback", ValueError("bad region")))
+    asyncio.run(health.check())
+    assert own.probes == 0  # the deployment's own code failed, through a working handle
+    health.called(RayActorError())
+    asyncio.run(health.check())
+    assert own.probes == 1 and not health.suspect  # the handle answers again: healthy
+    health.called(RayActorError())
+    own.up = False
+    with pytest.raises(RuntimeError, match="the handle on the cloud deployment fails while a fresh handle reaches it"):
+        asyncio.run(health.check())
+    fresh.up = False
+    asyncio.run(health.check())  # the deployment itself is down: a new replica would not help, so this one is healthy
+
+
+def test_a_hot_swapping_edge_is_unhealthy_once_the_version_it_serves_is_gone_unless_it_can_follow_a_new_one(tmp_path):
+    import shutil
+
+    from aivd.edge.detector import BUILTIN_MODEL
+    from aivd.edge.hot_swap import HotSwapDetector, hot_swapping
+    from aivd.edge.tiling import TiledDetector
+    from aivd.model_store import ModelStore, ModelStoreError
+
+    store = ModelStore(tmp_path / "models")
+    refiner = BUILTIN_MODEL.parent / "deeppcb_refiner.onnx"
+    first = store.publish(BUILTIN_MODEL, [refiner])
+    store.promote(first)
+    detector = HotSwapDetector(store, poll_s=3600, threads=1)
+    assert hot_swapping(TiledDetector(detector, 640)) is detector and hot_swapping(detector.detector) is None
+    detector.check()
+    second = store.publish(BUILTIN_MODEL, [refiner], parent=first)
+    store.promote(second)
+    shutil.rmtree(store.versions_dir / first)
+    detector.check()  # idle, it follows the store's new version at the check
+    assert detector.version == second
+    shutil.rmtree(store.versions_dir / second)
+    with pytest.raises(ModelStoreError, match=f"no version '{second}'"):
+        detector.check()
+
+
+def test_analyzer_errors_cross_processes_with_their_costs():
+    import pickle
+
+    from aivd.cloud.analyzer import AnalyzerError
+
+    again = pickle.loads(pickle.dumps(AnalyzerError("openai:m: 1 of 2 regions failed", 1200, 340)))
+    assert (str(again), again.bytes_sent, again.bytes_received) == ("openai:m: 1 of 2 regions failed", 1200, 340)
+
+
 # --- a real local Ray cluster ---------------------------------------------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def inspect(url: str, stem: str):
     import httpx
@@ -191,9 +324,9 @@ def test_cluster_inspects_over_http_survives_a_killed_node_and_swaps_models(ray_
     refiner = BUILTIN_MODEL.parent / "deeppcb_refiner.onnx"
     store.promote(store.publish(BUILTIN_MODEL, [refiner]))
     config = ClusterConfig.model_validate({
-        "model_store": str(store.root), "model_poll_s": 0.2,
+        "pipeline": {"edge": {"model": str(store.root), "model_poll_s": 0.2}, "imaging": {"pixels_per_mm": 48}},
         "edge": [{"name": "fast", "replicas": 1}, {"name": "slow", "replicas": 2, "slowdown": 2}],
-        "policy": "ect", "pixels_per_mm": 48, "port": serve_port, "max_ongoing_requests": 2,
+        "policy": "ect", "port": serve_port, "max_ongoing_requests": 2,
         "edge_resources": {"aivd_edge": 1}, "cloud_resources": {"aivd_head": 0.01},
         "ingress_resources": {"aivd_head": 0.01}, "routing_stats_period_s": 0.5,
     })
@@ -263,6 +396,10 @@ def test_cluster_inspects_over_http_survives_a_killed_node_and_swaps_models(ray_
     router = httpx.get(f"{url}/v1/router").json()
     assert router["policy"] == "ect" and router["decisions"] >= len(stems) and router["median_ms"] < 5
 
+    # The same figures reach Prometheus through Ray Serve's metrics: every node exports its replicas' metrics.
+    exported = exported_metrics(["ray_aivd_edge_images_total", "ray_aivd_router_decision_seconds_count"])
+    assert exported["ray_aivd_edge_images_total"] >= len(stems) and exported["ray_aivd_router_decision_seconds_count"] >= len(stems)
+
     # A new model version is promoted in the store: every replica serves it from its next image on.
     assert {r.json()["detector"] for r in responses} == {"builtin:deeppcb_centernet@v0001"}
     second = store.publish(BUILTIN_MODEL, [refiner], parent="v0001")
@@ -271,6 +408,105 @@ def test_cluster_inspects_over_http_survives_a_killed_node_and_swaps_models(ray_
     with ThreadPoolExecutor(4) as pool:
         after = list(pool.map(lambda stem: inspect(url, stem), stems[:12]))
     assert {r.json()["detector"] for r in after} == {f"builtin:deeppcb_centernet@{second}"}
+
+
+def exported_metrics(names: list[str], timeout_s: float = 60) -> dict[str, float]:
+    """Each metric's sum over the series every live Ray node exports (Prometheus text), once all of them show up."""
+    import httpx
+    import ray
+    from prometheus_client.parser import text_string_to_metric_families
+
+    deadline, totals = time.monotonic() + timeout_s, {}
+    while time.monotonic() < deadline:
+        totals = dict.fromkeys(names, 0.0)
+        seen = set()
+        for node in ray.nodes():
+            if not node["Alive"]:
+                continue
+            try:
+                text = httpx.get(f"http://{node['NodeManagerAddress']}:{node['MetricsExportPort']}/metrics", timeout=5).text
+            except httpx.HTTPError:
+                continue
+            for family in text_string_to_metric_families(text):
+                for sample in family.samples:
+                    if sample.name in totals:
+                        totals[sample.name] += sample.value
+                        seen.add(sample.name)
+        if seen == set(names):
+            return totals
+        time.sleep(1)  # Ray's agents export what the workers reported at their last interval
+    pytest.fail(f"not all of {names} exported within {timeout_s} s: {totals}")
+
+
+def wait_for_status(deployment: str, wanted: str, timeout_s: float = 120) -> None:
+    from ray import serve
+
+    from aivd.runtime.cluster import APP_NAME
+
+    deadline, status = time.monotonic() + timeout_s, None
+    while time.monotonic() < deadline:
+        status = serve.status().applications[APP_NAME].deployments[deployment]
+        if status.status == wanted:
+            return
+        time.sleep(0.5)
+    pytest.fail(f"the {deployment} deployment stayed {status.status}, not {wanted}: {status.message}")
+
+
+@pytest.mark.integration
+def test_cluster_runs_the_openai_backend_on_a_llama_cpp_server_and_reports_a_lost_server_and_a_lost_model(
+        ray_cluster, serve_port, llama_server, tmp_path):
+    import shutil
+
+    import httpx
+    import yaml
+
+    from aivd.edge.detector import BUILTIN_MODEL
+    from aivd.model_store import ModelStore
+    from aivd.runtime.cluster import deploy
+
+    store = ModelStore(tmp_path / "models")
+    version = store.publish(BUILTIN_MODEL, [BUILTIN_MODEL.parent / "deeppcb_refiner.onnx"])
+    store.promote(version)
+    llm = tmp_path / "llm.yaml"  # the random model needs room to finish the JSON its grammar holds it to
+    llm.write_text(yaml.safe_dump(llama_server.config(structured_output="json_object", max_tokens=1024, max_retries=0,
+                                                      concurrency=2, timeout_s=60).model_dump()))
+    config = ClusterConfig.model_validate({
+        "pipeline": {"edge": {"model": str(store.root)}, "cloud": {"backend": "openai", "llm": {"config": str(llm)}},
+                     "imaging": {"pixels_per_mm": 48}},
+        "edge": [{"name": "fast", "replicas": 1}], "port": serve_port, "health_check_period_s": 1, "health_check_timeout_s": 10,
+        "cloud": {"timeout_s": 10}, "edge_resources": {"aivd_edge": 1}, "cloud_resources": {"aivd_head": 0.01},
+        "ingress_resources": {"aivd_head": 0.01},
+    })
+    url = deploy(config)
+
+    # The regions go to the llama.cpp server over HTTP, from the cloud deployment, and its answers come back. The
+    # random model's answers break the schema's bounds, so the image may keep the edge's results: either way, it
+    # says so, and its bytes to the cloud are the LLM requests' bodies.
+    record = inspect(url, "00041200").json()
+    assert record["status"] == "ok" and record["analyzer"] == "openai:tiny" and record["bytes_to_cloud"] > 0
+    assert record["cloud_error"] is None or record["cloud_error"].startswith("openai:tiny")
+    assert all(d["source"] in ("edge", "cloud:openai:tiny") for d in record["defects"])
+    assert {"cloud", "edge", "ingress"} <= set(status_of_all())
+
+    # The server goes away: the cloud deployment reports it; the edge is not to blame and keeps answering alone.
+    stop(llama_server.process)
+    wait_for_status("cloud", "UNHEALTHY")  # Serve's message is its own; the replica's log has ours ("not answering")
+    alone = inspect(url, "20085291").json()
+    assert alone["status"] == "ok" and alone["cloud_error"] and {d["source"] for d in alone["defects"]} <= {"edge"}
+    assert status_of_all()["edge"] == "HEALTHY"
+
+    # The version the edge serves is deleted from its store: the edge replica reports it.
+    shutil.rmtree(store.versions_dir / version)
+    wait_for_status("edge", "UNHEALTHY")
+    assert httpx.get(f"{url}/healthz").status_code == 200  # the ingress itself is fine
+
+
+def status_of_all() -> dict[str, str]:
+    from ray import serve
+
+    from aivd.runtime.cluster import APP_NAME
+
+    return {name: status.status for name, status in serve.status().applications[APP_NAME].deployments.items()}
 
 
 @pytest.mark.integration
@@ -301,11 +537,11 @@ def test_the_cluster_updater_learns_from_the_edge_replicas_and_they_serve_what_i
     store = ModelStore(tmp_path / "models")
     store.promote(store.publish(BUILTIN_MODEL, [BUILTIN_MODEL.parent / "deeppcb_refiner.onnx"]))
     config = ClusterConfig.model_validate({
-        "model_store": str(store.root), "model_poll_s": 0.2, "edge": [{"name": "fast", "replicas": 2}], "port": serve_port,
-        "edge_resources": {"aivd_edge": 1}, "cloud_resources": {"aivd_head": 0.01}, "ingress_resources": {"aivd_head": 0.01},
-        "updater_resources": {"aivd_head": 0.01},
-        "update": {"enabled": True, "model_store": str(store.root), "trigger": {"every": 4},
-                   "learner": {"detector_steps": 0, "refiner_epochs": 1, "threads": 1}},
+        "edge": [{"name": "fast", "replicas": 2}], "port": serve_port, "edge_resources": {"aivd_edge": 1},
+        "cloud_resources": {"aivd_head": 0.01}, "ingress_resources": {"aivd_head": 0.01}, "updater_resources": {"aivd_head": 0.01},
+        "pipeline": {"edge": {"model": str(BUILTIN_MODEL), "model_poll_s": 0.2}, "update": {
+            "enabled": True, "model_store": str(store.root), "trigger": {"every": 4},
+            "learner": {"detector_steps": 0, "refiner_epochs": 1, "threads": 1}}},
     })
     url = deploy(config)
     updater = serve.get_deployment_handle("updater", APP_NAME)

@@ -18,22 +18,24 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from aivd.config import ImagingConfig, PipelineConfig
 from aivd.runtime.config import RAY_DEFAULT_ROUTER, ClusterConfig, EdgeNodeClass
 from aivd.sim import SCENARIOS, capacity_per_s, simulate, with_load
 from aivd.sim.engine import arrival_times, node_class
 
 # What `ray` (Ray Serve's own router) is in the simulator: power of two choices.
 SIMULATOR_NAME = {RAY_DEFAULT_ROUTER: "p2c"}
+# The default pipeline on DeepPCB's bundled samples, whose imaging scale is 48 px/mm.
+BENCH_PIPELINE = PipelineConfig(imaging=ImagingConfig(pixels_per_mm=48.0))
 
 
 def measure_service_s(image: bytes, template: bytes, repeats: int = 10) -> float:
-    """Median in-process time of the edge's work on one image (detection and crops), single-threaded."""
-    from aivd.cloud.builtin import BuiltinAnalyzer
+    """Median in-process time of the edge's work on one image (detection and crops), single-threaded, as the edge
+    replicas of `emulated_config` do it."""
     from aivd.data.images import decode_gray
-    from aivd.edge.detector import load_detector
-    from aivd.pipeline.engine import EdgeCloudPipeline
+    from aivd.pipeline.factory import build_pipeline
 
-    pipeline = EdgeCloudPipeline(load_detector(threads=1), BuiltinAnalyzer(threads=1))
+    pipeline = build_pipeline(BENCH_PIPELINE, threads=1)
     test, reference = decode_gray(image, "image"), decode_gray(template, "template")
     times = []
     for _ in range(repeats):
@@ -53,7 +55,7 @@ def emulated_config(scenario_id: int, nodes: int, time_scale: float, policy: str
                                   service_s=device.service_mean_s, service_cv=device.service_cv,
                                   link=scenario.links[i % len(scenario.links)]))
     return ClusterConfig(edge=edge, policy=policy, max_ongoing_requests=max_ongoing, port=port, seed=seed,
-                         pixels_per_mm=48.0, routing_stats_period_s=scenario.telemetry_period_s)
+                         pipeline=BENCH_PIPELINE, routing_stats_period_s=scenario.telemetry_period_s)
 
 
 async def drive(url: str, sends: np.ndarray, image: bytes, template: bytes, timeout_s: float) -> dict:

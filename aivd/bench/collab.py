@@ -182,12 +182,15 @@ def curve(pipeline: EdgeCloudPipeline, outcomes: list[ImageOutcome], filter_name
     return points
 
 
-def budget_offloader(filter_name: str, budget: float) -> Offloader:
-    return build_offloader(OffloadConfig(filter=FilterConfig(name=filter_name), budget=budget))
+def budget_offloader(filter_name: str, budget: float, base: OffloadConfig | None = None) -> Offloader:
+    """The offloading stage `aivd inspect` builds for `base` (its window, warmup and seed) at this budget and filter."""
+    base = base or OffloadConfig()
+    return build_offloader(base.model_copy(update={"filter": FilterConfig(name=filter_name), "budget": budget, "target_accuracy": None}))
 
 
-def budget_run(pipeline: EdgeCloudPipeline, outcomes: list[ImageOutcome], filter_name: str, budget: float) -> dict:
-    result = figures(outcomes, replay(pipeline, outcomes, budget_offloader(filter_name, budget)))
+def budget_run(pipeline: EdgeCloudPipeline, outcomes: list[ImageOutcome], filter_name: str, budget: float,
+               base: OffloadConfig | None = None) -> dict:
+    result = figures(outcomes, replay(pipeline, outcomes, budget_offloader(filter_name, budget, base)))
     everything = figures(outcomes, replay(pipeline, outcomes, SendAll()))
     return {
         "filter": filter_name, "budget": budget, **result,
@@ -308,14 +311,15 @@ def online_pass(pipeline: EdgeCloudPipeline, stream, phase: DriftPhase, filter_n
 
 
 def bench_collab(pipeline: EdgeCloudPipeline, samples, budget: float = 0.3, budget_filter: str = "threshold", seed: int = 0,
-                 drift: DriftPhase | None = None, update: OnlineSettings | None = None) -> dict:
+                 drift: DriftPhase | None = None, update: OnlineSettings | None = None, offload: OffloadConfig | None = None) -> dict:
+    """Every figure of the bench; `offload` is the config whose window and warmup the budget run's stage takes."""
     outcomes = collect(pipeline, samples)
     curves = {name: curve(pipeline, outcomes, name, seed) for name in dict.fromkeys([*CURVE_FILTERS, budget_filter])}
     return {
         "images": len(outcomes), "regions": int(sum(len(o.candidates) for o in outcomes)),
         "edge_threshold": pipeline.edge_threshold, "proposal_threshold": pipeline.proposal_threshold,
         "curve": curves[budget_filter], "curves": curves,
-        "budget": budget_run(pipeline, outcomes, budget_filter, budget),
+        "budget": budget_run(pipeline, outcomes, budget_filter, budget, offload),
         "accuracy_target": [accuracy_target_run(pipeline, outcomes, budget_filter, target, seed) for target in (0.9, 0.95, 0.98)],
         "drift": None if drift is None else drift_run(pipeline, samples, outcomes, drift, budget_filter, budget, seed, update),
     }

@@ -20,9 +20,11 @@ from aivd.cli.pipeline_options import (
     JSON_ALWAYS,
     PACK,
     PROPOSAL,
+    built_pipeline,
     data_split,
     load_detector,
     load_pipeline,
+    pipeline_config,
     resolve_deeppcb,
 )
 from aivd.cli.train import training_module
@@ -138,9 +140,15 @@ def bench_collab_command(
     update_steps: int = typer.Option(0, min=0, help="Detector fine-tuning steps per update (0: only the class refiner is updated)."),
     min_images: int = typer.Option(40, min=1, help="Hard images after drift is seen before an update runs."),
     train_window: int = typer.Option(100, min=1, help="Newest hard images an update trains on."),
+    config: Optional[Path] = typer.Option(
+        None, "--config", "-c", help="The pipeline config to measure (edge, cloud, and the offload window and warmup the budget "
+                                     "run uses), as `aivd inspect --config` takes it. Default: the built-in pipeline."),
     as_json: bool = JSON_ALWAYS,
 ) -> None:
-    """Offload only the hard regions: F-score and bytes against the upload ratio, and at a budget; one JSON object."""
+    """Offload only the hard regions: F-score and bytes against the upload ratio, and at a budget; one JSON object.
+
+    Every policy is replayed through the live pipeline's offloading stage and merge, from one pass of both tiers
+    over the split, so its budget run gives what `aivd inspect --config C --offload-budget B` gives."""
     from aivd.bench.collab import bench_collab
     from aivd.collab.hard_examples import FILTERS
     from aivd.data.deeppcb import holdout_split, load_split
@@ -165,9 +173,12 @@ def bench_collab_command(
             raise typer.BadParameter("KIND:STRENGTH with KIND blur, contrast_noise or resample and STRENGTH > 0", param_hint="--drift") from None
     if update and phase is None:
         raise typer.BadParameter("--update needs --drift", param_hint="--update")
-    pipeline = load_pipeline(None, None, False, pixels_per_mm=DEEPPCB_PIXELS_PER_MM)
+    effective = pipeline_config(config)
+    pipeline = built_pipeline(effective, DEEPPCB_PIXELS_PER_MM)
+    if pipeline.analyzer is None:
+        raise fail("bench collab measures offloading to the cloud: the config's cloud.backend is none")
     if not update:
-        print(json.dumps(bench_collab(pipeline, samples, budget, budget_filter, seed, phase)))
+        print(json.dumps(bench_collab(pipeline, samples, budget, budget_filter, seed, phase, offload=effective.offload)))
         return
     import tempfile
 
@@ -178,7 +189,7 @@ def bench_collab_command(
     with tempfile.TemporaryDirectory(prefix="aivd-online-") as temporary:
         settings = OnlineSettings(workdir or Path(temporary), training.LearnerConfig(detector_steps=update_steps, seed=seed),
                                   TriggerConfig(min_images=min_images), train_window)
-        print(json.dumps(bench_collab(pipeline, samples, budget, budget_filter, seed, phase, settings)))
+        print(json.dumps(bench_collab(pipeline, samples, budget, budget_filter, seed, phase, settings, effective.offload)))
 
 
 @bench_app.command("crops")

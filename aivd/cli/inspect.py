@@ -7,9 +7,10 @@ import dataclasses
 import os
 import shlex
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Optional, get_type_hints
+from typing import Any, Optional, get_type_hints
 
 import typer
 
@@ -17,6 +18,7 @@ from aivd.cli.pipeline_options import (
     CLASSIFIER,
     CLOUD_BACKEND,
     CLOUD_URL,
+    CONFIG,
     DEEPPCB_HELP,
     DEEPPCB_PIXELS_PER_MM,
     EDGE_ONLY,
@@ -26,27 +28,35 @@ from aivd.cli.pipeline_options import (
     LLM_CONFIG,
     LLM_MODEL,
     LLM_PROMPT,
+    METRICS_PORT,
+    OFFLOAD_BUDGET,
+    OFFLOAD_FILTER,
     PACK,
     PIXELS_PER_MM,
     PROPOSAL,
+    SET,
     CloudBackend,
     LLMOptions,
-    load_pipeline,
+    built_pipeline,
+    flag_overrides,
+    pipeline_config,
     resolve_deeppcb,
+    set_overrides,
 )
-from aivd.cli.ui import console, error_line, fail, progress_bar, shown
+from aivd.cli.ui import console, error_line, fail, progress_bar, shown, warning_line
 from aivd.core.redaction import MASK, redact_command, redact_url
 from aivd.pipeline.inputs import TemplateMode
 
 # Where a run is written, not what it inspects: not stored with the run's arguments.
-RUN_LOCATION = ("context", "out", "resume", "db")
+RUN_LOCATION = ("context", "out", "resume", "db", "metrics_port")
 # URL options that may carry a password: stored with it hidden, so a resumed run needs them given again.
-SECRET_URL_OPTIONS = ("cloud", "llm_base_url")
+SECRET_URL_OPTIONS = ("cloud", "llm_base_url", "stream")
 
 
 def inspect(
     context: typer.Context,
-    paths: list[Path] = typer.Argument(None, help="Image files or folders (searched recursively)."),
+    paths: list[Path] = typer.Argument(
+        None, help="Image files or folders (searched recursively), and video files (.mp4, .avi, .mkv, .mov, ...: their frames)."),
     out: Optional[Path] = typer.Option(
         None, "--out", "-o",
         help="Output folder: results.jsonl, annotated/, deeppcb/, report.html, aivd.sqlite, run.json. A new run replaces the "
@@ -54,13 +64,15 @@ def inspect(
     resume: Optional[Path] = typer.Option(
         None, "--resume", metavar="OUT",
         help="Continue the stopped run in OUT with the options it was started with, skipping the images it has done. "
-             "Give --db, --cloud or --llm-base-url again only if its URL had a password (not stored)."),
+             "Give --db, --cloud, --llm-base-url or --stream again only if its URL had a password (not stored)."),
+    config: Optional[Path] = CONFIG,
+    set_values: Optional[list[str]] = SET,
     deeppcb: Optional[Path] = typer.Option(None, help="Inspect an official DeepPCB split instead of PATHS. " + DEEPPCB_HELP),
     split: str = typer.Option("test", help="DeepPCB split: trainval or test."),
     model: Optional[Path] = typer.Option(None, help="ONNX detector (an aivd model or an Ultralytics YOLO export), or a model-store folder whose served version is followed (`aivd models`). Default: built-in."),
     pack: Optional[Path] = PACK,
     template: Optional[Path] = typer.Option(None, help="One aligned template for every image."),
-    templates: TemplateMode = typer.Option(TemplateMode.auto, help="auto: use NAME_temp beside NAME_test; require: missing is an error; none: ignore."),
+    templates: Optional[TemplateMode] = typer.Option(None, help="auto (the default): use NAME_temp beside NAME_test; require: missing is an error; none: ignore."),
     min_confidence: Optional[float] = typer.Option(None, min=0.0, max=1.0, help="Edge score threshold; default: the model's calibrated one."),
     edge_only: bool = EDGE_ONLY,
     cloud: Optional[str] = CLOUD_URL,
@@ -68,19 +80,30 @@ def inspect(
     knowledge: Optional[Path] = KNOWLEDGE,
     proposal_threshold: Optional[float] = PROPOSAL,
     pixels_per_mm: Optional[float] = PIXELS_PER_MM,
-    cloud_backend: CloudBackend = CLOUD_BACKEND,
+    cloud_backend: Optional[CloudBackend] = CLOUD_BACKEND,
+    offload_budget: Optional[float] = OFFLOAD_BUDGET,
+    offload_filter: Optional[str] = OFFLOAD_FILTER,
     llm_config: Optional[Path] = LLM_CONFIG,
     llm_base_url: Optional[str] = LLM_BASE_URL,
     llm_model: Optional[str] = LLM_MODEL,
     llm_adapter: Optional[Path] = LLM_ADAPTER,
     llm_prompt: Optional[str] = LLM_PROMPT,
-    annotate: bool = typer.Option(True, help="Write annotated images to OUT/annotated/."),
-    db: Optional[str] = typer.Option(None, help="SQLAlchemy URL of the result database, e.g. postgresql+psycopg://... Default: OUT/aivd.sqlite."),
-    report: bool = typer.Option(True, help="Write OUT/report.html."),
+    annotate: Optional[bool] = typer.Option(None, "--annotate/--no-annotate", help="Write annotated images to OUT/annotated/ (default: yes).", show_default=False),
+    db: Optional[str] = typer.Option(None, help="SQLAlchemy URL of the result database, e.g. postgresql+psycopg://... Default: the config's, else OUT/aivd.sqlite."),
+    report: Optional[bool] = typer.Option(None, "--report/--no-report", help="Write OUT/report.html (default: yes).", show_default=False),
     tile_size: Optional[int] = typer.Option(
         None, "--tile-size", min=0,
         help="Detect images longer than 1.5 tiles in overlapping tiles of this many px. Default: 640 for the built-in detector, "
              "none for --model; 0: never tile."),
+    stream: Optional[str] = typer.Option(
+        None, "--stream", metavar="URL|INDEX",
+        help="Inspect a live stream instead of PATHS: an rtsp:// or http(s):// URL (MJPEG, HLS) or a camera number. Runs until "
+             "Ctrl-C, SIGTERM or --max-frames; a stream that drops is reopened (waits of 0.5 s doubling to 30 s)."),
+    fps: Optional[float] = typer.Option(
+        None, "--fps", min=0.001,
+        help="Frames to inspect per second: of video time for video files (default: every frame), of wall time for --stream (default: 2)."),
+    max_frames: Optional[int] = typer.Option(None, "--max-frames", min=1, help="Inspect at most this many frames of each video file or of the stream."),
+    metrics_port: Optional[int] = METRICS_PORT,
 ) -> None:
     """Find defects in images (edge), analyse each (cloud) and write one JSON record per image, the database
     and an HTML report.
@@ -100,7 +123,7 @@ def inspect(
         raise fail("give the output folder: --out OUT, or --resume OUT to continue a stopped run")
     else:
         lock = None
-    _inspect(out, db or "", resume is not None, lock, SimpleNamespace(**arguments))
+    _inspect(out, db or "", resume is not None, lock, SimpleNamespace(**arguments), metrics_port)
 
 
 def _claim_output(out: Path):
@@ -138,10 +161,13 @@ def _resumed_arguments(out: Path, db: str, arguments: dict, context: typer.Conte
         raise fail(f"{out}: run {run.id} was not started by an aivd inspect that can resume it")
     types = get_type_hints(inspect)
     try:
-        resumed = {name: None if value is None else TypeAdapter(types[name]).validate_python(value)
-                   for name, value in run.config["arguments"].items()}
+        resumed: dict[str, Any] = {name: None if value is None else TypeAdapter(types[name]).validate_python(value)
+                                   for name, value in run.config["arguments"].items()}
     except (KeyError, ValidationError) as error:
         raise fail(f"{out}: the options stored with run {run.id} are not this aivd's ({str(error).splitlines()[0]})") from None
+    # An option newer than the aivd that started the run had its default there.
+    defaults = {parameter.name: parameter.default for parameter in context.command.params}
+    resumed = {**{name: defaults[name] for name in arguments if name not in resumed}, **resumed}
     for name, value in arguments.items():
         if getattr(context.get_parameter_source(name), "name", None) != "COMMANDLINE":
             continue
@@ -161,45 +187,88 @@ def _resumed_arguments(out: Path, db: str, arguments: dict, context: typer.Conte
     return resumed
 
 
-def _inspect(out: Path, db: str, resuming: bool, lock, args: SimpleNamespace) -> None:
+def _inspect_overrides(args: SimpleNamespace) -> dict:
+    """The config keys inspect's own options set (on top of the pipeline options every command shares)."""
+    from aivd.config.pipeline import merged
+
+    llm = LLMOptions(args.llm_config, args.llm_base_url, args.llm_model, args.llm_adapter, args.llm_prompt)
+    shared = flag_overrides(args.model, args.min_confidence, args.edge_only, args.cloud, args.classifier, args.knowledge,
+                            args.proposal_threshold, args.pixels_per_mm, args.cloud_backend, llm, args.pack, args.tile_size,
+                            args.offload_budget, args.offload_filter)
+    own = {"edge": {"templates": args.templates, "template": args.template},
+           "outputs": {"annotate": args.annotate, "report": args.report}}
+    return merged(shared, {section: {k: v for k, v in values.items() if v is not None} for section, values in own.items()})
+
+
+@contextmanager
+def _closing(tasks):
+    """A live stream is closed when the run ends, however it ends."""
+    from aivd.intake.video import LiveStream
+
+    try:
+        yield
+    finally:
+        if isinstance(tasks, LiveStream):
+            tasks.close()
+
+
+def _inspect(out: Path, db: str, resuming: bool, lock, args: SimpleNamespace, metrics_port: int | None = None) -> None:
     from aivd.cli.interrupts import StopRequest
+    from aivd.config.pipeline import merged
     from aivd.data.deeppcb import DatasetError
-    from aivd.pipeline.inputs import tasks_from_deeppcb, tasks_from_paths
+    from aivd.intake.video import LiveStream, StreamError, is_video, tasks_with_videos
+    from aivd.pipeline.inputs import tasks_from_deeppcb
     from aivd.pipeline.inspect import InspectOptions, ResultWriter, inspect_tasks
+    from aivd.pipeline.live_update import live
     from aivd.pipeline.run_folder import ResumeError
     from aivd.store import StoreError
 
-    if bool(args.paths) == bool(args.deeppcb):
-        raise fail("give either image PATHS or --deeppcb ROOT, not both and not neither")
-    if args.template is not None and not args.template.is_file():
-        raise fail(f"{args.template}: template not found")
-    if args.deeppcb and args.template is not None:
+    if sum(map(bool, (args.paths, args.deeppcb, args.stream))) != 1:
+        raise fail("give one of image or video PATHS, --deeppcb ROOT or --stream URL")
+    config = pipeline_config(args.config, merged(set_overrides(args.set_values), _inspect_overrides(args)))
+    edge = config.edge
+    if edge.template is not None and not edge.template.is_file():
+        raise fail(f"{edge.template}: template not found")
+    if args.deeppcb and edge.template is not None:
         raise fail("--template does not apply to --deeppcb: each DeepPCB image has its own template (--templates none ignores them)")
+    videos = args.stream or any(map(is_video, args.paths or []))
+    if (args.fps or args.max_frames) and not videos:
+        raise fail("--fps and --max-frames apply to video files and --stream")
+    if videos and edge.templates is TemplateMode.require and edge.template is None:
+        raise fail("--templates require: video frames have no template beside them; give --template FILE")
+    tasks, total = [], None
     try:
-        tasks = (tasks_from_deeppcb(resolve_deeppcb(args.deeppcb), args.split) if args.deeppcb
-                 else tasks_from_paths(args.paths, args.templates, args.template))
+        if args.deeppcb:
+            tasks = tasks_from_deeppcb(resolve_deeppcb(args.deeppcb), args.split)
+        elif not args.stream:
+            tasks, total = tasks_with_videos(args.paths, edge.templates, edge.template, args.fps, args.max_frames)
     except DatasetError as error:
         raise fail(str(error)) from None
-    if args.deeppcb and args.templates is TemplateMode.none:
-        tasks = [dataclasses.replace(task, template_path=None, error=None) for task in tasks]
-    if not tasks:
+    if args.deeppcb:
+        if edge.templates is TemplateMode.none:
+            tasks = [dataclasses.replace(task, template_path=None, error=None) for task in tasks]
+        total = len(tasks)
+    if total == 0:
         raise fail("no images found in the given paths")
     lock = lock or _claim_output(out)
-    pixels_per_mm = args.pixels_per_mm
-    if pixels_per_mm is None and args.deeppcb:
-        pixels_per_mm = DEEPPCB_PIXELS_PER_MM
-    llm = LLMOptions(args.llm_config, args.llm_base_url, args.llm_model, args.llm_adapter, args.llm_prompt)
-    pipeline = load_pipeline(args.model, args.min_confidence, args.edge_only, args.cloud, args.classifier, args.knowledge,
-                              args.proposal_threshold, pixels_per_mm, args.cloud_backend, llm, args.pack, args.tile_size)
+    pipeline = built_pipeline(config, DEEPPCB_PIXELS_PER_MM if args.deeppcb else None)
     options = InspectOptions(
-        annotate=args.annotate, deeppcb_results=bool(args.deeppcb), database=db, report=args.report, resume=resuming,
-        command=redact_command(["aivd", *sys.argv[1:]]),
+        annotate=config.outputs.annotate, deeppcb_results=bool(args.deeppcb), database=db or config.outputs.database or "",
+        report=config.outputs.report, resume=resuming, command=redact_command(["aivd", *sys.argv[1:]]),
         config={"pipeline": pipeline.name, "edge_threshold": pipeline.edge_threshold, "proposal_threshold": pipeline.proposal_threshold,
-                "pixels_per_mm": pixels_per_mm, "images": len(tasks), "tile_size": getattr(pipeline.detector, "tile_size", None),
-                "cwd": os.getcwd(), "arguments": {name: _stored_argument(name, value) for name, value in vars(args).items()}},
+                "pixels_per_mm": pipeline.pixels_per_mm, "images": total, "tile_size": getattr(pipeline.detector, "tile_size", None),
+                "pipeline_config": config.shown(), "cwd": os.getcwd(),
+                "arguments": {name: _stored_argument(name, value) for name, value in vars(args).items()}},
     )
     resume_command = f"aivd inspect --resume {shlex.quote(str(out))}"
-    with StopRequest(f"the records written so far are kept; continue with: {resume_command}") as stop:
+    if args.stream:  # opened last, as its frames start coming at once
+        template = None if edge.templates is TemplateMode.none else edge.template
+        try:
+            tasks = LiveStream(args.stream, args.fps, args.max_frames, template, on_event=warning_line)
+        except StreamError as error:
+            raise fail(str(error)) from None
+    with live(config, pipeline, metrics_port) as extras, \
+            StopRequest(f"the records written so far are kept; continue with: {resume_command}") as stop, _closing(tasks):
         try:
             writer = ResultWriter(out, options, lock)
         except (StoreError, ResumeError) as error:
@@ -207,14 +276,14 @@ def _inspect(out: Path, db: str, resuming: bool, lock, args: SimpleNamespace) ->
         except OSError as error:
             raise fail(f"{out}: cannot write the output folder ({error.strerror or error})") from None
         with progress_bar() as progress:
-            bar = progress.add_task("inspecting", total=len(tasks), completed=len(writer.done))
+            bar = progress.add_task("inspecting", total=total, completed=len(writer.done))
 
             def on_result(record) -> None:
                 if record.status == "error":
                     error_line(f"{record.image}: {record.error}")
                 progress.advance(bar)
 
-            summary = inspect_tasks(tasks, pipeline, writer, options, on_result, lambda: stop.requested)
+            summary = inspect_tasks(tasks, pipeline, writer, options, on_result, lambda: stop.requested, extras)
     resumed = f" ({summary.resumed} before resuming)" if summary.resumed else ""
     console.print(
         f"{summary.ok} of {summary.images} images inspected{resumed}, {summary.defects} defects, {summary.failed} failed, "
@@ -227,8 +296,11 @@ def _inspect(out: Path, db: str, resuming: bool, lock, args: SimpleNamespace) ->
             f"[yellow]warning:[/yellow] cloud unavailable for {summary.cloud_failed} images; their defects are the edge's own "
             "(see cloud_error in results.jsonl)", highlight=False,
         )
+    if isinstance(tasks, LiveStream):
+        console.print(f"stream: {tasks.drops} drops, {tasks.reconnects} reconnects", highlight=False)
     if summary.interrupted:
-        console.print(f"[yellow]interrupted:[/yellow] {summary.images} of {len(tasks)} images done; continue with: "
+        of = f" of {total}" if total is not None else ""
+        console.print(f"[yellow]interrupted:[/yellow] {summary.images}{of} images done; continue with: "
                       f"{shown(resume_command)}", highlight=False)
         raise typer.Exit(stop.exit_code)
     if summary.failed:

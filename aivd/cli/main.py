@@ -10,6 +10,7 @@ import sys
 import typer
 
 from aivd.cli.bench import bench_app
+from aivd.cli.config import config_app
 from aivd.cli.data import data_app
 from aivd.cli.demo import demo, synth
 from aivd.cli.eval import eval_command
@@ -22,6 +23,7 @@ from aivd.cli.serve import serve_app
 from aivd.cli.simulate import simulate_app
 from aivd.cli.train import train_app
 from aivd.cli.ui import error_line
+from aivd.cli.watch import watch
 from aivd.core.errors import AivdError
 
 app = typer.Typer(help="Edge-cloud visual inspection of industrial defects.", no_args_is_help=True, add_completion=False)
@@ -30,6 +32,7 @@ app.command("eval")(eval_command)
 app.command()(demo)
 app.command()(synth)
 app.command()(schema)
+app.command()(watch)
 app.add_typer(train_app, name="train")
 app.add_typer(bench_app, name="bench")
 app.add_typer(serve_app, name="serve")
@@ -38,6 +41,7 @@ app.add_typer(finetune_app, name="finetune")
 app.add_typer(models_app, name="models")
 app.add_typer(data_app, name="data")
 app.add_typer(kb_app, name="kb")
+app.add_typer(config_app, name="config")
 
 
 def main() -> None:
@@ -49,4 +53,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

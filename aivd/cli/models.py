@@ -57,7 +57,9 @@ def publish_command(
         if detector.is_dir():
             pack = load_pack(detector)
             pack.load_detector()  # refuse a pack whose detectors do not load
-            detector = pack.template_detector or pack.image_detector
+            pack_detector = pack.template_detector or pack.image_detector
+            assert pack_detector is not None  # load_pack refuses a pack without one
+            detector = pack_detector
             companions = [path for path in sorted(pack.root.iterdir()) if path.is_file() and path != detector]
         loaded = TemplateDetector(detector, threads=1)
         if loaded.refiner_path and loaded.refiner_path not in companions:

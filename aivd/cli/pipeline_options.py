@@ -25,40 +25,16 @@ def resolve_deeppcb(root: Optional[Path]) -> Path:
 
 
 def load_detector(model: Optional[Path], min_confidence: Optional[float]):
-    """An ONNX file, or a model store's served version (followed as it changes: `aivd models promote`)."""
-    from aivd.edge.detector import ModelError
-    from aivd.edge.detector import load_detector as load_onnx_detector
-    from aivd.model_store import ModelStoreError
+    """An ONNX file, a model store's served version (followed as it changes: `aivd models promote`), or with no
+    `model` the built-in template-aware detector."""
+    from aivd.config import ConfigError
+    from aivd.edge.detector import load_detector as builtin_detector
+    from aivd.pipeline.factory import model_detector
 
     try:
-        if model is not None and model.is_dir():
-            from aivd.edge.hot_swap import HotSwapDetector
-            from aivd.model_store import ModelStore
-
-            if not (model / "versions").is_dir():
-                raise fail(f"{model}: a folder, but not a model store (no versions/ folder); give an ONNX file or a store")
-            if min_confidence is not None:
-                raise fail("--min-confidence does not apply to a model store: each version carries its threshold")
-            return HotSwapDetector(ModelStore(model), poll_s=5.0)
-        return load_onnx_detector(model, min_confidence)
-    except (ModelError, ModelStoreError) as error:
+        return builtin_detector(None, min_confidence) if model is None else model_detector(model, min_confidence)
+    except ConfigError as error:
         raise fail(str(error)) from None
-
-
-def _tiled(detector, model: Optional[Path], tile_size: Optional[int]):
-    """`detector` detecting large images in tiles of `tile_size` px; None: automatic (the built-in detector at the
-    size it is trained on, a given model whole), 0: never tiled."""
-    from aivd.edge.detector import BUILTIN_TILE_SIZE
-    from aivd.edge.tiling import TiledDetector
-
-    if tile_size is None:
-        tile_size = BUILTIN_TILE_SIZE if model is None else 0
-    if not tile_size:
-        return detector
-    try:
-        return TiledDetector(detector, tile_size)
-    except ValueError as error:
-        raise fail(f"--tile-size: {error}") from None
 
 
 DEEPPCB_PIXELS_PER_MM = 48.0
@@ -91,7 +67,7 @@ class LLMOptions(NamedTuple):
         return ["--llm-" + name.replace("_", "-") for name, value in self._asdict().items() if value is not None]
 
 
-CLOUD_BACKEND = typer.Option(CloudBackend.builtin, "--cloud-backend", help="The cloud analyzer in this process: builtin, openai (an OpenAI-compatible server) or transformers (a local model); see docs/llm.md.")
+CLOUD_BACKEND = typer.Option(None, "--cloud-backend", help="The cloud analyzer in this process: builtin (the default), openai (an OpenAI-compatible server) or transformers (a local model); see docs/llm.md.")
 LLM_CONFIG = typer.Option(None, "--llm-config", help="YAML settings of the openai backend (base_url, model, api_key_env, timeout_s, max_retries, concurrency, prompt, structured_output, ...).")
 LLM_BASE_URL = typer.Option(None, "--llm-base-url", help="openai backend: the server's API root, e.g. http://localhost:8000/v1.")
 LLM_MODEL = typer.Option(None, "--llm-model", help="openai: the model name the server knows (a vLLM LoRA module selects the adapter); transformers: a model folder or Hub id.")
@@ -99,120 +75,107 @@ LLM_ADAPTER = typer.Option(None, "--llm-adapter", help="transformers backend: a 
 LLM_PROMPT = typer.Option(None, "--llm-prompt", help="Prompt version (v1, ...) or prompt YAML; use the one the adapter was trained with. Default: the newest.")
 
 
-def _llm_analyzer(backend: CloudBackend, llm: LLMOptions, class_names: list[str], knowledge: Optional[Path]):
-    """The multimodal-LLM analyzer `backend` with the --llm-* options; exits with a one-line error when they do not fit."""
-    from aivd.cloud.knowledge import DEFAULT_KNOWLEDGE, KnowledgeError
+CONFIG = typer.Option(
+    None, "--config", "-c", help="A pipeline config YAML (`aivd config show` prints the effective one; docs/schema/pipeline_config.schema.json). "
+                                 "Options given on the command line override its keys.")
+METRICS_PORT = typer.Option(
+    None, "--metrics-port", min=0, max=65535, metavar="PORT",
+    help="Serve Prometheus metrics on 127.0.0.1:PORT while the run lasts: offload ratio, cloud disagreement, drift, the model "
+         "served, online updates (docs/collab.md).")
+SET = typer.Option(
+    None, "--set", metavar="KEY=VALUE", help="Override any config key, e.g. --set offload.filter.name=margin (VALUE is read as YAML). Repeatable.")
+OFFLOAD_BUDGET = typer.Option(
+    None, "--offload-budget", min=0.0, max=1.0, help="Share of candidate regions sent to the cloud (the hardest first, held over a "
+                                                     "sliding window); 1 sends all, 0 none. Default: the config's, else 1.")
+OFFLOAD_FILTER = typer.Option(None, "--offload-filter", help="Hard-example filter ranking the regions: threshold, margin, cross_entropy, ibt, random.")
 
-    if backend is CloudBackend.openai:
-        from aivd.cloud.llm.openai_backend import ConfigError, OpenAIAnalyzer, OpenAIConfig
-        from aivd.cloud.llm.prompts import PromptError
 
-        if llm.adapter is not None:
-            raise fail("--llm-adapter is for the transformers backend; an OpenAI-compatible server picks the adapter by "
-                       "model name (vLLM: --llm-model NAME of --lora-modules NAME=PATH)")
-        overrides = {"base_url": llm.base_url, "model": llm.model, "prompt": llm.prompt}
+def set_overrides(assignments: Optional[list[str]]) -> dict:
+    """`--set a.b=v` as nested overrides; v is parsed as YAML (safely), so numbers and booleans keep their type."""
+    import yaml
+
+    from aivd.config import dotted
+    from aivd.config.pipeline import merged
+
+    overrides: dict = {}
+    for assignment in assignments or []:
+        key, equals, text = assignment.partition("=")
+        if not equals or not key.strip():
+            raise fail(f"--set {assignment}: expected KEY=VALUE, e.g. --set offload.budget=0.3")
         try:
-            if llm.config is not None:
-                config = OpenAIConfig.load(llm.config, **overrides)
-            elif llm.base_url is None or llm.model is None:
-                raise fail("--cloud-backend openai needs --llm-base-url and --llm-model, or --llm-config FILE")
-            else:
-                config = OpenAIConfig.build({k: v for k, v in overrides.items() if v is not None}, "--llm-* options")
-            return OpenAIAnalyzer(config, class_names, knowledge or DEFAULT_KNOWLEDGE)
-        except (ConfigError, PromptError, KnowledgeError) as error:
-            raise fail(str(error)) from None
-    if llm.config is not None or llm.base_url is not None:
-        raise fail("--llm-config and --llm-base-url are for the openai backend; the transformers backend takes "
-                   "--llm-model, --llm-adapter and --llm-prompt")
-    if llm.model is None:
-        raise fail("--cloud-backend transformers needs --llm-model (a model folder or Hub id)")
+            value = yaml.safe_load(text) if text else None
+        except yaml.YAMLError:
+            value = text
+        overrides = merged(overrides, dotted(key.strip(), value))
+    return overrides
+
+
+def flag_overrides(
+    model: Optional[Path] = None, min_confidence: Optional[float] = None, edge_only: bool = False, cloud: Optional[str] = None,
+    classifier: Optional[Path] = None, knowledge: Optional[Path] = None, proposal: Optional[float] = None,
+    pixels_per_mm: Optional[float] = None, backend: Optional[CloudBackend] = None, llm: LLMOptions = LLMOptions(),
+    pack: Optional[Path] = None, tile_size: Optional[int] = None, offload_budget: Optional[float] = None,
+    offload_filter: Optional[str] = None,
+) -> dict:
+    """The config keys the pipeline options set; an option left out sets nothing, so a config file's value stands.
+    Options that contradict each other get a one-line exit naming them."""
+    if pack is not None and model is not None:
+        raise fail("give --pack or --model, not both: a pack brings its own detectors")
+    chosen = [name for name, given in (("--edge-only", edge_only), ("--cloud", cloud), ("--cloud-backend", backend)) if given]
+    if len(chosen) > 1:
+        raise fail(f"{' and '.join(chosen)} each choose the cloud tier: give one")
+    if backend not in (None, CloudBackend.builtin) and classifier:
+        raise fail(f"--cloud-backend {backend.value} runs an LLM: --classifier is for the builtin backend")
+    edge = {"model": model, "min_confidence": min_confidence, "tile_size": tile_size, "pack": None if pack is None else str(pack)}
+    cloud_tier = {"classifier": classifier, "knowledge": knowledge, "proposal_threshold": proposal,
+                  "llm": {name: value for name, value in llm._asdict().items() if value is not None}}
+    if edge_only:
+        cloud_tier["backend"] = "none"
+    elif cloud:
+        cloud_tier.update(backend="http", url=cloud)
+    elif backend is not None:
+        cloud_tier["backend"] = backend.value
+    offload = {"budget": offload_budget, "filter": None if offload_filter is None else {"name": offload_filter}}
+    sections = {"edge": edge, "cloud": cloud_tier, "offload": offload, "imaging": {"pixels_per_mm": pixels_per_mm}}
+    return {section: given for section, values in sections.items() if (given := _given(values))}
+
+
+def _given(values: dict) -> dict:
+    return {key: value for key, value in values.items() if value is not None and value != {}}
+
+
+def pipeline_config(config_file: Optional[Path] = None, overrides: Optional[dict] = None):
+    """The effective `PipelineConfig`: the file's (or the defaults), with the options' keys laid over it."""
+    from aivd.config import ConfigError, build_config
+
     try:
-        from aivd.cloud.llm.transformers_backend import TransformersAnalyzer
-    except ImportError as error:
-        raise fail(f"the transformers backend cannot be loaded ({error}); install aivd's LLM extras (see docs/llm.md)") from None
-    try:
-        return TransformersAnalyzer(llm.model, llm.adapter, llm.prompt, knowledge=knowledge or DEFAULT_KNOWLEDGE)
-    except KnowledgeError as error:
+        return build_config(config_file, overrides)
+    except ConfigError as error:
         raise fail(str(error)) from None
-    except (OSError, ValueError) as error:  # a missing or unreadable model or adapter, a bad prompt
-        raise fail(f"--llm-model {llm.model}: {error}") from None
 
 
-def load_model_pack(pack: Path):
-    """The model pack in folder `pack` ('builtin' names the shipped DeepPCB pack), or a one-line exit."""
-    from aivd.packs import PackError, builtin_pack, load_pack
+def built_pipeline(config, pixels_per_mm: Optional[float] = None):
+    """The factory's pipeline for `config`, or a one-line exit saying which setting cannot be built and why."""
+    from aivd.config import ConfigError
+    from aivd.pipeline.factory import build_pipeline
 
     try:
-        return builtin_pack() if str(pack) == "builtin" else load_pack(pack)
-    except PackError as error:
+        return build_pipeline(config, pixels_per_mm)
+    except ConfigError as error:
         raise fail(str(error)) from None
 
 
 def load_pipeline(
     model: Optional[Path], min_confidence: Optional[float], edge_only: bool, cloud: Optional[str] = None,
     classifier: Optional[Path] = None, knowledge: Optional[Path] = None, proposal: Optional[float] = None,
-    pixels_per_mm: Optional[float] = None, backend: CloudBackend = CloudBackend.builtin, llm: LLMOptions = LLMOptions(),
+    pixels_per_mm: Optional[float] = None, backend: Optional[CloudBackend] = None, llm: LLMOptions = LLMOptions(),
     pack: Optional[Path] = None, tile_size: Optional[int] = None,
 ):
-    """The detector, and unless `edge_only` the cloud analyzer: `backend` in this process, or a remote service at `cloud`.
+    """The pipeline these options describe, built by the one factory every command uses (problems exit with one line).
 
-    With a model `pack`, its detectors, classifier, knowledge base and imaging scale are the defaults. `tile_size`:
-    see `_tiled` (a pack sets its own; the option overrides it)."""
-    from aivd.cloud.knowledge import KnowledgeError
-    from aivd.edge.detector import ModelError
-    from aivd.pipeline.engine import EdgeCloudPipeline
-
-    if pack is not None and model is not None:
-        raise fail("give --pack or --model, not both: a pack brings its own detectors")
-    if pack is None and model is None:
-        pack = Path("builtin")  # the shipped pack: its image-only detector takes the images without a template
-    if backend is not CloudBackend.builtin and (cloud or classifier):
-        raise fail(f"--cloud-backend {backend.value} runs the analyzer in this process: it cannot be combined with "
-                   f"{'--cloud' if cloud else '--classifier'}")
-    if backend is CloudBackend.builtin and llm.given():
-        given = llm.given()
-        raise fail(f"{', '.join(given)} {'needs' if len(given) == 1 else 'need'} --cloud-backend openai or transformers")
-    if pack is not None:
-        from aivd.packs import PackError
-
-        loaded = load_model_pack(pack)
-        try:
-            detector = loaded.load_detector(min_confidence, tile_size=tile_size)
-        except (ModelError, PackError) as error:
-            raise fail(str(error)) from None
-        except ValueError as error:  # what TiledDetector says of a tile size it cannot use
-            raise fail(f"--tile-size: {error}") from None
-        classifier, knowledge = classifier or loaded.classifier, knowledge or loaded.knowledge
-        pixels_per_mm = loaded.pixels_per_mm if pixels_per_mm is None else pixels_per_mm
-        pcb_facts = loaded.pcb_facts
-        if classifier is None and not (edge_only or cloud or backend is not CloudBackend.builtin):
-            raise fail(f"pack {loaded.name} has no cloud classifier: use --edge-only, --cloud URL or an LLM --cloud-backend")
-    else:
-        from aivd.cloud.builtin import BUILTIN_CLASSIFIER
-        from aivd.cloud.knowledge import DEFAULT_KNOWLEDGE
-
-        detector = _tiled(load_detector(model, min_confidence), model, tile_size)
-        classifier, knowledge, pcb_facts = classifier or BUILTIN_CLASSIFIER, knowledge or DEFAULT_KNOWLEDGE, True
-    if edge_only:
-        return EdgeCloudPipeline(detector)
-    if backend is not CloudBackend.builtin:
-        return EdgeCloudPipeline(detector, _llm_analyzer(backend, llm, list(detector.labels.names), knowledge), proposal, pixels_per_mm)
-    try:
-        if cloud:
-            from aivd.cloud.http_client import HttpAnalyzer
-
-            try:
-                analyzer = HttpAnalyzer(cloud)
-            except ValueError as error:
-                raise fail(str(error)) from None
-        else:
-            from aivd.cloud.builtin import BuiltinAnalyzer
-
-            # One thread: in-process, the analyzer runs beside the detector's two (inspect overlaps the tiers).
-            analyzer = BuiltinAnalyzer(classifier, knowledge, threads=1, pcb_facts=pcb_facts)
-    except (ModelError, KnowledgeError) as error:
-        raise fail(str(error)) from None
-    return EdgeCloudPipeline(detector, analyzer, proposal, pixels_per_mm)
+    `pixels_per_mm` is the default imaging scale of the input (DeepPCB's 48) where the pack sets none."""
+    overrides = flag_overrides(model, min_confidence, edge_only, cloud, classifier, knowledge, proposal, None, backend, llm, pack, tile_size)
+    return built_pipeline(pipeline_config(None, overrides), pixels_per_mm)
 
 
 PACK = typer.Option(None, "--pack", help="A model pack folder (from `aivd train pack`), or 'builtin' for the shipped DeepPCB pack.")

@@ -5,16 +5,19 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
+
+if TYPE_CHECKING:
+    from aivd.sim.engine import Upload
 
 simulate_app = typer.Typer(
     help="Simulate the edge-cloud pipeline under a scheduling policy (docs/scheduling.md).", invoke_without_command=True)
 
 ALL_POLICIES = "rr,sra,random,jsq,p2c,aivd,ect"
 # The paper's three pipelines: (label, edge policy or None for no edge stage, what goes to the cloud).
-PIPELINES = (("cloud-only", None, "image"), ("edge-cloud", "rr", "image"), ("aivd", "aivd", "crops"))
+PIPELINES: tuple[tuple[str, str | None, Upload], ...] = (("cloud-only", None, "image"), ("edge-cloud", "rr", "image"), ("aivd", "aivd", "crops"))
 CSV_FIELDS = ("scenario", "nodes", "run", "throughput_per_s", "capacity_per_s", "capacity_fraction", "reachable_per_s",
               "reachable_fraction", "latency_mean_ms",
               "latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "comm_latency_mean_ms", "lost")
@@ -91,8 +94,8 @@ def sweep(
         if scenario not in SCENARIOS:
             raise typer.BadParameter(f"unknown scenario {scenario}", param_hint="--scenarios")
         for n in parse_list(node_counts, int):
-            runs = [(name, name, "crops") for name in names] + [(f"pipeline:{label}", policy, upload)
-                                                               for label, policy, upload in PIPELINES]
+            runs: list[tuple[str, str | None, Upload]] = [(name, name, "crops") for name in names]
+            runs += [(f"pipeline:{label}", policy, upload) for label, policy, upload in PIPELINES]
             for label, policy, upload in runs:
                 r = simulate(SCENARIOS[scenario], n, policy, tasks, seed, upload=upload)
                 rows.append({"scenario": scenario, "nodes": n, "run": label,

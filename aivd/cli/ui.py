@@ -30,6 +30,11 @@ def error_line(message: object) -> None:
     console.print(f"[red]error:[/red] {shown(message)}", highlight=False)
 
 
+def warning_line(message: object) -> None:
+    """`warning: MESSAGE` on one line of the console (any thread may print)."""
+    console.print(f"[yellow]warning:[/yellow] {shown(message)}", highlight=False)
+
+
 def fail(message: str, code: int = 2) -> typer.Exit:
     """Print `message` as one error line and return the exit to raise."""
     error_line(message)

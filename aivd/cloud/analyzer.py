@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from aivd.core import Region
 from aivd.core.errors import AivdError
@@ -17,6 +17,9 @@ class AnalyzerError(AivdError, RuntimeError):
     def __init__(self, message: str, bytes_sent: int = 0, bytes_received: int = 0) -> None:
         super().__init__(message)
         self.bytes_sent, self.bytes_received = bytes_sent, bytes_received
+
+    def __reduce__(self):  # pickled with its costs (Ray carries it between processes); the default keeps only args
+        return type(self), (str(self), self.bytes_sent, self.bytes_received)
 
 
 class Analyses(list[DefectAnalysis]):
@@ -37,3 +40,12 @@ class Analyzer(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class RemoteAnalyzer(Analyzer, Protocol):
+    """A backend that talks to a server: it can say whether the server answers now."""
+
+    def check(self, timeout_s: float) -> None:
+        """Raises `AnalyzerError` saying why when the server does not answer within `timeout_s`."""
+        ...

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Sequence
 
@@ -38,8 +39,8 @@ class HttpAnalyzer:
     Every failure is an `AnalyzerError` saying why, so the edge can fall back to its own verdict.
 
     Each `analyze` answer carries the HTTP body bytes it cost, retries included; `bytes_sent` and
-    `bytes_received` add them up over the object's life. An instance is a one-thread object (httpx's client is
-    shared but the totals are not locked): give each thread its own.
+    `bytes_received` add them up over the object's life. Threads may share an instance (the Ray cloud deployment
+    analyzes several edge requests at once): httpx's client is thread-safe and the totals are locked.
     """
 
     def __init__(self, url: str, timeout_s: float = 10.0, retries: int = 2, backoff_s: float = 0.2) -> None:
@@ -55,6 +56,7 @@ class HttpAnalyzer:
         self.retries = retries
         self.backoff_s = backoff_s
         self.bytes_sent = self.bytes_received = 0
+        self._lock = threading.Lock()
         self._client = httpx.Client(base_url=url.rstrip("/"), timeout=timeout_s)
         name, threshold, self.limits = self._remote_identity()
         self.name = f"remote:{name}"
@@ -125,11 +127,21 @@ class HttpAnalyzer:
             return
         raise self._error(analyses, f"{self.url} failed {self.retries + 1} times for a batch of {len(payloads)} regions; last: {problem}")
 
+    def check(self, timeout_s: float) -> None:
+        """Raises `AnalyzerError` when the service's /healthz does not answer 200 within `timeout_s` (one try)."""
+        try:
+            response = self._client.get("/healthz", timeout=timeout_s)
+        except httpx.HTTPError as error:
+            raise AnalyzerError(f"{self.url}: not answering: {type(error).__name__} ({str(error) or 'no details'})") from None
+        if response.status_code != 200:
+            raise AnalyzerError(f"{self.url}: /healthz answered HTTP {response.status_code}: {_detail(response)}")
+
     def _count(self, analyses: Analyses, sent: int, received: int) -> None:
         analyses.bytes_sent += sent
         analyses.bytes_received += received
-        self.bytes_sent += sent
-        self.bytes_received += received
+        with self._lock:
+            self.bytes_sent += sent
+            self.bytes_received += received
 
     @staticmethod
     def _error(analyses: Analyses, message: str) -> AnalyzerError:

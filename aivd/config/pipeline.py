@@ -47,6 +47,7 @@ class EdgeConfig(_Section):
                                 "built-in models, none for `model`; 0: never tile")
     templates: TemplateMode = Field(TemplateMode.auto, description="auto: NAME_temp beside NAME_test; require: missing is an error; none: ignore")
     template: Path | None = Field(None, description="one aligned template for every image")
+    model_poll_s: float = Field(5.0, gt=0.0, description="a model store as `model`: how often the edge looks for a newly promoted version")
 
     @model_validator(mode="after")
     def _one_source(self) -> EdgeConfig:
@@ -85,23 +86,26 @@ class CloudConfig(_Section):
     @model_validator(mode="after")
     def _settings_fit_the_backend(self) -> CloudConfig:
         problems = []
+        # Each key is named with the option that sets it on the command line, where they differ.
         if (self.url is None) == (self.backend == "http"):
-            problems.append("cloud.url is for backend http, which needs it")
+            problems.append("cloud.url (--cloud) is for backend http, which needs it")
         if self.classifier is not None and self.backend != "builtin":
-            problems.append("cloud.classifier is for backend builtin")
+            problems.append("cloud.classifier (--classifier) is for backend builtin")
         given = self.llm.given()
         if self.backend not in ("openai", "transformers") and given:
-            problems.append(f"cloud.llm.{', cloud.llm.'.join(given)}: for backend openai or transformers")
+            keys = ", ".join(f"cloud.llm.{key} (--llm-{key.replace('_', '-')})" for key in given)
+            problems.append(f"{keys}: for backend openai or transformers (--cloud-backend)")
         if self.backend == "openai" and self.llm.adapter is not None:
-            problems.append("cloud.llm.adapter is for backend transformers; an OpenAI-compatible server picks the adapter by "
-                            "model name (vLLM: llm.model NAME of --lora-modules NAME=PATH)")
+            problems.append("cloud.llm.adapter (--llm-adapter) is for backend transformers; an OpenAI-compatible server picks the "
+                            "adapter by model name (vLLM: --llm-model NAME of --lora-modules NAME=PATH)")
         if self.backend == "openai" and self.llm.config is None and (self.llm.base_url is None or self.llm.model is None):
-            problems.append("backend openai needs cloud.llm.base_url and cloud.llm.model, or cloud.llm.config")
+            problems.append("backend openai needs cloud.llm.base_url and cloud.llm.model (--llm-base-url, --llm-model), "
+                            "or cloud.llm.config (--llm-config FILE)")
         if self.backend == "transformers":
             if self.llm.config is not None or self.llm.base_url is not None:
-                problems.append("cloud.llm.config and cloud.llm.base_url are for backend openai")
+                problems.append("cloud.llm.config and cloud.llm.base_url (--llm-config, --llm-base-url) are for backend openai")
             if self.llm.model is None:
-                problems.append("backend transformers needs cloud.llm.model (a model folder or Hub id)")
+                problems.append("backend transformers needs cloud.llm.model (--llm-model: a model folder or Hub id)")
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -211,11 +215,12 @@ class PipelineConfig(_Section):
         return data
 
 
-def _merge(base: dict, overrides: dict) -> dict:
-    merged = dict(base)
+def merged(base: dict, overrides: dict) -> dict:
+    """`base` with `overrides` laid over it, key by key at every level."""
+    result = dict(base)
     for key, value in overrides.items():
-        merged[key] = _merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
-    return merged
+        result[key] = merged(result[key], value) if isinstance(value, dict) and isinstance(result.get(key), dict) else value
+    return result
 
 
 def dotted(key: str, value: Any) -> dict:
@@ -236,11 +241,31 @@ def problems_of(error: ValidationError) -> list[str]:
     return lines
 
 
+# Keys whose values are files or folders. In a config file a relative one is relative to the file's folder, so a
+# config and the models beside it can be moved together; on the command line, to the working folder.
+PATH_KEYS = (("edge", "pack"), ("edge", "model"), ("edge", "template"), ("cloud", "classifier"), ("cloud", "knowledge"),
+             ("cloud", "llm", "config"), ("cloud", "llm", "adapter"), ("update", "model_store"))
+
+
+def _anchored(data: dict, folder: Path) -> dict:
+    data = merged(data, {})
+    for *sections, key in PATH_KEYS:
+        parent = data
+        for section in sections:
+            parent = parent.get(section) if isinstance(parent, dict) else None
+        value = parent.get(key) if isinstance(parent, dict) else None
+        if isinstance(value, str) and value != "builtin" and not Path(value).is_absolute():
+            parent[key] = str(folder / value)
+    return data
+
+
 def build_config(file: Path | None = None, overrides: dict | None = None) -> PipelineConfig:
     """The config in `file` (the defaults without one), with `overrides` (nested keys, e.g. from command-line flags)
     laid over it. Raises `ConfigError` listing every problem, each on its own line, naming the file."""
-    data = read_yaml_mapping(file, ConfigError, example="edge: {pack: builtin}") if file is not None else {}
-    data = _merge(data, overrides or {})
+    data = {}
+    if file is not None:
+        data = _anchored(read_yaml_mapping(file, ConfigError, example="edge: {pack: builtin}"), Path(file).parent)
+    data = merged(data, overrides or {})
     try:
         return PipelineConfig.model_validate(data)
     except ValidationError as error:

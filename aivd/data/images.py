@@ -75,8 +75,10 @@ def _declared_size(data: bytes, path: str | Path, limits: ImageLimits) -> tuple[
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as header:
                 return header.size
-    except Image.DecompressionBombError:  # raised only while Pillow's limit is set, so MAX_IMAGE_PIXELS is a number
-        declared = 2 * Image.MAX_IMAGE_PIXELS / 1e6
+    except Image.DecompressionBombError:
+        pillow_limit = Image.MAX_IMAGE_PIXELS
+        assert pillow_limit is not None  # Pillow raises this only while its limit is set
+        declared = 2 * pillow_limit / 1e6
         raise ImageError(
             path, f"unsupported size (the header declares over {declared:.0f} megapixels; at most {limits.max_pixels / 1e6:.0f} allowed)"
         ) from None
@@ -165,7 +167,14 @@ def read_pair(
     test_path: str | Path, template_path: str | Path | None, limits: ImageLimits = ImageLimits()
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Read a test image and its optional aligned template; their sizes must match."""
-    test = read_gray(test_path, limits)
+    return with_template(read_gray(test_path, limits), test_path, template_path, limits)
+
+
+def with_template(
+    test: np.ndarray, test_path: str | Path, template_path: str | Path | None, limits: ImageLimits = ImageLimits()
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """A test image already read (from a file or a video frame) with its optional aligned template, read from its
+    file; a template problem is the test image's error."""
     if template_path is None:
         return test, None
     try:

@@ -336,7 +336,7 @@ def _outward_normal(copper: np.ndarray, y: int, x: int, radius: int = 4) -> np.n
     return _unit(away) if np.hypot(*away) > 0.5 else None
 
 
-_Draw = Callable[[np.ndarray], None]
+_Draw = Callable[[np.ndarray], object]  # paints the image in place; what it returns (cv2 returns the image) is unused
 
 
 def _open(maps: _BoardMaps, y: int, x: int, rng: np.random.Generator) -> _Draw | None:
@@ -506,7 +506,9 @@ def _try_defect(
     kind = _DEFECTS[class_id]
     for _ in range(_ATTEMPTS):
         spot = maps.sample(class_id, rng)
-        draw = kind.propose(maps, *spot, rng) if spot is not None else None
+        if spot is None:
+            continue
+        draw = kind.propose(maps, *spot, rng)
         if draw is None:
             continue
         window = _window(*spot, reach, test.shape)
@@ -532,7 +534,8 @@ def inject_defects(
     """A copy of `template` with non-overlapping DeepPCB defects painted in, and their boxes (DeepPCB model ids)."""
     test = template.copy()
     maps = _BoardMaps(template, config)
-    boxes, classes = [], []
+    boxes: list[np.ndarray] = []
+    classes: list[int] = []
     for _ in range(_between(rng, config.n_defects)):
         # The first class is drawn uniformly; the others are fall-backs for boards that lack a spot for it.
         for class_id in rng.permutation(len(DEEPPCB_CLASSES)):

@@ -58,8 +58,8 @@ def _parse_object(index: int, element: ET.Element) -> _VocObject:
     if bndbox is None:
         raise DatasetError(f"{where} ({name}): missing <bndbox>")
     try:
-        x1, y1, x2, y2 = (float(bndbox.findtext(tag)) for tag in _BOX_TAGS)
-    except (TypeError, ValueError):
+        x1, y1, x2, y2 = (float(bndbox.findtext(tag) or "") for tag in _BOX_TAGS)  # a missing tag: float("") fails
+    except ValueError:
         raise DatasetError(f"{where} ({name}): <bndbox> needs numeric {', '.join(_BOX_TAGS)}") from None
     return _VocObject(name, (x1, y1, x2, y2))
 
@@ -165,10 +165,12 @@ class VocSource(DataSource):
         return [(list_file, line_no, line.split()[0]) for line_no, line in enumerate(lines, start=1) if line.split()]
 
     def split(self, name: str) -> DataSplit:
-        annotations = self.root / "Annotations"
+        builder = SplitBuilder(name, self.labels)
         if not self._has_lists() and name == "train":
-            listed = [(None, 0, path.stem) for path in self._parsed]
-        elif name == "train" and self._train_from_trainval():
+            for path in self._parsed:
+                self._add(builder, path)
+            return builder.build()
+        if name == "train" and self._train_from_trainval():
             # VOC's trainval is train + val: without train.txt, train is trainval less what val lists.
             val = {image_id for _, _, image_id in self._listed("val")} if self._list("val").is_file() else set()
             listed = [entry for entry in self._listed("trainval") if entry[2] not in val]
@@ -176,7 +178,7 @@ class VocSource(DataSource):
             listed = self._listed(name)
         else:
             raise self.no_split(name)
-        builder = SplitBuilder(name, self.labels)
+        annotations = self.root / "Annotations"
         for list_file, line_no, image_id in listed:
             path = annotations / f"{image_id}.xml"
             if path in self._parsed:

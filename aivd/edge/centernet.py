@@ -71,11 +71,10 @@ def candidates(
     xyxy = np.stack([centre_x - half_w, centre_y - half_h, centre_x + half_w, centre_y + half_h], axis=1)
     xyxy[:, [0, 2]] = xyxy[:, [0, 2]].clip(0, width)
     xyxy[:, [1, 3]] = xyxy[:, [1, 3]].clip(0, height)
-    keep = cv2.dnn.NMSBoxes(
+    keep = np.asarray(cv2.dnn.NMSBoxes(
         [[float(x1), float(y1), float(x2 - x1), float(y2 - y1)] for x1, y1, x2, y2 in xyxy],
         objectness.tolist(), min_objectness, nms_iou, top_k=max_detections,
-    )
-    keep = np.asarray(keep, dtype=np.int64).reshape(-1)
+    ), dtype=np.int64).reshape(-1)
     return xyxy[keep], objectness[keep], class_probs[:, ys[keep], xs[keep]].T
 
 

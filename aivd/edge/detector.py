@@ -81,7 +81,7 @@ class TemplateDetector:
         self.min_confidence = float(meta["score_threshold"]) if min_confidence is None else min_confidence
         self.refiner_path = self.path.parent / meta["refiner"] if meta.get("refiner") and use_refiner else None
         self.refiner = _session(self.refiner_path, threads) if self.refiner_path else None
-        self.refiner_reject = self._refiner_reject_index() if self.refiner is not None else None
+        self.refiner_reject = self._refiner_reject_index(self.refiner) if self.refiner is not None else None
         self.name = f"builtin:{self.path.stem}"
 
     def detect(self, image: np.ndarray, template: np.ndarray | None = None, min_confidence: float | None = None) -> Detections:
@@ -100,9 +100,9 @@ class TemplateDetector:
                 probs = np.delete(probs, self.refiner_reject, axis=1)
         return centernet.score(boxes, objectness, probs, self.labels, threshold)
 
-    def _refiner_reject_index(self) -> int | None:
+    def _refiner_reject_index(self, refiner: ort.InferenceSession) -> int | None:
         """Where the refiner's `no-defect` output is, if it has one; its other labels must be the detector's."""
-        meta = self.refiner.get_modelmeta().custom_metadata_map
+        meta = refiner.get_modelmeta().custom_metadata_map
         labels = json.loads(meta.get("labels", "[]"))
         reject = meta.get("reject_label")
         defect_labels = [name for name in labels if name != reject]
@@ -169,8 +169,9 @@ class YoloOnnxDetector:
         confidence, class_id = confidence[keep], class_id[keep]
         # Ultralytics' default NMS is per class.
         boxes = [[float(a), float(b), float(c - a), float(d - b)] for a, b, c, d in xyxy]
-        kept = cv2.dnn.NMSBoxesBatched(boxes, confidence.tolist(), class_id.tolist(), threshold, self.nms_iou) if len(boxes) else []
-        kept = np.asarray(kept, np.int64).reshape(-1)
+        kept = np.asarray(
+            cv2.dnn.NMSBoxesBatched(boxes, confidence.tolist(), class_id.tolist(), threshold, self.nms_iou) if len(boxes) else [], np.int64,
+        ).reshape(-1)
         return Detections(xyxy[kept], confidence[kept], class_id[kept], self.labels).sorted_by_confidence()
 
 

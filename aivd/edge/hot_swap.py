@@ -17,6 +17,7 @@ import numpy as np
 
 from aivd.core import Detections
 from aivd.edge.detector import ModelError, TemplateDetector
+from aivd.edge.tiling import TiledDetector
 from aivd.model_store import ModelStore, ModelStoreError
 
 log = logging.getLogger(__name__)
@@ -71,9 +72,24 @@ class HotSwapDetector:
         log.info("edge model swapped to %s", version)
         return True
 
+    def check(self) -> None:
+        """Follows the store now (an idle worker too), then raises `ModelStoreError` if the version served is gone
+        from the store: a worker started now could not load it, and no one could reproduce its results."""
+        self.refresh()
+        path = self.store.detector_path(self.version)  # raises when the version itself is gone
+        if not path.is_file():
+            raise ModelStoreError(f"{path}: the detector of {self.version}, which this worker serves, is gone")
+
     def detect(self, image: np.ndarray, template: np.ndarray | None = None, min_confidence: float | None = None) -> Detections:
         if time.monotonic() - self._checked >= self.poll_s:
             self.refresh()
         with self._lock:
             detector = self.detector
         return detector.detect(image, template, min_confidence)
+
+
+def hot_swapping(detector) -> HotSwapDetector | None:
+    """The `HotSwapDetector` that `detector` is or wraps (tiled), else None."""
+    while isinstance(detector, TiledDetector):
+        detector = detector.detector
+    return detector if isinstance(detector, HotSwapDetector) else None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from aivd.data.dataset import Sample
 from aivd.data.images import ImageError, read_pair
@@ -13,7 +13,7 @@ from aivd.eval.detection_metrics import DatasetEval, Pair, evaluate_detections
 MAP_FLOOR = 0.01
 
 
-def predict_samples(pipeline, samples: list[Sample], use_templates: bool = True, on_error: Callable[[ImageError], None] | None = None
+def predict_samples(pipeline, samples: Iterable[Sample], use_templates: bool = True, on_error: Callable[[ImageError], None] | None = None
                     ) -> tuple[list[Pair], list[float], int]:
     """Per readable sample: (image id, predictions, ground truth) and the threshold its predictions are judged
     at; and how many samples could not be read (each reported to `on_error`)."""
@@ -38,7 +38,7 @@ def predict_samples(pipeline, samples: list[Sample], use_templates: bool = True,
     return pairs, thresholds, errors
 
 
-def evaluate_pipeline(pipeline, samples: list[Sample], use_templates: bool = True, on_error=None) -> DatasetEval:
+def evaluate_pipeline(pipeline, samples: Iterable[Sample], use_templates: bool = True, on_error=None) -> DatasetEval:
     pairs, thresholds, errors = predict_samples(pipeline, samples, use_templates, on_error)
     # One detector serves a split (all its images have templates, or none has): one threshold.
     threshold = max(thresholds) if thresholds else pipeline.edge_threshold

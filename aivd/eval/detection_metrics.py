@@ -50,7 +50,9 @@ def _silent(*args, **kwargs) -> None:
 
 def _coco_eval(pairs: list[Pair], labels: LabelMap) -> COCOeval_faster:
     """COCOeval run on the pairs; COCO ids are positive integers, so image k is k + 1 and class c is c + 1."""
-    images, annotations, results = [], [], []
+    images: list[dict] = []
+    annotations: list[dict] = []
+    results: list[dict] = []
     for number, (_, predictions, truth) in enumerate(pairs, start=1):
         images.append({"id": number})
         for box, class_id in zip(truth.xyxy, truth.class_id):

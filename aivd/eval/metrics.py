@@ -49,7 +49,7 @@ def confusion_matrix(matches: Iterable[ImageMatch], labels: LabelMap) -> dict:
     for match in matches:
         paired = match.det_gt >= 0
         np.add.at(matrix, (match.ground_truth.class_id[match.det_gt[paired]], match.detections.class_id[paired]), 1)
-        np.add.at(matrix, (n, match.detections.class_id[~paired]), 1)
+        np.add.at(matrix[n], match.detections.class_id[~paired], 1)  # a row (and below, a column): views into matrix
         unpaired_gt = np.setdiff1d(np.arange(len(match.ground_truth)), match.det_gt[paired])
-        np.add.at(matrix, (match.ground_truth.class_id[unpaired_gt], n), 1)
+        np.add.at(matrix[:, n], match.ground_truth.class_id[unpaired_gt], 1)
     return {"rows": [*labels.names, BACKGROUND], "columns": [*labels.names, MISSED], "counts": matrix.tolist()}

@@ -17,13 +17,13 @@ Predictions = list[tuple[str, Detections, Detections]]  # (image id, detections,
 
 def best_f1_threshold(predictions: Predictions, iou: float = 0.5) -> tuple[float, float]:
     """The score threshold with the highest F1 over all images pooled, and that F1; ties go to the lower threshold."""
-    scores, hits = [], []
+    image_scores, image_hits = [], []
     for _, detections, truth in predictions:
         ranked = detections.sorted_by_confidence()
-        scores.append(ranked.confidence)
-        hits.append(greedy_pairing(ranked, truth, iou, same_class=True) >= 0)
+        image_scores.append(ranked.confidence)
+        image_hits.append(greedy_pairing(ranked, truth, iou, same_class=True) >= 0)
     truths = sum(len(truth) for _, _, truth in predictions)
-    scores, hits = np.concatenate(scores or [np.zeros(0)]), np.concatenate(hits or [np.zeros(0, bool)])
+    scores, hits = np.concatenate(image_scores or [np.zeros(0)]), np.concatenate(image_hits or [np.zeros(0, bool)])
     if not len(scores) or not truths:
         return 0.5, 0.0
     order = np.argsort(-scores, kind="stable")

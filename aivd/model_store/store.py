@@ -26,6 +26,7 @@ import shutil
 import tempfile
 import time
 import uuid
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -72,9 +73,9 @@ class ModelStore:
         """The detector file of `version`, which must be a file name inside the version's own folder."""
         folder = self.versions_dir / version
         name = self.info(version).get("detector")
-        plain = isinstance(name, str) and name not in ("", ".", "..") and Path(name).name == name and not {"\\", "\0"} & set(name)
-        # A link inside the folder that points elsewhere is refused as well: publish copies files, never links.
-        if not plain or (folder / name).resolve().parent != folder.resolve():
+        if not (isinstance(name, str) and name not in ("", ".", "..") and Path(name).name == name and not {"\\", "\0"} & set(name)
+                # A link inside the folder that points elsewhere is refused as well: publish copies files, never links.
+                and (folder / name).resolve().parent == folder.resolve()):
             raise ModelStoreError(f"{folder / 'version.json'}: detector {name!r} is not a file name inside {folder}")
         return folder / name
 
@@ -82,7 +83,7 @@ class ModelStore:
         path = self.root / "CURRENT"
         return path.read_text().strip() if path.is_file() else None
 
-    def publish(self, detector: Path, companions: list[Path] = (), parent: str | None = None, metrics: dict | None = None) -> str:
+    def publish(self, detector: Path, companions: Sequence[Path] = (), parent: str | None = None, metrics: dict | None = None) -> str:
         """Copy a detector ONNX (and files it refers to, such as its refiner) into a new version; not served yet.
 
         Safe to run in several processes at once, also on several hosts sharing the store: the files are copied

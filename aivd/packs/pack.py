@@ -22,7 +22,7 @@ The shipped DeepPCB models are the built-in pack (`builtin_pack`).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Final, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -34,7 +34,7 @@ from aivd.data.yaml_files import first_problem, read_yaml_mapping
 from aivd.edge.detector import BUILTIN_MODEL, TemplateDetector
 
 PACK_FILE = "pack.yaml"
-PACK_FORMAT = 1
+PACK_FORMAT: Final = 1
 BUILTIN_TEMPLATE_FREE = BUILTIN_MODEL.with_name("deeppcb_image_only.onnx")
 
 
@@ -64,16 +64,17 @@ class PackManifest(BaseModel):
 class ModelPack:
     """A loaded manifest with its files resolved (and confined to the pack's folder)."""
 
-    def __init__(self, root: Path, manifest: PackManifest, files: dict[str, Path | None]):
+    def __init__(self, root: Path, manifest: PackManifest, *, image: Path | None, template: Path | None, classifier: Path | None,
+                 knowledge: Path):
         self.root = root
         self.manifest = manifest
         self.name = manifest.name
         self.labels = LabelMap(tuple(manifest.labels))
         self.domain = manifest.domain
-        self.image_detector: Path | None = files["image"]
-        self.template_detector: Path | None = files["template"]
-        self.classifier: Path | None = files["classifier"]
-        self.knowledge: Path = files["knowledge"]
+        self.image_detector = image
+        self.template_detector = template
+        self.classifier = classifier
+        self.knowledge = knowledge
         self.tile_size = manifest.tile_size
         self.pixels_per_mm = manifest.pixels_per_mm
 
@@ -132,9 +133,7 @@ class PackDetector:
         return detector.detect(image, template if detector is self.template_aware else None, min_confidence)
 
 
-def _inside(root: Path, name: str | None, what: str, manifest_path: Path) -> Path | None:
-    if name is None:
-        return None
+def _inside(root: Path, name: str, what: str, manifest_path: Path) -> Path:
     path = (root / name).resolve()
     if not path.is_relative_to(root.resolve()):
         raise PackError(f"{manifest_path}: {what} {name!r} is outside the pack folder")
@@ -156,13 +155,15 @@ def load_pack(path: str | Path) -> ModelPack:
         raise PackError(first_problem(error, str(manifest_path))) from None
     if manifest.detectors.image is None and manifest.detectors.template is None:
         raise PackError(f"{manifest_path}: detectors: name an image-only or a template-aware detector (or both)")
-    files = {
-        "image": _inside(root, manifest.detectors.image, "detectors.image", manifest_path),
-        "template": _inside(root, manifest.detectors.template, "detectors.template", manifest_path),
-        "classifier": _inside(root, manifest.classifier, "classifier", manifest_path),
-        "knowledge": _inside(root, manifest.knowledge, "knowledge", manifest_path),
-    }
-    return ModelPack(root, manifest, files)
+
+    def optional(name: str | None, what: str) -> Path | None:
+        return None if name is None else _inside(root, name, what, manifest_path)
+
+    return ModelPack(
+        root, manifest, image=optional(manifest.detectors.image, "detectors.image"),
+        template=optional(manifest.detectors.template, "detectors.template"), classifier=optional(manifest.classifier, "classifier"),
+        knowledge=_inside(root, manifest.knowledge, "knowledge", manifest_path),
+    )
 
 
 def builtin_pack() -> ModelPack:
@@ -176,9 +177,8 @@ def builtin_pack() -> ModelPack:
         detectors=PackDetectors(image=BUILTIN_TEMPLATE_FREE.name if BUILTIN_TEMPLATE_FREE.is_file() else None, template=BUILTIN_MODEL.name),
         classifier=BUILTIN_CLASSIFIER.name, knowledge=DEFAULT_KNOWLEDGE.name, tile_size=640, pixels_per_mm=None,
     )
-    files = {"image": BUILTIN_TEMPLATE_FREE if BUILTIN_TEMPLATE_FREE.is_file() else None, "template": BUILTIN_MODEL,
-             "classifier": BUILTIN_CLASSIFIER, "knowledge": DEFAULT_KNOWLEDGE}
-    return ModelPack(BUILTIN_MODEL.parent, manifest, files)
+    return ModelPack(BUILTIN_MODEL.parent, manifest, image=BUILTIN_TEMPLATE_FREE if BUILTIN_TEMPLATE_FREE.is_file() else None,
+                     template=BUILTIN_MODEL, classifier=BUILTIN_CLASSIFIER, knowledge=DEFAULT_KNOWLEDGE)
 
 
 def write_manifest(root: Path, manifest: PackManifest) -> Path:

@@ -15,16 +15,19 @@ from aivd.pipeline.engine import EdgeCloudPipeline
 BUILTIN = "builtin"
 
 
-def build_pipeline(config: PipelineConfig, pixels_per_mm: float | None = None) -> EdgeCloudPipeline:
+def build_pipeline(config: PipelineConfig, pixels_per_mm: float | None = None, *, threads: int = 2,
+                   cloud: Analyzer | None = None) -> EdgeCloudPipeline:
     """The pipeline `config` describes. `pixels_per_mm` is the caller's default imaging scale (DeepPCB input knows
-    its own) where neither the config nor the pack sets one."""
-    detector, pack = build_detector(config.edge)
+    its own) where neither the config nor the pack sets one; `threads` the edge model's ONNX threads. `cloud` is the
+    cloud tier when the caller reaches it some other way (a Ray edge replica: a handle on the cloud deployment,
+    which built `config.cloud`'s backend); by default it is built here."""
+    detector, pack = build_detector(config.edge, threads)
     if config.update.enabled:
-        detector = following_update_store(config.update, config.edge, detector)
+        detector = following_update_store(config.update, config.edge, detector, threads)
     scale = config.imaging.pixels_per_mm
     if scale is None:
         scale = pack.pixels_per_mm if pack is not None and pack.pixels_per_mm is not None else pixels_per_mm
-    analyzer = build_analyzer(config.cloud, list(detector.labels.names), pack)
+    analyzer = cloud if cloud is not None else build_analyzer(config.cloud, list(detector.labels.names), pack)
     return EdgeCloudPipeline(detector, analyzer, config.cloud.proposal_threshold, scale, build_offloader(config.offload))
 
 
@@ -39,8 +42,8 @@ def load_pack(name: str):
         raise ConfigError(str(error)) from None
 
 
-def build_detector(edge: EdgeConfig) -> tuple[Detector, object | None]:
-    """The edge detector, and the model pack it came from (None for `edge.model`)."""
+def build_detector(edge: EdgeConfig, threads: int = 2) -> tuple[Detector, object | None]:
+    """The edge detector with `threads` ONNX threads, and the model pack it came from (None for `edge.model`)."""
     from aivd.edge.detector import ModelError
     from aivd.model_store import ModelStoreError
     from aivd.packs import PackError
@@ -49,20 +52,21 @@ def build_detector(edge: EdgeConfig) -> tuple[Detector, object | None]:
         if edge.model is None:
             pack = load_pack(edge.pack or BUILTIN)
             try:
-                return pack.load_detector(edge.min_confidence, tile_size=edge.tile_size), pack
+                return pack.load_detector(edge.min_confidence, threads, edge.tile_size), pack
             except ValueError as error:  # what TiledDetector says of a tile size it cannot use
                 if isinstance(error, (ModelError, PackError)):
                     raise
                 raise ConfigError(f"edge.tile_size: {error}") from None
-        return _tiled(_model_detector(edge.model, edge.min_confidence), edge.tile_size), None
+        return _tiled(_model_detector(edge, threads), edge.tile_size), None
     except (ModelError, ModelStoreError, PackError) as error:
         raise ConfigError(str(error)) from None
 
 
-def following_update_store(update: UpdateConfig, edge: EdgeConfig, detector: Detector) -> Detector:
+def following_update_store(update: UpdateConfig, edge: EdgeConfig, detector: Detector, threads: int = 2) -> Detector:
     """With online learning on, the edge serves the update store's CURRENT version, and is seeded with `detector`'s
     model (a pack's template-aware one) when the store is empty, as `aivd bench collab --update` does; tiled as
-    `detector` was. It polls the store every second, or before every image when a run waits for its updates."""
+    `detector` was. It polls the store every `edge.model_poll_s`, or before every image when a run waits for its
+    updates."""
     from aivd.edge.detector import TemplateDetector
     from aivd.edge.hot_swap import HotSwapDetector
     from aivd.model_store import ModelStore, ModelStoreError
@@ -80,7 +84,7 @@ def following_update_store(update: UpdateConfig, edge: EdgeConfig, detector: Det
                 raise ConfigError(f"update.enabled: the online update trains aivd's built-in detector, not {model.name}")
             companions = [model.refiner_path] if model.refiner_path else []
             store.promote(store.publish(model.path, companions, metrics={"source": str(model.path)}), "the edge's model before updates")
-        following = HotSwapDetector(store, poll_s=0.0 if update.wait_for_updates else 1.0)
+        following = HotSwapDetector(store, 0.0 if update.wait_for_updates else edge.model_poll_s, threads)
     except ModelStoreError as error:
         raise ConfigError(f"update.model_store: {error}") from None
     return _tiled(following, tile_size)
@@ -101,10 +105,21 @@ def _served_model(detector: Detector, tile_size: int | None = None) -> tuple[Det
     return detector, tile_size
 
 
-def _model_detector(model: Path, min_confidence: float | None) -> Detector:
+def model_detector(model: Path, min_confidence: float | None) -> Detector:
     """An ONNX file, or a model store's served version (followed as it changes: `aivd models promote`)."""
+    from aivd.edge.detector import ModelError
+    from aivd.model_store import ModelStoreError
+
+    try:
+        return _model_detector(EdgeConfig(model=model, min_confidence=min_confidence), threads=2)
+    except (ModelError, ModelStoreError) as error:
+        raise ConfigError(str(error)) from None
+
+
+def _model_detector(edge: EdgeConfig, threads: int) -> Detector:
     from aivd.edge.detector import load_detector
 
+    model, min_confidence = edge.model, edge.min_confidence
     if model.is_dir():
         from aivd.edge.hot_swap import HotSwapDetector
         from aivd.model_store import ModelStore
@@ -113,8 +128,18 @@ def _model_detector(model: Path, min_confidence: float | None) -> Detector:
             raise ConfigError(f"{model}: a folder, but not a model store (no versions/ folder); give an ONNX file or a store")
         if min_confidence is not None:
             raise ConfigError("edge.min_confidence does not apply to a model store: each version carries its threshold")
-        return HotSwapDetector(ModelStore(model), poll_s=5.0)
-    return load_detector(model, min_confidence)
+        return HotSwapDetector(ModelStore(model), edge.model_poll_s, threads)
+    return load_detector(model, min_confidence, threads)
+
+
+def edge_classes(edge: EdgeConfig) -> tuple[list[str], object | None]:
+    """The class names the edge detects and its pack (None for `edge.model`): what the cloud tier needs of the edge.
+    A pack's names are in its manifest; only a given model is loaded to read them."""
+    if edge.model is None:
+        pack = load_pack(edge.pack or BUILTIN)
+        return list(pack.labels.names), pack
+    detector, _ = build_detector(edge, threads=1)
+    return list(detector.labels.names), None
 
 
 def _tiled(detector: Detector, tile_size: int | None) -> Detector:
@@ -192,7 +217,7 @@ def _transformers_analyzer(cloud: CloudConfig, knowledge) -> Analyzer:
     except KnowledgeError as error:
         raise ConfigError(str(error)) from None
     except (OSError, ValueError) as error:  # a missing or unreadable model or adapter, a bad prompt
-        raise ConfigError(f"cloud.llm.model {llm.model}: {error}") from None
+        raise ConfigError(f"cloud.llm.model (--llm-model) {llm.model}: {error}") from None
 
 
 def build_offloader(offload: OffloadConfig) -> Offloader:

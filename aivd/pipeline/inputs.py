@@ -7,8 +7,11 @@ exceptions, so they are reported and recorded like any other bad input and the r
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+
+import numpy as np
 
 from aivd.data.deeppcb import DeepPCBSource
 from aivd.data.images import IMAGE_SUFFIXES
@@ -18,9 +21,18 @@ from aivd.data.templates import TEMPLATE_SUFFIX, TemplateMode, image_id_of, temp
 @dataclass(frozen=True)
 class InspectionTask:
     image_id: str
-    image_path: Path
+    image_path: Path | str  # what the record names: a file, or a frame of a video or stream (aivd.intake.video)
     template_path: Path | None = None
     error: str | None = None  # set when the task is known to fail before any reading
+    # A frame already in memory (a video's or a stream's), as grey levels: inspected without an image file.
+    frame: Callable[[], np.ndarray] | None = None
+    # `aivd watch`: the journal entry (aivd.intake.watch) that this task's record marks done, in its transaction.
+    intake_id: int | None = None
+
+
+def is_image_to_inspect(path: Path) -> bool:
+    """An image file found in a folder is inspected unless it is a template: those are inputs to their test image."""
+    return path.suffix.lower() in IMAGE_SUFFIXES and not path.stem.endswith(TEMPLATE_SUFFIX)
 
 
 def _walk(folder: Path) -> tuple[list[Path], list[InspectionTask]]:
@@ -33,8 +45,7 @@ def _walk(folder: Path) -> tuple[list[Path], list[InspectionTask]]:
         subdirs.sort()
         for name in sorted(files):
             path = Path(directory) / name
-            # Templates are inputs to their test image, not images to inspect.
-            if path.suffix.lower() in IMAGE_SUFFIXES and not path.stem.endswith(TEMPLATE_SUFFIX):
+            if is_image_to_inspect(path):
                 images.append(path)
     return images, failures
 
@@ -72,12 +83,17 @@ def tasks_from_paths(paths: list[Path], template_mode: TemplateMode = TemplateMo
             tasks.append(InspectionTask(path.name, path, error="no such file or folder"))
             continue
         for image in images:
-            found = None if template_mode is TemplateMode.none else (template or template_beside(image))
-            error = None
-            if found is None and template_mode is TemplateMode.require:
-                error = f"no aligned template found (expected {image_id_of(image)}{TEMPLATE_SUFFIX}{image.suffix} beside it or --template)"
-            tasks.append(InspectionTask(image_id_of(image), image, found, error))
+            tasks.append(InspectionTask(image_id_of(image), image, *template_for(image, template_mode, template)))
     return _with_unique_ids(tasks)
+
+
+def template_for(image: Path, template_mode: TemplateMode, template: Path | None) -> tuple[Path | None, str | None]:
+    """The aligned template of `image` (`template` for all images, else one found beside it by the naming
+    convention), and the error of an image that `TemplateMode.require`s one and has none."""
+    found = None if template_mode is TemplateMode.none else (template or template_beside(image))
+    if found is None and template_mode is TemplateMode.require:
+        return None, f"no aligned template found (expected {image_id_of(image)}{TEMPLATE_SUFFIX}{image.suffix} beside it or --template)"
+    return found, None
 
 
 def tasks_from_deeppcb(root: Path, split: str) -> list[InspectionTask]:

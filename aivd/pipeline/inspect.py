@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 import os
+import queue
+import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,7 +24,7 @@ import cv2
 
 from aivd.core import Detections
 from aivd.data.deeppcb import format_submission
-from aivd.data.images import ImageError, ImageLimits, read_pair
+from aivd.data.images import ImageError, ImageLimits, read_pair, with_template
 from aivd.edge.detector import Detector
 from aivd.pipeline.engine import EdgeCloudPipeline, ImageResult, Proposal
 from aivd.pipeline.inputs import InspectionTask
@@ -163,7 +165,7 @@ class ResultWriter:
         self._jsonl = open(results, "a", encoding="utf-8")
         self.records: list[InspectionRecord] = list(self.done)
 
-    def write(self, record: InspectionRecord, image=None, detections: Detections | None = None) -> None:
+    def write(self, record: InspectionRecord, image=None, detections: Detections | None = None, intake_id: int | None = None) -> None:
         """Write one record to every output.
 
         The order makes a kill at any point safe. The annotated image and the official result file come first:
@@ -172,7 +174,8 @@ class ResultWriter:
         never behind, and `--resume` rewrites results.jsonl from the database. Both survive the process being
         killed once written (the kernel has them). Neither is synced to the disk per record (2.7 ms an fsync here,
         against 1 ms for the commit): a power cut may lose the last records, each whole in the database, which a
-        resumed run redoes; SQLite syncs at its checkpoints and at the end, results.jsonl is synced in `finish`."""
+        resumed run redoes; SQLite syncs at its checkpoints and at the end, results.jsonl is synced in `finish`.
+        `intake_id`: the `aivd watch` journal entry that the same transaction marks done."""
         if detections is not None:
             if self.options.annotate and image is not None:
                 cv2.imwrite(str(self.out_dir / "annotated" / f"{record.image_id}.jpg"), draw_detections(image, detections))
@@ -180,7 +183,7 @@ class ResultWriter:
                 (self.out_dir / "deeppcb" / f"{record.image_id}.txt").write_text(format_submission(detections))
         line = json.dumps(record.model_dump(mode="json")) + "\n"
         if self.store is not None:
-            self.store.add(self.run_id, record)
+            self.store.add(self.run_id, record, intake_id)
         self._jsonl.write(line)
         self._jsonl.flush()
         self.records.append(record)
@@ -226,21 +229,71 @@ def _load(task: InspectionTask, limits: ImageLimits):
     if task.error:
         return None, None, ImageError(task.image_path, task.error), 0.0
     try:
-        image, template = read_pair(task.image_path, task.template_path, limits)
+        if task.frame is None:
+            image, template = read_pair(task.image_path, task.template_path, limits)
+        else:
+            image, template = _frame_pair(task, limits)
     except ImageError as error:
         return None, None, error, 0.0
     return image, template, None, (time.perf_counter() - started) * 1000
 
 
-def _prefetched(tasks: list[InspectionTask], options: InspectOptions) -> Iterator:
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        pending = [pool.submit(_load, task, options.limits) for task in tasks[: options.prefetch]]
-        for index, task in enumerate(tasks):
-            loaded = pending[index].result()
-            pending[index] = None  # release the decoded images as soon as they are used
-            if index + options.prefetch < len(tasks):
-                pending.append(pool.submit(_load, tasks[index + options.prefetch], options.limits))
-            yield task, loaded
+def _frame_pair(task: InspectionTask, limits: ImageLimits):
+    """A frame in memory is held to the same size limits as an image file."""
+    image = task.frame()
+    if problem := limits.size_problem(image.shape[1], image.shape[0]):
+        raise ImageError(task.image_path, problem)
+    return with_template(image, task.image_path, task.template_path, limits)
+
+
+_END = object()
+IDLE_S = 0.2  # how long the next image may be awaited before the work in hand is finished without it
+
+
+def _prefetched(tasks: Iterable[InspectionTask], options: InspectOptions) -> Iterator:
+    """(task, loaded) in input order, read and decoded ahead by one thread, at most `options.prefetch` waiting.
+
+    `tasks` may be a live source (a stream, a watched folder) whose next task is minutes away: then None is
+    yielded every IDLE_S, so that the caller can finish the images in hand and notice a stop request. The reading
+    thread ends when `tasks` does or once this generator is closed; a live source blocked waiting for input ends
+    it when the source itself is closed."""
+    ready: queue.Queue = queue.Queue(maxsize=max(1, options.prefetch))
+    closed = threading.Event()
+
+    def offer(item) -> bool:
+        while not closed.is_set():
+            try:
+                ready.put(item, timeout=IDLE_S)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def read() -> None:
+        try:
+            for task in tasks:
+                if not offer((task, _load(task, options.limits))):
+                    return
+            offer(_END)
+        except BaseException as failure:  # a source that fails (a watched folder whose journal cannot be written) ends the run
+            offer(failure)
+
+    reader = threading.Thread(target=read, name="aivd-read", daemon=True)
+    reader.start()
+    try:
+        while True:
+            try:
+                item = ready.get(timeout=IDLE_S)
+            except queue.Empty:
+                yield None
+                continue
+            if item is _END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        closed.set()
 
 
 def _start(task: InspectionTask, loaded, pipeline: EdgeCloudPipeline) -> Proposal | ImageError:
@@ -287,7 +340,7 @@ def inspection_record(image: str, image_id: str, template: str | None, pipeline:
 
 
 def inspect_tasks(
-    tasks: list[InspectionTask],
+    tasks: Iterable[InspectionTask],
     pipeline: EdgeCloudPipeline | Detector,
     out: Path | ResultWriter,
     options: InspectOptions = InspectOptions(),
@@ -299,7 +352,10 @@ def inspect_tasks(
     folder, or a `ResultWriter` already opened on one (to report a bad database before starting). When resuming,
     the tasks whose image the run has done are skipped. Once `should_stop()` is true no new image is started: the
     images in hand are finished and written and the run is closed as interrupted. `live` (`live_update.live`)
-    gets each written image: its metrics, and its learner the images inspected (one at a time when it waits)."""
+    gets each written image: its metrics, and its learner the images inspected (one at a time when it waits).
+
+    `tasks` may be a live source that yields tasks as they come (`aivd.intake`) and ends only when it is closed:
+    while it has none ready, the images in hand are finished, and `should_stop()` ends the run."""
     if not isinstance(pipeline, EdgeCloudPipeline):
         pipeline = EdgeCloudPipeline(pipeline)
     summary = InspectSummary()
@@ -308,14 +364,14 @@ def inspect_tasks(
         summary.count(record)
     summary.resumed = summary.images
     done_ids = {record.image_id for record in writer.done}
-    tasks = [task for task in tasks if task.image_id not in done_ids]
+    tasks = (task for task in tasks if task.image_id not in done_ids)
     started = time.perf_counter()
 
     def finish(task: InspectionTask, loaded, outcome) -> None:
         outcome = outcome.result()
         record = _record(task, loaded[3], pipeline, outcome)
         summary.count(record)
-        writer.write(record, loaded[0], None if isinstance(outcome, ImageError) else outcome.detections)
+        writer.write(record, loaded[0], None if isinstance(outcome, ImageError) else outcome.detections, task.intake_id)
         if live is not None:
             inspected = None if isinstance(outcome, ImageError) else outcome
             if live.metrics is not None:
@@ -332,10 +388,15 @@ def inspect_tasks(
         overlap = 0 if live is not None and live.learner is not None and live.learner.wait else CLOUD_IN_FLIGHT
         with ThreadPoolExecutor(max_workers=1) as cloud:
             in_flight: deque = deque()
-            for task, loaded in _prefetched(tasks, options):
+            for item in _prefetched(tasks, options):
                 if should_stop():
                     summary.interrupted = True
                     break
+                if item is None:  # a live source has nothing yet: what is in hand is not held back for it
+                    while in_flight:
+                        finish(*in_flight.popleft())
+                    continue
+                task, loaded = item
                 in_flight.append((task, loaded, cloud.submit(_complete, pipeline, task, _start(task, loaded, pipeline))))
                 if len(in_flight) > overlap:
                     finish(*in_flight.popleft())

@@ -42,7 +42,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry, Counter, Gauge, Info, start_http_server
 
 from aivd.collab.offload import LabelAll
-from aivd.config import PipelineConfig, UpdateConfig
+from aivd.config import ConfigError, PipelineConfig, UpdateConfig
 from aivd.core.errors import AivdError
 from aivd.pipeline.engine import EdgeCloudPipeline, ImageResult
 from aivd.pipeline.learning import learn_from, regions_sent
@@ -243,7 +243,11 @@ def learner_for(update: UpdateConfig, metrics: LiveMetrics | None = None, isolat
     """A learner on `update.model_store` (which must serve a version); `isolation` overrides `update.isolation`."""
     from aivd.collab.drift_monitor import UpdateTrigger
     from aivd.model_store import ModelStore
-    from aivd.training.online_update import OnlineUpdater  # torch: only when learning
+
+    try:
+        from aivd.training.online_update import OnlineUpdater  # torch: only when learning
+    except ImportError as error:
+        raise ConfigError(f"update.enabled needs PyTorch, in aivd's train extra: pip install 'aivd[train]' ({error})") from None
 
     workdir = tempfile.TemporaryDirectory(prefix="aivd-learner-")  # candidates, until published into the store
     trainer = ProcessTrainer() if (isolation or update.isolation) == "process" else None

@@ -1,16 +1,20 @@
 """The Ray Serve application: HTTP ingress -> edge detector replicas (routed by our policy) -> cloud analyzer.
 
-Each edge replica runs the same `EdgeCloudPipeline` as `aivd inspect`: `propose` (detection and crops) on its
-emulated device, then `complete`, whose analyzer is the cloud deployment reached through a handle and batched
-with `@serve.batch`. The ingress only forwards images and resends a request whose edge replica died.
+Every replica builds its part of the cluster config's `pipeline` with the factory that `aivd inspect --config`
+uses (`aivd.pipeline.factory`), so a setting means the same on Ray as on one machine. Each edge replica runs an
+`EdgeCloudPipeline`: `propose` (detection, its own offloading stage, crops) on its emulated device, then
+`complete`, whose analyzer is the cloud deployment reached through a handle. The cloud deployment runs the
+configured backend (builtin, http, openai, transformers) on the regions of many edge requests, batched with
+`@serve.batch`. The ingress only forwards images and resends a request whose edge replica died. Every deployment
+has a `check_health` (see `aivd.runtime.health`) and the edge and router report metrics through Ray Serve's API.
 
 No `from __future__ import annotations` here: FastAPI reads the ingress's parameter types at run time.
 """
 
 
 import asyncio
-import statistics
 import time
+from collections.abc import Callable
 
 import ray
 from fastapi import FastAPI, File, Form, HTTPException, UploadFile
@@ -20,14 +24,17 @@ from ray.serve.config import RequestRouterConfig
 from ray.serve.handle import DeploymentHandle
 
 import aivd
-from aivd.cloud.analyzer import Analyses, AnalyzerError
+from aivd.cloud.analyzer import Analyses, AnalyzerError, RemoteAnalyzer
 from aivd.core import Region
 from aivd.data.images import ImageError, check_pair, decode_gray
-from aivd.pipeline.engine import EdgeCloudPipeline, ImageResult
+from aivd.edge.hot_swap import hot_swapping
+from aivd.pipeline.engine import ImageResult
+from aivd.pipeline.factory import build_analyzer, build_pipeline, edge_classes
 from aivd.pipeline.inspect import inspection_record
 from aivd.runtime import telemetry
 from aivd.runtime.config import RAY_DEFAULT_ROUTER, ClusterConfig, EdgeNodeClass
 from aivd.runtime.emulation import EmulatedNode
+from aivd.runtime.health import HandleHealth
 from aivd.schema.records import InspectionRecord
 from aivd.serving.body_limit import BodyLimit
 
@@ -39,44 +46,84 @@ UNREADABLE_FORM = {400: {"description": "the body is not readable multipart/form
 NODE_CLASS_RESOURCE = "aivd_class_"  # a Ray node offering aivd_class_<name> hosts edge replicas of that class
 
 
+# The backends whose model runs in the cloud replica: one call on the regions of many edge requests is what batching
+# is for. The others answer each region in a request of its own (openai) or in the service's batches (http).
+BATCHED_BACKENDS = ("builtin", "transformers")
+
+
 class CloudHandleAnalyzer:
     """The `Analyzer` interface over the cloud deployment's handle, for `EdgeCloudPipeline.complete`."""
 
-    def __init__(self, handle: DeploymentHandle, name: str, proposal_threshold: float, timeout_s: float) -> None:
-        self.handle, self.name = handle, name
-        self.proposal_threshold = proposal_threshold
+    def __init__(self, handle: DeploymentHandle, health: HandleHealth, described: dict, timeout_s: float) -> None:
+        self.handle, self.health = handle, health
+        self.name = described["name"]
+        if described["proposal_threshold"] is not None:  # else the engine proposes from the edge's own threshold
+            self.proposal_threshold = described["proposal_threshold"]
         self.timeout_s = timeout_s
 
     def analyze(self, regions: list[Region]) -> Analyses:
-        try:  # Ray moves the regions as objects: no HTTP bodies to count
-            return Analyses(self.handle.analyze.remote(regions).result(timeout_s=self.timeout_s))
+        try:  # Ray moves the regions as objects; the bytes counted are the backend's own (HTTP to its server)
+            outcome = self.handle.analyze.remote(regions).result(timeout_s=self.timeout_s)
         except Exception as error:  # any failure of the remote tier leaves the image with the edge's result
+            self.health.called(error)
             raise AnalyzerError(f"cloud deployment failed: {type(error).__name__}: {error}") from error
+        self.health.called(None)
+        if isinstance(outcome, AnalyzerError):
+            raise outcome
+        return outcome
+
+    def close(self) -> None:
+        pass  # the handle belongs to the replica
 
 
 @serve.deployment(name="cloud")
 class CloudAnalyzer:
-    def __init__(self, config: ClusterConfig) -> None:
-        from aivd.cloud.builtin import BuiltinAnalyzer
+    """The pipeline's cloud tier (`pipeline.cloud`), built as `aivd inspect` builds it, with the edge's classes."""
 
-        pack = config.model_pack()
-        self.analyzer = BuiltinAnalyzer(pack.classifier, pack.knowledge, threads=1, pcb_facts=pack.pcb_facts)
+    def __init__(self, config: ClusterConfig) -> None:
+        self.analyzer = build_analyzer(config.pipeline.cloud, *edge_classes(config.pipeline.edge))
+        self.batched = config.pipeline.cloud.backend in BATCHED_BACKENDS
+        self.check_timeout_s = config.health_check_timeout_s / 2  # within Serve's timeout, so that our reason shows
         self.analyze.set_max_batch_size(config.cloud.max_batch_size)
         self.analyze.set_batch_wait_timeout_s(config.cloud.batch_wait_s)
 
     def describe(self) -> dict:
-        return {"name": self.analyzer.name, "proposal_threshold": self.analyzer.proposal_threshold}
+        return {"name": self.analyzer.name, "proposal_threshold": getattr(self.analyzer, "proposal_threshold", None)}
+
+    async def check_health(self) -> None:
+        """A backend with a server is healthy while the server answers; one in this replica, once it has loaded."""
+        if isinstance(self.analyzer, RemoteAnalyzer):
+            await asyncio.to_thread(self.analyzer.check, self.check_timeout_s)
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
-    async def analyze(self, requests: list[list[Region]]) -> list[list]:
-        """Several edge requests' regions in one model call, split back per request."""
-        flat = [region for regions in requests for region in regions]
-        analyses = await asyncio.to_thread(self.analyzer.analyze, flat) if flat else []
-        out, start = [], 0
-        for regions in requests:
-            out.append(analyses[start:start + len(regions)])
-            start += len(regions)
-        return out
+    async def analyze(self, requests: list[list[Region]]) -> list[Analyses | AnalyzerError]:
+        """Each edge request's analyses, or the error that stopped them. A batched backend analyses several requests'
+        regions in one model call, and each request alone when that call failed, so that one image's failure is not
+        its batch-mates'; a remote backend gets each request in calls of its own, at once."""
+        if not self.batched:
+            return list(await asyncio.gather(*(asyncio.to_thread(self._analyze, regions) for regions in requests)))
+        if len(requests) > 1:
+            joint = await asyncio.to_thread(self._analyze, [region for regions in requests for region in regions])
+            if not isinstance(joint, AnalyzerError):
+                out, start = [], 0
+                for regions in requests:  # in-process backends cost no bytes: there are none to split
+                    out.append(Analyses(joint[start:start + len(regions)]))
+                    start += len(regions)
+                return out
+        # One call at a time, as the joint one: the model is this replica's, on its one device.
+        return [await asyncio.to_thread(self._analyze, regions) for regions in requests]
+
+    def _analyze(self, regions: list[Region]) -> Analyses | AnalyzerError:
+        try:
+            return self.analyzer.analyze(regions)
+        except AnalyzerError as error:  # a value, not raised: it is one request's answer in a batch
+            return error
+
+
+def _fresh_handle(deployment: str) -> Callable[[], DeploymentHandle]:
+    """Makes a new handle on `deployment` of this replica's application (to tell a dead handle from a dead deployment)."""
+    app_name = serve.get_replica_context().app_name
+    return lambda: serve.get_deployment_handle(deployment, app_name)
 
 
 def _replica_class(config: ClusterConfig) -> tuple[str, int, EdgeNodeClass]:
@@ -97,29 +144,32 @@ def _replica_class(config: ClusterConfig) -> tuple[str, int, EdgeNodeClass]:
 @serve.deployment(name="edge")
 class EdgeNode:
     async def __init__(self, config: ClusterConfig, cloud: DeploymentHandle | None, updater: DeploymentHandle | None = None) -> None:
-        from aivd.edge.detector import load_detector
-
         self.replica_id, rank, self.node_class = _replica_class(config)
         # Each replica's link draws its own trace, fixed by the config's seed and the replica's rank.
         self.emulated = EmulatedNode(self.node_class.slowdown, self.node_class.link, seed=[config.seed, rank],
                                      service_s=self.node_class.service_s, service_cv=self.node_class.service_cv)
         self.telemetry = telemetry.ReplicaTelemetry(self.node_class.name, self.emulated)
-        analyzer = None
+        self.metrics = telemetry.EdgeMetrics(self.node_class.name)
+        self.cloud_health, remote = None, None
         if cloud is not None:
-            described = await cloud.describe.remote()
-            analyzer = CloudHandleAnalyzer(cloud, described["name"], described["proposal_threshold"], config.cloud.timeout_s)
+            self.cloud_health = HandleHealth(cloud, _fresh_handle("cloud"), "cloud", config.health_check_timeout_s / 3)
+            remote = CloudHandleAnalyzer(cloud, self.cloud_health, await cloud.describe.remote(), config.cloud.timeout_s)
         # One ONNX thread: several replicas share this machine's cores (a real edge node would use all of its own).
-        if config.model_store is not None:
-            from aivd.edge.hot_swap import HotSwapDetector
-            from aivd.model_store import ModelStore
-
-            detector = HotSwapDetector(ModelStore(config.model_store), config.model_poll_s, threads=1)
-        elif config.pack is not None:
-            detector = config.model_pack().load_detector(threads=1)
-        else:
-            detector = load_detector(threads=1)
-        self.pipeline = EdgeCloudPipeline(detector, analyzer, pixels_per_mm=config.pixels_per_mm)
+        # The offloading stage is this replica's own: its budget holds over the images this replica inspects.
+        self.pipeline = build_pipeline(config.pipeline, threads=1, cloud=remote)
         self._learning(updater)
+
+    def describe(self) -> dict:
+        return {"node_class": self.node_class.name, "pipeline": self.pipeline.name}
+
+    async def check_health(self) -> None:
+        """Unhealthy when the model store no longer has the version this replica serves (it follows a newly promoted
+        one here first, idle or not), or when its handle on the cloud deployment is dead."""
+        swapping = hot_swapping(self.pipeline.detector)
+        if swapping is not None:
+            await asyncio.to_thread(swapping.check)
+        if self.cloud_health is not None:
+            await self.cloud_health.check()
 
     async def inspect(self, image: bytes, template: bytes | None, image_name: str, image_id: str,
                       template_name: str | None = None) -> InspectionRecord:
@@ -146,6 +196,7 @@ class EdgeNode:
                                        self.pipeline, outcome, read_ms)
             record.edge_node = f"{self.node_class.name}/{self.replica_id}"
             record.timings_ms["transfer"] = round(transfer_s * 1000, 2)
+            self.metrics.inspected(record)
             await self.emulated.reply()
             return record
         except Exception:
@@ -186,6 +237,10 @@ class Ingress:
     def __init__(self, edge: DeploymentHandle, config: ClusterConfig) -> None:
         self.edge = edge
         self.config = config
+        self.edge_health = HandleHealth(edge, _fresh_handle("edge"), "edge", config.health_check_timeout_s / 3)
+
+    async def check_health(self) -> None:
+        await self.edge_health.check()
 
     async def _upload(self, upload: UploadFile | None) -> bytes | None:
         if upload is None:
@@ -200,11 +255,16 @@ class Ingress:
         failures = []
         for _ in range(self.config.retries + 1):
             try:
-                return await self.edge.inspect.remote(image, template, name, image_id, template_name)
+                record = await self.edge.inspect.remote(image, template, name, image_id, template_name)
             except RayActorError as error:  # the replica died or vanished with the request: send it to another
+                self.edge_health.called(error)
                 failures.append(type(error).__name__)
             except Exception as error:  # the edge failed on this image: an error record, the service goes on
+                self.edge_health.called(error)
                 return self._failed(name, image_id, f"edge node failed: {type(error).__name__}: {error}")
+            else:
+                self.edge_health.called(None)
+                return record
         return self._failed(name, image_id, f"edge nodes failed {len(failures)} times ({', '.join(failures)})")
 
     @staticmethod
@@ -248,13 +308,8 @@ class Ingress:
 
     @api.get("/v1/router", summary="Time the routing policy took per decision in this ingress")
     def router(self) -> dict:
-        seconds = list(telemetry.DECISION_SECONDS)
-        if not seconds:
-            return {"policy": self.config.policy, "decisions": 0}
-        ordered = sorted(seconds)
-        return {"policy": self.config.policy, "decisions": len(seconds),
-                "median_ms": round(statistics.median(seconds) * 1000, 4),
-                "p99_ms": round(ordered[int(0.99 * (len(ordered) - 1))] * 1000, 4)}
+        """From the buckets of the `aivd_router_decision_seconds` histogram, as Prometheus would estimate them."""
+        return telemetry.DECISIONS.summary(self.config.policy)
 
 
 def request_router_config(config: ClusterConfig) -> RequestRouterConfig:
@@ -271,31 +326,44 @@ def request_router_config(config: ClusterConfig) -> RequestRouterConfig:
     )
 
 
+def actor_options(resources: dict[str, float]) -> dict:
+    """`ray_actor_options` for a replica that needs `resources`. Ray takes CPU and GPU as counts of their own (a
+    transformers cloud tier: `cloud_resources: {GPU: 1}`); without a CPU count a replica reserves none, so that
+    emulated devices can share one machine's cores."""
+    custom = dict(resources)
+    return {"num_cpus": custom.pop("CPU", 0), "num_gpus": custom.pop("GPU", 0), "resources": custom}
+
+
 def build_app(config: ClusterConfig):
     """The bound application: `serve.run(build_app(config))`."""
+    health = {"health_check_period_s": config.health_check_period_s, "health_check_timeout_s": config.health_check_timeout_s}
     cloud = None
-    if config.cloud.enabled:
+    if config.pipeline.cloud.backend != "none":
         cloud = CloudAnalyzer.options(
             num_replicas=config.cloud.replicas, max_ongoing_requests=4 * config.cloud.max_batch_size,
-            ray_actor_options={"num_cpus": 0, "resources": config.cloud_resources},
+            ray_actor_options=actor_options(config.cloud_resources), **health,
         ).bind(config)
     edge = EdgeNode.options(
         num_replicas=config.edge_replicas, max_ongoing_requests=config.max_ongoing_requests,
         request_router_config=request_router_config(config),
-        ray_actor_options={"num_cpus": 0, "resources": config.edge_resources},
+        ray_actor_options=actor_options(config.edge_resources), **health,
     ).bind(config, cloud, _updater(config))
     return Ingress.options(
-        max_ongoing_requests=10_000, ray_actor_options={"num_cpus": 0, "resources": config.ingress_resources},
+        max_ongoing_requests=10_000, ray_actor_options=actor_options(config.ingress_resources), **health,
     ).bind(edge, config)
 
 
 def _updater(config: ClusterConfig):
-    """The updater deployment, bound, when the config enables online learning."""
-    if not config.update.enabled:
+    """The updater deployment, bound, when the pipeline enables online learning. The store is seeded here, once,
+    before any replica or the updater starts (they would race to seed it, and the updater needs a served version)."""
+    if not config.pipeline.update.enabled:
         return None
+    from aivd.pipeline.factory import build_detector, following_update_store
     from aivd.runtime.updater import EdgeUpdater
 
-    return EdgeUpdater.options(ray_actor_options={"num_cpus": 0, "resources": config.updater_resources}).bind(config.update)
+    following_update_store(config.pipeline.update, config.pipeline.edge, build_detector(config.pipeline.edge, threads=1)[0])
+
+    return EdgeUpdater.options(ray_actor_options=actor_options(config.updater_resources)).bind(config.pipeline.update)
 
 
 def app_builder(args: dict):

@@ -11,15 +11,18 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from aivd.config import UpdateConfig
+from aivd.config import PipelineConfig, build_config
+from aivd.config.pipeline import problems_of
 from aivd.core.errors import AivdError
-from aivd.core.regions import PIXELS_PER_MM_RANGE
 from aivd.data.yaml_files import read_yaml_mapping
 from aivd.scheduling import POLICIES, AivdConfig
 from aivd.sim.scenarios import LinkProfile
 
 # Ray's own router (power of two choices on probed queue lengths), selectable beside ours.
 RAY_DEFAULT_ROUTER = "ray"
+# Keys cluster.yaml had before it took a pipeline: where they went.
+MOVED = {"pack": "pipeline.edge.pack", "model_store": "pipeline.edge.model", "model_poll_s": "pipeline.edge.model_poll_s",
+         "pixels_per_mm": "pipeline.imaging.pixels_per_mm"}
 
 
 class ConfigError(AivdError, ValueError):
@@ -45,7 +48,8 @@ class EdgeNodeClass(Strict):
 
 
 class CloudTier(Strict):
-    enabled: bool = Field(True, description="false: the edge's decisions are final (edge only)")
+    """The cloud deployment's size and batching; what it runs is `pipeline.cloud`."""
+
     replicas: int = Field(1, ge=1, le=64)
     max_batch_size: int = Field(16, ge=1, le=512)
     batch_wait_s: float = Field(0.01, ge=0.0, le=5.0)
@@ -61,38 +65,24 @@ class ClusterConfig(Strict):
     routing_stats_period_s: float = Field(0.5, gt=0.0, le=60.0, description="how often replicas report their state")
     retries: int = Field(3, ge=0, le=20, description="times the ingress resends a request whose edge replica died")
     request_timeout_s: float = Field(60.0, gt=0.0)
-    pixels_per_mm: float | None = Field(None, gt=PIXELS_PER_MM_RANGE[0], lt=PIXELS_PER_MM_RANGE[1],
-                                         description="imaging scale for sizes in mm; 48 for DeepPCB")
     edge_resources: dict[str, float] = Field(
         default_factory=dict, description="Ray resources each edge replica needs, to place it on edge nodes")
     cloud_resources: dict[str, float] = Field(default_factory=dict)
     ingress_resources: dict[str, float] = Field(default_factory=dict)
-    model_store: Path | None = Field(
-        None, description="a model-store folder (`aivd.model_store`) every edge replica can read, on a shared file "
-        "system across machines: replicas serve its CURRENT version and swap to a newly promoted one. Default: the built-in model")
-    model_poll_s: float = Field(5.0, gt=0.0, description="how often an edge replica checks the model store for a new version")
-    pack: Path | None = Field(
-        None, description="a model pack folder (`aivd train pack`) every replica can read: the edge replicas' detectors and "
-        "the cloud's classifier and knowledge base. Default: the built-in DeepPCB pack")
+    updater_resources: dict[str, float] = Field(
+        default_factory=dict, description="with pipeline.update.enabled: Ray resources the updater deployment needs (it trains)")
+    pipeline: PipelineConfig = Field(
+        PipelineConfig(), description="the pipeline every replica runs, as `aivd inspect --config` takes it: a mapping, or the "
+        "path of its YAML file (relative to cluster.yaml). Its files (pack, model, model store, LLM config) must be readable "
+        "by every replica, on a shared file system across machines")
+    health_check_period_s: float = Field(10.0, gt=0.0, le=3600.0, description="how often Serve calls each replica's check_health")
+    health_check_timeout_s: float = Field(30.0, gt=0.0, le=3600.0, description="a check_health taking longer fails")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     seed: int = 0
     placement: Literal["rank", "resources"] = Field(
         "rank", description="how a replica finds its node class: by replica rank in the order of `edge`, or by "
         "a resource `aivd_class_<name>` on its Ray node")
-
-    update: UpdateConfig = Field(
-        UpdateConfig(), description="online learning: an updater deployment learns from every edge replica's results and "
-                                    "publishes to update.model_store, which must be `model_store` (aivd.runtime.updater)")
-    updater_resources: dict[str, float] = Field(default_factory=dict, description="Ray resources the updater needs (it trains)")
-
-    @model_validator(mode="after")
-    def _updates_reach_the_edge(self) -> ClusterConfig:
-        if self.update.enabled and self.update.model_store != self.model_store:
-            raise ValueError("update.model_store must be model_store: the store the edge replicas follow")
-        if self.update.enabled and not self.cloud.enabled:
-            raise ValueError("update.enabled needs cloud.enabled: the edge learns from the cloud's answers")
-        return self
 
     @field_validator("policy")
     @classmethod
@@ -101,19 +91,21 @@ class ClusterConfig(Strict):
             raise ValueError(f"unknown policy {value!r}; known: {', '.join([*POLICIES, RAY_DEFAULT_ROUTER])}")
         return value
 
-    @field_validator("pack")
+    @model_validator(mode="before")
     @classmethod
-    def _loadable_pack(cls, value: Path | None) -> Path | None:
-        if value is not None:
-            from aivd.packs import load_pack
+    def _moved_keys(cls, data):
+        moved = [f"{key}: now {MOVED[key]}" for key in MOVED if isinstance(data, dict) and key in data]
+        if isinstance(data, dict) and isinstance(data.get("cloud"), dict) and "enabled" in data["cloud"]:
+            moved.append("cloud.enabled: now pipeline.cloud.backend (none: edge only)")
+        if moved:
+            raise ValueError(f"moved into the pipeline section (docs/runtime.md): {'; '.join(moved)}")
+        return data
 
-            load_pack(value)  # a PackError (a ValueError) becomes this field's problem
-        return value
-
-    def model_pack(self):
-        from aivd.packs import builtin_pack, load_pack
-
-        return builtin_pack() if self.pack is None else load_pack(self.pack)
+    @field_validator("pipeline", mode="before")
+    @classmethod
+    def _pipeline_file(cls, value):
+        """A path names the pipeline's YAML file, read as `aivd inspect --config` reads it."""
+        return build_config(Path(value)) if isinstance(value, (str, Path)) else value
 
     @field_validator("edge")
     @classmethod
@@ -143,8 +135,9 @@ class ClusterConfig(Strict):
 def load_cluster_config(path: str | Path) -> ClusterConfig:
     path = Path(path)
     data = read_yaml_mapping(path, ConfigError)
+    if isinstance(data.get("pipeline"), str):  # relative to the cluster file, wherever aivd serve is started
+        data["pipeline"] = path.parent / data["pipeline"]
     try:
         return ClusterConfig.model_validate(data)
     except ValidationError as error:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in error.errors())
-        raise ConfigError(f"{path}: {problems}") from None
+        raise ConfigError(f"{path}: {'; '.join(problems_of(error))}") from None

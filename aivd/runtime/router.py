@@ -30,6 +30,7 @@ def payload_bytes(request: PendingRequest | None) -> int:
 class PolicyRequestRouter(FIFOMixin, RequestRouter):
     def initialize_state(self, policy: str = "aivd", weights: dict[str, Any] | None = None, queue_bound: int = 4,
                          stats_period_s: float = 0.5, seed: int = 0, **_: Any) -> None:
+        self.policy_name = policy
         self.policy = make_policy(policy, PolicyConfig(aivd=AivdConfig(**(weights or {}))))
         self.queue_bound = queue_bound
         self.stats_period_s = stats_period_s
@@ -50,6 +51,6 @@ class PolicyRequestRouter(FIFOMixin, RequestRouter):
         chosen = by_id[self.policy.choose(Task(self.decisions, payload_bytes(pending_request)), states, self.rng)]
         rest = [r for r in candidate_replicas if r is not chosen]
         # Through the module, not a name imported from it: Ray ships this class to the replicas by value, and
-        # the log must be the one object the ingress reads.
-        telemetry.DECISION_SECONDS.append(time.perf_counter() - started)
+        # the counts must be the one object the ingress reads.
+        telemetry.DECISIONS.observe(time.perf_counter() - started, self.policy_name)
         return [[chosen], rest] if rest else [[chosen]]

@@ -1,23 +1,103 @@
-"""What an edge replica reports to the router, and how the router turns a report into a policy's `NodeState`.
+"""What an edge replica reports to the router, how the router turns a report into a policy's `NodeState`, and the
+runtime's metrics.
 
 Replicas report through Ray Serve's `record_routing_stats`, which the controller polls every
 `routing_stats_period_s`; the router sees the report that long (plus delivery) later, as in the simulator.
+
+Metrics go through Ray Serve's metrics API (`ray.serve.metrics`): Ray exports them, with the deployment, replica
+and application as tags, on every node's metrics port in Prometheus format (prefixed `ray_`).
 """
 
 from __future__ import annotations
 
+import threading
 import time
-from collections import deque
 from typing import Any
 
+import numpy as np
 import psutil
+from ray.serve.metrics import Counter, Gauge, Histogram
 
+from aivd.pipeline.inspect import InspectSummary
 from aivd.runtime.emulation import EmulatedNode
 from aivd.scheduling import NodeState
+from aivd.schema.records import InspectionRecord
 
-# Seconds each routing decision took in this process, newest last; the router lives in the process that holds
-# the deployment handle (the ingress), whose /v1/router endpoint reads this.
-DECISION_SECONDS: deque[float] = deque(maxlen=100_000)
+# 1 us to 1 s, each bucket 19% wider than the last: a quantile read from the buckets is within that of the truth.
+DECISION_BUCKETS_S = tuple(float(1e-6 * 2 ** (i / 4)) for i in range(81))
+
+
+class DecisionTimes:
+    """The routing policy's time per decision, observed into a Ray Serve histogram (`aivd_router_decision_seconds`)
+    and counted in the same buckets here, so that the ingress's `/v1/router` gives the quantiles Prometheus's
+    `histogram_quantile` gives from the exported histogram."""
+
+    def __init__(self) -> None:
+        self.histogram = Histogram("aivd_router_decision_seconds", description="time the routing policy took per decision",
+                                   boundaries=list(DECISION_BUCKETS_S), tag_keys=("policy",))
+        self.counts = np.zeros(len(DECISION_BUCKETS_S) + 1, np.int64)  # the last counts those over the last bound
+        self._lock = threading.Lock()  # routers of several handles may run on several threads of one process
+
+    def observe(self, seconds: float, policy: str) -> None:
+        self.histogram.observe(seconds, tags={"policy": policy})
+        with self._lock:
+            self.counts[np.searchsorted(DECISION_BUCKETS_S, seconds)] += 1
+
+    def quantile(self, q: float) -> float | None:
+        """Seconds, interpolated linearly inside the bucket as `histogram_quantile` does; None before any decision."""
+        with self._lock:
+            counts = self.counts.copy()
+        total = int(counts.sum())
+        if total == 0:
+            return None
+        rank = q * total
+        index = min(int(np.searchsorted(np.cumsum(counts), rank)), len(DECISION_BUCKETS_S) - 1)
+        below = int(counts[:index].sum())
+        lower = DECISION_BUCKETS_S[index - 1] if index else 0.0
+        upper = DECISION_BUCKETS_S[index]
+        return lower + (upper - lower) * (rank - below) / max(int(counts[index]), 1)
+
+    def summary(self, policy: str) -> dict:
+        decisions = int(self.counts.sum())
+        if not decisions:
+            return {"policy": policy, "decisions": 0}
+        return {"policy": policy, "decisions": decisions, "median_ms": round(self.quantile(0.5) * 1000, 4),
+                "p99_ms": round(self.quantile(0.99) * 1000, 4)}
+
+
+# One per process: Ray builds the request router itself, in the process that holds the handle (the ingress), and the
+# ingress's /v1/router must read what that router observed.
+DECISIONS = DecisionTimes()
+
+
+class EdgeMetrics:
+    """What an edge replica did, for Prometheus: images by status, candidate regions and those offloaded to the cloud
+    (their ratio also as a gauge of this replica's offloading stage), and images whose cloud analysis failed. Counted
+    from the records as `aivd inspect` counts its summary.json."""
+
+    def __init__(self, node_class: str) -> None:
+        self.tags = {"node_class": node_class}
+        keys = ("node_class",)
+        self.images = Counter("aivd_edge_images", description="images inspected, by status", tag_keys=(*keys, "status"))
+        self.candidates = Counter("aivd_edge_candidates", description="candidate regions the edge proposed", tag_keys=keys)
+        self.offloaded = Counter("aivd_edge_offloaded", description="candidate regions sent to the cloud", tag_keys=keys)
+        self.cloud_errors = Counter("aivd_edge_cloud_errors", description="images whose cloud analysis failed", tag_keys=keys)
+        self.ratio = Gauge("aivd_edge_offload_ratio", description="share of this replica's candidate regions sent to the cloud",
+                           tag_keys=keys)
+        self.totals = InspectSummary()
+
+    def inspected(self, record: InspectionRecord) -> None:
+        totals = self.totals
+        before = (totals.candidates, totals.sent, totals.cloud_failed)
+        totals.count(record)
+        self.images.inc(tags={**self.tags, "status": record.status})
+        for counter, was, now in zip((self.candidates, self.offloaded, self.cloud_errors), before,
+                                     (totals.candidates, totals.sent, totals.cloud_failed)):
+            if now > was:
+                counter.inc(now - was, tags=self.tags)
+        self.ratio.set(totals.offload_ratio, tags=self.tags)
+
+
 SMOOTHING = 0.2  # weight of the newest service time in the reported average, as in the simulator
 UNKNOWN_BANDWIDTH_BPS = 1e12  # an unemulated link on one machine: effectively free
 

@@ -84,7 +84,8 @@ def server_config(app, host: str, port: int, settings: ServerSettings, log_level
     protocol = type("ReadDeadlineProtocol", (ReadDeadlineProtocol,), {"read_timeout_s": settings.request_read_timeout_s})
     return uvicorn.Config(
         app, host=host, port=port, http=protocol, log_level=log_level,
-        limit_concurrency=settings.max_connections, timeout_keep_alive=settings.keep_alive_s,
+        # uvicorn annotates timeout_keep_alive as int but only hands it to loop.call_later, which takes float seconds.
+        limit_concurrency=settings.max_connections, timeout_keep_alive=settings.keep_alive_s,  # type: ignore[arg-type]
     )
 
 

@@ -51,7 +51,8 @@ def arrival_times(arrivals: Arrivals, rate: float, tasks: int, rng: np.random.Ge
     share, factor = arrivals.burst_share, arrivals.burst_factor
     calm = rate / (1.0 - share + share * factor)
     mean_calm_s = arrivals.mean_burst_s * (1.0 - share) / share
-    times, t, bursting = [], 0.0, False
+    times: list[float] = []
+    t, bursting = 0.0, False
     while len(times) < tasks:
         end = t + rng.exponential(arrivals.mean_burst_s if bursting else mean_calm_s)
         phase_rate = calm * factor if bursting else calm
@@ -193,6 +194,7 @@ class Simulation:
         only on nodes below the cap (late binding, as Ray Serve's max_ongoing_requests does), and the rest wait
         here until an acknowledgement frees a slot."""
         payload, cap = self.scenario.payload_bytes, self.max_in_flight
+        assert self.policy is not None  # only tasks for an edge stage wait here
         while self.waiting:
             states = self.states(self.env.now)
             if cap is not None:

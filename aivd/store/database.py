@@ -20,11 +20,13 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    Index,
     Integer,
     MetaData,
     String,
     Table,
     Text,
+    UniqueConstraint,
     create_engine,
     event,
     func,
@@ -33,6 +35,7 @@ from sqlalchemy import (
     text,
     update,
 )
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.exc import SQLAlchemyError
 
 from aivd.core.errors import AivdError
@@ -93,6 +96,25 @@ defects = Table(
     Column("offload", Text),  # JSON: whether the region went to the cloud and why (null in older databases)
 )
 
+# `aivd watch`'s journal (aivd.intake.watch): each file that landed in the watched folder, by path, size and
+# modification time (a file rewritten later is a new entry), queued when it is taken in hand and done in the
+# transaction that adds its record (image_row_id), so a record exists exactly when its entry is done.
+intake_files = Table(
+    "intake_files", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("run_id", Integer, ForeignKey("runs.id"), nullable=False),
+    Column("path", Text, nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("mtime_ns", BigInteger, nullable=False),
+    Column("image_id", String(255), nullable=False),
+    Column("state", String(8), nullable=False),  # queued or done
+    Column("queued_at", DateTime(timezone=True), nullable=False),
+    Column("image_row_id", Integer, ForeignKey("images.id")),  # the record, once done
+    UniqueConstraint("run_id", "path", "size", "mtime_ns"),
+    Index("intake_files_state", "run_id", "state"),
+    Index("intake_files_image", "run_id", "image_id"),
+)
+
 # The primary key starts with image_row_id, so it is also the index for joining on that foreign key.
 timings = Table(
     "timings", metadata,
@@ -113,6 +135,22 @@ class StoreError(AivdError, RuntimeError):
 
 def _now() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def _inserted_id(result: CursorResult) -> int:
+    """The id a one-row INSERT gave its row."""
+    key = result.inserted_primary_key
+    assert key is not None  # None only for statements other than a one-row INSERT
+    return key[0]
+
+
+@dataclass(frozen=True)
+class IntakeEntry:
+    """A file in `aivd watch`'s journal, queued to be inspected."""
+
+    id: int
+    path: str
+    image_id: str
 
 
 @dataclass(frozen=True)
@@ -161,7 +199,9 @@ class ResultStore:
     """Appends inspection runs to the database at a SQLAlchemy URL, e.g. `sqlite:///out/aivd.sqlite`.
 
     Each `add` is one transaction: once it returns, the record is in the database whole, and a killed process
-    never leaves part of one. Not thread-safe: add from one thread.
+    never leaves part of one. Each call takes its own connection from the engine's pool, so threads may share a
+    store (`aivd watch` journals files on one while records are added on another); records added from several
+    threads are stored in the order their transactions commit.
     """
 
     def __init__(self, url: str):
@@ -206,7 +246,7 @@ class ResultStore:
         with self._errors("write"), self._engine.begin() as connection:
             result = connection.execute(runs.insert().values(
                 started_at=_now(), status="running", command=command, config=json.dumps(config, default=str)))
-            return result.inserted_primary_key[0]
+            return _inserted_id(result)
 
     def run(self, run_id: int) -> StoredRun:
         """Run `run_id` as stored; StoreError when the database has no such run."""
@@ -221,11 +261,19 @@ class ResultStore:
         with self._errors("write"), self._engine.begin() as connection:
             connection.execute(update(runs).where(runs.c.id == run_id).values(status="running", finished_at=None))
 
-    def add(self, run_id: int, record: InspectionRecord) -> None:
-        """Write one record (its image, defects and timings) in one transaction."""
+    def add(self, run_id: int, record: InspectionRecord, intake_id: int | None = None) -> None:
+        """Write one record (its image, defects and timings) in one transaction; with `intake_id`, the same
+        transaction marks that journal entry done, and a record for an entry done already is refused whole."""
         image_row = {"run_id": run_id, **{name: getattr(record, name) for name in _IMAGE_FIELDS}}
         with self._errors("write"), self._engine.begin() as connection:
-            row_id = connection.execute(images.insert(), image_row).inserted_primary_key[0]
+            row_id = _inserted_id(connection.execute(images.insert(), image_row))
+            if intake_id is not None:
+                marked = connection.execute(
+                    update(intake_files)
+                    .where(intake_files.c.id == intake_id, intake_files.c.run_id == run_id, intake_files.c.state == "queued")
+                    .values(state="done", image_row_id=row_id))
+                if marked.rowcount != 1:  # raised inside the transaction: the record is rolled back with it
+                    raise StoreError(f"journal entry {intake_id} of run {run_id} is not queued: its image was recorded already")
             defect_rows = [{"image_row_id": row_id, **_defect_row(d, rejected=False)} for d in record.defects]
             defect_rows += [{"image_row_id": row_id, **_defect_row(d, rejected=True)} for d in record.rejected]
             timing_rows = [{"image_row_id": row_id, "stage": stage, "ms": ms} for stage, ms in record.timings_ms.items()]
@@ -233,6 +281,43 @@ class ResultStore:
                 connection.execute(defects.insert(), defect_rows)
             if timing_rows:
                 connection.execute(timings.insert(), timing_rows)
+
+    def queue_intake(self, run_id: int, path: str, size: int, mtime_ns: int, image_id: str) -> IntakeEntry | None:
+        """Journal the file at `path` with this size and modification time as queued, under `image_id` (or, when
+        the run has that id already, `image_id-N` with the entry's number N). None when the run has journalled
+        this file already, queued or done."""
+        key = (intake_files.c.run_id == run_id, intake_files.c.path == path, intake_files.c.size == size,
+               intake_files.c.mtime_ns == mtime_ns)
+        with self._errors("write"), self._engine.begin() as connection:
+            if connection.execute(select(intake_files.c.id).where(*key)).first() is not None:
+                return None
+            entry_id = connection.execute(intake_files.insert().values(
+                run_id=run_id, path=path, size=size, mtime_ns=mtime_ns, image_id=image_id, state="queued", queued_at=_now(),
+            )).inserted_primary_key[0]
+            # A run's image ids must be unique (a resumed run skips the ids it has done, and they name output files):
+            # a rewritten file, or `a/x.jpg` beside `a-x.jpg`, takes the entry's number.
+            unique, suffix = image_id, 0
+            while connection.execute(select(intake_files.c.id).where(
+                    intake_files.c.run_id == run_id, intake_files.c.image_id == unique, intake_files.c.id != entry_id)).first():
+                suffix += 1
+                unique = f"{image_id}-{entry_id}" + (f"-{suffix}" if suffix > 1 else "")
+            if unique != image_id:
+                connection.execute(update(intake_files).where(intake_files.c.id == entry_id).values(image_id=unique))
+        return IntakeEntry(entry_id, path, unique)
+
+    def queued_intake(self, run_id: int) -> list[IntakeEntry]:
+        """The run's journal entries still queued (taken in hand by a process that stopped), oldest first."""
+        query = (select(intake_files.c.id, intake_files.c.path, intake_files.c.image_id)
+                 .where(intake_files.c.run_id == run_id, intake_files.c.state == "queued").order_by(intake_files.c.id))
+        with self._errors("read"), self._engine.connect() as connection:
+            return [IntakeEntry(row.id, row.path, row.image_id) for row in connection.execute(query)]
+
+    def intake_counts(self, run_id: int) -> dict[str, int]:
+        """The run's journal entries per state."""
+        query = (select(intake_files.c.state, func.count().label("count"))
+                 .where(intake_files.c.run_id == run_id).group_by(intake_files.c.state))
+        with self._errors("read"), self._engine.connect() as connection:
+            return {row.state: row.count for row in connection.execute(query)}
 
     def finish_run(self, run_id: int, summary: dict, status: str = "finished") -> None:
         """Record the run's end, how it ended (finished or interrupted) and its totals (images, ok, failed, defects
@@ -259,7 +344,7 @@ class ResultStore:
             .order_by(count.desc(), defects.c.defect_type)
         )
         with self._errors("read"), self._engine.connect() as connection:
-            return {row.defect_type: row.count for row in connection.execute(query)}
+            return {defect_type: number for defect_type, number in connection.execute(query)}
 
     def records(self, run_id: int) -> list[InspectionRecord]:
         """A run's records as they were added, in the order they were added."""

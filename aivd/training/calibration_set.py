@@ -18,7 +18,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from aivd.core import Detections
-from aivd.data.images import read_pair
+from aivd.data.images import ImageError, read_pair
 from aivd.training.common import change_thickness
 
 THICKNESS_SEED = 0
@@ -33,6 +33,8 @@ def calibration_pairs(samples, seed: int = THICKNESS_SEED) -> Iterator[tuple[str
     rng = np.random.default_rng(seed)
     for sample in samples:
         image, template = read_pair(sample.image_path, sample.template_path)
+        if template is None:
+            raise ImageError(sample.image_path, "no template: the DeepPCB calibration perturbs each pair's template")
         truth = sample.ground_truth()
         yield sample.image_id, image, template, truth
         yield sample.image_id + PERTURBED_SUFFIX, image, change_thickness(template, rng), truth

@@ -22,6 +22,11 @@ def seed_everything(seed: int, threads: int) -> None:
     torch.set_num_threads(threads)
 
 
+def epochs_for_budget(budget_s: float, first_epoch_s: float, max_epochs: int) -> int:
+    """How many epochs fit in `budget_s` seconds when the first took `first_epoch_s`: at least 1, at most `max_epochs`."""
+    return int(min(max_epochs, max(1, budget_s // max(first_epoch_s, 1e-3))))
+
+
 def write_metadata(path: Path, values: dict) -> None:
     """Set (or replace) string metadata entries of an ONNX file; non-strings are stored as JSON."""
     import onnx

@@ -24,7 +24,7 @@ from aivd.core.detections import box_iou
 from aivd.data.images import read_pair
 from aivd.edge.crops import crop_windows
 from aivd.edge.detector import Detector
-from aivd.training.common import change_thickness, write_metadata
+from aivd.training.common import change_thickness, epochs_for_budget, write_metadata
 
 REJECT_LABEL = "no-defect"
 MINING_THRESHOLD = 0.03  # below any threshold the edge or the pipeline would use
@@ -51,7 +51,7 @@ class AugmentConfig:
 @dataclass
 class BoxSet:
     images: list[np.ndarray]
-    templates: list[np.ndarray]
+    templates: list[np.ndarray | None]  # None: an image without one
     image_index: np.ndarray  # per box
     boxes: np.ndarray  # (N, 4)
     classes: np.ndarray
@@ -162,7 +162,7 @@ def export_probabilities(net: nn.Module, path: Path, size: int, metadata: dict) 
     """ONNX with input `crops` (N, 3, size, size) and output `class_probs` (N, classes)."""
     net.eval()
     torch.onnx.export(
-        ProbabilityWrapper(net), torch.zeros(1, 3, size, size), str(path), input_names=["crops"], output_names=["class_probs"],
+        ProbabilityWrapper(net), (torch.zeros(1, 3, size, size),), str(path), input_names=["crops"], output_names=["class_probs"],
         dynamic_axes={"crops": {0: "boxes"}}, opset_version=17, dynamo=False,
     )
     write_metadata(path, metadata)
@@ -214,7 +214,8 @@ def train_loop(
             losses.append(loss.item())
         record = {"epoch": epoch, "loss": float(np.mean(losses)), "accuracy": accuracy(net, val, recipe, augment), "elapsed_s": round(time.time() - started, 1)}
         if epochs is None:
-            epochs = int(min(loop.max_epochs, max(1, loop.time_budget_s // max(record["elapsed_s"], 1e-3))))
+            assert loop.time_budget_s is not None  # the epoch count is left open only for a time budget
+            epochs = epochs_for_budget(loop.time_budget_s, record["elapsed_s"], loop.max_epochs)
         record["epochs"] = epochs
         history.append(record)
         if record["accuracy"] > best["accuracy"]:

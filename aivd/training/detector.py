@@ -37,7 +37,7 @@ from aivd.data.dataset import Sample
 from aivd.data.deeppcb import holdout_split, load_split
 from aivd.data.images import read_pair
 from aivd.edge.centernet import OUTPUT_STRIDE, PAD_MULTIPLE, decode, make_input
-from aivd.training.common import change_thickness, seed_everything, write_metadata
+from aivd.training.common import change_thickness, epochs_for_budget, seed_everything, write_metadata
 from aivd.training.detector_net import CenterNetLite, ExportWrapper
 from aivd.training.held_out import DeepPCBScoring
 
@@ -255,7 +255,7 @@ def export_onnx(net: CenterNetLite, path: Path, metadata: dict) -> None:
     net.eval()
     dummy = torch.zeros(1, 3, 320, 320)
     torch.onnx.export(
-        ExportWrapper(net), dummy, str(path), input_names=["input"], output_names=["peaks", "class_probs", "sizes", "offsets"],
+        ExportWrapper(net), (dummy,), str(path), input_names=["input"], output_names=["peaks", "class_probs", "sizes", "offsets"],
         dynamic_axes={"input": {0: "batch", 2: "height", 3: "width"}}, opset_version=17, dynamo=False,
     )
     write_metadata(path, metadata)
@@ -270,10 +270,6 @@ class DetectorRun:
     epochs: int | None = None  # None: config.epochs, or what `time_budget_s` allows when that is given
     time_budget_s: float | None = None
     max_epochs: int = 300
-
-
-def _epochs_for_budget(run: DetectorRun, first_epoch_s: float) -> int:
-    return int(min(run.max_epochs, max(1, run.time_budget_s // max(first_epoch_s, 1e-3))))
 
 
 def fit_detector(train: list[LoadedSample], val: list[LoadedSample], out_dir: Path, config: DetectorTrainConfig, run: DetectorRun,
@@ -326,7 +322,8 @@ def fit_detector(train: list[LoadedSample], val: list[LoadedSample], out_dir: Pa
         selection = run.select(predict(net, val, config.input_scale, labels=run.labels))
         record = {"epoch": epoch, "loss": float(np.mean(losses)), **selection, "elapsed_s": round(time.time() - started, 1)}
         if plan["epochs"] is None:
-            plan["epochs"] = _epochs_for_budget(run, record["elapsed_s"])
+            assert run.time_budget_s is not None  # the epoch count is left open only for a time budget
+            plan["epochs"] = epochs_for_budget(run.time_budget_s, record["elapsed_s"], run.max_epochs)
         record["epochs"] = plan["epochs"]
         history.append(record)
         if record["score"] > best["score"]:

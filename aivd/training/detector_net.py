@@ -57,7 +57,9 @@ class CenterNetLite(nn.Module):
         self.size = nn.Sequential(separable(neck, neck), nn.Conv2d(neck, 2, 1))
         self.offset = nn.Sequential(separable(neck, neck), nn.Conv2d(neck, 2, 1))
         # Focal-loss prior: start every cell at p = 0.01 so early training is not swamped by negatives.
-        nn.init.constant_(self.heat[-1].bias, -math.log((1 - 0.01) / 0.01))
+        heat_out = self.heat[-1]
+        assert isinstance(heat_out, nn.Conv2d) and heat_out.bias is not None
+        nn.init.constant_(heat_out.bias, -math.log((1 - 0.01) / 0.01))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Return objectness logits (N, 1, h, w), class logits (N, C, h, w), sizes and offsets (N, 2, h, w)."""

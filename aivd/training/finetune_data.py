@@ -207,7 +207,7 @@ def build_finetune_data(
     maker = ExampleMaker(class_names, config)
     (out_dir / "images").mkdir(parents=True)
     held_out = val_images(len(samples), config.val_fraction, config.seed)
-    records = {"train": [], "val": []}
+    records: dict[str, list[dict]] = {"train": [], "val": []}
     skipped, counts = [], {"defect": 0, "no_defect": 0}
     for index, sample in enumerate(samples):
         path = sample.image_path
@@ -221,7 +221,7 @@ def build_finetune_data(
         else:
             # One generator per image: an image's examples do not depend on which other files could be read.
             rng = np.random.default_rng([config.seed, index])
-            split = records["val" if index in held_out else "train"]
+            examples = records["val" if index in held_out else "train"]
             jobs = [(box, int(class_id), True) for box, class_id in zip(truth.xyxy, truth.class_id) for _ in range(config.copies)]
             jobs += [(box, int(rng.integers(len(class_names))), False) for box in maker.negative_boxes(truth, image.shape, rng)]
             for box, class_id, is_defect in jobs:
@@ -230,7 +230,7 @@ def build_finetune_data(
                 names = [f"images/{number:06d}_{suffix}.png" for suffix in ("test", "temp")[: len(region_images(region))]]
                 for name, picture in zip(names, region_images(region)):
                     _write_png(out_dir / name, picture)
-                split.append(maker.record(region, answer, names))
+                examples.append(maker.record(region, answer, names))
                 counts["defect" if is_defect else "no_defect"] += 1
         if advance is not None:
             advance()

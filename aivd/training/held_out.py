@@ -23,7 +23,10 @@ HeldOutPair = tuple[str, np.ndarray, np.ndarray | None, Detections]  # image id,
 
 
 class HeldOutScoring(Protocol):
-    labels: LabelMap
+    @property
+    def labels(self) -> LabelMap:
+        """The classes the held-out images are scored in."""
+        ...
 
     def pairs(self, samples) -> Iterator[HeldOutPair]:
         """The images thresholds are calibrated on (a sample that cannot be read raises: a calibration on an

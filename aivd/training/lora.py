@@ -105,7 +105,9 @@ def add_lora(model, config: LoraTrainConfig):
     """`model` with trainable LoRA matrices beside the target projections (peft's init: A random, B zero)."""
     from peft import LoraConfig, get_peft_model
 
-    lora = LoraConfig(r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout, target_modules=config.target_modules)
+    # peft annotates lora_alpha as int, but only divides by it (alpha / rank); --alpha is a float.
+    lora = LoraConfig(r=config.rank, lora_alpha=config.alpha,  # type: ignore[arg-type]
+                      lora_dropout=config.dropout, target_modules=config.target_modules)
     return get_peft_model(model, lora)
 
 
@@ -160,8 +162,10 @@ def train_lora(data_dir: Path, model_dir: str | Path, out_dir: Path, config: Lor
     network, encoder = load_vlm(model_dir, None, device)
     network = add_lora(network, config)
     optimizer = torch.optim.AdamW([p for p in network.parameters() if p.requires_grad], lr=config.lr, weight_decay=0.0)
-    loader = torch.utils.data.DataLoader(
-        train, batch_size=config.batch_size, shuffle=True, collate_fn=lambda chats: _batch(encoder, chats),
+    # A list is a map-style dataset (torch's annotation asks for a Dataset subclass).
+    loader: torch.utils.data.DataLoader[Chat] = torch.utils.data.DataLoader(
+        train,  # type: ignore[arg-type]
+        batch_size=config.batch_size, shuffle=True, collate_fn=lambda chats: _batch(encoder, chats),
         generator=torch.Generator().manual_seed(config.seed),
     )
     network, optimizer, loader = accelerator.prepare(network, optimizer, loader)

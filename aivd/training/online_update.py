@@ -123,8 +123,8 @@ def update_edge_model(current: Path, train: list[LabelledImage], validation: lis
     out_dir.mkdir(parents=True, exist_ok=True)
     parent = TemplateDetector(current, threads=config.threads)
     meta = _metadata(current)
-    refiner_name = meta.get("refiner")
-    if not refiner_name and not config.detector_steps:
+    parent_refiner = parent.refiner_path  # the file its metadata's "refiner" names, beside it
+    if parent_refiner is None and not config.detector_steps:
         raise ValueError(f"{current} has no class refiner and detector_steps is 0: nothing to update")
 
     detector_path = out_dir / current.name
@@ -133,11 +133,11 @@ def update_edge_model(current: Path, train: list[LabelledImage], validation: lis
     else:
         shutil.copyfile(current, detector_path)
     companions = []
-    if refiner_name:
+    if parent_refiner is not None:
         with tempfile.TemporaryDirectory() as workdir:
-            refiner_net = _fine_tune_refiner(parent.refiner_path, parent.refiner_reject, train, validation, config, rng, Path(workdir))
-        refiner_path = out_dir / refiner_name
-        export_probabilities(refiner_net, refiner_path, CROP_SIZE, _metadata(parent.refiner_path))
+            refiner_net = _fine_tune_refiner(parent_refiner, parent.refiner_reject, train, validation, config, rng, Path(workdir))
+        refiner_path = out_dir / parent_refiner.name
+        export_probabilities(refiner_net, refiner_path, CROP_SIZE, _metadata(parent_refiner))
         companions.append(refiner_path)
 
     threshold = parent.min_confidence
@@ -149,6 +149,14 @@ def update_edge_model(current: Path, train: list[LabelledImage], validation: lis
     return EdgeUpdate(detector_path, companions, round(_score(_pairs(parent, validation), parent.min_confidence), 5),
                       round(_score(candidate_pairs, threshold), 5), threshold, len(train), len(validation),
                       round(time.perf_counter() - started, 1))
+
+
+def _served(store: ModelStore) -> str:
+    """The version `store` serves; ValueError when it serves none."""
+    version = store.current()
+    if version is None:
+        raise ValueError(f"{store.root}: no CURRENT version to update")
+    return version
 
 
 class OnlineUpdater:
@@ -169,8 +177,7 @@ class OnlineUpdater:
                  buffer: ReplayBuffer | None = None, monitor: AgreementMonitor | None = None,
                  trigger: UpdateTrigger | None = None, train_window: int = 100, min_gain: float = 0.0,
                  train: Callable[..., EdgeUpdate] = update_edge_model) -> None:
-        if store.current() is None:
-            raise ValueError(f"{store.root}: no CURRENT version to update")
+        _served(store)  # refused at once without a served version
         self.store, self.workdir, self.config = store, Path(workdir), config
         # `is None`, not `or`: an empty buffer is falsy.
         self.buffer = ReplayBuffer() if buffer is None else buffer
@@ -210,7 +217,7 @@ class OnlineUpdater:
     def _update(self, position: int | None) -> dict:
         train, validation = self.buffer.split()
         train = train[-self.train_window:]
-        parent = self.store.current()
+        parent = _served(self.store)
         out_dir = self.workdir / f"candidate-{len(self.updates) + 1}"
         try:
             update = self.train(self.store.detector_path(parent), train, validation, out_dir, self.config)

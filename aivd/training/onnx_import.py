@@ -34,20 +34,21 @@ def fold_batchnorm(net: nn.Module) -> nn.Module:
             conv, norm = layers[index], layers[index + 1]
             if not (isinstance(conv, nn.Conv2d) and isinstance(norm, nn.BatchNorm2d)):
                 continue
-            scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
-            bias = conv.bias if conv.bias is not None else torch.zeros_like(norm.running_mean)
-            fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                              conv.dilation, conv.groups, bias=True)
-            fused.weight.copy_(conv.weight * scale.reshape(-1, 1, 1, 1))
-            fused.bias.copy_((bias - norm.running_mean) * scale + norm.bias)
-            module[index], module[index + 1] = fused, nn.Identity()
+            mean, variance = norm.running_mean, norm.running_var
+            if mean is None or variance is None:  # normalised with each batch's own statistics: nothing to fold
+                continue
+            scale = norm.weight / torch.sqrt(variance + norm.eps)
+            bias = conv.bias if conv.bias is not None else torch.zeros_like(mean)
+            conv.weight.mul_(scale.reshape(-1, 1, 1, 1))
+            conv.bias = nn.Parameter((bias - mean) * scale + norm.bias)
+            module[index + 1] = nn.Identity()
     return net
 
 
-def _execution_order(net: nn.Module, example: torch.Tensor) -> list[nn.Module]:
-    order: list[nn.Module] = []
-    hooks = [m.register_forward_hook(lambda module, *_: order.append(module))
-             for m in net.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+def _execution_order(net: nn.Module, example: torch.Tensor) -> list[nn.Conv2d | nn.Linear]:
+    order: list[nn.Conv2d | nn.Linear] = []
+    hooks = [layer.register_forward_hook(lambda *_, layer=layer: order.append(layer))
+             for layer in net.modules() if isinstance(layer, (nn.Conv2d, nn.Linear))]
     try:
         with torch.no_grad():
             net(example)

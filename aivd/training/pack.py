@@ -157,19 +157,20 @@ def train_pack(plan: PackPlan, progress: Callable[[str, dict], None] = lambda st
     detector_file = template_file if templates else image_file
 
     if "detector" not in state["done"]:
-        config = DetectorTrainConfig(seed=plan.seed, input_scale=choose_input_scale(median_image_side(train)))
-        config = config if templates else config.without_templates()
-        train_images, val_images = load_samples(train.samples, config.input_scale), load_samples(val.samples, config.input_scale)
+        detector_config = DetectorTrainConfig(seed=plan.seed, input_scale=choose_input_scale(median_image_side(train)))
+        detector_config = detector_config if templates else detector_config.without_templates()
+        train_images = load_samples(train.samples, detector_config.input_scale)
+        val_images = load_samples(val.samples, detector_config.input_scale)
         run = DetectorRun(labels, scoring.select, time_budget_s=remaining() * STAGE_SHARE["detector"])
-        fitted = fit_detector(train_images, val_images, work / "detector", config, run, lambda r: progress("detector", r), resume)
+        fitted = fit_detector(train_images, val_images, work / "detector", detector_config, run, lambda r: progress("detector", r), resume)
         export_onnx(fitted["net"], pack_dir / detector_file,
-                    detector_metadata(labels, config, fitted["best"], "required" if templates else "none"))
-        finish("detector", {"config": asdict(config), "best": fitted["best"], "epochs": fitted["epochs"], "history": fitted["history"]})
+                    detector_metadata(labels, detector_config, fitted["best"], "required" if templates else "none"))
+        finish("detector", {"config": asdict(detector_config), "best": fitted["best"], "epochs": fitted["epochs"], "history": fitted["history"]})
 
     if "refiner" not in state["done"]:
-        config = RefinerTrainConfig(seed=plan.seed)
-        config = config if templates else replace(config, template_dropout=0.0, thickness_prob=0.0)
-        record = fit_refiner(train.samples, val.samples, pack_dir / detector_file, work / "refiner", config, "refiner.onnx",
+        refiner_config = RefinerTrainConfig(seed=plan.seed)
+        refiner_config = refiner_config if templates else replace(refiner_config, template_dropout=0.0, thickness_prob=0.0)
+        record = fit_refiner(train.samples, val.samples, pack_dir / detector_file, work / "refiner", refiner_config, "refiner.onnx",
                              remaining() * STAGE_SHARE["refiner"], lambda r: progress("refiner", r))
         (pack_dir / "refiner.onnx").write_bytes((work / "refiner" / "refiner.onnx").read_bytes())
         record["pipeline"] = package_with_detector(pack_dir / detector_file, pack_dir, val.samples, scoring, detector_file, "refiner.onnx")
@@ -177,9 +178,9 @@ def train_pack(plan: PackPlan, progress: Callable[[str, dict], None] = lambda st
         finish("refiner", record)
 
     if "classifier" not in state["done"]:
-        config = ClassifierTrainConfig(seed=plan.seed)
-        config = config if templates else replace(config, template_dropout=0.0, thickness_prob=0.0)
-        record = fit_classifier(train.samples, val.samples, pack_dir / detector_file, work / "classifier", config, "classifier.onnx",
+        classifier_config = ClassifierTrainConfig(seed=plan.seed)
+        classifier_config = classifier_config if templates else replace(classifier_config, template_dropout=0.0, thickness_prob=0.0)
+        record = fit_classifier(train.samples, val.samples, pack_dir / detector_file, work / "classifier", classifier_config, "classifier.onnx",
                                 scoring, remaining() * STAGE_SHARE["classifier"], lambda r: progress("classifier", r))
         (pack_dir / "classifier.onnx").write_bytes((work / "classifier" / "classifier.onnx").read_bytes())
         progress("classifier", {"calibrated": record["calibration"]["chosen"]})

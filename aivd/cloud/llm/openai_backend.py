@@ -230,6 +230,15 @@ class OpenAIAnalyzer:
             raise AnswerError(f"the answer has no text{f' (refusal: {refusal})' if refusal else ''}")
         return choice.message.content
 
+    def check(self, timeout_s: float) -> None:
+        """Raises `AnalyzerError` when the server does not list its models within `timeout_s` (one try): a cheap
+        request every OpenAI-compatible server (vLLM, llama.cpp, transformers serve) answers."""
+        try:
+            self._client.with_options(timeout=timeout_s, max_retries=0).models.list()
+        except self._openai.OpenAIError as error:
+            raise AnalyzerError(f"{self.name} at {redact_url(self.config.base_url)}: not answering: "
+                                f"{type(error).__name__}: {error.__cause__ or error}") from None
+
     def _count(self, cost: Analyses | None, sent: int, received: int) -> None:
         with self._lock:
             self.bytes_sent += sent
