@@ -165,3 +165,46 @@ def test_learning_serves_the_update_store_seeded_with_the_packs_model_and_bad_se
         with pytest.raises(ConfigError) as error:
             build_pipeline(build_config(None, {"update": {"enabled": True, "model_store": str(store)}} | overrides))
         assert str(error.value).startswith(line) and "\n" not in str(error.value)
+
+
+@pytest.mark.integration
+def test_aivd_inspect_with_a_learning_config_updates_swaps_and_counts_the_versions_served(tmp_path):
+    import json
+    import socket
+    import subprocess
+    import sys
+
+    from aivd.pipeline.demo import SAMPLES
+
+    def aivd(*args, rc=0):
+        run = subprocess.run([sys.executable, "-m", "aivd.cli.main", *map(str, args)], capture_output=True, text=True, timeout=600)
+        assert run.returncode == rc, run.stderr[-2000:]
+        return run
+
+    config = tmp_path / "pipeline.yaml"
+    # min_gain is 0, so a candidate no worse than its parent on the validation images is promoted.
+    config.write_text(f"update: {{enabled: true, model_store: {tmp_path / 'store'}, wait_for_updates: true, trigger: {{every: 3}},\n"
+                      "         learner: {detector_steps: 0, refiner_epochs: 1, threads: 1}}\n"
+                      "offload: {budget: 1.0}\n")
+    pairs = [path for path in sorted(SAMPLES.glob("*_test.jpg"))] * 3  # 18 images: updates at the 3rd, 6th, ... hard one
+    images = tmp_path / "images"
+    images.mkdir()
+    for index, path in enumerate(pairs):
+        (images / f"{index:02d}_{path.name}").write_bytes(path.read_bytes())
+        (images / f"{index:02d}_{path.name.replace('_test', '_temp')}").write_bytes(path.with_name(path.name.replace("_test", "_temp")).read_bytes())
+    aivd("inspect", images, "--config", config, "--out", tmp_path / "out", "--metrics-port", "0")
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    history = [json.loads(line) for line in (tmp_path / "store" / "history.jsonl").read_text().splitlines()]
+    assert history[0]["version"] == "v0001"  # the store was seeded with the pack's model
+    assert summary["images"] == 18 and sum(summary["model_versions"].values()) == 18
+    served = {name.rpartition("@")[2] for name in summary["model_versions"]}
+    promoted = {entry["version"] for entry in history if entry["action"] == "promote"}
+    # Only versions promoted in the store were served, and the first promotion (well before the end) was.
+    assert served <= promoted and (len(promoted) == 1 or served - {"v0001"}), (served, history)
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        failed = aivd("inspect", images, "--config", config, "--out", tmp_path / "again", "--metrics-port", port, rc=2)
+    assert f"--metrics-port {port}: cannot serve metrics on 127.0.0.1:{port}" in failed.stderr and "Traceback" not in failed.stderr
