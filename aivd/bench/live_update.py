@@ -1,12 +1,13 @@
 """`aivd bench live-update`: what an online update training beside `aivd inspect` costs inspection.
 
-The pipeline is the one a live run with `update.enabled` builds (its edge follows a model store). The images are
-inspected with nothing else running, before and after the update (`images_per_s_without_update` is the mean of
-the two, which brackets the load others put on a shared machine). In between, an update of the edge model is
-trained as the live learner trains it (`update.isolation`, `update.learner.threads`), from a replay buffer the
-pipeline itself labelled, while the same images are inspected over and over: every image finished between the
-update's start and its end counts (`images_per_s_during_update`). The update's start includes starting its
-process, as a live run's first update does.
+The pipeline is the one a live run with `update.enabled` builds (its edge follows a model store). It inspects the
+same images over and over for `duration_s`, while beside it an update of the edge model is trained again and
+again, as the live learner trains it (`update.isolation`, `update.learner.threads`), from a replay buffer the
+pipeline itself labelled, with `idle_s` seconds without training between updates. Each image finished while an
+update trained counts for `images_per_s_during_update`, each other one for `images_per_s_without_update`: the two
+rates are measured in alternating windows of one run, so load that others put on a shared machine, which drifts
+over minutes, weighs on both alike (two separate passes differed by up to 2x on the 2-core machine). The first
+update's time includes starting its process, as a live run's first update does.
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ def labelled_buffer(pipeline, tasks: list[InspectionTask]) -> ReplayBuffer:
     return buffer
 
 
-def bench_live_update(config: PipelineConfig, tasks: list[InspectionTask], train_tasks: list[InspectionTask]) -> dict:
+def bench_live_update(config: PipelineConfig, tasks: list[InspectionTask], train_tasks: list[InspectionTask],
+                      duration_s: float = 240.0, idle_s: float = 15.0) -> dict:
     """`config` with update.enabled (its model_store is replaced by a temporary one)."""
     from aivd.pipeline.live_update import ProcessTrainer, thread_trainer  # torch
 
@@ -57,44 +59,54 @@ def bench_live_update(config: PipelineConfig, tasks: list[InspectionTask], train
         store = ModelStore(update.model_store)
         train, validation = labelled_buffer(pipeline, train_tasks).split()
         inspect_tasks(tasks[:2], pipeline, work / "warm", QUIET)  # model sessions warmed up, as in a running line
-        before = inspect_tasks(tasks, pipeline, work / "before", QUIET).images_per_s
 
         trainer = ProcessTrainer() if update.isolation == "process" else None
         train_fn = trainer or thread_trainer()
-        span: dict = {}
+        spans: list[tuple[float, float]] = []
+        failures: list[Exception] = []
+        stop = threading.Event()
 
         def training() -> None:
-            span["start"] = time.perf_counter()
-            try:
-                span["update"] = train_fn(store.detector_path(store.current()), train, validation, work / "candidate", update.learner)
-            except Exception as error:  # raised again on the benchmark's thread, below
-                span["error"] = error
-            span["end"] = time.perf_counter()
+            while not stop.wait(idle_s):
+                started = time.perf_counter()
+                try:
+                    train_fn(store.detector_path(store.current()), train, validation, work / f"candidate-{len(spans)}", update.learner)
+                except Exception as error:  # raised again on the benchmark's thread, below
+                    failures.append(error)
+                    return
+                spans.append((started, time.perf_counter()))
 
         finished: list[float] = []
         worker = threading.Thread(target=training, name="bench-update")
+        begin = time.perf_counter()
+        worker.start()
         try:
-            worker.start()
             passes = 0
-            while worker.is_alive():
-                inspect_tasks(tasks, pipeline, work / f"during-{passes}", QUIET, on_result=lambda _: finished.append(time.perf_counter()))
+            while time.perf_counter() - begin < duration_s and not failures:
+                inspect_tasks(tasks, pipeline, work / f"pass-{passes}", QUIET, on_result=lambda _: finished.append(time.perf_counter()))
                 passes += 1
-            worker.join()
+            end = time.perf_counter()
         finally:
+            stop.set()
+            worker.join()
             if trainer is not None:
                 trainer.close()
-        after = inspect_tasks(tasks, pipeline, work / "after", QUIET).images_per_s
-    if "error" in span:
-        raise span["error"]
-    during = [t for t in finished if span["start"] <= t <= span["end"]]
-    seconds = span["end"] - span["start"]
-    # Before and after: on a shared machine the load others put on it drifts; their mean brackets the update.
-    without, with_update = (before + after) / 2, len(during) / seconds
+    if failures:
+        raise failures[0]
+    if not spans:
+        raise ValueError(f"no update finished within {duration_s:.0f} s: give a longer --duration")
+
+    def training_at(moment: float) -> bool:
+        return any(first <= moment <= last for first, last in spans)
+
+    busy = sum(min(last, end) - first for first, last in spans if first < end)
+    during = sum(map(training_at, finished))
+    without, with_update = (len(finished) - during) / (end - begin - busy), during / busy
+    seconds = [last - first for first, last in spans]
     return {
         "isolation": update.isolation, "torch_threads": update.learner.threads, "refiner_epochs": update.learner.refiner_epochs,
         "images": len(tasks), "train_images": len(train), "validation_images": len(validation),
-        "images_per_s_without_update": round(without, 2), "images_per_s_before_after": [round(before, 2), round(after, 2)],
-        "images_per_s_during_update": round(with_update, 2),
-        "ratio": round(with_update / without, 3), "update_seconds": round(seconds, 1), "images_during_update": len(during),
-        "update_fscore_before_after": [span["update"].fscore_before, span["update"].fscore_after],
+        "images_per_s_without_update": round(without, 2), "images_per_s_during_update": round(with_update, 2),
+        "ratio": round(with_update / without, 3), "updates": len(spans), "update_seconds": [round(t, 1) for t in seconds],
+        "seconds_training": round(busy, 1), "seconds": round(end - begin, 1),
     }

@@ -75,6 +75,8 @@ def bench_live_update_command(
     threads: int = typer.Option(1, min=1, help="Torch threads the update trains with."),
     refiner_epochs: int = typer.Option(8, min=1, help="Epochs the update fine-tunes the class refiner."),
     budget: float = typer.Option(0.3, min=0.0, max=1.0, help="Offload budget of the pipeline."),
+    duration: float = typer.Option(240.0, min=10.0, help="Seconds of inspection, with updates trained beside it on and off."),
+    idle: float = typer.Option(15.0, min=1.0, help="Seconds without training between two updates."),
 ) -> None:
     """Inspection throughput while an online update trains beside it, against without one (docs/online-learning.md)."""
     from aivd.bench.live_update import bench_live_update
@@ -89,7 +91,7 @@ def bench_live_update_command(
     except ConfigError as error:
         raise fail(str(error)) from None
     tasks = tasks_from_deeppcb(root, "test")[:limit]
-    print(json.dumps(bench_live_update(config, tasks, tasks_from_deeppcb(root, "trainval")[:train_images])))
+    print(json.dumps(bench_live_update(config, tasks, tasks_from_deeppcb(root, "trainval")[:train_images], duration, idle)))
 
 
 @bench_app.command("cluster")
