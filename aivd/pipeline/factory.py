@@ -143,7 +143,6 @@ def build_analyzer(cloud: CloudConfig, class_names: list[str], pack=None) -> Ana
 
 def _openai_analyzer(cloud: CloudConfig, class_names: list[str], knowledge) -> Analyzer:
     from aivd.cloud.knowledge import KnowledgeError
-    from aivd.cloud.llm.openai_backend import ConfigError as LLMConfigError
     from aivd.cloud.llm.openai_backend import OpenAIAnalyzer, OpenAIConfig
     from aivd.cloud.llm.prompts import PromptError
 
@@ -155,7 +154,7 @@ def _openai_analyzer(cloud: CloudConfig, class_names: list[str], knowledge) -> A
         else:
             config = OpenAIConfig.build({k: v for k, v in overrides.items() if v is not None}, "cloud.llm")
         return OpenAIAnalyzer(config, class_names, knowledge)
-    except (LLMConfigError, PromptError, KnowledgeError) as error:
+    except (PromptError, KnowledgeError) as error:
         raise ConfigError(str(error)) from None
 
 

@@ -37,8 +37,8 @@ from aivd.cloud.llm.prompts import (
     to_openai_messages,
 )
 from aivd.cloud.measure import measure
+from aivd.config import ConfigError  # one error for every unusable setting, whatever its file
 from aivd.core import Region
-from aivd.core.errors import AivdError
 from aivd.core.redaction import redact_url
 from aivd.data.yaml_files import first_problem, read_yaml_mapping
 from aivd.schema.analysis import DefectAnalysis, analysis_json_schema
@@ -54,10 +54,6 @@ from aivd.schema.analysis import DefectAnalysis, analysis_json_schema
 StructuredOutput = Literal["json_schema", "json_object", "structured_outputs", "guided_json", "none"]
 SCHEMA_NAME = "defect_analysis"
 FAILURES_SHOWN = 3  # a batch error quotes this many regions' failures and counts the rest
-
-
-class ConfigError(AivdError, ValueError):
-    """An LLM backend configuration that cannot be used; the message names the field and the problem."""
 
 
 class OpenAIConfig(BaseModel):
