@@ -54,7 +54,7 @@ def build_detector(edge: EdgeConfig, threads: int = 2) -> tuple[Detector, object
             except ValueError as error:  # what TiledDetector says of a tile size it cannot use
                 if isinstance(error, (ModelError, PackError)):
                     raise
-                raise ConfigError(f"edge.tile_size: {error}") from None
+                raise ConfigError(f"edge.tile_size (--tile-size): {error}") from None
         return _tiled(_model_detector(edge, threads), edge.tile_size), None
     except (ModelError, ModelStoreError, PackError) as error:
         raise ConfigError(str(error)) from None
@@ -106,7 +106,7 @@ def _tiled(detector: Detector, tile_size: int | None) -> Detector:
     try:
         return TiledDetector(detector, tile_size)
     except ValueError as error:
-        raise ConfigError(f"edge.tile_size: {error}") from None
+        raise ConfigError(f"edge.tile_size (--tile-size): {error}") from None
 
 
 def build_analyzer(cloud: CloudConfig, class_names: list[str], pack=None) -> Analyzer | None:
