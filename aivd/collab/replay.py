@@ -64,7 +64,8 @@ class ReplayBuffer:
     def split(self) -> tuple[list[LabelledImage], list[LabelledImage]]:
         """Training and validation images: every `validation_every`-th image added is held out for validation."""
         first = self.added - len(self.items)
-        train, validation = [], []
+        train: list[LabelledImage] = []
+        validation: list[LabelledImage] = []
         for offset, item in enumerate(self.items):
             (validation if self._is_validation(first + offset) else train).append(item)
         return train, validation

@@ -4,6 +4,7 @@ Ray runtime alike. Every problem is a `ConfigError` (an `AivdError`) that says w
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aivd.cloud.analyzer import Analyzer
 from aivd.collab.hard_examples import make_filter
@@ -11,6 +12,9 @@ from aivd.collab.offload import BudgetController, KeepAtEdge, MarginalErrorContr
 from aivd.config import CloudConfig, ConfigError, EdgeConfig, OffloadConfig, PipelineConfig
 from aivd.edge.detector import Detector
 from aivd.pipeline.engine import EdgeCloudPipeline
+
+if TYPE_CHECKING:
+    from aivd.packs import ModelPack
 
 BUILTIN = "builtin"
 
@@ -29,7 +33,7 @@ def build_pipeline(config: PipelineConfig, pixels_per_mm: float | None = None, *
     return EdgeCloudPipeline(detector, analyzer, config.cloud.proposal_threshold, scale, build_offloader(config.offload))
 
 
-def load_pack(name: str):
+def load_pack(name: str) -> ModelPack:
     """The model pack in folder `name` ('builtin': the shipped DeepPCB pack)."""
     from aivd.packs import PackError, builtin_pack
     from aivd.packs import load_pack as load_folder
@@ -40,7 +44,7 @@ def load_pack(name: str):
         raise ConfigError(str(error)) from None
 
 
-def build_detector(edge: EdgeConfig, threads: int = 2) -> tuple[Detector, object | None]:
+def build_detector(edge: EdgeConfig, threads: int = 2) -> tuple[Detector, ModelPack | None]:
     """The edge detector with `threads` ONNX threads, and the model pack it came from (None for `edge.model`)."""
     from aivd.edge.detector import ModelError
     from aivd.model_store import ModelStoreError
@@ -75,6 +79,7 @@ def _model_detector(edge: EdgeConfig, threads: int) -> Detector:
     from aivd.edge.detector import load_detector
 
     model, min_confidence = edge.model, edge.min_confidence
+    assert model is not None  # callers come here only with edge.model set
     if model.is_dir():
         from aivd.edge.hot_swap import HotSwapDetector
         from aivd.model_store import ModelStore
@@ -87,7 +92,7 @@ def _model_detector(edge: EdgeConfig, threads: int) -> Detector:
     return load_detector(model, min_confidence, threads)
 
 
-def edge_classes(edge: EdgeConfig) -> tuple[list[str], object | None]:
+def edge_classes(edge: EdgeConfig) -> tuple[list[str], ModelPack | None]:
     """The class names the edge detects and its pack (None for `edge.model`): what the cloud tier needs of the edge.
     A pack's names are in its manifest; only a given model is loaded to read them."""
     if edge.model is None:
@@ -121,6 +126,7 @@ def build_analyzer(cloud: CloudConfig, class_names: list[str], pack=None) -> Ana
         if cloud.backend == "http":
             from aivd.cloud.http_client import HttpAnalyzer
 
+            assert cloud.url is not None  # CloudConfig's validator requires a url for backend http
             try:
                 return HttpAnalyzer(cloud.url)
             except ValueError as error:
@@ -162,6 +168,7 @@ def _transformers_analyzer(cloud: CloudConfig, knowledge) -> Analyzer:
     from aivd.cloud.knowledge import KnowledgeError
 
     llm = cloud.llm
+    assert llm.model is not None  # CloudConfig's validator requires a model for backend transformers
     try:
         from aivd.cloud.llm.transformers_backend import TransformersAnalyzer
     except ImportError as error:

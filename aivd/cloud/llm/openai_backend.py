@@ -203,7 +203,8 @@ class OpenAIAnalyzer:
         openai = self._openai
         try:
             raw = self._client.chat.completions.with_raw_response.create(
-                model=self.config.model, messages=messages, max_tokens=self.config.max_tokens,
+                # The SDK types each message as a TypedDict with a literal role; ours come from the prompt file.
+                model=self.config.model, messages=messages, max_tokens=self.config.max_tokens,  # type: ignore[arg-type]
                 temperature=self.config.temperature, **self._request_options,
             )
             completion = raw.parse()
@@ -220,7 +221,7 @@ class OpenAIAnalyzer:
             raise AnswerError("the server answered no choices")
         choice = completion.choices[0]
         if choice.finish_reason == "length":
-            raise AnswerError(f"the answer was cut off at max_tokens={self.config.max_tokens}: {choice.message.content[:120]!r}")
+            raise AnswerError(f"the answer was cut off at max_tokens={self.config.max_tokens}: {(choice.message.content or '')[:120]!r}")
         if choice.message.content is None:
             refusal = getattr(choice.message, "refusal", None)
             raise AnswerError(f"the answer has no text{f' (refusal: {refusal})' if refusal else ''}")
