@@ -86,7 +86,7 @@ def test_bad_arguments_are_refused_clearly(tmp_path):
     assert f"{knowledge}: not valid YAML" in aivd("inspect", SAMPLES, "--out", tmp_path, "--knowledge", knowledge, check_rc=2).stderr
     assert "must be http(s)://" in aivd("inspect", SAMPLES, "--out", tmp_path, "--cloud", "ftp://x", check_rc=2).stderr
     assert "not a loadable ONNX model" in aivd("inspect", SAMPLES, "--out", tmp_path, "--model", broken, check_rc=2).stderr
-    assert "--tile-size: tile size must be at least 32 px" in aivd("inspect", SAMPLES, "--out", tmp_path, "--tile-size", "10", check_rc=2).stderr
+    assert "edge.tile_size (--tile-size): tile size must be at least 32 px" in aivd("inspect", SAMPLES, "--out", tmp_path, "--tile-size", "10", check_rc=2).stderr
     assert "not a DeepPCB root" in aivd("eval", "--deeppcb", tmp_path, check_rc=2).stderr
 
 

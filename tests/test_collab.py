@@ -184,3 +184,38 @@ def test_marginal_error_controller_settles_where_the_edge_errs_at_the_tolerated_
         decision = strict.decide(boxes(scores))
         strict.feedback(decision, (rng.random(10) >= decision.uncertainty)[decision.sent])
     assert 0.25 < strict.filter.cutoff < 0.35 and strict.upload_ratio < controller.upload_ratio
+
+
+@pytest.mark.integration
+def test_the_bench_replay_gives_what_inspect_with_the_same_config_gives(deeppcb_root, tmp_path):
+    """bench collab's budget run is the live path: the same records, region for region, and the same figures."""
+    import json
+
+    from conftest import write_file
+    from typer.testing import CliRunner
+
+    from aivd.bench.collab import budget_offloader, budget_run, collect, replay
+    from aivd.cli.main import app
+    from aivd.config import build_config
+    from aivd.data.deeppcb import load_split
+    from aivd.pipeline.factory import build_pipeline
+
+    samples = load_split(deeppcb_root, "test")[:40]
+    config_file = write_file(tmp_path / "line.yaml", "offload: {budget: 0.3, window: 100, warmup: 20}\n"
+                                                     "imaging: {pixels_per_mm: 48}\noutputs: {annotate: false, report: false}\n")
+    config = build_config(config_file)
+    pipeline = build_pipeline(config)
+    outcomes = collect(pipeline, samples)
+    bench = budget_run(pipeline, outcomes, "threshold", 0.3, config.offload)
+    replayed = replay(pipeline, outcomes, budget_offloader("threshold", 0.3, config.offload))
+
+    result = CliRunner().invoke(app, ["inspect", *[str(s.image_path) for s in samples], "--config", str(config_file),
+                                      "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    records = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
+    assert [r["image_id"] for r in records] == [o.image_id for o in outcomes]
+    for record, image in zip(records, replayed):
+        for key in ("defects", "rejected"):
+            assert record[key] == [d.model_dump(mode="json") for d in getattr(image, key)], record["image_id"]
+    assert summary["offload_ratio"] == bench["offload_ratio"] and 0 < summary["sent"] < summary["candidates"]

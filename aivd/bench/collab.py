@@ -32,11 +32,12 @@ import numpy as np
 from aivd.cloud.analyzer import Analyses
 from aivd.collab.drift_monitor import TriggerConfig, UpdateTrigger
 from aivd.collab.hard_examples import FilterConfig, make_filter
-from aivd.collab.offload import EASY, HARD, LabelAll, OffloadDecision, Offloader, SendAll
-from aivd.config import OffloadConfig
+from aivd.collab.offload import EASY, HARD, LabelAll, MarginalErrorController, OffloadDecision, Offloader, SendAll
+from aivd.config import ConfigError, OffloadConfig
 from aivd.core import Detections, Region
 from aivd.data.drift import DriftPhase, drifted
 from aivd.data.images import read_pair
+from aivd.edge.detector import TemplateDetector
 from aivd.edge.hot_swap import HotSwapDetector
 from aivd.eval.protocol import evaluate
 from aivd.model_store import ModelStore
@@ -70,7 +71,7 @@ class ImageOutcome:
     def cloud(self) -> CloudAnswers:
         sent = np.zeros(len(self.candidates), bool)
         sent[list(self.analyses)] = True
-        return CloudAnswers.of([self.analyses[i] for i in np.flatnonzero(sent)], sent, self.candidates.labels)
+        return CloudAnswers.of([self.analyses[i] for i in np.flatnonzero(sent).tolist()], sent, self.candidates.labels)
 
 
 class RecordedAnalyzer:
@@ -92,7 +93,7 @@ class RecordedAnalyzer:
         pass
 
 
-def collect(pipeline: EdgeCloudPipeline, samples, drift: list[DriftPhase] = (), seed: int = 0) -> list[ImageOutcome]:
+def collect(pipeline: EdgeCloudPipeline, samples, drift: Sequence[DriftPhase] = (), seed: int = 0) -> list[ImageOutcome]:
     """Run both tiers over every candidate of every image once, as the (optionally drifting) camera sees it."""
     everything = _sending_all(pipeline)
     return [observe(everything, sample, *drifted(index, *read_pair(sample.image_path, sample.template_path), list(drift), seed))
@@ -105,6 +106,7 @@ def _sending_all(pipeline: EdgeCloudPipeline) -> EdgeCloudPipeline:
 
 def observe(everything: EdgeCloudPipeline, sample, image: np.ndarray, template: np.ndarray | None) -> ImageOutcome:
     """One image through the edge, and each of its candidates through the cloud (`everything` sends them all)."""
+    assert everything.analyzer is not None  # the bench measures offloading: its callers refuse a pipeline without a cloud
     proposal = everything.propose(image, template, sample.image_id)
     analyses = everything.analyzer.analyze(proposal.regions) if proposal.regions else []
     sent = np.flatnonzero(proposal.decision.sent).tolist()
@@ -117,15 +119,17 @@ def observe(everything: EdgeCloudPipeline, sample, image: np.ndarray, template: 
 
 def replayer(pipeline: EdgeCloudPipeline, offloader: Offloader) -> EdgeCloudPipeline:
     """`pipeline` with `offloader` as its offloading stage and recorded answers as its cloud."""
+    assert pipeline.analyzer is not None  # the bench measures offloading: its callers refuse a pipeline without a cloud
     recorded = RecordedAnalyzer(pipeline.analyzer.name)
     return EdgeCloudPipeline(pipeline.detector, recorded, pipeline.proposal_threshold, pipeline.pixels_per_mm, offloader)
 
 
 def replay_one(replaying: EdgeCloudPipeline, outcome: ImageOutcome) -> ImageResult:
     """One image through the live pipeline's offloading decision, cloud half and merge, from its recorded answers."""
+    assert isinstance(replaying.analyzer, RecordedAnalyzer)  # `replaying` is built by `replayer`
     replaying.analyzer.record(outcome)
     decision = replaying.decide(outcome.candidates)
-    regions = [outcome.regions[i] for i in np.flatnonzero(decision.sent)]
+    regions = [outcome.regions[i] for i in np.flatnonzero(decision.sent).tolist()]
     return replaying.complete(Proposal(outcome.candidates, decision, regions, outcome.edge_threshold, {}))
 
 
@@ -205,6 +209,7 @@ def budget_run(pipeline: EdgeCloudPipeline, outcomes: list[ImageOutcome], filter
 def accuracy_target_run(pipeline: EdgeCloudPipeline, outcomes: list[ImageOutcome], filter_name: str, target: float, seed: int) -> dict:
     """The `MarginalErrorController` image by image: the cloud's answers on what it is sent are its only labels."""
     controller = build_offloader(OffloadConfig(filter=FilterConfig(name=filter_name), target_accuracy=target, seed=seed))
+    assert isinstance(controller, MarginalErrorController)  # what a target_accuracy builds
     return {"filter": filter_name, "target": target, **figures(outcomes, replay(pipeline, outcomes, controller)),
             "final_cutoff": round(controller.filter.cutoff, 4)}
 
@@ -287,8 +292,10 @@ def online_pass(pipeline: EdgeCloudPipeline, stream, phase: DriftPhase, filter_n
     from aivd.config import LearnerConfig
     from aivd.training.online_update import OnlineUpdater  # torch: only for this pass
 
-    store = ModelStore(settings.workdir / "models")
     detector = pipeline.detector
+    if not isinstance(detector, TemplateDetector):  # the store is seeded with its file, and the update retrains that model
+        raise ConfigError(f"the online update needs an edge that is one aivd detector file (edge.model), not {detector.name}")
+    store = ModelStore(settings.workdir / "models")
     store.promote(store.publish(detector.path, [detector.refiner_path] if detector.refiner_path else [], metrics={"source": "shipped"}))
     edge = HotSwapDetector(store, poll_s=0.0)
     live = EdgeCloudPipeline(edge, pipeline.analyzer, pipeline.proposal_threshold, pipeline.pixels_per_mm)

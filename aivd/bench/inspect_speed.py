@@ -14,6 +14,7 @@ import onnxruntime as ort
 from aivd.pipeline.engine import EdgeCloudPipeline
 from aivd.pipeline.inputs import InspectionTask
 from aivd.pipeline.inspect import InspectOptions, inspect_tasks
+from aivd.schema.records import InspectionRecord
 
 
 def _percentiles(values: list[float]) -> dict[str, float]:
@@ -29,7 +30,7 @@ def bench_inspect(tasks: list[InspectionTask], pipeline: EdgeCloudPipeline, anno
         stages: dict[str, list[float]] = {}
         wall, processed, regions, sent, received = 0.0, 0, 0, 0, 0
         for run in range(repeat):
-            records = []
+            records: list[InspectionRecord] = []
             summary = inspect_tasks(tasks, pipeline, Path(scratch) / f"run{run}", options, records.append)
             wall += summary.wall_s
             processed += summary.images

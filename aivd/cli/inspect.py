@@ -7,6 +7,7 @@ import dataclasses
 import os
 import shlex
 import sys
+from collections.abc import Iterable
 from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
@@ -45,7 +46,7 @@ from aivd.cli.pipeline_options import (
 )
 from aivd.cli.ui import console, error_line, fail, progress_bar, shown, warning_line
 from aivd.core.redaction import MASK, redact_command, redact_url
-from aivd.pipeline.inputs import TemplateMode
+from aivd.pipeline.inputs import InspectionTask, TemplateMode
 
 # Where a run is written, not what it inspects: not stored with the run's arguments.
 RUN_LOCATION = ("context", "out", "resume", "db", "metrics_port")
@@ -236,10 +237,12 @@ def _inspect(out: Path, db: str, resuming: bool, lock, args: SimpleNamespace, me
         raise fail("--fps and --max-frames apply to video files and --stream")
     if videos and edge.templates is TemplateMode.require and edge.template is None:
         raise fail("--templates require: video frames have no template beside them; give --template FILE")
-    tasks, total = [], None
+    tasks: Iterable[InspectionTask] = []  # a list, a lazy iterator of videos' frames, or a live stream
+    total: int | None = None
     try:
         if args.deeppcb:
             tasks = tasks_from_deeppcb(resolve_deeppcb(args.deeppcb), args.split)
+            total = len(tasks)
         elif not args.stream:
             tasks, total = tasks_with_videos(args.paths, edge.templates, edge.template, args.fps, args.max_frames)
     except DatasetError as error:
@@ -247,7 +250,6 @@ def _inspect(out: Path, db: str, resuming: bool, lock, args: SimpleNamespace, me
     if args.deeppcb:
         if edge.templates is TemplateMode.none:
             tasks = [dataclasses.replace(task, template_path=None, error=None) for task in tasks]
-        total = len(tasks)
     if total == 0:
         raise fail("no images found in the given paths")
     lock = lock or _claim_output(out)

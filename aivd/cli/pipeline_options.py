@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import NamedTuple, Optional
+from typing import Any, NamedTuple, Optional
 
 import typer
 
@@ -127,7 +127,7 @@ def flag_overrides(
     if backend not in (None, CloudBackend.builtin) and classifier:
         raise fail(f"--cloud-backend {backend.value} runs an LLM: --classifier is for the builtin backend")
     edge = {"model": model, "min_confidence": min_confidence, "tile_size": tile_size, "pack": None if pack is None else str(pack)}
-    cloud_tier = {"classifier": classifier, "knowledge": knowledge, "proposal_threshold": proposal,
+    cloud_tier: dict[str, Any] = {"classifier": classifier, "knowledge": knowledge, "proposal_threshold": proposal,
                   "llm": {name: value for name, value in llm._asdict().items() if value is not None}}
     if edge_only:
         cloud_tier["backend"] = "none"
@@ -136,7 +136,7 @@ def flag_overrides(
     elif backend is not None:
         cloud_tier["backend"] = backend.value
     offload = {"budget": offload_budget, "filter": None if offload_filter is None else {"name": offload_filter}}
-    sections = {"edge": edge, "cloud": cloud_tier, "offload": offload, "imaging": {"pixels_per_mm": pixels_per_mm}}
+    sections: dict[str, dict[str, Any]] = {"edge": edge, "cloud": cloud_tier, "offload": offload, "imaging": {"pixels_per_mm": pixels_per_mm}}
     return {section: given for section, values in sections.items() if (given := _given(values))}
 
 

@@ -69,6 +69,7 @@ def watch(
             raise fail(str(error)) from None
         except OSError as error:
             raise fail(f"{out}: cannot write the output folder ({error.strerror or error})") from None
+        assert writer.store is not None and writer.run_id is not None  # watch always gives a database: the journal is there
         source = FolderWatch(folder, writer.store, writer.run_id, template_mode=settings.edge.templates,
                              template=settings.edge.template, exclude=(out,), settle_s=settle, queue_size=queue_size,
                              on_event=warning_line)

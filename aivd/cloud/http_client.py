@@ -87,7 +87,8 @@ class HttpAnalyzer:
     def _requests(self, payloads: list[RegionPayload], regions: Sequence[Region]) -> list[list[RegionPayload]]:
         """The payloads in consecutive requests within the service's limits (a region over them alone, to be
         refused with the service's reason)."""
-        limits, requests, current, pixels, size = self.limits, [], [], 0, 0
+        limits, requests, pixels, size = self.limits, [], 0, 0
+        current: list[RegionPayload] = []
         for payload, region in zip(payloads, regions):
             region_pixels = region.image.size + (0 if region.template is None else region.template.size)
             region_size = len(payload.image_png) + len(payload.template_png or "") + 300  # + ids, box, JSON

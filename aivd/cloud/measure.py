@@ -116,6 +116,7 @@ def measure(region: Region, copper_dark: bool = True, pcb_facts: bool = True) ->
 
 def _copper_facts(region: Region, copper_dark: bool) -> dict:
     test, template = copper_masks(region, copper_dark)
+    assert template is not None  # measured only for a region with a template
     window = _box_window(region.box, test.shape, BOX_MARGIN_PX)
     extra = int(np.count_nonzero(test & ~template & window))
     missing = int(np.count_nonzero(template & ~test & window))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from typing import Any
 
 import anyio
 from fastapi import FastAPI, Request
@@ -17,6 +18,8 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_core import ErrorDetails
+from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import aivd
@@ -135,9 +138,10 @@ class Refused(Exception):
         self.detail = detail
 
 
-def _validation_message(errors: list[dict], body: object) -> str:
+def _validation_message(errors: list[ErrorDetails], body: object) -> str:
     """One line for pydantic's errors, naming the region by its region_id where the error is inside one."""
-    regions = body.get("regions") if isinstance(body, dict) and isinstance(body.get("regions"), list) else []
+    given = body.get("regions") if isinstance(body, dict) else None
+    regions = given if isinstance(given, list) else []
     lines = []
     for item in errors[:MAX_ERRORS_SHOWN]:
         loc = [part for part in item["loc"] if part != "body"]
@@ -213,7 +217,7 @@ def _openapi_with_request_body(app: FastAPI) -> dict:
     return app.openapi_schema
 
 
-ERRORS = {
+ERRORS: dict[int | str, dict[str, Any]] = {
     413: {"model": ErrorResponse, "description": "the body is over `max_body_bytes`"},
     422: {"model": ErrorResponse, "description": "invalid JSON, an invalid region, or over the work budget"},
     500: {"model": ErrorResponse, "description": "the analyzer crashed on this batch"},
@@ -326,5 +330,5 @@ def create_app(analyzer: Analyzer, limits: ServiceLimits = ServiceLimits()) -> F
     # Added after the routes so that the known endpoints are all there; FastAPI builds the middleware stack at
     # startup. The last added is the outermost: accounting sees the 413s too.
     app.add_middleware(BodyLimit, max_body_bytes=limits.max_body_bytes, advice="send fewer regions per request")
-    app.add_middleware(HttpAccounting, metrics=metrics, endpoints=frozenset(route.path for route in app.routes))
+    app.add_middleware(HttpAccounting, metrics=metrics, endpoints=frozenset(route.path for route in app.routes if isinstance(route, Route)))
     return app

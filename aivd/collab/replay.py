@@ -73,7 +73,8 @@ class ReplayBuffer:
 
     def split(self) -> tuple[list[LabelledImage], list[LabelledImage]]:
         """Training and validation images, in the order they were added."""
-        train, validation = [], []
+        train: list[LabelledImage] = []
+        validation: list[LabelledImage] = []
         for item in self.items:
             (validation if item.validation else train).append(item)
         return train, validation

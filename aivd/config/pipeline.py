@@ -250,10 +250,12 @@ PATH_KEYS = (("edge", "pack"), ("edge", "model"), ("edge", "template"), ("cloud"
 def _anchored(data: dict, folder: Path) -> dict:
     data = merged(data, {})
     for *sections, key in PATH_KEYS:
-        parent = data
+        parent: dict | None = data
         for section in sections:
             parent = parent.get(section) if isinstance(parent, dict) else None
-        value = parent.get(key) if isinstance(parent, dict) else None
+        if not isinstance(parent, dict):
+            continue
+        value = parent.get(key)
         if isinstance(value, str) and value != "builtin" and not Path(value).is_absolute():
             parent[key] = str(folder / value)
     return data

@@ -34,11 +34,20 @@ class ModelError(AivdError, ValueError):
 
 
 class Detector(Protocol):
-    name: str
-    labels: LabelMap
-    uses_template: bool
+    # Read-only properties, not attributes: wrappers (tiling, hot swap) expose their inner detector's values.
+    @property
+    def name(self) -> str: ...
 
-    min_confidence: float  # the calibrated (or user's) threshold for decisions made at the edge
+    @property
+    def labels(self) -> LabelMap: ...
+
+    @property
+    def uses_template(self) -> bool: ...
+
+    @property
+    def min_confidence(self) -> float:
+        """The calibrated (or user's) threshold for decisions made at the edge."""
+        ...
 
     def detect(self, image: np.ndarray, template: np.ndarray | None = None, min_confidence: float | None = None) -> Detections:
         """Defects in `image`; `min_confidence` overrides the detector's threshold for this call (the edge-cloud

@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from aivd.core import Detections
+from aivd.core import Detections, LabelMap
 from aivd.edge.detector import ModelError, TemplateDetector
 from aivd.edge.tiling import TiledDetector
 from aivd.model_store import ModelStore, ModelStoreError
@@ -39,7 +39,7 @@ class HotSwapDetector:
         self._checked = time.monotonic()
 
     @property
-    def labels(self):
+    def labels(self) -> LabelMap:
         return self.detector.labels
 
     @property

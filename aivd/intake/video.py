@@ -83,6 +83,7 @@ def video_tasks(path: Path, name: str, fps: float | None = None, max_frames: int
                     yield InspectionTask(f"{name}-f{index}", f"{path}#f{index}", template, frame=_gray(frame))
                     taken += 1
                     if not every_frame:
+                        assert fps is not None  # every frame is taken without one
                         due = (math.floor(at * fps + 1e-9) + 1) / fps
             index += 1
         if index == 0:
@@ -197,6 +198,7 @@ class LiveStream:
                     self._fresh.wait()
                 if self._closed.is_set():
                     return
+                assert self._latest is not None  # the wait ends on close or on a newer frame
                 seen, frame, at = self._latest
             stamp = at.strftime("%Y%m%dT%H%M%S.%f")[:-3] + "Z"
             repeats = repeats + 1 if stamp == last_stamp else 0  # two frames in one millisecond: the ids stay unique

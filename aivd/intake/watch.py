@@ -133,9 +133,9 @@ class FolderWatch:
                     version = self._whole(path, state)
                     if version is None:
                         continue
-                    entry = self.store.queue_intake(self.run_id, str(path), *version, self._image_id(path))
+                    queued = self.store.queue_intake(self.run_id, str(path), *version, self._image_id(path))
                     self._forget(path, state)
-                    if entry is not None and not self._offer(self._task(entry)):
+                    if queued is not None and not self._offer(self._task(queued)):
                         return
         except BaseException as failure:  # a database that fails: the inspector ends the run with its error
             self._failure = failure

@@ -23,7 +23,7 @@ def run_demo(pipeline: EdgeCloudPipeline, out_dir: Path, samples: Path = SAMPLES
     output = evaluate_results(read_results(out_dir), truth)
     evaluation = write_report(
         out_dir / "evaluation.html", "aivd demo: bundled DeepPCB samples", output.summary(), output.classes,
-        output.confusion, output.result.matches, {t.image_id: t.image_path for t in tasks}, include_correct=True,
+        output.confusion, output.result.matches, {t.image_id: Path(t.image_path) for t in tasks}, include_correct=True,
         extra={"pipeline": pipeline.name, "speed": f"{summary.images_per_s:.1f} images/s ({summary.images} images, including start-up)"},
     )
     return {"images": summary.images, "failed": summary.failed, "defects": summary.defects, "report": str(out_dir / "report.html"), "evaluation": str(evaluation), **output.summary()}

@@ -180,6 +180,7 @@ class EdgeCloudPipeline:
         candidates, decision = proposal.candidates, proposal.decision
         analyses, cloud_error = Analyses(), None
         if proposal.regions:
+            assert self.analyzer is not None  # without one the offloader is KeepAtEdge, and propose cuts no region
             started = time.perf_counter()
             try:
                 analyses = self.analyzer.analyze(proposal.regions)
@@ -224,11 +225,12 @@ def _widened(decision: OffloadDecision, eligible: np.ndarray) -> OffloadDecision
     if eligible.all():
         return decision
     sent, reasons = np.zeros(len(eligible), bool), [BELOW_PROPOSAL] * len(eligible)
-    uncertainty = None if decision.uncertainty is None else np.full(len(eligible), np.nan)
     for position, index in enumerate(np.flatnonzero(eligible)):
         sent[index], reasons[index] = decision.sent[position], decision.reasons[position]
-        if uncertainty is not None:
-            uncertainty[index] = decision.uncertainty[position]
+    uncertainty = None
+    if decision.uncertainty is not None:
+        uncertainty = np.full(len(eligible), np.nan)
+        uncertainty[eligible] = decision.uncertainty
     return OffloadDecision(sent, reasons, uncertainty, decision.cutoff)
 
 

@@ -4,6 +4,7 @@ Ray runtime alike. Every problem is a `ConfigError` (an `AivdError`) that says w
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aivd.cloud.analyzer import Analyzer
 from aivd.collab.hard_examples import make_filter
@@ -11,6 +12,9 @@ from aivd.collab.offload import BudgetController, KeepAtEdge, MarginalErrorContr
 from aivd.config import CloudConfig, ConfigError, EdgeConfig, OffloadConfig, PipelineConfig, UpdateConfig
 from aivd.edge.detector import Detector
 from aivd.pipeline.engine import EdgeCloudPipeline
+
+if TYPE_CHECKING:
+    from aivd.packs import ModelPack
 
 BUILTIN = "builtin"
 
@@ -31,7 +35,7 @@ def build_pipeline(config: PipelineConfig, pixels_per_mm: float | None = None, *
     return EdgeCloudPipeline(detector, analyzer, config.cloud.proposal_threshold, scale, build_offloader(config.offload))
 
 
-def load_pack(name: str):
+def load_pack(name: str) -> ModelPack:
     """The model pack in folder `name` ('builtin': the shipped DeepPCB pack)."""
     from aivd.packs import PackError, builtin_pack
     from aivd.packs import load_pack as load_folder
@@ -42,7 +46,7 @@ def load_pack(name: str):
         raise ConfigError(str(error)) from None
 
 
-def build_detector(edge: EdgeConfig, threads: int = 2) -> tuple[Detector, object | None]:
+def build_detector(edge: EdgeConfig, threads: int = 2) -> tuple[Detector, ModelPack | None]:
     """The edge detector with `threads` ONNX threads, and the model pack it came from (None for `edge.model`)."""
     from aivd.edge.detector import ModelError
     from aivd.model_store import ModelStoreError
@@ -56,7 +60,7 @@ def build_detector(edge: EdgeConfig, threads: int = 2) -> tuple[Detector, object
             except ValueError as error:  # what TiledDetector says of a tile size it cannot use
                 if isinstance(error, (ModelError, PackError)):
                     raise
-                raise ConfigError(f"edge.tile_size: {error}") from None
+                raise ConfigError(f"edge.tile_size (--tile-size): {error}") from None
         return _tiled(_model_detector(edge, threads), edge.tile_size), None
     except (ModelError, ModelStoreError, PackError) as error:
         raise ConfigError(str(error)) from None
@@ -120,6 +124,7 @@ def _model_detector(edge: EdgeConfig, threads: int) -> Detector:
     from aivd.edge.detector import load_detector
 
     model, min_confidence = edge.model, edge.min_confidence
+    assert model is not None  # callers come here only with edge.model set
     if model.is_dir():
         from aivd.edge.hot_swap import HotSwapDetector
         from aivd.model_store import ModelStore
@@ -132,7 +137,7 @@ def _model_detector(edge: EdgeConfig, threads: int) -> Detector:
     return load_detector(model, min_confidence, threads)
 
 
-def edge_classes(edge: EdgeConfig) -> tuple[list[str], object | None]:
+def edge_classes(edge: EdgeConfig) -> tuple[list[str], ModelPack | None]:
     """The class names the edge detects and its pack (None for `edge.model`): what the cloud tier needs of the edge.
     A pack's names are in its manifest; only a given model is loaded to read them."""
     if edge.model is None:
@@ -151,7 +156,7 @@ def _tiled(detector: Detector, tile_size: int | None) -> Detector:
     try:
         return TiledDetector(detector, tile_size)
     except ValueError as error:
-        raise ConfigError(f"edge.tile_size: {error}") from None
+        raise ConfigError(f"edge.tile_size (--tile-size): {error}") from None
 
 
 def build_analyzer(cloud: CloudConfig, class_names: list[str], pack=None) -> Analyzer | None:
@@ -166,6 +171,7 @@ def build_analyzer(cloud: CloudConfig, class_names: list[str], pack=None) -> Ana
         if cloud.backend == "http":
             from aivd.cloud.http_client import HttpAnalyzer
 
+            assert cloud.url is not None  # CloudConfig's validator requires a url for backend http
             try:
                 return HttpAnalyzer(cloud.url)
             except ValueError as error:
@@ -188,7 +194,6 @@ def build_analyzer(cloud: CloudConfig, class_names: list[str], pack=None) -> Ana
 
 def _openai_analyzer(cloud: CloudConfig, class_names: list[str], knowledge) -> Analyzer:
     from aivd.cloud.knowledge import KnowledgeError
-    from aivd.cloud.llm.openai_backend import ConfigError as LLMConfigError
     from aivd.cloud.llm.openai_backend import OpenAIAnalyzer, OpenAIConfig
     from aivd.cloud.llm.prompts import PromptError
 
@@ -200,7 +205,7 @@ def _openai_analyzer(cloud: CloudConfig, class_names: list[str], knowledge) -> A
         else:
             config = OpenAIConfig.build({k: v for k, v in overrides.items() if v is not None}, "cloud.llm")
         return OpenAIAnalyzer(config, class_names, knowledge)
-    except (LLMConfigError, PromptError, KnowledgeError) as error:
+    except (PromptError, KnowledgeError) as error:
         raise ConfigError(str(error)) from None
 
 
@@ -208,6 +213,7 @@ def _transformers_analyzer(cloud: CloudConfig, knowledge) -> Analyzer:
     from aivd.cloud.knowledge import KnowledgeError
 
     llm = cloud.llm
+    assert llm.model is not None  # CloudConfig's validator requires a model for backend transformers
     try:
         from aivd.cloud.llm.transformers_backend import TransformersAnalyzer
     except ImportError as error:

@@ -126,7 +126,7 @@ class ResultWriter:
         self.out_dir = Path(out_dir)
         self.options = options
         self._lock = lock or OutputLock(self.out_dir)
-        self.store = None
+        self.store: ResultStore | None = None
         try:
             self._open(options)
         except BaseException:
@@ -154,7 +154,7 @@ class ResultWriter:
             if options.database is not None:
                 self.store = ResultStore(database_url(self.out_dir, options.database))
             clear_run_outputs(self.out_dir)
-            if self.store is not None:
+            if self.store is not None and options.database is not None:  # the store is opened from the database
                 self.run_id = self.store.start_run(options.command, options.config)
                 write_marker(self.out_dir, self.run_id, options.database)
             _write_lines(results, [])
@@ -183,6 +183,7 @@ class ResultWriter:
                 (self.out_dir / "deeppcb" / f"{record.image_id}.txt").write_text(format_submission(detections))
         line = json.dumps(record.model_dump(mode="json")) + "\n"
         if self.store is not None:
+            assert self.run_id is not None  # _open starts or reopens a run in every store it opens
             self.store.add(self.run_id, record, intake_id)
         self._jsonl.write(line)
         self._jsonl.flush()
@@ -193,6 +194,7 @@ class ResultWriter:
         os.fsync(self._jsonl.fileno())
         _write_atomically(self.out_dir / "summary.json", json.dumps(summary.as_json(), indent=2) + "\n")
         if self.store is not None:
+            assert self.run_id is not None  # _open starts or reopens a run in every store it opens
             self.store.finish_run(self.run_id, asdict(summary), "interrupted" if summary.interrupted else "finished")
         if self.options.report:
             write_inspection_report(
@@ -240,6 +242,7 @@ def _load(task: InspectionTask, limits: ImageLimits):
 
 def _frame_pair(task: InspectionTask, limits: ImageLimits):
     """A frame in memory is held to the same size limits as an image file."""
+    assert task.frame is not None  # called only for a task with a frame
     image = task.frame()
     if problem := limits.size_problem(image.shape[1], image.shape[0]):
         raise ImageError(task.image_path, problem)

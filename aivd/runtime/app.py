@@ -14,7 +14,8 @@ No `from __future__ import annotations` here: FastAPI reads the ingress's parame
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import ray
 from fastapi import FastAPI, File, Form, HTTPException, UploadFile
@@ -42,7 +43,7 @@ MAX_UPLOAD_BYTES = 32 * 1024 * 1024  # one image or template
 MAX_REQUEST_BYTES = 64 * 1024 * 1024  # one request, counted while it is received (see BodyLimit)
 MAX_BATCH_IMAGES = 32
 # Starlette's answer to a body that is not multipart/form-data it can parse; documented so that clients know it.
-UNREADABLE_FORM = {400: {"description": "the body is not readable multipart/form-data"}}
+UNREADABLE_FORM: dict[int | str, dict[str, Any]] = {400: {"description": "the body is not readable multipart/form-data"}}
 NODE_CLASS_RESOURCE = "aivd_class_"  # a Ray node offering aivd_class_<name> hosts edge replicas of that class
 
 
@@ -61,7 +62,7 @@ class CloudHandleAnalyzer:
             self.proposal_threshold = described["proposal_threshold"]
         self.timeout_s = timeout_s
 
-    def analyze(self, regions: list[Region]) -> Analyses:
+    def analyze(self, regions: Sequence[Region]) -> Analyses:
         try:  # Ray moves the regions as objects; the bytes counted are the backend's own (HTTP to its server)
             outcome = self.handle.analyze.remote(regions).result(timeout_s=self.timeout_s)
         except Exception as error:  # any failure of the remote tier leaves the image with the edge's result
@@ -81,11 +82,14 @@ class CloudAnalyzer:
     """The pipeline's cloud tier (`pipeline.cloud`), built as `aivd inspect` builds it, with the edge's classes."""
 
     def __init__(self, config: ClusterConfig) -> None:
-        self.analyzer = build_analyzer(config.pipeline.cloud, *edge_classes(config.pipeline.edge))
+        analyzer = build_analyzer(config.pipeline.cloud, *edge_classes(config.pipeline.edge))
+        assert analyzer is not None  # build_app deploys the cloud only for a backend other than none
+        self.analyzer = analyzer
         self.batched = config.pipeline.cloud.backend in BATCHED_BACKENDS
         self.check_timeout_s = config.health_check_timeout_s / 2  # within Serve's timeout, so that our reason shows
-        self.analyze.set_max_batch_size(config.cloud.max_batch_size)
-        self.analyze.set_batch_wait_timeout_s(config.cloud.batch_wait_s)
+        # Ray's stubs type @serve.batch's result as the plain method; at run time it has these setters.
+        self.analyze.set_max_batch_size(config.cloud.max_batch_size)  # type: ignore[attr-defined]
+        self.analyze.set_batch_wait_timeout_s(config.cloud.batch_wait_s)  # type: ignore[attr-defined]
 
     def describe(self) -> dict:
         return {"name": self.analyzer.name, "proposal_threshold": getattr(self.analyzer, "proposal_threshold", None)}
@@ -105,7 +109,8 @@ class CloudAnalyzer:
         if len(requests) > 1:
             joint = await asyncio.to_thread(self._analyze, [region for regions in requests for region in regions])
             if not isinstance(joint, AnalyzerError):
-                out, start = [], 0
+                out: list[Analyses | AnalyzerError] = []
+                start = 0
                 for regions in requests:  # in-process backends cost no bytes: there are none to split
                     out.append(Analyses(joint[start:start + len(regions)]))
                     start += len(regions)
@@ -133,7 +138,7 @@ def _replica_class(config: ClusterConfig) -> tuple[str, int, EdgeNodeClass]:
     rank = context.rank if isinstance(context.rank, int) else context.rank.rank
     if config.placement == "resources":
         node_id = ray.get_runtime_context().get_node_id()
-        resources = next((n["Resources"] for n in ray.nodes() if n["NodeID"] == node_id), {})
+        resources: dict[str, float] = next((n["Resources"] for n in ray.nodes() if n["NodeID"] == node_id), {})
         for name in resources:
             if name.startswith(NODE_CLASS_RESOURCE):
                 return replica_id, rank, config.class_named(name.removeprefix(NODE_CLASS_RESOURCE))
@@ -143,7 +148,9 @@ def _replica_class(config: ClusterConfig) -> tuple[str, int, EdgeNodeClass]:
 
 @serve.deployment(name="edge")
 class EdgeNode:
-    async def __init__(self, config: ClusterConfig, cloud: DeploymentHandle | None, updater: DeploymentHandle | None = None) -> None:
+    # Ray Serve awaits an async constructor; Python's typing has no such thing.
+    async def __init__(self, config: ClusterConfig, cloud: DeploymentHandle | None,  # type: ignore[misc]
+                       updater: DeploymentHandle | None = None) -> None:
         self.replica_id, rank, self.node_class = _replica_class(config)
         # Each replica's link draws its own trace, fixed by the config's seed and the replica's rank.
         self.emulated = EmulatedNode(self.node_class.slowdown, self.node_class.link, seed=[config.seed, rank],
@@ -242,9 +249,7 @@ class Ingress:
     async def check_health(self) -> None:
         await self.edge_health.check()
 
-    async def _upload(self, upload: UploadFile | None) -> bytes | None:
-        if upload is None:
-            return None
+    async def _upload(self, upload: UploadFile) -> bytes:
         data = await upload.read(MAX_UPLOAD_BYTES + 1)
         if len(data) > MAX_UPLOAD_BYTES:
             raise HTTPException(413, f"{upload.filename}: over the limit of {MAX_UPLOAD_BYTES} bytes")
@@ -276,7 +281,7 @@ class Ingress:
     async def inspect(self, image: UploadFile = File(..., description="the image: JPEG, PNG, BMP or TIFF"),
                       template: UploadFile | None = File(None, description="its aligned defect-free template"),
                       image_id: str | None = Form(None, description="default: the file name without extension")):
-        data, reference = await self._upload(image), await self._upload(template)
+        data, reference = await self._upload(image), None if template is None else await self._upload(template)
         name = image.filename or "image"
         template_name = template.filename if template is not None else None
         return await self._inspect(data, reference, name, image_id or name.rsplit(".", 1)[0], template_name)
@@ -296,10 +301,12 @@ class Ingress:
         async def one(index: int, image: UploadFile, template: UploadFile | None) -> InspectionRecord:
             async with in_flight:
                 name = image.filename or f"image-{index}"
-                return await self._inspect(await self._upload(image), await self._upload(template), name,
+                reference = None if template is None else await self._upload(template)
+                return await self._inspect(await self._upload(image), reference, name,
                                            name.rsplit(".", 1)[0], template.filename if template is not None else None)
 
-        pairs = zip(images, templates or [None] * len(images))
+        given: Sequence[UploadFile | None] = templates or [None] * len(images)
+        pairs = zip(images, given)
         return list(await asyncio.gather(*(one(index, image, template) for index, (image, template) in enumerate(pairs))))
 
     @api.get("/healthz")
@@ -313,16 +320,17 @@ class Ingress:
 
 
 def request_router_config(config: ClusterConfig) -> RequestRouterConfig:
+    # Ray annotates RequestRouterConfig's **kwargs as dict[str, Any] each (it means the kwargs' dict): hence the ignores.
     stats = {"request_routing_stats_period_s": config.routing_stats_period_s,
              "request_routing_stats_timeout_s": max(config.routing_stats_period_s, 1.0)}
     if config.policy == RAY_DEFAULT_ROUTER:
-        return RequestRouterConfig(**stats)
+        return RequestRouterConfig(**stats)  # type: ignore[arg-type]
     return RequestRouterConfig(
-        request_router_class="aivd.runtime.router:PolicyRequestRouter",
+        request_router_class="aivd.runtime.router:PolicyRequestRouter",  # type: ignore[arg-type]
         request_router_kwargs={"policy": config.policy, "weights": config.weights.model_dump(),
                                "queue_bound": config.max_ongoing_requests,
                                "stats_period_s": config.routing_stats_period_s, "seed": config.seed},
-        **stats,
+        **stats,  # type: ignore[arg-type]
     )
 
 
@@ -339,16 +347,17 @@ def build_app(config: ClusterConfig):
     health = {"health_check_period_s": config.health_check_period_s, "health_check_timeout_s": config.health_check_timeout_s}
     cloud = None
     if config.pipeline.cloud.backend != "none":
-        cloud = CloudAnalyzer.options(
+        # Ray's stubs type @serve.deployment's result as the decorated class; at run time it is a Deployment.
+        cloud = CloudAnalyzer.options(  # type: ignore[attr-defined]
             num_replicas=config.cloud.replicas, max_ongoing_requests=4 * config.cloud.max_batch_size,
             ray_actor_options=actor_options(config.cloud_resources), **health,
         ).bind(config)
-    edge = EdgeNode.options(
+    edge = EdgeNode.options(  # type: ignore[attr-defined]
         num_replicas=config.edge_replicas, max_ongoing_requests=config.max_ongoing_requests,
         request_router_config=request_router_config(config),
         ray_actor_options=actor_options(config.edge_resources), **health,
     ).bind(config, cloud, _updater(config))
-    return Ingress.options(
+    return Ingress.options(  # type: ignore[attr-defined]
         max_ongoing_requests=10_000, ray_actor_options=actor_options(config.ingress_resources), **health,
     ).bind(edge, config)
 

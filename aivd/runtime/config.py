@@ -11,9 +11,12 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from aivd.config import PipelineConfig, build_config
+from aivd.config import (
+    ConfigError,  # one error for every unusable setting, whatever its file
+    PipelineConfig,
+    build_config,
+)
 from aivd.config.pipeline import problems_of
-from aivd.core.errors import AivdError
 from aivd.data.yaml_files import read_yaml_mapping
 from aivd.scheduling import POLICIES, AivdConfig
 from aivd.sim.scenarios import LinkProfile
@@ -23,10 +26,6 @@ RAY_DEFAULT_ROUTER = "ray"
 # Keys cluster.yaml had before it took a pipeline: where they went.
 MOVED = {"pack": "pipeline.edge.pack", "model_store": "pipeline.edge.model", "model_poll_s": "pipeline.edge.model_poll_s",
          "pixels_per_mm": "pipeline.imaging.pixels_per_mm"}
-
-
-class ConfigError(AivdError, ValueError):
-    pass
 
 
 class Strict(BaseModel):

@@ -64,6 +64,7 @@ class EmulatedNode:
 
     def device_time_s(self) -> float:
         """One service time of the emulated device: lognormal with mean `service_s` and spread `service_cv`."""
+        assert self.service_s is not None  # drawn only for a node given a service time
         sigma = math.sqrt(math.log1p(self.service_cv**2))
         return self.service_s * math.exp(sigma * self._work.standard_normal() - sigma**2 / 2)
 

@@ -58,11 +58,11 @@ class DecisionTimes:
         return lower + (upper - lower) * (rank - below) / max(int(counts[index]), 1)
 
     def summary(self, policy: str) -> dict:
-        decisions = int(self.counts.sum())
-        if not decisions:
+        median, p99 = self.quantile(0.5), self.quantile(0.99)
+        if median is None or p99 is None:  # no decision yet
             return {"policy": policy, "decisions": 0}
-        return {"policy": policy, "decisions": decisions, "median_ms": round(self.quantile(0.5) * 1000, 4),
-                "p99_ms": round(self.quantile(0.99) * 1000, 4)}
+        return {"policy": policy, "decisions": int(self.counts.sum()), "median_ms": round(median * 1000, 4),
+                "p99_ms": round(p99 * 1000, 4)}
 
 
 # One per process: Ray builds the request router itself, in the process that holds the handle (the ingress), and the
@@ -78,7 +78,8 @@ class EdgeMetrics:
     def __init__(self, node_class: str) -> None:
         self.tags = {"node_class": node_class}
         keys = ("node_class",)
-        self.images = Counter("aivd_edge_images", description="images inspected, by status", tag_keys=(*keys, "status"))
+        # Ray Serve annotates tag_keys as tuple[str] (one key); it takes any number, as ray.util.metrics does.
+        self.images = Counter("aivd_edge_images", description="images inspected, by status", tag_keys=(*keys, "status"))  # type: ignore[arg-type]
         self.candidates = Counter("aivd_edge_candidates", description="candidate regions the edge proposed", tag_keys=keys)
         self.offloaded = Counter("aivd_edge_offloaded", description="candidate regions sent to the cloud", tag_keys=keys)
         self.cloud_errors = Counter("aivd_edge_cloud_errors", description="images whose cloud analysis failed", tag_keys=keys)

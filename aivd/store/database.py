@@ -291,9 +291,9 @@ class ResultStore:
         with self._errors("write"), self._engine.begin() as connection:
             if connection.execute(select(intake_files.c.id).where(*key)).first() is not None:
                 return None
-            entry_id = connection.execute(intake_files.insert().values(
+            entry_id = _inserted_id(connection.execute(intake_files.insert().values(
                 run_id=run_id, path=path, size=size, mtime_ns=mtime_ns, image_id=image_id, state="queued", queued_at=_now(),
-            )).inserted_primary_key[0]
+            )))
             # A run's image ids must be unique (a resumed run skips the ids it has done, and they name output files):
             # a rewritten file, or `a/x.jpg` beside `a-x.jpg`, takes the entry's number.
             unique, suffix = image_id, 0
@@ -314,10 +314,10 @@ class ResultStore:
 
     def intake_counts(self, run_id: int) -> dict[str, int]:
         """The run's journal entries per state."""
-        query = (select(intake_files.c.state, func.count().label("count"))
+        query = (select(intake_files.c.state, func.count().label("entries"))
                  .where(intake_files.c.run_id == run_id).group_by(intake_files.c.state))
         with self._errors("read"), self._engine.connect() as connection:
-            return {row.state: row.count for row in connection.execute(query)}
+            return {row.state: row.entries for row in connection.execute(query)}  # not row.count: a Row is a tuple
 
     def finish_run(self, run_id: int, summary: dict, status: str = "finished") -> None:
         """Record the run's end, how it ended (finished or interrupted) and its totals (images, ok, failed, defects

@@ -37,8 +37,8 @@ from aivd.cloud.llm.prompts import (
     to_openai_messages,
 )
 from aivd.cloud.measure import measure
+from aivd.config import ConfigError  # one error for every unusable setting, whatever its file
 from aivd.core import Region
-from aivd.core.errors import AivdError
 from aivd.core.redaction import redact_url
 from aivd.data.yaml_files import first_problem, read_yaml_mapping
 from aivd.schema.analysis import DefectAnalysis, analysis_json_schema
@@ -54,10 +54,6 @@ from aivd.schema.analysis import DefectAnalysis, analysis_json_schema
 StructuredOutput = Literal["json_schema", "json_object", "structured_outputs", "guided_json", "none"]
 SCHEMA_NAME = "defect_analysis"
 FAILURES_SHOWN = 3  # a batch error quotes this many regions' failures and counts the rest
-
-
-class ConfigError(AivdError, ValueError):
-    """An LLM backend configuration that cannot be used; the message names the field and the problem."""
 
 
 class OpenAIConfig(BaseModel):
@@ -207,7 +203,8 @@ class OpenAIAnalyzer:
         openai = self._openai
         try:
             raw = self._client.chat.completions.with_raw_response.create(
-                model=self.config.model, messages=messages, max_tokens=self.config.max_tokens,
+                # The SDK types each message as a TypedDict with a literal role; ours come from the prompt file.
+                model=self.config.model, messages=messages, max_tokens=self.config.max_tokens,  # type: ignore[arg-type]
                 temperature=self.config.temperature, **self._request_options,
             )
             completion = raw.parse()
@@ -224,7 +221,7 @@ class OpenAIAnalyzer:
             raise AnswerError("the server answered no choices")
         choice = completion.choices[0]
         if choice.finish_reason == "length":
-            raise AnswerError(f"the answer was cut off at max_tokens={self.config.max_tokens}: {choice.message.content[:120]!r}")
+            raise AnswerError(f"the answer was cut off at max_tokens={self.config.max_tokens}: {(choice.message.content or '')[:120]!r}")
         if choice.message.content is None:
             refusal = getattr(choice.message, "refusal", None)
             raise AnswerError(f"the answer has no text{f' (refusal: {refusal})' if refusal else ''}")

@@ -200,7 +200,7 @@ def to_openai_messages(messages: list[dict], images_png: list[bytes]) -> list[di
     images = iter(images_png)
     converted = []
     for message in messages:
-        parts = [
+        parts: list[dict[str, Any]] = [
             {"type": "image_url", "image_url": {"url": "data:image/png;base64," + base64.b64encode(next(images)).decode("ascii")}}
             if part["type"] == "image" else {"type": "text", "text": part["text"]}
             for part in message["content"]

@@ -20,6 +20,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -29,6 +30,12 @@ from aivd.cloud.llm.prompts import AnswerError, build_messages, load_prompt, par
 from aivd.cloud.measure import measure
 from aivd.core import DEEPPCB_CLASSES, Region
 from aivd.schema.analysis import analysis_json_schema
+
+if TYPE_CHECKING:
+    from transformers import GenerationMixin, PreTrainedModel
+
+    class GenerativeModel(PreTrainedModel, GenerationMixin):
+        """What `AutoModelForImageTextToText` loads: a model that generates (no single transformers class says so)."""
 
 TRAINING_RECORD = "training.json"  # beside an adapter trained by `aivd finetune train`: its classes and prompt
 MAX_CAUSES = 4
@@ -100,6 +107,7 @@ class ChatEncoder:
     def prompt_ids(self, messages: list[dict], image_grid) -> list[int]:
         """Token ids of `messages` up to the assistant's turn, each image placeholder expanded to its tokens."""
         text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        assert isinstance(text, str) and isinstance(self.image_token, str)  # untokenized text; one id's token
         pieces = text.split(self.image_token)
         if len(pieces) - 1 != len(image_grid):
             raise ValueError(f"the chat holds {len(pieces) - 1} image placeholders but {len(image_grid)} images were given")
@@ -158,7 +166,8 @@ def load_vlm(model: str | Path, adapter: str | Path | None = None, device: str =
     device = choose_device(device)
     if dtype is None:
         dtype = torch.bfloat16 if device.startswith("cuda") and torch.cuda.is_bf16_supported() else torch.float32
-    network = AutoModelForImageTextToText.from_pretrained(model, dtype=dtype).to(device)
+    # transformers wraps PreTrainedModel.to with functools.wraps, which type checkers read as an unbound function.
+    network = AutoModelForImageTextToText.from_pretrained(model, dtype=dtype).to(device)  # type: ignore[arg-type]
     if adapter is not None:
         from peft import PeftModel
 
@@ -171,7 +180,7 @@ def load_vlm(model: str | Path, adapter: str | Path | None = None, device: str =
 class ConstrainedGenerator:
     """Greedy generation constrained to `decoding_schema(class_names, max_new_tokens)`."""
 
-    model: object
+    model: GenerativeModel  # or a PEFT model around one, which forwards parameters() and generate()
     encoder: ChatEncoder
     class_names: tuple[str, ...]
     max_new_tokens: int = 256
@@ -182,7 +191,8 @@ class ConstrainedGenerator:
 
         schema = json.dumps(decoding_schema(self.class_names, self.max_new_tokens))
         self.constraint = get_json_schema_logits_processor(
-            "outlines_core", outlines.from_transformers(self.model, self.encoder.tokenizer), schema, whitespace_pattern=WHITESPACE,
+            # outlines annotates the tokenizer as transformers 4's slow PreTrainedTokenizer; it takes any tokenizer.
+            "outlines_core", outlines.from_transformers(self.model, self.encoder.tokenizer), schema, whitespace_pattern=WHITESPACE,  # type: ignore[arg-type]
         )
 
     def generate(self, chats: Sequence[list[dict]], images: Sequence[list[np.ndarray]]) -> list[str]:
