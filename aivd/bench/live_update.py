@@ -56,7 +56,9 @@ def bench_live_update(config: PipelineConfig, tasks: list[InspectionTask], train
         work = Path(workdir)
         update = config.update.model_copy(update={"model_store": work / "store"})
         pipeline = build_pipeline(config.model_copy(update={"update": update}))
-        store = ModelStore(update.model_store)
+        store = ModelStore(work / "store")
+        served = store.current()  # the version build_pipeline seeded: every update starts from it
+        assert served is not None
         train, validation = labelled_buffer(pipeline, train_tasks).split()
         inspect_tasks(tasks[:2], pipeline, work / "warm", QUIET)  # model sessions warmed up, as in a running line
 
@@ -70,7 +72,7 @@ def bench_live_update(config: PipelineConfig, tasks: list[InspectionTask], train
             while not stop.wait(idle_s):
                 started = time.perf_counter()
                 try:
-                    train_fn(store.detector_path(store.current()), train, validation, work / f"candidate-{len(spans)}", update.learner)
+                    train_fn(store.detector_path(served), train, validation, work / f"candidate-{len(spans)}", update.learner)
                 except Exception as error:  # raised again on the benchmark's thread, below
                     failures.append(error)
                     return

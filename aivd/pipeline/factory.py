@@ -78,6 +78,7 @@ def following_update_store(update: UpdateConfig, edge: EdgeConfig, detector: Det
     if edge.min_confidence is not None:
         raise ConfigError("edge.min_confidence does not apply with update.enabled: each version in the store carries its threshold")
     model, tile_size = _served_model(detector)
+    assert update.model_store is not None  # UpdateConfig requires one when enabled
     try:
         store = ModelStore(update.model_store)
     except OSError as error:

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 
+import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Info, start_http_server
 
 from aivd.collab.offload import LabelAll
@@ -124,8 +125,8 @@ class LiveMetrics:
 class _Handed:
     position: int
     image_id: str
-    image: object
-    template: object
+    image: np.ndarray
+    template: np.ndarray | None
     result: ImageResult
 
 
@@ -150,7 +151,7 @@ class LiveLearner:
     def updates(self) -> list[dict]:
         return self.updater.updates
 
-    def offer(self, position: int, image_id: str, image, template, result: ImageResult) -> bool:
+    def offer(self, position: int, image_id: str, image: np.ndarray, template: np.ndarray | None, result: ImageResult) -> bool:
         """Hand one inspected image over; False when the queue is full and the image is not observed. In `wait`
         mode this returns once the learner has observed it (and trained, if it triggered an update)."""
         item = _Handed(position, image_id, image, template, result)
@@ -249,6 +250,7 @@ def learner_for(update: UpdateConfig, metrics: LiveMetrics | None = None, isolat
     except ImportError as error:
         raise ConfigError(f"update.enabled needs PyTorch, in aivd's train extra: pip install 'aivd[train]' ({error})") from None
 
+    assert update.model_store is not None  # UpdateConfig requires one when enabled
     workdir = tempfile.TemporaryDirectory(prefix="aivd-learner-")  # candidates, until published into the store
     trainer = ProcessTrainer() if (isolation or update.isolation) == "process" else None
     updater = OnlineUpdater(ModelStore(update.model_store), Path(workdir.name), update.learner, trigger=UpdateTrigger(update.trigger),
@@ -279,8 +281,10 @@ def live(config: PipelineConfig, pipeline: EdgeCloudPipeline, metrics_port: int 
          metrics_host: str = "127.0.0.1") -> Iterator[Live]:
     """The learner (with `config.update.enabled`) and the metrics server (with a `metrics_port`) for one run of
     `pipeline`; pass what it yields to `inspect_tasks`. On leaving, the learner finishes what it was handed."""
-    result = Live(metrics=LiveMetrics() if metrics_port is not None else None)
-    with result.metrics.serving(metrics_port, metrics_host) if result.metrics else _nothing() as port:
+    result = Live()
+    if metrics_port is not None:
+        result.metrics = LiveMetrics()
+    with result.metrics.serving(metrics_port, metrics_host) if metrics_port is not None and result.metrics else _nothing() as port:
         result.metrics_port = port
         if config.update.enabled:
             result.learner = build_learner(config.update, pipeline, result.metrics)

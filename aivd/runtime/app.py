@@ -372,7 +372,8 @@ def _updater(config: ClusterConfig):
 
     following_update_store(config.pipeline.update, config.pipeline.edge, build_detector(config.pipeline.edge, threads=1)[0])
 
-    return EdgeUpdater.options(ray_actor_options=actor_options(config.updater_resources)).bind(config.pipeline.update)
+    return EdgeUpdater.options(  # type: ignore[attr-defined]
+        ray_actor_options=actor_options(config.updater_resources)).bind(config.pipeline.update)
 
 
 def app_builder(args: dict):
