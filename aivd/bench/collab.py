@@ -42,7 +42,7 @@ from aivd.edge.hot_swap import HotSwapDetector
 from aivd.eval.protocol import evaluate
 from aivd.model_store import ModelStore
 from aivd.pipeline.engine import CloudAnswers, EdgeCloudPipeline, ImageResult, Proposal, merge_tiers
-from aivd.pipeline.factory import build_offloader
+from aivd.pipeline.factory import build_offloader, served_model
 from aivd.pipeline.learning import learn_from, regions_sent
 from aivd.schema.analysis import DefectAnalysis
 from aivd.schema.wire import encode_region
@@ -292,8 +292,8 @@ def online_pass(pipeline: EdgeCloudPipeline, stream, phase: DriftPhase, filter_n
     from aivd.config import LearnerConfig
     from aivd.training.online_update import OnlineUpdater  # torch: only for this pass
 
-    detector = pipeline.detector
-    if not isinstance(detector, TemplateDetector):  # the store is seeded with its file, and the update retrains that model
+    detector, _ = served_model(pipeline.detector)  # the pack's template-aware model, the one an update retrains
+    if not isinstance(detector, TemplateDetector):  # the store is seeded with its file
         raise ConfigError(f"the online update needs an edge that is one aivd detector file (edge.model), not {detector.name}")
     store = ModelStore(settings.workdir / "models")
     store.promote(store.publish(detector.path, [detector.refiner_path] if detector.refiner_path else [], metrics={"source": "shipped"}))

@@ -77,7 +77,7 @@ def following_update_store(update: UpdateConfig, edge: EdgeConfig, detector: Det
 
     if edge.min_confidence is not None:
         raise ConfigError("edge.min_confidence does not apply with update.enabled: each version in the store carries its threshold")
-    model, tile_size = _served_model(detector)
+    model, tile_size = served_model(detector)
     assert update.model_store is not None  # UpdateConfig requires one when enabled
     try:
         store = ModelStore(update.model_store)
@@ -95,16 +95,16 @@ def following_update_store(update: UpdateConfig, edge: EdgeConfig, detector: Det
     return _tiled(following, tile_size)
 
 
-def _served_model(detector: Detector, tile_size: int | None = None) -> tuple[Detector, int | None]:
+def served_model(detector: Detector, tile_size: int | None = None) -> tuple[Detector, int | None]:
     """The one model behind the pack, tiling and store wrappers (what an update starts from), and its tile size."""
     from aivd.edge.hot_swap import HotSwapDetector
     from aivd.edge.tiling import TiledDetector
     from aivd.packs.pack import PackDetector
 
     if isinstance(detector, TiledDetector):
-        return _served_model(detector.detector, detector.tile_size)
+        return served_model(detector.detector, detector.tile_size)
     if isinstance(detector, PackDetector):
-        return _served_model(detector.template_aware or detector.image_only, tile_size)
+        return served_model(detector.template_aware or detector.image_only, tile_size)
     if isinstance(detector, HotSwapDetector):
         return detector.detector, tile_size
     return detector, tile_size
