@@ -149,13 +149,11 @@ def _resumed_arguments(out: Path, db: str, arguments: dict, context: typer.Conte
     folder, against which its relative paths were given."""
     from pydantic import TypeAdapter, ValidationError
 
-    from aivd.pipeline.run_folder import ResumeError, read_marker, resume_database
-    from aivd.store import ResultStore, StoreError
+    from aivd.pipeline.run_folder import ResumeError, held_run
+    from aivd.store import StoreError
 
     try:
-        marker = read_marker(out)
-        with ResultStore(resume_database(out, marker, db)) as store:
-            run = store.run(marker.run_id)
+        run = held_run(out, db)
     except (ResumeError, StoreError) as error:
         raise fail(str(error)) from None
     if "arguments" not in run.config:

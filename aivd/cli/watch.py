@@ -95,15 +95,13 @@ def watch(
 def _holds_watch_of(out: Path, folder: Path, database: str) -> bool:
     """Whether OUT holds a watch run of `folder`, to be continued; False when it holds no run. A run of anything
     else is a one-line exit: its files are not replaced by a service that was pointed at the wrong folder."""
-    from aivd.pipeline.run_folder import MARKER_FILE, ResumeError, read_marker, resume_database
-    from aivd.store import ResultStore, StoreError
+    from aivd.pipeline.run_folder import MARKER_FILE, ResumeError, held_run
+    from aivd.store import StoreError
 
     if not (out / MARKER_FILE).exists():
         return False
     try:
-        marker = read_marker(out)
-        with ResultStore(resume_database(out, marker, database)) as store:
-            run = store.run(marker.run_id)
+        run = held_run(out, database)
     except (ResumeError, StoreError) as error:
         raise fail(str(error)) from None
     if run.config.get("watch") != str(folder):

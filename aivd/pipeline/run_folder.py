@@ -102,6 +102,16 @@ def resume_database(out_dir: Path, marker: RunMarker, given: str) -> str:
     return given
 
 
+def held_run(out_dir: Path, given: str):
+    """The run OUT holds, as its database stored it (`given`: as for `resume_database`). Raises ResumeError or
+    StoreError saying why it cannot be read."""
+    from aivd.store import ResultStore
+
+    marker = read_marker(out_dir)
+    with ResultStore(resume_database(out_dir, marker, given)) as store:
+        return store.run(marker.run_id)
+
+
 def clear_run_outputs(out_dir: Path) -> None:
     """Remove the marker and the files an earlier run wrote to `out_dir`, which a new run replaces."""
     (out_dir / MARKER_FILE).unlink(missing_ok=True)
