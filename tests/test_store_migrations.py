@@ -2,6 +2,8 @@
 and reach the newest schema; the migrations build exactly the tables aivd.store.database declares."""
 
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -77,13 +79,18 @@ def test_a_versioned_database_at_an_older_revision_is_upgraded(store_url):
     assert schema_differences(store_url) == []
 
 
-@pytest.mark.parametrize("dump, revision", [("d574e17.sql", "0001"), ("fe89ace.sql", "0002")])
-def test_a_sqlite_file_written_by_an_older_aivd_keeps_its_rows(tmp_path, dump, revision):
+def old_sqlite_file(tmp_path, dump: str) -> str:
+    """The URL of a SQLite file made from one of OLD_DATABASES' dumps."""
     path = tmp_path / "aivd.sqlite"
     with sqlite3.connect(path) as connection:
         connection.executescript((OLD_DATABASES / dump).read_text())
     connection.close()
-    url = f"sqlite:///{path}"
+    return f"sqlite:///{path}"
+
+
+@pytest.mark.parametrize("dump, revision", [("d574e17.sql", "0001"), ("fe89ace.sql", "0002")])
+def test_a_sqlite_file_written_by_an_older_aivd_keeps_its_rows(tmp_path, dump, revision):
+    url = old_sqlite_file(tmp_path, dump)
     with ResultStore(url) as store:
         assert (store.schema.before, store.schema.after) == (revision, HEAD)
         stored = store.records(1)
@@ -122,3 +129,21 @@ def test_a_database_from_a_newer_aivd_is_refused_in_one_line(store_url):
     engine.dispose()
     with pytest.raises(StoreError, match=r"has schema revision '9999', which this aivd does not know .* written by a newer aivd"):
         ResultStore(store_url)
+
+
+@pytest.mark.integration
+def test_aivd_db_upgrade_says_what_it_did_in_one_line(tmp_path):
+    def aivd_db_upgrade(url: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "aivd.cli.main", "db", "upgrade", "--db", url],
+                              capture_output=True, text=True, timeout=120)
+
+    url = old_sqlite_file(tmp_path, "fe89ace.sql")
+    first, second = aivd_db_upgrade(url), aivd_db_upgrade(url)
+    assert (first.returncode, first.stdout) == (0, f"{url}: schema upgraded from revision 0002 to {HEAD}\n"), first.stderr
+    assert (second.returncode, second.stdout) == (0, f"{url}: schema at revision {HEAD}, up to date\n"), second.stderr
+    new = aivd_db_upgrade(f"sqlite:///{tmp_path / 'new.sqlite'}")
+    assert new.stdout == f"sqlite:///{tmp_path / 'new.sqlite'}: schema created at revision {HEAD}\n"
+    refused = aivd_db_upgrade("postgresql+psycopg://inspector:s3cret@127.0.0.1:1/aivd")  # nothing listens on port 1
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert refused.stderr.startswith("error: cannot open the result database postgresql+psycopg://inspector:***@127.0.0.1:1/aivd: ")
+    assert refused.stderr.count("\n") == 1 and "s3cret" not in refused.stderr

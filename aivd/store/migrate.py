@@ -30,18 +30,12 @@ class SchemaUpgrade:
     after: str
 
 
-def _config(connection: Connection | None = None) -> Config:
+def alembic_config(connection: Connection) -> Config:
+    """Alembic's configuration for running commands (upgrade, stamp, downgrade) on `connection`: no alembic.ini."""
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     config.attributes["connection"] = connection
     return config
-
-
-def head() -> str:
-    """The newest revision: the schema of aivd.store.database's tables."""
-    revision = ScriptDirectory.from_config(_config()).get_current_head()
-    assert revision is not None  # None only for a folder without revisions
-    return revision
 
 
 def unversioned_revision(connection: Connection) -> str | None:
@@ -78,7 +72,7 @@ def upgrade(engine: Engine, name: str) -> SchemaUpgrade:
     does not know."""
     with engine.connect() as connection:
         _lock(connection)
-        config = _config(connection)
+        config = alembic_config(connection)
         script = ScriptDirectory.from_config(config)
         newest = script.get_current_head()
         assert newest is not None
