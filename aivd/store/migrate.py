@@ -71,11 +71,15 @@ def upgrade(engine: Engine, name: str) -> SchemaUpgrade:
     database written before versioning first. StoreError, naming the database `name`, for a revision this aivd
     does not know."""
     with engine.connect() as connection:
-        _lock(connection)
         config = alembic_config(connection)
         script = ScriptDirectory.from_config(config)
         newest = script.get_current_head()
         assert newest is not None
+        # A current database, the usual case, is only read: no write lock for every process that opens it.
+        if MigrationContext.configure(connection).get_current_revision() == newest:
+            return SchemaUpgrade(newest, newest)
+        connection.rollback()  # the lock must begin the transaction, and what was read may change before it is held
+        _lock(connection)
         before = MigrationContext.configure(connection).get_current_revision()
         if before is None:
             before = unversioned_revision(connection)
