@@ -1,4 +1,5 @@
 import importlib.util
+import itertools
 import json
 import os
 import re
@@ -7,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -120,6 +122,45 @@ def neu_det_root() -> Path:
             pytest.fail("NEU-DET not found: set AIVD_NEU_DET_ROOT or place it at ../shared/data/neu-det")
         pytest.skip("NEU-DET data set not available")
     return root
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """$AIVD_TEST_POSTGRES_URL, a PostgreSQL database the tests create schemas in (`.ci/postgres` makes one and
+    prints its URL); skipped without it, except where AIVD_REQUIRE_POSTGRES=1 (CI) makes that a failure."""
+    url = os.environ.get("AIVD_TEST_POSTGRES_URL")
+    if not url:
+        if os.environ.get("AIVD_REQUIRE_POSTGRES") == "1":
+            pytest.fail("AIVD_TEST_POSTGRES_URL is not set: run .ci/postgres and export the URL it prints")
+        pytest.skip("no PostgreSQL server: set AIVD_TEST_POSTGRES_URL (.ci/postgres prints one)")
+    yield url
+
+
+_schemas = itertools.count()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request, tmp_path) -> Iterator[str]:
+    """The URL of an empty result database: a SQLite file, or a schema of its own in the PostgreSQL test database
+    (the URL sets it as the connection's search_path), dropped afterwards with everything in it."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'aivd.sqlite'}"
+        return
+    from sqlalchemy import create_engine
+    from sqlalchemy.engine import make_url
+
+    base = make_url(request.getfixturevalue("postgres_url"))
+    schema = f"test_{os.getpid()}_{next(_schemas)}"
+    admin = create_engine(base)
+    with admin.begin() as connection:
+        connection.exec_driver_sql(f"DROP SCHEMA IF EXISTS {schema} CASCADE")  # left by a killed test session
+        connection.exec_driver_sql(f"CREATE SCHEMA {schema}")
+    try:
+        yield base.update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(hide_password=False)
+    finally:
+        with admin.begin() as connection:
+            connection.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
+        admin.dispose()
 
 
 @pytest.fixture

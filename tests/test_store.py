@@ -1,10 +1,11 @@
-"""The result database: records round-trip through a real SQLite file, runs append, bad URLs fail clearly."""
+"""The result database: records round-trip through a real SQLite file and a real PostgreSQL server, runs append,
+bad URLs fail clearly."""
 
 import sys
 import time
 
 import pytest
-from sqlalchemy import create_engine, func, select
+from sqlalchemy import Result, create_engine, func, select
 
 from aivd.schema.analysis import Measurements
 from aivd.schema.records import DefectRecord, InspectionRecord
@@ -50,33 +51,37 @@ def error_record(index: int) -> InspectionRecord:
                             error="truncated image file", detector="centernet")
 
 
-@pytest.fixture
-def url(tmp_path):
-    return f"sqlite:///{tmp_path / 'aivd.sqlite'}"
+def read(url: str, query) -> Result:
+    """The rows of `query` as another process would see them: on a connection of its own, closed after."""
+    engine = create_engine(url)
+    try:
+        with engine.connect() as connection:
+            return connection.execute(query).freeze()()
+    finally:
+        engine.dispose()
 
 
-def test_records_round_trip_through_a_sqlite_file(url):
+def test_records_round_trip_through_the_database(store_url):
     added = [cloud_record(1), edge_record(2), error_record(3), edge_record(4, classes=())]
-    with ResultStore(url) as store:
+    with ResultStore(store_url) as store:
         run_id = store.start_run("aivd inspect boards/", {"detector": "centernet", "out": "out"})
         for record in added:
             store.add(run_id, record)
         store.finish_run(run_id, {"images": 4, "ok": 3, "failed": 1, "defects": 4, "wall_s": 1.0})
-    with ResultStore(url) as reopened:  # read back from the file, not from anything held in memory
+    with ResultStore(store_url) as reopened:  # read back from the file, not from anything held in memory
         assert reopened.records(run_id) == added
         assert reopened.defect_counts(run_id) == {"open": 2, "mousebite": 1, "short": 1}
-    with create_engine(url).connect() as connection:
-        run = connection.execute(select(runs)).one()
+    run = read(store_url, select(runs)).one()
     assert (run.images, run.ok, run.failed, run.defects) == (4, 3, 1, 4)
     assert run.finished_at is not None and run.status == "finished" and run.command == "aivd inspect boards/"
 
 
-def test_runs_append_to_the_same_database(url, tmp_path):
-    with ResultStore(url) as store:
+def test_runs_append_to_the_same_database(store_url, tmp_path):
+    with ResultStore(store_url) as store:
         first = store.start_run("aivd inspect a", {"out": tmp_path})  # a Path in the config is stored as its text
         store.add(first, edge_record(1))
         store.finish_run(first, {"images": 1, "ok": 1, "failed": 0, "defects": 3})
-    with ResultStore(url) as store:
+    with ResultStore(store_url) as store:
         second = store.start_run("aivd inspect b", {})
         store.add(second, cloud_record(1))
         store.add(second, cloud_record(2))
@@ -85,18 +90,17 @@ def test_runs_append_to_the_same_database(url, tmp_path):
         assert [r.image_id for r in store.records(second)] == ["00001", "00002"]
         assert store.defect_counts(first) == {"open": 2, "mousebite": 1}
         assert store.defect_counts(second) == {"short": 2}  # the rejected candidates are not counted
-    with create_engine(url).connect() as connection:
-        rows = connection.execute(select(runs).order_by(runs.c.id)).all()
+    rows = read(store_url, select(runs).order_by(runs.c.id)).all()
     assert [row.command for row in rows] == ["aivd inspect a", "aivd inspect b"]
     assert str(tmp_path) in rows[0].config
     assert rows[1].finished_at is None and rows[1].status == "running"  # never finished: the run is marked as incomplete
 
 
-def test_each_record_is_committed_when_added(url):
+def test_each_record_is_committed_when_added(store_url):
     """A killed run loses no record it has added: each is in the file, seen by another connection, at once."""
-    store = ResultStore(url)
+    store = ResultStore(store_url)
     run_id = store.start_run("aivd inspect", {})
-    observer = create_engine(url)
+    observer = create_engine(store_url)
 
     def stored() -> int:
         with observer.connect() as connection:
@@ -105,15 +109,16 @@ def test_each_record_is_committed_when_added(url):
     for index in range(3):
         store.add(run_id, edge_record(index))
         assert stored() == index + 1
-    with observer.connect() as connection:
-        assert connection.exec_driver_sql("PRAGMA journal_mode").scalar_one() == "wal"
+    if observer.dialect.name == "sqlite":
+        with observer.connect() as connection:
+            assert connection.exec_driver_sql("PRAGMA journal_mode").scalar_one() == "wal"
     store.close()
     store.close()  # closing twice is harmless
     observer.dispose()
 
 
-def test_a_stopped_run_is_reopened_and_finished_as_interrupted(url):
-    with ResultStore(url) as store:
+def test_a_stopped_run_is_reopened_and_finished_as_interrupted(store_url):
+    with ResultStore(store_url) as store:
         run_id = store.start_run("aivd inspect boards/", {"arguments": {"edge_only": True}})
         store.add(run_id, edge_record(1))
         store.finish_run(run_id, {"images": 1, "ok": 1, "failed": 0, "defects": 3}, "interrupted")
@@ -127,21 +132,10 @@ def test_a_stopped_run_is_reopened_and_finished_as_interrupted(url):
             store.run(99)
 
 
-def test_a_database_from_before_run_statuses_gains_the_column(url):
-    """An OUT/aivd.sqlite written by an older aivd has no runs.status; reopening it adds the column."""
-    with create_engine(url).begin() as connection:
-        connection.exec_driver_sql("CREATE TABLE runs (id INTEGER PRIMARY KEY, started_at DATETIME NOT NULL, finished_at DATETIME, "
-                                   "command TEXT NOT NULL, config TEXT NOT NULL, images INTEGER, ok INTEGER, failed INTEGER, defects INTEGER)")
-        connection.exec_driver_sql("INSERT INTO runs (started_at, command, config) VALUES ('2024-01-01 00:00:00', 'aivd inspect a', '{}')")
-    with ResultStore(url) as store:
-        assert store.run(1).status is None
-        second = store.start_run("aivd inspect b", {})
-        assert store.run(second).status == "running"
-
-
-def test_adding_500_records_is_cheap(url):
-    """A commit per record: SQLite in WAL mode without an fsync per commit keeps it far below an image's inspection."""
-    with ResultStore(url) as store:
+def test_adding_500_records_is_cheap(store_url):
+    """A commit per record: SQLite in WAL mode without an fsync per commit, or a local PostgreSQL server, keeps it
+    far below an image's inspection."""
+    with ResultStore(store_url) as store:
         run_id = store.start_run("aivd inspect", {})
         started = time.perf_counter()
         for index in range(500):
@@ -149,7 +143,7 @@ def test_adding_500_records_is_cheap(url):
         per_image_ms = (time.perf_counter() - started) * 1000 / 500
         stored = store.records(run_id)
     assert len(stored) == 500, f"{per_image_ms:.3f} ms per image"
-    print(f"store: {per_image_ms:.3f} ms per image added")
+    print(f"store ({store_url.split(':')[0]}): {per_image_ms:.3f} ms per image added")
 
 
 @pytest.mark.parametrize("bad_url, reason", [

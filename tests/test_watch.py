@@ -30,8 +30,9 @@ def record(image_id: str) -> InspectionRecord:
 
 
 @pytest.fixture
-def store(tmp_path):
-    with ResultStore(f"sqlite:///{tmp_path / 'aivd.sqlite'}") as store:
+def store(store_url):
+    """The journal on SQLite and on PostgreSQL."""
+    with ResultStore(store_url) as store:
         yield store
 
 

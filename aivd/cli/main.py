@@ -12,6 +12,7 @@ import typer
 from aivd.cli.bench import bench_app
 from aivd.cli.config import config_app
 from aivd.cli.data import data_app
+from aivd.cli.db import db_app
 from aivd.cli.demo import demo, synth
 from aivd.cli.eval import eval_command
 from aivd.cli.finetune import finetune_app
@@ -42,6 +43,7 @@ app.add_typer(models_app, name="models")
 app.add_typer(data_app, name="data")
 app.add_typer(kb_app, name="kb")
 app.add_typer(config_app, name="config")
+app.add_typer(db_app, name="db")
 
 
 def main() -> None:

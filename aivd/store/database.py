@@ -1,8 +1,10 @@
 """Inspection results in a relational database: one row per run, per image, per defect and per timed stage.
 
 SQLAlchemy Core with portable types only, so the same code writes the default SQLite file and a shared
-PostgreSQL server (`postgresql+psycopg://...`, with the driver installed by whoever needs it). Lists and the
-pydantic measurements are stored as JSON text rather than native JSON columns for the same reason.
+PostgreSQL server (`postgresql+psycopg://...`, with psycopg 3 from the `postgres` extra). Lists and the pydantic
+measurements are stored as JSON text rather than native JSON columns for the same reason. The tables below are
+the schema's newest revision; aivd.store.migrate brings a database to it (tests/test_store_migrations.py checks
+that the two agree).
 """
 
 from __future__ import annotations
@@ -30,17 +32,16 @@ from sqlalchemy import (
     create_engine,
     event,
     func,
-    inspect,
     select,
-    text,
     update,
 )
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.exc import SQLAlchemyError
 
-from aivd.core.errors import AivdError
 from aivd.core.redaction import redact_url
 from aivd.schema.records import DefectRecord, InspectionRecord
+from aivd.store.errors import StoreError
+from aivd.store.migrate import SchemaUpgrade, upgrade
 
 metadata = MetaData()
 
@@ -129,10 +130,6 @@ _SUMMARY_FIELDS = ("images", "ok", "failed", "defects")
 RUN_STATUSES = ("running", "finished", "interrupted")
 
 
-class StoreError(AivdError, RuntimeError):
-    """The result database cannot be opened or written."""
-
-
 def _now() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -211,8 +208,8 @@ class ResultStore:
             self._engine = create_engine(url)
             if self._engine.dialect.name == "sqlite":
                 event.listen(self._engine, "connect", _sqlite_settings)
-            metadata.create_all(self._engine)  # the first connection: an unwritable file or unreachable server fails here
-            self._add_missing_columns()
+            # The first connection: an unwritable file or an unreachable server fails here.
+            self.schema: SchemaUpgrade = upgrade(self._engine, self.url)
 
     @contextmanager
     def _errors(self, action: str) -> Iterator[None]:
@@ -230,16 +227,6 @@ class ResultStore:
 
     def __exit__(self, *exc_info) -> None:
         self.close()
-
-    def _add_missing_columns(self) -> None:
-        """A database written by an older aivd lacks the newer (nullable) columns; create_all adds no columns."""
-        with self._engine.begin() as connection:
-            for table in (runs, defects):
-                present = {column["name"] for column in inspect(connection).get_columns(table.name)}
-                for column in table.columns:
-                    if column.name not in present:
-                        kind = column.type.compile(self._engine.dialect)
-                        connection.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}"))
 
     def start_run(self, command: str, config: dict) -> int:
         """A new run's id; `config` is stored as JSON, with values JSON lacks (paths) as their text."""
