@@ -396,9 +396,10 @@ def test_cluster_inspects_over_http_survives_a_killed_node_and_swaps_models(ray_
     router = httpx.get(f"{url}/v1/router").json()
     assert router["policy"] == "ect" and router["decisions"] >= len(stems) and router["median_ms"] < 5
 
-    # The same figures reach Prometheus through Ray Serve's metrics: every node exports its replicas' metrics.
-    exported = exported_metrics(["ray_aivd_edge_images_total", "ray_aivd_router_decision_seconds_count"])
-    assert exported["ray_aivd_edge_images_total"] >= len(stems) and exported["ray_aivd_router_decision_seconds_count"] >= len(stems)
+    # The same figures reach Prometheus through Ray Serve's metrics: every live node exports its replicas' metrics.
+    # The killed node's replica took its counts with it, so only the ingress's router decisions must reach them all.
+    exported = exported_metrics({"ray_aivd_edge_images_total": 1, "ray_aivd_router_decision_seconds_count": len(stems)})
+    assert exported["ray_aivd_edge_images_total"] >= 1 and exported["ray_aivd_router_decision_seconds_count"] >= len(stems)
 
     # A new model version is promoted in the store: every replica serves it from its next image on.
     assert {r.json()["detector"] for r in responses} == {"builtin:deeppcb_centernet@v0001"}
@@ -410,16 +411,16 @@ def test_cluster_inspects_over_http_survives_a_killed_node_and_swaps_models(ray_
     assert {r.json()["detector"] for r in after} == {f"builtin:deeppcb_centernet@{second}"}
 
 
-def exported_metrics(names: list[str], timeout_s: float = 60) -> dict[str, float]:
-    """Each metric's sum over the series every live Ray node exports (Prometheus text), once all of them show up."""
+def exported_metrics(minimums: dict[str, float], timeout_s: float = 60) -> dict[str, float]:
+    """Each metric's sum over the series every live Ray node exports (Prometheus text), once each has reached its
+    minimum: Ray's agents export what the workers reported at their last interval, so counts arrive late."""
     import httpx
     import ray
     from prometheus_client.parser import text_string_to_metric_families
 
     deadline, totals = time.monotonic() + timeout_s, {}
     while time.monotonic() < deadline:
-        totals = dict.fromkeys(names, 0.0)
-        seen = set()
+        totals = dict.fromkeys(minimums, 0.0)
         for node in ray.nodes():
             if not node["Alive"]:
                 continue
@@ -431,11 +432,10 @@ def exported_metrics(names: list[str], timeout_s: float = 60) -> dict[str, float
                 for sample in family.samples:
                     if sample.name in totals:
                         totals[sample.name] += sample.value
-                        seen.add(sample.name)
-        if seen == set(names):
+        if all(totals[name] >= minimum for name, minimum in minimums.items()):
             return totals
-        time.sleep(1)  # Ray's agents export what the workers reported at their last interval
-    pytest.fail(f"not all of {names} exported within {timeout_s} s: {totals}")
+        time.sleep(1)
+    pytest.fail(f"not all of {minimums} exported within {timeout_s} s: {totals}")
 
 
 def wait_for_status(deployment: str, wanted: str, timeout_s: float = 120) -> None:
