@@ -18,6 +18,7 @@ from aivd.cli.eval import eval_command
 from aivd.cli.finetune import finetune_app
 from aivd.cli.inspect import inspect
 from aivd.cli.kb import kb_app
+from aivd.cli.keys import keys_app
 from aivd.cli.models import models_app
 from aivd.cli.schema import schema
 from aivd.cli.serve import serve_app
@@ -44,6 +45,7 @@ app.add_typer(data_app, name="data")
 app.add_typer(kb_app, name="kb")
 app.add_typer(config_app, name="config")
 app.add_typer(db_app, name="db")
+app.add_typer(keys_app, name="keys")
 
 
 def main() -> None:

@@ -35,7 +35,7 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.engine import CursorResult
+from sqlalchemy.engine import CursorResult, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from aivd.core.redaction import redact_url
@@ -114,6 +114,18 @@ intake_files = Table(
     UniqueConstraint("run_id", "path", "size", "mtime_ns"),
     Index("intake_files_state", "run_id", "state"),
     Index("intake_files_image", "run_id", "image_id"),
+)
+
+# The cloud service's API keys (aivd.auth.keys): looked up by key_id, the secret kept only as its argon2 hash.
+api_keys = Table(
+    "api_keys", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("key_id", String(32), nullable=False, unique=True),
+    Column("secret_hash", Text, nullable=False),
+    Column("role", String(16), nullable=False),  # viewer, operator or admin
+    Column("label", Text),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("revoked_at", DateTime(timezone=True)),  # null while the key is valid
 )
 
 # The primary key starts with image_row_id, so it is also the index for joining on that foreign key.
@@ -204,7 +216,7 @@ class ResultStore:
     def __init__(self, url: str):
         self._closed = False
         self.url = redact_url(url)  # for messages, which are printed and may be logged: no password
-        with self._errors("open"):
+        with self.errors("open"):
             self._engine = create_engine(url)
             if self._engine.dialect.name == "sqlite":
                 event.listen(self._engine, "connect", _sqlite_settings)
@@ -212,7 +224,7 @@ class ResultStore:
             self.schema: SchemaUpgrade = upgrade(self._engine, self.url)
 
     @contextmanager
-    def _errors(self, action: str) -> Iterator[None]:
+    def errors(self, action: str) -> Iterator[None]:
         """Database failures, from a bad URL to a lost connection, as one StoreError saying what failed."""
         try:
             yield
@@ -222,6 +234,11 @@ class ResultStore:
             reason = getattr(error, "orig", None) or error
             raise StoreError(f"cannot {action} the result database {self.url}: {reason}") from error
 
+    @property
+    def engine(self) -> Engine:
+        """The database's engine, for modules that keep their own tables in it (aivd.auth.keys)."""
+        return self._engine
+
     def __enter__(self) -> ResultStore:
         return self
 
@@ -230,14 +247,14 @@ class ResultStore:
 
     def start_run(self, command: str, config: dict) -> int:
         """A new run's id; `config` is stored as JSON, with values JSON lacks (paths) as their text."""
-        with self._errors("write"), self._engine.begin() as connection:
+        with self.errors("write"), self._engine.begin() as connection:
             result = connection.execute(runs.insert().values(
                 started_at=_now(), status="running", command=command, config=json.dumps(config, default=str)))
             return _inserted_id(result)
 
     def run(self, run_id: int) -> StoredRun:
         """Run `run_id` as stored; StoreError when the database has no such run."""
-        with self._errors("read"), self._engine.connect() as connection:
+        with self.errors("read"), self._engine.connect() as connection:
             row = connection.execute(select(runs).where(runs.c.id == run_id)).one_or_none()
         if row is None:
             raise StoreError(f"the result database {self.url} has no run {run_id}")
@@ -245,14 +262,14 @@ class ResultStore:
 
     def reopen_run(self, run_id: int) -> None:
         """Mark a stopped run as running again, to go on adding records to it."""
-        with self._errors("write"), self._engine.begin() as connection:
+        with self.errors("write"), self._engine.begin() as connection:
             connection.execute(update(runs).where(runs.c.id == run_id).values(status="running", finished_at=None))
 
     def add(self, run_id: int, record: InspectionRecord, intake_id: int | None = None) -> None:
         """Write one record (its image, defects and timings) in one transaction; with `intake_id`, the same
         transaction marks that journal entry done, and a record for an entry done already is refused whole."""
         image_row = {"run_id": run_id, **{name: getattr(record, name) for name in _IMAGE_FIELDS}}
-        with self._errors("write"), self._engine.begin() as connection:
+        with self.errors("write"), self._engine.begin() as connection:
             row_id = _inserted_id(connection.execute(images.insert(), image_row))
             if intake_id is not None:
                 marked = connection.execute(
@@ -275,7 +292,7 @@ class ResultStore:
         this file already, queued or done."""
         key = (intake_files.c.run_id == run_id, intake_files.c.path == path, intake_files.c.size == size,
                intake_files.c.mtime_ns == mtime_ns)
-        with self._errors("write"), self._engine.begin() as connection:
+        with self.errors("write"), self._engine.begin() as connection:
             if connection.execute(select(intake_files.c.id).where(*key)).first() is not None:
                 return None
             entry_id = _inserted_id(connection.execute(intake_files.insert().values(
@@ -296,14 +313,14 @@ class ResultStore:
         """The run's journal entries still queued (taken in hand by a process that stopped), oldest first."""
         query = (select(intake_files.c.id, intake_files.c.path, intake_files.c.image_id)
                  .where(intake_files.c.run_id == run_id, intake_files.c.state == "queued").order_by(intake_files.c.id))
-        with self._errors("read"), self._engine.connect() as connection:
+        with self.errors("read"), self._engine.connect() as connection:
             return [IntakeEntry(row.id, row.path, row.image_id) for row in connection.execute(query)]
 
     def intake_counts(self, run_id: int) -> dict[str, int]:
         """The run's journal entries per state."""
         query = (select(intake_files.c.state, func.count().label("entries"))
                  .where(intake_files.c.run_id == run_id).group_by(intake_files.c.state))
-        with self._errors("read"), self._engine.connect() as connection:
+        with self.errors("read"), self._engine.connect() as connection:
             return {row.state: row.entries for row in connection.execute(query)}  # not row.count: a Row is a tuple
 
     def finish_run(self, run_id: int, summary: dict, status: str = "finished") -> None:
@@ -312,7 +329,7 @@ class ResultStore:
         if status not in RUN_STATUSES:
             raise ValueError(f"unknown run status {status!r}")
         totals = {name: summary[name] for name in _SUMMARY_FIELDS if name in summary}
-        with self._errors("write"), self._engine.begin() as connection:
+        with self.errors("write"), self._engine.begin() as connection:
             connection.execute(update(runs).where(runs.c.id == run_id).values(finished_at=_now(), status=status, **totals))
 
     def close(self) -> None:
@@ -330,13 +347,13 @@ class ResultStore:
             .group_by(defects.c.defect_type)
             .order_by(count.desc(), defects.c.defect_type)
         )
-        with self._errors("read"), self._engine.connect() as connection:
+        with self.errors("read"), self._engine.connect() as connection:
             return {defect_type: number for defect_type, number in connection.execute(query)}
 
     def records(self, run_id: int) -> list[InspectionRecord]:
         """A run's records as they were added, in the order they were added."""
         in_run = images.c.run_id == run_id
-        with self._errors("read"), self._engine.connect() as connection:
+        with self.errors("read"), self._engine.connect() as connection:
             image_rows = connection.execute(select(images).where(in_run).order_by(images.c.id)).all()
             defect_rows = connection.execute(
                 select(defects).join(images, defects.c.image_row_id == images.c.id).where(in_run).order_by(defects.c.id)).all()

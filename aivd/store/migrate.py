@@ -45,6 +45,8 @@ def unversioned_revision(connection: Connection) -> str | None:
     tables = set(inspector.get_table_names())
     if "runs" not in tables:
         return None
+    if "api_keys" in tables:
+        return "0005"
     if "intake_files" in tables:
         return "0004"
     if "offload" in {column["name"] for column in inspector.get_columns("defects")}:

@@ -1,0 +1,1 @@
+"""Who may call aivd's services: API keys with roles (aivd.auth.keys)."""
