@@ -51,20 +51,20 @@ UNEXPRESSIBLE = [positive_data_acceptance]
 FUZZ = settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 
 
-def _fuzz_operation(operation, mode, excluded) -> None:
+def _fuzz_operation(operation, mode, excluded, headers) -> None:
     @FUZZ
     @given(case=operation.as_strategy(generation_mode=mode))
     def call(case):
-        case.call_and_validate(excluded_checks=excluded)
+        case.call_and_validate(headers=headers, excluded_checks=excluded)
 
     call()
 
 
-def fuzz(schema) -> list[str]:
+def fuzz(schema, headers: dict[str, str] | None = None) -> list[str]:
     """Fuzzes an HTTP API with schemathesis from its OpenAPI document against the real server: no 5xx, and every
     answer (status code, content type, body) as the document says; fixed seed, bounded examples. Runs every
     operation of `schema` with valid and invalid data; returns their names. Hypothesis raises the first failure,
-    shrunk."""
+    shrunk. `headers` go with every request (an API key)."""
     names = []
     for result in schema.get_all_operations():
         operation = result.ok()
@@ -75,7 +75,7 @@ def fuzz(schema) -> list[str]:
         multipart = any(body.media_type.startswith("multipart/") for body in operation.body)
         excluded = UNEXPRESSIBLE + ([negative_data_rejection] if multipart else [])
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)[: 2 if inputs else 1]:
-            _fuzz_operation(operation, mode, excluded)
+            _fuzz_operation(operation, mode, excluded, headers)
         names.append(f"{operation.method.upper()} {operation.path}")
     return names
 

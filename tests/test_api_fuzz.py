@@ -5,18 +5,24 @@ import pytest
 import schemathesis
 from conftest import fuzz, serving
 
+from aivd.auth.keys import ApiKeys, CachedVerifier
 from aivd.cloud.builtin import BuiltinAnalyzer
 from aivd.cloud.service import ServiceLimits, create_app
 
 
 @pytest.fixture(scope="module")
-def cloud_api():
+def cloud_api(tmp_path_factory):
+    """The service with API keys, as `aivd serve cloud --db` runs it, and an admin key to call it with."""
     analyzer = BuiltinAnalyzer()
-    with serving(create_app(analyzer, ServiceLimits(max_body_bytes=1024 * 1024, max_regions=16, request_timeout_s=30))) as url:
-        yield schemathesis.openapi.from_url(f"{url}/openapi.json")
+    limits = ServiceLimits(max_body_bytes=1024 * 1024, max_regions=16, request_timeout_s=30)
+    with ApiKeys(f"sqlite:///{tmp_path_factory.mktemp('keys') / 'keys.sqlite'}") as keys:
+        key = keys.create("admin")
+        with serving(create_app(analyzer, limits, CachedVerifier(keys))) as url:
+            yield schemathesis.openapi.from_url(f"{url}/openapi.json"), key
     analyzer.close()
 
 
 @pytest.mark.integration
 def test_cloud_service_answers_as_its_openapi_document_says(cloud_api):
-    assert fuzz(cloud_api) == ["POST /v1/analyze", "GET /healthz", "GET /metrics"]
+    schema, key = cloud_api
+    assert fuzz(schema, {"Authorization": f"Bearer {key}"}) == ["POST /v1/analyze", "GET /healthz", "GET /metrics"]

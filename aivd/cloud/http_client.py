@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Sequence
@@ -28,6 +29,7 @@ def _detail(response: httpx.Response) -> str:
 # What a service that does not say its limits is assumed to accept: the service's own defaults, a little lower.
 ASSUMED_LIMITS = PublicLimits(max_body_bytes=8 * 1024 * 1024, max_regions=256, max_crop_side=1024, max_pixels=8_000_000)
 BODY_MARGIN = 0.95  # of max_body_bytes: the JSON around the regions is estimated, not measured
+KEY_VARIABLE = "AIVD_CLOUD_KEY"  # the environment variable holding the API key sent to the service, if any
 
 
 class HttpAnalyzer:
@@ -36,7 +38,9 @@ class HttpAnalyzer:
 
     Connection failures, timeouts and 5xx answers are retried `retries` times with exponential backoff
     (`backoff_s`, then twice that, ...); a 4xx answer means the request itself is wrong and is not retried.
-    Every failure is an `AnalyzerError` saying why, so the edge can fall back to its own verdict.
+    Every failure is an `AnalyzerError` saying why, so the edge can fall back to its own verdict. A service with
+    API keys gets the key in the environment variable AIVD_CLOUD_KEY as a bearer token; its 401 or 403 names
+    the variable and is not retried. The key never appears in a message.
 
     Each `analyze` answer carries the HTTP body bytes it cost, retries included; `bytes_sent` and
     `bytes_received` add them up over the object's life. Threads may share an instance (the Ray cloud deployment
@@ -57,7 +61,9 @@ class HttpAnalyzer:
         self.backoff_s = backoff_s
         self.bytes_sent = self.bytes_received = 0
         self._lock = threading.Lock()
-        self._client = httpx.Client(base_url=url.rstrip("/"), timeout=timeout_s)
+        key = os.environ.get(KEY_VARIABLE, "").strip()
+        headers = {"authorization": f"Bearer {key}"} if key else {}
+        self._client = httpx.Client(base_url=url.rstrip("/"), timeout=timeout_s, headers=headers)
         name, threshold, self.limits = self._remote_identity()
         self.name = f"remote:{name}"
         # The edge proposes candidates down to the threshold the remote analyzer was calibrated for, when it says.
@@ -122,6 +128,9 @@ class HttpAnalyzer:
             if response.status_code >= 500:
                 problem = f"HTTP {response.status_code}: {_detail(response)}"
                 continue
+            if response.status_code in (401, 403):
+                given = f"the key in {KEY_VARIABLE}" if "authorization" in self._client.headers else f"no key ({KEY_VARIABLE} is not set)"
+                raise self._error(analyses, f"{self.url} refused {given} (HTTP {response.status_code}): {_detail(response)}")
             if response.status_code != 200:
                 raise self._error(analyses, f"{self.url} refused the batch of {len(payloads)} regions (HTTP {response.status_code}): {_detail(response)}")
             analyses += self._analyses(response, len(payloads), analyses)

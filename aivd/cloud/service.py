@@ -9,13 +9,15 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import anyio
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_core import ErrorDetails
@@ -23,6 +25,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import aivd
+from aivd.auth.keys import role_allows
 from aivd.cloud.analyzer import Analyzer, AnalyzerError
 from aivd.schema.analysis import DefectAnalysis
 from aivd.schema.wire import (
@@ -48,7 +51,9 @@ its class, severity, likely causes and the recommended action.
 is one) and answers one `DefectAnalysis` per region, in order. Every error is `{"detail": "..."}` with one line
 naming the region and the reason: 413 for a body over the size limit, 422 for invalid input or a request over the
 work budget (`GET /healthz` tells the limits), 503 when the analyzer cannot answer or the request waited past its
-deadline, and 500 when the analyzer crashes (the client may retry both). Clients take turns on the analyzer:
+deadline, and 500 when the analyzer crashes (the client may retry both). When the service has API keys, every
+endpoint but `/healthz` needs `Authorization: Bearer KEY`: 401 without a valid key, 403 for a role too low
+(analysing needs an operator key, metrics a viewer key). Clients take turns on the analyzer:
 a big request is analysed in slices, so it cannot hold up the others. `GET /metrics` is Prometheus exposition.
 """
 log = logging.getLogger(__name__)
@@ -225,9 +230,40 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def create_app(analyzer: Analyzer, limits: ServiceLimits = ServiceLimits()) -> FastAPI:
-    """The HTTP service for one analyzer. The caller keeps ownership of the analyzer (and closes it)."""
+KeyCheck = Callable[[str], "str | None"]  # a key's role, or None for an invalid key (aivd.auth.keys.CachedVerifier)
+AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorResponse, "description": "no valid API key in `Authorization: Bearer KEY`"},
+    403: {"model": ErrorResponse, "description": "the API key's role may not do this"},
+}
+
+
+def _requirement(check: KeyCheck, bearer: HTTPBearer, needed: str) -> Callable[..., None]:
+    """A FastAPI dependency admitting requests whose bearer key has at least the role `needed`. Plain def: FastAPI
+    runs it in a worker thread, since verifying a key reads the database and runs argon2. Neither the key nor the
+    header is ever put in an answer or a log line."""
+
+    def require(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+        role = check(credentials.credentials) if credentials is not None else None
+        if role is None:
+            raise HTTPException(401, "a valid API key is needed: send `Authorization: Bearer KEY`",
+                                headers={"WWW-Authenticate": "Bearer"})
+        if not role_allows(role, needed):
+            raise HTTPException(403, f"this API key's role ({role}) may not do this; it needs {needed}")
+
+    return require
+
+
+def create_app(analyzer: Analyzer, limits: ServiceLimits = ServiceLimits(), keys: KeyCheck | None = None) -> FastAPI:
+    """The HTTP service for one analyzer. The caller keeps ownership of the analyzer (and closes it). With `keys`,
+    analysing and metrics need an API key (operator and viewer at least); without, the service is open."""
     app = FastAPI(title="aivd cloud analysis", version=aivd.__version__, description=DESCRIPTION)
+    bearer = HTTPBearer(auto_error=False, description="an API key from `aivd keys create`")
+
+    def needs(role: str, responses: dict[int | str, dict[str, Any]] | None = None) -> dict[str, Any]:
+        """A route's dependencies and documented error answers, making it need `role` when the service has keys."""
+        if keys is None:
+            return {"dependencies": [], "responses": responses or {}}
+        return {"dependencies": [Depends(_requirement(keys, bearer, role))], "responses": {**(responses or {}), **AUTH_ERRORS}}
     app.openapi = lambda: _openapi_with_request_body(app)  # type: ignore[method-assign]
     metrics = ServiceMetrics()
     turns = FairTurns(limits.max_concurrent_batches)
@@ -276,7 +312,7 @@ def create_app(analyzer: Analyzer, limits: ServiceLimits = ServiceLimits()) -> F
 
     @app.post(
         "/v1/analyze", response_model=AnalyzeResponse, summary="Analyse a batch of candidate regions",
-        responses=ERRORS, openapi_extra={"requestBody": {
+        **needs("operator", ERRORS), openapi_extra={"requestBody": {
             "required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/AnalyzeRequest"}}}}},
     )
     async def analyze(request: Request):
@@ -323,7 +359,7 @@ def create_app(analyzer: Analyzer, limits: ServiceLimits = ServiceLimits()) -> F
         return Health(status="ok", analyzer=analyzer.name, proposal_threshold=getattr(analyzer, "proposal_threshold", None),
                       limits=public_limits)
 
-    @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
+    @app.get("/metrics", summary="Prometheus metrics", response_class=Response, **needs("viewer"))
     def prometheus_metrics() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
