@@ -69,6 +69,8 @@ def cloud(
     db: Optional[str] = typer.Option(
         None, "--db", help="Result database holding API keys (`aivd keys create`): every endpoint but /healthz then needs one."),
     insecure: bool = typer.Option(False, "--insecure", help="Serve a non-loopback --host without API keys."),
+    tls_cert: Optional[Path] = typer.Option(None, "--tls-cert", exists=True, dir_okay=False, help="PEM certificate: serve HTTPS (with --tls-key)."),
+    tls_key: Optional[Path] = typer.Option(None, "--tls-key", exists=True, dir_okay=False, help="PEM private key of --tls-cert."),
 ) -> None:
     """Serve the built-in cloud analyzer over HTTP: POST /v1/analyze, GET /healthz, GET /metrics, docs at /docs."""
     import ipaddress
@@ -81,6 +83,17 @@ def cloud(
     from aivd.edge.detector import ModelError
     from aivd.serving.server import ServerSettings, serve
 
+    if (tls_cert is None) != (tls_key is None):
+        typer.echo("error: HTTPS needs both --tls-cert and --tls-key", err=True)
+        raise typer.Exit(2)
+    if tls_cert is not None:
+        import ssl
+
+        try:  # here rather than in uvicorn's startup, which would end in a traceback
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(tls_cert, tls_key)
+        except ssl.SSLError as error:
+            typer.echo(f"error: cannot use {tls_cert} with {tls_key} for HTTPS: {error}", err=True)
+            raise typer.Exit(2) from None
     keys = None
     try:
         if db is not None:
@@ -104,7 +117,7 @@ def cloud(
         raise typer.Exit(2) from None
     limits = ServiceLimits(max_body_bytes=int(max_body_mb * 1024 * 1024), max_regions=max_regions, max_pixels=max_pixels,
                            request_timeout_s=request_timeout)
-    settings = ServerSettings(request_read_timeout_s=read_timeout, max_connections=max_connections)
+    settings = ServerSettings(request_read_timeout_s=read_timeout, max_connections=max_connections, tls_cert=tls_cert, tls_key=tls_key)
     # Verified keys are remembered for 60 s (argon2 takes tens of ms per check): a revoked key lasts that long.
     check = CachedVerifier(keys) if keys is not None else None
     try:

@@ -8,6 +8,7 @@ and once the process runs out of file descriptors nobody else can connect, `/hea
 - at most `max_connections` connections and requests are served at once (uvicorn's `limit_concurrency`; more
   are answered 503 at once);
 - the process's soft open-file limit is raised towards the hard one, so that `max_connections` sockets fit.
+With `tls_cert` and `tls_key` it serves HTTPS (uvicorn's ssl_certfile and ssl_keyfile).
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import resource
+from pathlib import Path
 
 import uvicorn
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 log = logging.getLogger(__name__)
@@ -30,6 +32,18 @@ class ServerSettings(BaseModel):
     request_read_timeout_s: float = Field(30.0, gt=0, description="seconds a client has to send one whole request")
     keep_alive_s: float = Field(5.0, gt=0, description="an idle kept-alive connection is closed after this many seconds")
     max_connections: int = Field(4096, ge=16, description="connections and requests at once; more are answered 503")
+    tls_cert: Path | None = Field(None, description="PEM certificate (chain) to serve HTTPS with; needs tls_key")
+    tls_key: Path | None = Field(None, description="PEM private key of tls_cert")
+
+    @model_validator(mode="after")
+    def _both_or_neither(self) -> ServerSettings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("HTTPS needs both a certificate and its key")
+        return self
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls_cert is not None else "http"
 
 
 class ReadDeadlineProtocol(HttpToolsProtocol):
@@ -86,6 +100,7 @@ def server_config(app, host: str, port: int, settings: ServerSettings, log_level
         app, host=host, port=port, http=protocol, log_level=log_level,
         # uvicorn annotates timeout_keep_alive as int but only hands it to loop.call_later, which takes float seconds.
         limit_concurrency=settings.max_connections, timeout_keep_alive=settings.keep_alive_s,  # type: ignore[arg-type]
+        ssl_certfile=settings.tls_cert, ssl_keyfile=settings.tls_key,
     )
 
 
