@@ -1,6 +1,7 @@
 """The cloud service fuzzed by schemathesis from its own OpenAPI document (see conftest.fuzz); the Ray ingress is
 fuzzed in test_runtime.py, beside the cluster it needs."""
 
+import httpx
 import pytest
 import schemathesis
 from conftest import fuzz, serving
@@ -18,11 +19,16 @@ def cloud_api(tmp_path_factory):
     with ApiKeys(f"sqlite:///{tmp_path_factory.mktemp('keys') / 'keys.sqlite'}") as keys:
         key = keys.create("admin")
         with serving(create_app(analyzer, limits, CachedVerifier(keys))) as url:
-            yield schemathesis.openapi.from_url(f"{url}/openapi.json"), key
+            yield schemathesis.openapi.from_url(f"{url}/openapi.json"), key, url
     analyzer.close()
 
 
 @pytest.mark.integration
 def test_cloud_service_answers_as_its_openapi_document_says(cloud_api):
-    schema, key = cloud_api
-    assert fuzz(schema, {"Authorization": f"Bearer {key}"}) == ["POST /v1/analyze", "GET /healthz", "GET /metrics"]
+    schema, key, url = cloud_api
+    authorization = {"Authorization": f"Bearer {key}"}
+    assert fuzz(schema, authorization) == ["POST /v1/analyze", "GET /healthz", "GET /metrics"]
+    # With keys, everything unauthenticated is a documented 401, which would pass alone: the key must have got
+    # the fuzzed requests past it, to the checks of the body.
+    metrics = httpx.get(f"{url}/metrics", headers=authorization).text
+    assert 'aivd_cloud_requests_total{endpoint="/v1/analyze",status="422"}' in metrics
