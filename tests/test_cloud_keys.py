@@ -18,6 +18,7 @@ from aivd.cloud.http_client import HttpAnalyzer
 from aivd.cloud.service import create_app
 from aivd.core import Region
 from aivd.schema.wire import AnalyzeRequest
+from aivd.store import StoreError
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +56,17 @@ def test_every_endpoint_but_healthz_needs_a_key_of_a_high_enough_role(keyed, cap
     for role in ("operator", "admin"):
         assert call(base, "POST", "/v1/analyze", made[role]).status_code == 200
     assert not [record for record in caplog.records if any(key in record.getMessage() for key in made.values())]
+
+
+def test_an_unreachable_key_database_is_a_503_not_a_crash():
+    def unreachable(key):
+        raise StoreError("cannot read the result database sqlite:///gone.sqlite: disk I/O error")
+
+    analyzer = BuiltinAnalyzer()
+    with serving(create_app(analyzer, keys=unreachable)) as base:
+        answer = call(base, "GET", "/metrics", "aivd_123456789abc_secret")
+    analyzer.close()
+    assert answer.status_code == 503 and "disk I/O error" in answer.json()["detail"] and "secret" not in answer.text
 
 
 def test_the_openapi_document_names_the_bearer_scheme(keyed):

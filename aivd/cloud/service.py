@@ -27,6 +27,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 import aivd
 from aivd.auth.keys import role_allows
 from aivd.cloud.analyzer import Analyzer, AnalyzerError
+from aivd.core.errors import AivdError
 from aivd.schema.analysis import DefectAnalysis
 from aivd.schema.wire import (
     MAX_CROP_SIDE,
@@ -234,6 +235,7 @@ KeyCheck = Callable[[str], "str | None"]  # a key's role, or None for an invalid
 AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorResponse, "description": "no valid API key in `Authorization: Bearer KEY`"},
     403: {"model": ErrorResponse, "description": "the API key's role may not do this"},
+    503: {"model": ErrorResponse, "description": "the API keys cannot be checked now (their database is unreachable)"},
 }
 
 
@@ -243,7 +245,10 @@ def _requirement(check: KeyCheck, bearer: HTTPBearer, needed: str) -> Callable[.
     header is ever put in an answer or a log line."""
 
     def require(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
-        role = check(credentials.credentials) if credentials is not None else None
+        try:
+            role = check(credentials.credentials) if credentials is not None else None
+        except AivdError as error:  # the key database is unreachable: a passing outage, not the client's fault
+            raise HTTPException(503, f"cannot check API keys now: {error}") from None
         if role is None:
             raise HTTPException(401, "a valid API key is needed: send `Authorization: Bearer KEY`",
                                 headers={"WWW-Authenticate": "Bearer"})
@@ -263,7 +268,7 @@ def create_app(analyzer: Analyzer, limits: ServiceLimits = ServiceLimits(), keys
         """A route's dependencies and documented error answers, making it need `role` when the service has keys."""
         if keys is None:
             return {"dependencies": [], "responses": responses or {}}
-        return {"dependencies": [Depends(_requirement(keys, bearer, role))], "responses": {**(responses or {}), **AUTH_ERRORS}}
+        return {"dependencies": [Depends(_requirement(keys, bearer, role))], "responses": {**AUTH_ERRORS, **(responses or {})}}
     app.openapi = lambda: _openapi_with_request_body(app)  # type: ignore[method-assign]
     metrics = ServiceMetrics()
     turns = FairTurns(limits.max_concurrent_batches)
