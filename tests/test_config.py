@@ -137,3 +137,13 @@ def test_inspect_takes_a_config_whose_keys_the_flags_override(tmp_path):
     kept = run_cli("inspect", SAMPLES, "--config", config, "--out", tmp_path / "kept")
     assert kept.exit_code == 0, kept.output
     assert json.loads((tmp_path / "kept" / "summary.json").read_text())["sent"] == 0
+
+
+def test_inspect_with_a_bad_config_prints_each_problem_on_its_own_error_line(tmp_path):
+    from aivd.pipeline.demo import SAMPLES
+
+    bad = write_file(tmp_path / "bad.yaml", "edge: {pack: a, model: b}\nsurprise: 1\n")
+    result = run_cli("inspect", SAMPLES, "--config", bad, "--out", tmp_path / "out")
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 2 and all(line.startswith(f"error: {bad}: ") for line in lines), result.output

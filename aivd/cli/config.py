@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from aivd.cli.pipeline_options import SET, pipeline_config, set_overrides
-from aivd.cli.ui import console
+from aivd.cli.ui import console, error_lines, shown
 
 config_app = typer.Typer(help="Pipeline configs: print the effective one, check a file.", no_args_is_help=True)
 
@@ -40,9 +40,8 @@ def check(files: list[Path] = typer.Argument(..., help="Pipeline config YAML fil
             build_config(file)
         except ConfigError as error:
             failed = True
-            for line in str(error).splitlines():
-                console.print(f"[red]error:[/red] {line}", highlight=False, soft_wrap=True)
+            error_lines(str(error))
             continue
-        console.print(f"{file}: ok", highlight=False, soft_wrap=True)
+        console.print(f"{shown(file)}: ok", highlight=False)
     if failed:
         raise typer.Exit(2)

@@ -15,6 +15,7 @@ from typing import Any, Optional, get_type_hints
 
 import typer
 
+from aivd.cli.output_folder import claim_output, open_writer
 from aivd.cli.pipeline_options import (
     CLASSIFIER,
     CLOUD_BACKEND,
@@ -118,25 +119,13 @@ def inspect(
         out = resume.absolute()  # the run's own working folder may become the current one
         if not out.is_dir():
             raise fail(f"{out}: no such output folder to resume")
-        lock = _claim_output(out)
+        lock = claim_output(out)
         arguments = _resumed_arguments(out, db or "", arguments, context)
     elif out is None:
         raise fail("give the output folder: --out OUT, or --resume OUT to continue a stopped run")
     else:
         lock = None
     _inspect(out, db or "", resume is not None, lock, SimpleNamespace(**arguments), metrics_port)
-
-
-def _claim_output(out: Path):
-    """The lock of output folder `out`, or a one-line exit when another run holds it or it cannot be written."""
-    from aivd.pipeline.run_folder import OutputBusy, OutputLock
-
-    try:
-        return OutputLock(out)
-    except OutputBusy as error:
-        raise fail(str(error)) from None
-    except OSError as error:
-        raise fail(f"{out}: cannot write the output folder ({error.strerror or error})") from None
 
 
 def _stored_argument(name: str, value):
@@ -217,10 +206,8 @@ def _inspect(out: Path, db: str, resuming: bool, lock, args: SimpleNamespace, me
     from aivd.data.deeppcb import DatasetError
     from aivd.intake.video import LiveStream, StreamError, is_video, tasks_with_videos
     from aivd.pipeline.inputs import tasks_from_deeppcb
-    from aivd.pipeline.inspect import InspectOptions, ResultWriter, inspect_tasks
+    from aivd.pipeline.inspect import InspectOptions, inspect_tasks
     from aivd.pipeline.live_update import live
-    from aivd.pipeline.run_folder import ResumeError
-    from aivd.store import StoreError
 
     if sum(map(bool, (args.paths, args.deeppcb, args.stream))) != 1:
         raise fail("give one of image or video PATHS, --deeppcb ROOT or --stream URL")
@@ -250,7 +237,7 @@ def _inspect(out: Path, db: str, resuming: bool, lock, args: SimpleNamespace, me
             tasks = [dataclasses.replace(task, template_path=None, error=None) for task in tasks]
     if total == 0:
         raise fail("no images found in the given paths")
-    lock = lock or _claim_output(out)
+    lock = lock or claim_output(out)
     pipeline = built_pipeline(config, DEEPPCB_PIXELS_PER_MM if args.deeppcb else None)
     options = InspectOptions(
         annotate=config.outputs.annotate, deeppcb_results=bool(args.deeppcb), database=db or config.outputs.database or "",
@@ -269,12 +256,7 @@ def _inspect(out: Path, db: str, resuming: bool, lock, args: SimpleNamespace, me
             raise fail(str(error)) from None
     with live(config, pipeline, metrics_port) as extras, \
             StopRequest(f"the records written so far are kept; continue with: {resume_command}") as stop, _closing(tasks):
-        try:
-            writer = ResultWriter(out, options, lock)
-        except (StoreError, ResumeError) as error:
-            raise fail(str(error)) from None
-        except OSError as error:
-            raise fail(f"{out}: cannot write the output folder ({error.strerror or error})") from None
+        writer = open_writer(out, options, lock)
         with progress_bar() as progress:
             bar = progress.add_task("inspecting", total=total, completed=len(writer.done))
 

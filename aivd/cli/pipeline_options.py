@@ -9,7 +9,7 @@ from typing import Any, NamedTuple, Optional
 
 import typer
 
-from aivd.cli.ui import console, fail, shown
+from aivd.cli.ui import console, fail, fail_each_line, shown
 from aivd.core.regions import PIXELS_PER_MM_RANGE
 
 DEEPPCB_HELP = "DeepPCB root (the folder holding PCBData/); default: $AIVD_DEEPPCB_ROOT or ../shared/data/deeppcb."
@@ -151,7 +151,7 @@ def pipeline_config(config_file: Optional[Path] = None, overrides: Optional[dict
     try:
         return build_config(config_file, overrides)
     except ConfigError as error:
-        raise fail(str(error)) from None
+        raise fail_each_line(str(error)) from None
 
 
 def built_pipeline(config, pixels_per_mm: Optional[float] = None):

@@ -41,6 +41,19 @@ def fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
+def error_lines(message: str) -> None:
+    """Each line of `message` as its own error line: a config's problems, one per line, as `aivd.config.ConfigError`
+    words them (`error_line` would show them joined by a literal \\n)."""
+    for line in message.splitlines():
+        error_line(line)
+
+
+def fail_each_line(message: str, code: int = 2) -> typer.Exit:
+    """Print each line of `message` as an error line and return the exit to raise."""
+    error_lines(message)
+    return typer.Exit(code)
+
+
 def progress_bar() -> Progress:
     return Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),

@@ -10,8 +10,8 @@ from typing import Optional
 
 import typer
 
-from aivd.cli.inspect import _claim_output
-from aivd.cli.pipeline_options import METRICS_PORT
+from aivd.cli.output_folder import claim_output, open_writer
+from aivd.cli.pipeline_options import METRICS_PORT, built_pipeline, pipeline_config
 from aivd.cli.ui import console, error_line, fail, shown, warning_line
 from aivd.core.redaction import redact_command
 from aivd.intake import QUEUE_SIZE, SETTLE_S
@@ -37,38 +37,25 @@ def watch(
     143). Each file (path, size, modification time) is inspected exactly once: its record and its journal entry in
     the database are written in one transaction."""
     from aivd.cli.interrupts import StopRequest
-    from aivd.config import ConfigError, build_config, dotted
+    from aivd.config import dotted
     from aivd.intake.watch import FolderWatch
-    from aivd.pipeline.factory import build_pipeline
-    from aivd.pipeline.inspect import InspectOptions, ResultWriter, inspect_tasks
+    from aivd.pipeline.inspect import InspectOptions, inspect_tasks
     from aivd.pipeline.live_update import live
-    from aivd.pipeline.run_folder import ResumeError
-    from aivd.store import StoreError
 
     if not folder.is_dir():
         raise fail(f"{folder}: no such folder to watch")
     folder, out = folder.resolve(), out.absolute()
-    try:
-        settings = build_config(config, dotted("outputs.database", db) if db else None)
-        lock = _claim_output(out)
-        resuming = _holds_watch_of(out, folder, settings.outputs.database or "")
-        pipeline = build_pipeline(settings)
-    except ConfigError as error:
-        for line in str(error).splitlines():
-            error_line(line)
-        raise typer.Exit(2) from None
+    settings = pipeline_config(config, dotted("outputs.database", db) if db else None)
+    lock = claim_output(out)
+    resuming = _holds_watch_of(out, folder, settings.outputs.database or "")
+    pipeline = built_pipeline(settings)
     options = InspectOptions(
         annotate=settings.outputs.annotate, database=settings.outputs.database or "", report=settings.outputs.report,
         resume=resuming, command=redact_command(["aivd", *sys.argv[1:]]),
         config={"watch": str(folder), "pipeline": settings.shown(), "cwd": os.getcwd()},
     )
     with live(settings, pipeline, metrics_port) as extras, StopRequest("the records written so far are kept; the same command continues") as stop:
-        try:
-            writer = ResultWriter(out, options, lock)
-        except (StoreError, ResumeError) as error:
-            raise fail(str(error)) from None
-        except OSError as error:
-            raise fail(f"{out}: cannot write the output folder ({error.strerror or error})") from None
+        writer = open_writer(out, options, lock)
         assert writer.store is not None and writer.run_id is not None  # watch always gives a database: the journal is there
         source = FolderWatch(folder, writer.store, writer.run_id, template_mode=settings.edge.templates,
                              template=settings.edge.template, exclude=(out,), settle_s=settle, queue_size=queue_size,
