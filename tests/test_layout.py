@@ -7,45 +7,42 @@ from pathlib import Path
 AIVD = Path(__file__).resolve().parents[1] / "aivd"
 
 
+def imported_names(path: Path) -> list[str]:
+    """The dotted names a module imports, lazy imports included: `from a.b import c` imports `a.b`, and `a.b.c`
+    when c is a module."""
+    names = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names += [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+        elif isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+    return names
+
+
 def package_imports() -> dict[str, set[str]]:
-    """For each top-level package of aivd, the other aivd packages its modules import (lazy imports included)."""
+    """For each top-level package of aivd, the other aivd packages its modules import."""
     edges: dict[str, set[str]] = defaultdict(set)
     for path in AIVD.rglob("*.py"):
         parts = path.relative_to(AIVD).parts
         if len(parts) == 1:
             continue  # aivd/__init__.py
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                names = [node.module]
-            elif isinstance(node, ast.Import):
-                names = [alias.name for alias in node.names]
-            else:
-                continue
-            for name in names:
-                target = name.split(".")
-                if target[0] == "aivd" and len(target) > 1 and target[1] != parts[0] and (AIVD / target[1]).is_dir():
-                    edges[parts[0]].add(target[1])
+        for name in imported_names(path):
+            target = name.split(".")
+            if target[0] == "aivd" and len(target) > 1 and target[1] != parts[0] and (AIVD / target[1]).is_dir():
+                edges[parts[0]].add(target[1])
     return edges
 
 
 def cli_module_imports() -> dict[str, set[str]]:
-    """For each module of aivd.cli, the other modules of aivd.cli it imports (lazy imports included)."""
+    """For each module of aivd.cli, the other modules of aivd.cli it imports."""
     cli = AIVD / "cli"
     modules = {path.stem for path in cli.glob("*.py")}
     edges: dict[str, set[str]] = defaultdict(set)
     for path in cli.glob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                # `from aivd.cli.x import y` imports module x; `from aivd.cli import x` imports module x too.
-                names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
-            elif isinstance(node, ast.Import):
-                names = [alias.name for alias in node.names]
-            else:
-                continue
-            for name in names:
-                target = name.split(".")
-                if target[:2] == ["aivd", "cli"] and len(target) > 2 and target[2] in modules and target[2] != path.stem:
-                    edges[path.stem].add(target[2])
+        for name in imported_names(path):
+            target = name.split(".")
+            if target[:2] == ["aivd", "cli"] and len(target) > 2 and target[2] in modules and target[2] != path.stem:
+                edges[path.stem].add(target[2])
     return edges
 
 
