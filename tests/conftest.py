@@ -87,6 +87,13 @@ def dets(boxes, scores=None, classes=None) -> Detections:
     return Detections(boxes, scores, classes, DEEPPCB_CLASSES)
 
 
+def aivd(*args, rc=0, timeout: float = 300) -> subprocess.CompletedProcess:
+    """The `aivd` command run in a subprocess, as a user runs it; its exit code must be `rc` (None: any)."""
+    run = subprocess.run([sys.executable, "-m", "aivd.cli.main", *map(str, args)], capture_output=True, text=True, timeout=timeout)
+    assert rc is None or run.returncode == rc, run.stderr[-2000:]
+    return run
+
+
 def write_file(path, text: str):
     """A text file at `path`, its folders made."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,9 +1,8 @@
 """API keys (aivd.auth.keys and `aivd keys`): created once, verified by argon2, revoked, never stored in clear."""
 
-import subprocess
-import sys
 
 import pytest
+from conftest import aivd
 from sqlalchemy import create_engine, text
 
 from aivd.auth.keys import ApiKeyError, ApiKeys, CachedVerifier, role_allows
@@ -60,7 +59,7 @@ def test_the_verifier_remembers_valid_keys_for_its_ttl_only(url):
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "aivd.cli.main", "keys", *args], capture_output=True, text=True, timeout=60)
+    return aivd("keys", *args, rc=None, timeout=60)
 
 
 @pytest.mark.integration

@@ -5,6 +5,7 @@ import dataclasses
 
 import cv2
 import pytest
+from conftest import aivd
 
 from aivd.collab.drift_monitor import TriggerConfig
 from aivd.config import LearnerConfig, OffloadConfig, PipelineConfig, UpdateConfig
@@ -171,15 +172,9 @@ def test_learning_serves_the_update_store_seeded_with_the_packs_model_and_bad_se
 def test_aivd_inspect_with_a_learning_config_updates_swaps_and_counts_the_versions_served(tmp_path):
     import json
     import socket
-    import subprocess
-    import sys
 
     from aivd.pipeline.demo import SAMPLES
 
-    def aivd(*args, rc=0):
-        run = subprocess.run([sys.executable, "-m", "aivd.cli.main", *map(str, args)], capture_output=True, text=True, timeout=600)
-        assert run.returncode == rc, run.stderr[-2000:]
-        return run
 
     config = tmp_path / "pipeline.yaml"
     # min_gain is 0, so a candidate no worse than its parent on the validation images is promoted.
@@ -192,7 +187,7 @@ def test_aivd_inspect_with_a_learning_config_updates_swaps_and_counts_the_versio
     for index, path in enumerate(pairs):
         (images / f"{index:02d}_{path.name}").write_bytes(path.read_bytes())
         (images / f"{index:02d}_{path.name.replace('_test', '_temp')}").write_bytes(path.with_name(path.name.replace("_test", "_temp")).read_bytes())
-    aivd("inspect", images, "--config", config, "--out", tmp_path / "out", "--metrics-port", "0")
+    aivd("inspect", images, "--config", config, "--out", tmp_path / "out", "--metrics-port", "0", timeout=600)
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     history = [json.loads(line) for line in (tmp_path / "store" / "history.jsonl").read_text().splitlines()]
     assert history[0]["version"] == "v0001"  # the store was seeded with the pack's model
@@ -206,5 +201,5 @@ def test_aivd_inspect_with_a_learning_config_updates_swaps_and_counts_the_versio
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        failed = aivd("inspect", images, "--config", config, "--out", tmp_path / "again", "--metrics-port", port, rc=2)
+        failed = aivd("inspect", images, "--config", config, "--out", tmp_path / "again", "--metrics-port", port, rc=2, timeout=600)
     assert f"--metrics-port {port}: cannot serve metrics on 127.0.0.1:{port}" in failed.stderr and "Traceback" not in failed.stderr

@@ -4,7 +4,7 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import dets
+from conftest import aivd, dets
 
 from aivd.collab.drift_monitor import AgreementMonitor, TriggerConfig, UpdateTrigger
 from aivd.collab.replay import ReplayBuffer
@@ -225,15 +225,9 @@ def test_online_updater_skips_an_update_without_labelled_defects_and_keeps_going
 
 def test_models_cli_publishes_promotes_rolls_back_and_inspect_serves_the_store(tmp_path):
     import json
-    import subprocess
-    import sys
 
     from aivd.pipeline.demo import SAMPLES
 
-    def aivd(*args, rc=0):
-        run = subprocess.run([sys.executable, "-m", "aivd.cli.main", *map(str, args)], capture_output=True, text=True, timeout=300)
-        assert run.returncode == rc, run.stderr[-2000:]
-        return run
 
     store = tmp_path / "store"
     assert aivd("models", "publish", BUILTIN_MODEL, "--store", store, "--promote").stdout.strip() == "v0001"
