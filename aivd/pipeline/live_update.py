@@ -34,7 +34,7 @@ import threading
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
@@ -284,7 +284,7 @@ def live(config: PipelineConfig, pipeline: EdgeCloudPipeline, metrics_port: int 
     result = Live()
     if metrics_port is not None:
         result.metrics = LiveMetrics()
-    with result.metrics.serving(metrics_port, metrics_host) if metrics_port is not None and result.metrics else _nothing() as port:
+    with result.metrics.serving(metrics_port, metrics_host) if metrics_port is not None and result.metrics else nullcontext() as port:
         result.metrics_port = port
         if config.update.enabled:
             result.learner = build_learner(config.update, pipeline, result.metrics)
@@ -293,8 +293,3 @@ def live(config: PipelineConfig, pipeline: EdgeCloudPipeline, metrics_port: int 
         finally:
             if result.learner is not None:
                 result.learner.close()
-
-
-@contextmanager
-def _nothing() -> Iterator[None]:
-    yield None
