@@ -73,6 +73,8 @@ images = Table(
     Column("cloud_error", Text),
     Column("bytes_to_cloud", BigInteger, nullable=False),
     Column("bytes_from_cloud", BigInteger, nullable=False),
+    Column("inspected_at", DateTime(timezone=True)),  # when the record was stored (null in databases older than 0006)
+    Index("images_inspected_at", "inspected_at"),
 )
 
 defects = Table(
@@ -126,6 +128,58 @@ api_keys = Table(
     Column("label", Text),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("revoked_at", DateTime(timezone=True)),  # null while the key is valid
+)
+
+# Console accounts (aivd.auth): a user signs in with a password kept only as its argon2 hash, and has one role of
+# aivd.auth.keys.ROLES; a disabled user can no longer sign in.
+users = Table(
+    "users", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("username", String(64), nullable=False, unique=True),
+    Column("password_hash", Text, nullable=False),
+    Column("role", String(16), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("disabled_at", DateTime(timezone=True)),
+)
+
+# Signed-in console sessions, kept server-side so that signing out or disabling a user ends them at once: the
+# cookie carries a random token, the table only its SHA-256, with the session's CSRF token for its forms.
+sessions = Table(
+    "sessions", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("user_id", Integer, ForeignKey("users.id"), nullable=False, index=True),
+    Column("csrf_token", String(64), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+)
+
+# Human reviews of inspected images. A review never changes the machine's rows in `defects`: it is a labelling of
+# the whole image of its own, and an image's newest review is its human label. `labels` is JSON, a list of
+# {"bbox": [x1, y1, x2, y2], "defect_type": NAME, "defect_id": the machine's defect it keeps or corrects, or null
+# for a box the reviewer added}; verdict is accepted (the machine's answer as it was), corrected, or good (no defect).
+reviews = Table(
+    "reviews", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("image_row_id", Integer, ForeignKey("images.id"), nullable=False, index=True),
+    Column("reviewer", String(255), nullable=False),  # a username, or whoever a program labelled for
+    Column("reviewed_at", DateTime(timezone=True), nullable=False),
+    Column("verdict", String(16), nullable=False),
+    Column("labels", Text, nullable=False),
+    Column("note", Text),
+)
+
+# Who did what to the system and when: sign-ins (failed ones too), label changes, promotions and rollbacks, keys
+# and users made or revoked. `detail` is JSON and never holds a secret.
+audit_log = Table(
+    "audit_log", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("at", DateTime(timezone=True), nullable=False, index=True),
+    Column("actor", String(255), nullable=False),
+    Column("action", String(32), nullable=False, index=True),
+    Column("target", Text),
+    Column("detail", Text),
+    Column("remote_addr", String(64)),
 )
 
 # The primary key starts with image_row_id, so it is also the index for joining on that foreign key.
@@ -268,7 +322,7 @@ class ResultStore:
     def add(self, run_id: int, record: InspectionRecord, intake_id: int | None = None) -> None:
         """Write one record (its image, defects and timings) in one transaction; with `intake_id`, the same
         transaction marks that journal entry done, and a record for an entry done already is refused whole."""
-        image_row = {"run_id": run_id, **{name: getattr(record, name) for name in _IMAGE_FIELDS}}
+        image_row = {"run_id": run_id, "inspected_at": _now(), **{name: getattr(record, name) for name in _IMAGE_FIELDS}}
         with self.errors("write"), self._engine.begin() as connection:
             row_id = _inserted_id(connection.execute(images.insert(), image_row))
             if intake_id is not None:
