@@ -1,4 +1,5 @@
-"""`aivd serve`: the whole pipeline on Ray Serve (`--config cluster.yaml`), or the cloud tier alone (`cloud`)."""
+"""`aivd serve`: the whole pipeline on Ray Serve (`--config cluster.yaml`), the cloud tier alone (`cloud`), or the
+operator console (`console`)."""
 
 from __future__ import annotations
 
@@ -51,6 +52,25 @@ def cluster(
         shutdown()
 
 
+TLS_CERT = typer.Option(None, "--tls-cert", exists=True, dir_okay=False, help="PEM certificate: serve HTTPS (with --tls-key).")
+TLS_KEY = typer.Option(None, "--tls-key", exists=True, dir_okay=False, help="PEM private key of --tls-cert.")
+
+
+def check_tls(tls_cert: Optional[Path], tls_key: Optional[Path]) -> None:
+    """Exit with one error line unless the certificate and key are both given and fit together, or neither is."""
+    if (tls_cert is None) != (tls_key is None):
+        typer.echo("error: HTTPS needs both --tls-cert and --tls-key", err=True)
+        raise typer.Exit(2)
+    if tls_cert is not None:
+        import ssl
+
+        try:  # here rather than in uvicorn's startup, which would end in a traceback
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(tls_cert, tls_key)
+        except ssl.SSLError as error:
+            typer.echo(f"error: cannot use {tls_cert} with {tls_key} for HTTPS: {error}", err=True)
+            raise typer.Exit(2) from None
+
+
 @serve_app.command("cloud")
 def cloud(
     host: str = typer.Option("127.0.0.1", help="Address to listen on; 0.0.0.0 for every interface."),
@@ -69,8 +89,8 @@ def cloud(
     db: Optional[str] = typer.Option(
         None, "--db", help="Result database holding API keys (`aivd keys create`): every endpoint but /healthz then needs one."),
     insecure: bool = typer.Option(False, "--insecure", help="Serve a non-loopback --host without API keys."),
-    tls_cert: Optional[Path] = typer.Option(None, "--tls-cert", exists=True, dir_okay=False, help="PEM certificate: serve HTTPS (with --tls-key)."),
-    tls_key: Optional[Path] = typer.Option(None, "--tls-key", exists=True, dir_okay=False, help="PEM private key of --tls-cert."),
+    tls_cert: Optional[Path] = TLS_CERT,
+    tls_key: Optional[Path] = TLS_KEY,
 ) -> None:
     """Serve the built-in cloud analyzer over HTTP: POST /v1/analyze, GET /healthz, GET /metrics, docs at /docs."""
     import ipaddress
@@ -83,17 +103,7 @@ def cloud(
     from aivd.edge.detector import ModelError
     from aivd.serving.server import ServerSettings, serve
 
-    if (tls_cert is None) != (tls_key is None):
-        typer.echo("error: HTTPS needs both --tls-cert and --tls-key", err=True)
-        raise typer.Exit(2)
-    if tls_cert is not None:
-        import ssl
-
-        try:  # here rather than in uvicorn's startup, which would end in a traceback
-            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(tls_cert, tls_key)
-        except ssl.SSLError as error:
-            typer.echo(f"error: cannot use {tls_cert} with {tls_key} for HTTPS: {error}", err=True)
-            raise typer.Exit(2) from None
+    check_tls(tls_cert, tls_key)
     keys = None
     try:
         if db is not None:
@@ -126,3 +136,35 @@ def cloud(
         analyzer.close()
         if keys is not None:
             keys.close()
+
+
+@serve_app.command("console")
+def console(
+    db: str = typer.Option(..., "--db", help="The inspection database's URL (sqlite:///out/aivd.sqlite, postgresql+psycopg://...)."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on; 0.0.0.0 for every interface (needs a user or key, or --insecure)."),
+    port: int = typer.Option(8090, min=0, max=65535, help="TCP port; 0 picks a free one."),
+    model_store: Optional[Path] = typer.Option(
+        None, "--model-store", file_okay=False, help="The edge-model store (`aivd models`): /models shows it, admins promote and roll back."),
+    runtime: Optional[str] = typer.Option(None, "--runtime", help="An `aivd serve --config` ingress URL: the live view shows its /v1/router."),
+    insecure: bool = typer.Option(False, "--insecure", help="Serve a non-loopback --host with no user or key configured."),
+    tls_cert: Optional[Path] = TLS_CERT,
+    tls_key: Optional[Path] = TLS_KEY,
+) -> None:
+    """The operator console: live view, images, runs, review queue, model versions and audit log, with a JSON API
+    under /api/ (docs/console.md)."""
+    from aivd.auth.web import Access, refuse_open_bind
+    from aivd.cli.ui import fail
+    from aivd.console import build_console_app
+    from aivd.core.errors import AivdError
+    from aivd.serving.server import ServerSettings, serve
+
+    check_tls(tls_cert, tls_key)
+    if model_store is not None and not (model_store / "versions").is_dir():
+        raise fail(f"{model_store}: not a model store (no versions/ folder)")
+    try:
+        access = Access.from_db(db)
+        refuse_open_bind(host, access, insecure)
+        app = build_console_app(db, access, model_store=model_store, runtime_url=runtime)
+    except AivdError as error:
+        raise fail(str(error)) from None
+    serve(app, host, port, ServerSettings(tls_cert=tls_cert, tls_key=tls_key))
