@@ -9,6 +9,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 Box = tuple[float, float, float, float]
+MAX_ID = 2**31 - 1  # ids are 32-bit INTEGER columns
+NO_NUL = r"^[^\x00]*$"  # PostgreSQL text cannot hold NUL
 
 
 class DefectOut(BaseModel):
@@ -31,8 +33,8 @@ class Label(BaseModel):
     """One box of a human review."""
 
     bbox: Box = Field(description="x1, y1, x2, y2 in pixels of the image; x1 < x2 and y1 < y2")
-    defect_type: str = Field(min_length=1, max_length=64)
-    defect_id: int | None = Field(None, description="the machine's defect this box keeps or corrects; null for one the reviewer added")
+    defect_type: str = Field(min_length=1, max_length=64, pattern=NO_NUL)
+    defect_id: int | None = Field(None, ge=1, le=MAX_ID, description="the machine's defect this box keeps or corrects; null for one the reviewer added")
 
     @field_validator("bbox")
     @classmethod
@@ -188,10 +190,10 @@ class QueueEntry(BaseModel):
 
 
 class ReviewIn(BaseModel):
-    image_row_id: int
+    image_row_id: int = Field(ge=1, le=MAX_ID)
     verdict: Literal["accepted", "corrected", "good"]
     labels: list[Label] = Field(max_length=1000)
-    note: str | None = Field(None, max_length=2000)
+    note: str | None = Field(None, max_length=2000, pattern=NO_NUL)
 
     @model_validator(mode="after")
     def _good_has_no_boxes(self) -> ReviewIn:

@@ -23,6 +23,7 @@ from typing import Any, Literal
 import cv2
 import httpx
 from fastapi import Depends, FastAPI, Form, HTTPException, Query, Request
+from fastapi import Path as Path_
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
@@ -49,7 +50,9 @@ SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "same-origin",
 }
-EXPORT_FORMATS = ("yolo", "voc", "coco")
+# Row ids are 32-bit INTEGER columns (PostgreSQL refuses larger values with an error, not an empty answer), and
+# PostgreSQL text cannot hold NUL: both are refused as bad requests before they reach the database.
+MAX_ID, NO_NUL = m.MAX_ID, m.NO_NUL
 
 
 class TimedCache:
@@ -82,7 +85,10 @@ def _as_utc(value: datetime | None) -> datetime | None:
     field) is taken as UTC. SQLite compares stored times as text, so a parameter must be in that zone."""
     if value is None:
         return None
-    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+    try:
+        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+    except OverflowError:  # year 1 at UTC+1 is before year 1 in UTC
+        raise HTTPException(422, f"{value} is out of range") from None
 
 
 def _runtime_status(url: str) -> tuple[dict | None, str | None]:
@@ -149,9 +155,9 @@ def build_console_app(db_url: str, access, model_store: Path | str | None = None
     def image_filter(
         since: datetime | None = Query(None, description="inspected at or after (ISO 8601)"),
         until: datetime | None = Query(None, description="inspected before (ISO 8601)"),
-        run_id: int | None = Query(None, ge=1, le=2**31 - 1),
-        source: str | None = Query(None, max_length=1000, description="a prefix of the image's stored path"),
-        defect_type: str | None = Query(None, max_length=64, description="has a reported defect of this class"),
+        run_id: int | None = Query(None, ge=1, le=MAX_ID),
+        source: str | None = Query(None, max_length=1000, pattern=NO_NUL, description="a prefix of the image's stored path"),
+        defect_type: str | None = Query(None, max_length=64, pattern=NO_NUL, description="has a reported defect of this class"),
         severity: Literal["critical", "major", "minor"] | None = Query(None),
         min_confidence: float | None = Query(None, ge=0, le=1),
         max_confidence: float | None = Query(None, ge=0, le=1),
@@ -161,7 +167,8 @@ def build_console_app(db_url: str, access, model_store: Path | str | None = None
         return queries.ImageFilter(_as_utc(since), _as_utc(until), run_id, source or None, defect_type or None, severity, min_confidence,
                                    max_confidence, status, reviewed)
 
-    paging = {"limit": Query(50, ge=1, le=queries.PAGE_LIMIT), "after": Query(None, ge=1, le=2**63 - 1, description="the previous page's next_after")}
+    ROW_ID = Path_(ge=1, le=MAX_ID)
+    paging = {"limit": Query(50, ge=1, le=queries.PAGE_LIMIT), "after": Query(None, ge=1, le=MAX_ID, description="the previous page's next_after")}
 
     def page_of(found: queries.Page) -> dict:
         return {"items": [vars(item) if not isinstance(item, dict) else item for item in found.items],
@@ -197,14 +204,14 @@ def build_console_app(db_url: str, access, model_store: Path | str | None = None
         return page_of(_read(queries.list_images, filters, limit, after))
 
     @app.get("/api/images/{image_row_id}", response_model=m.ImageDetail, responses={**auth_errors, **not_found}, dependencies=[viewer])
-    def api_image(image_row_id: int):
+    def api_image(image_row_id: int = ROW_ID):
         """One image with every candidate region and its reviews."""
         return detail(image_row_id)
 
     @app.get("/api/images/{image_row_id}/file", response_class=FileResponse, dependencies=[viewer],
              responses={**auth_errors, **not_found, 200: {"content": {media: {} for media in IMAGE_TYPES.values()}, "description": "the image"},
                         415: {"model": m.Error, "description": "the stored path is not an image file the console serves"}})
-    def api_image_file(image_row_id: int):
+    def api_image_file(image_row_id: int = ROW_ID):
         """The image file, from the path the database stores for it."""
         path = _read(queries.image_path, image_row_id)
         if path is None:
@@ -219,7 +226,7 @@ def build_console_app(db_url: str, access, model_store: Path | str | None = None
     @app.get("/api/defects/{defect_id}/crop", response_class=Response, dependencies=[viewer],
              responses={**auth_errors, **not_found, 200: {"content": {"image/jpeg": {}}, "description": "the region, with a margin"},
                         415: {"model": m.Error, "description": "the image file cannot be read"}})
-    def api_crop(defect_id: int):
+    def api_crop(defect_id: int = ROW_ID):
         """A thumbnail of one candidate region."""
         region = _read(queries.defect_region, defect_id)
         if region is None:
@@ -267,7 +274,7 @@ def build_console_app(db_url: str, access, model_store: Path | str | None = None
         return page_of(_read(queries.list_audit, limit, after))
 
     @app.get("/api/review/queue", response_model=list[m.QueueEntry], responses=auth_errors, dependencies=[operator])
-    def api_queue(limit: int = Query(50, ge=1, le=queries.PAGE_LIMIT), run_id: int | None = Query(None, ge=1, le=2**31 - 1)):
+    def api_queue(limit: int = Query(50, ge=1, le=queries.PAGE_LIMIT), run_id: int | None = Query(None, ge=1, le=MAX_ID)):
         """The images a human label would teach most, most useful first; reviewed images are left out."""
         return [{"image_row_id": item.image_row_id, "priority": item.priority, "reasons": list(item.reasons)}
                 for item in reviews.queue(limit, run_id=run_id)]
@@ -321,7 +328,7 @@ def build_console_app(db_url: str, access, model_store: Path | str | None = None
         return page(request, "images.html", principal, found=found, filters=filters, query=query, classes=classes_cache.get())
 
     @app.get("/images/{image_row_id}", response_class=HTMLResponse, include_in_schema=False)
-    def image_page(request: Request, image_row_id: int, principal=viewer_page):
+    def image_page(request: Request, image_row_id: int = ROW_ID, principal=viewer_page):
         return page(request, "image.html", principal, image=detail(image_row_id))
 
     @app.get("/runs", response_class=HTMLResponse, include_in_schema=False)
@@ -349,15 +356,15 @@ def build_console_app(db_url: str, access, model_store: Path | str | None = None
         return RedirectResponse("/models", status_code=303)
 
     @app.post("/models/promote", include_in_schema=False, dependencies=[csrf])
-    def promote(request: Request, version: str = Form(..., max_length=32), reason: str = Form("", max_length=500), principal=admin_page):
+    def promote(request: Request, version: str = Form(..., max_length=32, pattern=NO_NUL), reason: str = Form("", max_length=500, pattern=NO_NUL), principal=admin_page):
         return change_model(request, principal, "promote", version, reason)
 
     @app.post("/models/rollback", include_in_schema=False, dependencies=[csrf])
-    def rollback(request: Request, reason: str = Form("", max_length=500), principal=admin_page):
+    def rollback(request: Request, reason: str = Form("", max_length=500, pattern=NO_NUL), principal=admin_page):
         return change_model(request, principal, "rollback", None, reason)
 
     @app.get("/review", response_class=HTMLResponse, include_in_schema=False)
-    def review_page(request: Request, run_id: int | None = Query(None, ge=1, le=2**31 - 1), principal=operator_page):
+    def review_page(request: Request, run_id: int | None = Query(None, ge=1, le=MAX_ID), principal=operator_page):
         return page(request, "review.html", principal, run_id=run_id, classes=classes_cache.get())
 
     @app.get("/audit", response_class=HTMLResponse, include_in_schema=False)
