@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlencode
 
 import cv2
 import httpx
@@ -129,6 +130,15 @@ def build_console_app(db_url: str, access, model_store: Path | str | None = None
             return query(connection, *args, **kwargs)
 
     @app.middleware("http")
+    async def blank_fields_are_unset(request: Request, call_next):
+        """A GET form sends its empty fields as `name=`; on the pages that means "no filter". (The API keeps them,
+        and refuses an empty number as its schema says.)"""
+        if request.method == "GET" and not request.url.path.startswith("/api/") and b"=&" in request.scope["query_string"] + b"&":
+            kept = [(key, value) for key, value in request.query_params.multi_items() if value != ""]
+            request.scope["query_string"] = urlencode(kept).encode()
+        return await call_next(request)
+
+    @app.middleware("http")
     async def security_headers(request: Request, call_next):
         response = await call_next(request)
         for name, value in SECURITY_HEADERS.items():
@@ -167,8 +177,15 @@ def build_console_app(db_url: str, access, model_store: Path | str | None = None
         return queries.ImageFilter(_as_utc(since), _as_utc(until), run_id, source or None, defect_type or None, severity, min_confidence,
                                    max_confidence, status, reviewed)
 
-    ROW_ID = Path_(ge=1, le=MAX_ID)
-    paging = {"limit": Query(50, ge=1, le=queries.PAGE_LIMIT), "after": Query(None, ge=1, le=MAX_ID, description="the previous page's next_after")}
+    # Each route gets parameter objects of its own: FastAPI fills in a parameter's name on the object it is given.
+    def row_id():
+        return Path_(ge=1, le=MAX_ID)
+
+    def limit_param():
+        return Query(50, ge=1, le=queries.PAGE_LIMIT)
+
+    def after_param():
+        return Query(None, ge=1, le=MAX_ID, description="the previous page's next_after")
 
     def page_of(found: queries.Page) -> dict:
         return {"items": [vars(item) if not isinstance(item, dict) else item for item in found.items],
@@ -199,19 +216,19 @@ def build_console_app(db_url: str, access, model_store: Path | str | None = None
         return live()
 
     @app.get("/api/images", response_model=m.ImagePage, responses=auth_errors, dependencies=[viewer])
-    def api_images(filters: queries.ImageFilter = Depends(image_filter), limit: int = paging["limit"], after: int | None = paging["after"]):
+    def api_images(filters: queries.ImageFilter = Depends(image_filter), limit: int = limit_param(), after: int | None = after_param()):
         """Images matching the filters, newest first, by pages of `limit`."""
         return page_of(_read(queries.list_images, filters, limit, after))
 
     @app.get("/api/images/{image_row_id}", response_model=m.ImageDetail, responses={**auth_errors, **not_found}, dependencies=[viewer])
-    def api_image(image_row_id: int = ROW_ID):
+    def api_image(image_row_id: int = row_id()):
         """One image with every candidate region and its reviews."""
         return detail(image_row_id)
 
     @app.get("/api/images/{image_row_id}/file", response_class=FileResponse, dependencies=[viewer],
              responses={**auth_errors, **not_found, 200: {"content": {media: {} for media in IMAGE_TYPES.values()}, "description": "the image"},
                         415: {"model": m.Error, "description": "the stored path is not an image file the console serves"}})
-    def api_image_file(image_row_id: int = ROW_ID):
+    def api_image_file(image_row_id: int = row_id()):
         """The image file, from the path the database stores for it."""
         path = _read(queries.image_path, image_row_id)
         if path is None:
@@ -226,7 +243,7 @@ def build_console_app(db_url: str, access, model_store: Path | str | None = None
     @app.get("/api/defects/{defect_id}/crop", response_class=Response, dependencies=[viewer],
              responses={**auth_errors, **not_found, 200: {"content": {"image/jpeg": {}}, "description": "the region, with a margin"},
                         415: {"model": m.Error, "description": "the image file cannot be read"}})
-    def api_crop(defect_id: int = ROW_ID):
+    def api_crop(defect_id: int = row_id()):
         """A thumbnail of one candidate region."""
         region = _read(queries.defect_region, defect_id)
         if region is None:
@@ -248,7 +265,7 @@ def build_console_app(db_url: str, access, model_store: Path | str | None = None
         return Response(encoded.tobytes(), media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
 
     @app.get("/api/runs", response_model=m.RunPage, responses=auth_errors, dependencies=[viewer])
-    def api_runs(limit: int = paging["limit"], after: int | None = paging["after"]):
+    def api_runs(limit: int = limit_param(), after: int | None = after_param()):
         """Runs, newest first."""
         return page_of(_read(queries.list_runs, limit, after))
 
@@ -269,18 +286,18 @@ def build_console_app(db_url: str, access, model_store: Path | str | None = None
         return model_state()
 
     @app.get("/api/audit", response_model=m.AuditPage, responses=auth_errors, dependencies=[admin])
-    def api_audit(limit: int = paging["limit"], after: int | None = paging["after"]):
+    def api_audit(limit: int = limit_param(), after: int | None = after_param()):
         """Who did what, newest first (admins only)."""
         return page_of(_read(queries.list_audit, limit, after))
 
     @app.get("/api/review/queue", response_model=list[m.QueueEntry], responses=auth_errors, dependencies=[operator])
-    def api_queue(limit: int = Query(50, ge=1, le=queries.PAGE_LIMIT), run_id: int | None = Query(None, ge=1, le=MAX_ID)):
+    def api_queue(limit: int = limit_param(), run_id: int | None = Query(None, ge=1, le=MAX_ID)):
         """The images a human label would teach most, most useful first; reviewed images are left out."""
         return [{"image_row_id": item.image_row_id, "priority": item.priority, "reasons": list(item.reasons)}
                 for item in reviews.queue(limit, run_id=run_id)]
 
     @app.post("/api/reviews", response_model=m.ReviewSaved, dependencies=[csrf],
-              responses={**auth_errors, **not_found, 422: {"description": "a box or defect id that does not fit the image"}})
+              responses={**auth_errors, **not_found, 400: {"model": m.Error, "description": "the body is not JSON"}, 422: {"description": "a box or defect id that does not fit the image"}})
     def api_review(review: m.ReviewIn, request: Request, principal=operator):
         """Store a human review of an image: a labelling of its own, never a change to the machine's records."""
         found = _read(queries.image_detail, review.image_row_id)
@@ -321,18 +338,18 @@ def build_console_app(db_url: str, access, model_store: Path | str | None = None
         return page(request, "live.html", principal, live=live())
 
     @app.get("/images", response_class=HTMLResponse, include_in_schema=False)
-    def images_page(request: Request, filters: queries.ImageFilter = Depends(image_filter), limit: int = paging["limit"],
-                    after: int | None = paging["after"], principal=viewer_page):
+    def images_page(request: Request, filters: queries.ImageFilter = Depends(image_filter), limit: int = limit_param(),
+                    after: int | None = after_param(), principal=viewer_page):
         found = _read(queries.list_images, filters, limit, after)
         query = {key: value for key, value in request.query_params.items() if key != "after" and value != ""}
         return page(request, "images.html", principal, found=found, filters=filters, query=query, classes=classes_cache.get())
 
     @app.get("/images/{image_row_id}", response_class=HTMLResponse, include_in_schema=False)
-    def image_page(request: Request, image_row_id: int = ROW_ID, principal=viewer_page):
+    def image_page(request: Request, image_row_id: int = row_id(), principal=viewer_page):
         return page(request, "image.html", principal, image=detail(image_row_id))
 
     @app.get("/runs", response_class=HTMLResponse, include_in_schema=False)
-    def runs_page(request: Request, limit: int = paging["limit"], after: int | None = paging["after"], principal=viewer_page):
+    def runs_page(request: Request, limit: int = limit_param(), after: int | None = after_param(), principal=viewer_page):
         return page(request, "runs.html", principal, found=_read(queries.list_runs, limit, after))
 
     @app.get("/models", response_class=HTMLResponse, include_in_schema=False)
@@ -368,7 +385,7 @@ def build_console_app(db_url: str, access, model_store: Path | str | None = None
         return page(request, "review.html", principal, run_id=run_id, classes=classes_cache.get())
 
     @app.get("/audit", response_class=HTMLResponse, include_in_schema=False)
-    def audit_page(request: Request, limit: int = paging["limit"], after: int | None = paging["after"], principal=admin_page):
+    def audit_page(request: Request, limit: int = limit_param(), after: int | None = after_param(), principal=admin_page):
         return page(request, "audit.html", principal, found=_read(queries.list_audit, limit, after))
 
     return app
