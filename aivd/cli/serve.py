@@ -152,6 +152,8 @@ def console(
 ) -> None:
     """The operator console: live view, images, runs, review queue, model versions and audit log, with a JSON API
     under /api/ (docs/console.md)."""
+    from contextlib import ExitStack
+
     from aivd.auth.web import Access, refuse_open_bind
     from aivd.cli.ui import fail
     from aivd.console import build_console_app
@@ -161,10 +163,11 @@ def console(
     check_tls(tls_cert, tls_key)
     if model_store is not None and not (model_store / "versions").is_dir():
         raise fail(f"{model_store}: not a model store (no versions/ folder)")
-    try:
-        access = Access.from_db(db)
-        refuse_open_bind(host, access, insecure)
-        app = build_console_app(db, access, model_store=model_store, runtime_url=runtime)
-    except AivdError as error:
-        raise fail(str(error)) from None
-    serve(app, host, port, ServerSettings(tls_cert=tls_cert, tls_key=tls_key))
+    with ExitStack() as cleanup:
+        try:
+            access = cleanup.enter_context(Access.from_db(db))
+            refuse_open_bind(host, access, insecure)
+            app = build_console_app(db, access, model_store=model_store, runtime_url=runtime)
+        except AivdError as error:
+            raise fail(str(error)) from None
+        serve(app, host, port, ServerSettings(tls_cert=tls_cert, tls_key=tls_key))

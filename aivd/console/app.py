@@ -106,7 +106,7 @@ def build_console_app(db_url: str, access, model_store: Path | str | None = None
     """The console over the database at `db_url` (its schema brought up to date), guarded by `access`
     (aivd.auth.web.Access); `model_store` enables /models, `runtime_url` adds a runtime's router state to the live view."""
     from aivd.auth.web import login_router
-    from aivd.review import ReviewStore, export_dataset
+    from aivd.review import ReviewError, ReviewStore, export_dataset
 
     store = ResultStore(db_url)
     reviews = ReviewStore(db_url)
@@ -269,10 +269,15 @@ def build_console_app(db_url: str, access, model_store: Path | str | None = None
         """Runs, newest first."""
         return page_of(_read(queries.list_runs, limit, after))
 
-    @app.get("/api/classes", response_model=list[str], responses=auth_errors, dependencies=[viewer])
-    def api_classes():
-        """The defect classes in the database (the review page's number keys, in this order)."""
-        return classes_cache.get()
+    @app.get("/api/classes", response_model=list[str], responses={**auth_errors, **not_found}, dependencies=[viewer])
+    def api_classes(run_id: int | None = Query(None, ge=1, le=MAX_ID, description="the classes a review of this run may name")):
+        """Defect classes: those a review of run `run_id` may name (the review page's number keys, in this order), or
+        without it every class the database has defects of."""
+        if run_id is None:
+            return classes_cache.get()
+        if not _read(queries.run_exists, run_id):
+            raise HTTPException(404, f"no run {run_id}")
+        return reviews.known_classes(run_id)
 
     def model_state() -> dict:
         if models is None:
@@ -297,30 +302,33 @@ def build_console_app(db_url: str, access, model_store: Path | str | None = None
                 for item in reviews.queue(limit, run_id=run_id)]
 
     @app.post("/api/reviews", response_model=m.ReviewSaved, dependencies=[csrf],
-              responses={**auth_errors, **not_found, 400: {"model": m.Error, "description": "the body is not JSON"}, 422: {"description": "a box or defect id that does not fit the image"}})
+              responses={**auth_errors, **not_found, 400: {"model": m.Error, "description": "the body is not JSON"},
+                         422: {"description": "a box, class or defect id that does not fit the image (aivd.review checks each)"}})
     def api_review(review: m.ReviewIn, request: Request, principal=operator):
         """Store a human review of an image: a labelling of its own, never a change to the machine's records."""
-        found = _read(queries.image_detail, review.image_row_id)
-        if found is None:
+        if _read(queries.image_path, review.image_row_id) is None:
             raise HTTPException(404, f"no image {review.image_row_id}")
-        machine = {defect["id"] for defect in found["defects"]}
-        foreign = [label.defect_id for label in review.labels if label.defect_id is not None and label.defect_id not in machine]
-        if foreign:
-            raise HTTPException(422, f"defects {foreign} are not image {review.image_row_id}'s")
         labels = [label.model_dump(mode="json") for label in review.labels]
-        review_id = reviews.add(review.image_row_id, principal.name, review.verdict, labels, review.note)
+        try:
+            review_id = reviews.add(review.image_row_id, principal.name, review.verdict, labels, review.note)
+        except ReviewError as error:
+            raise HTTPException(422, str(error)) from None
         access.audit.record(principal.name, "review", target=f"image:{review.image_row_id}",
                             detail={"review": review_id, "verdict": review.verdict, "boxes": len(labels)},
                             remote_addr=request.client.host if request.client else None)
         return {"id": review_id}
 
     @app.get("/api/export", response_class=Response, dependencies=[operator],
-             responses={**auth_errors, 200: {"content": {"application/zip": {}}, "description": "the reviewed images and their labels"}})
+             responses={**auth_errors, 200: {"content": {"application/zip": {}}, "description": "the reviewed images and their labels"},
+                        409: {"model": m.Error, "description": "nothing to export: no reviewed image, or one whose file is gone"}})
     def api_export(format: Literal["yolo", "voc", "coco"] = Query("yolo", description="the data set's layout")):
         """The reviewed images with their human labels as a data set (`aivd train pack`, `aivd finetune build` read it), zipped."""
         folder = Path(tempfile.mkdtemp(prefix="aivd-export-"))
         try:
-            export_dataset(db_url, folder / "dataset", format)
+            try:
+                export_dataset(db_url, folder / "dataset", format)
+            except ReviewError as error:
+                raise HTTPException(409, str(error)) from None
             archive = io.BytesIO()
             with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zipped:
                 for path in sorted((folder / "dataset").rglob("*")):
@@ -382,7 +390,7 @@ def build_console_app(db_url: str, access, model_store: Path | str | None = None
 
     @app.get("/review", response_class=HTMLResponse, include_in_schema=False)
     def review_page(request: Request, run_id: int | None = Query(None, ge=1, le=MAX_ID), principal=operator_page):
-        return page(request, "review.html", principal, run_id=run_id, classes=classes_cache.get())
+        return page(request, "review.html", principal, run_id=run_id)
 
     @app.get("/audit", response_class=HTMLResponse, include_in_schema=False)
     def audit_page(request: Request, limit: int = limit_param(), after: int | None = after_param(), principal=admin_page):

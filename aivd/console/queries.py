@@ -212,6 +212,10 @@ def list_runs(connection: Connection, limit: int = 50, after: int | None = None)
     return Page(items, rows[-1].id if more else None, total, capped)
 
 
+def run_exists(connection: Connection, run_id: int) -> bool:
+    return connection.execute(select(runs.c.id).where(runs.c.id == run_id)).first() is not None
+
+
 def defect_classes(connection: Connection) -> list[str]:
     """The classes the database has defects of, for the filter form (an index scan of defects.defect_type)."""
     return list(connection.execute(select(defects.c.defect_type).distinct().order_by(defects.c.defect_type)).scalars())

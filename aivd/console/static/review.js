@@ -10,7 +10,9 @@ class Reviewer {
     this.root = root;
     this.csrf = root.dataset.csrf;
     this.run = root.dataset.run;
-    this.classes = root.dataset.classes ? root.dataset.classes.split(",") : [];
+    this.classes = [];
+    this.classesOfRun = new Map();  // run id -> the classes a review of it may name (the number keys)
+    this.classList = root.querySelector("#review-classes");
     this.status = root.querySelector("#review-status");
     this.picture = root.querySelector("#review-picture");
     this.table = root.querySelector("#review-boxes");
@@ -46,6 +48,7 @@ class Reviewer {
     const answer = await fetch(`/api/images/${item.image_row_id}`, { credentials: "same-origin" });
     if (!answer.ok) return this.say(`Cannot read image ${item.image_row_id}: ${answer.status}`);
     this.image = await answer.json();
+    await this.loadClasses(this.image.run_id);
     this.boxes = this.image.defects.filter((d) => !d.rejected)
       .map((d) => ({ bbox: d.bbox.slice(), defect_type: d.defect_type, defect_id: d.id, from: d.source }));
     this.selected = -1;
@@ -53,6 +56,19 @@ class Reviewer {
     this.reasons.textContent = `priority ${item.priority.toFixed(2)}: ${item.reasons.join(", ")}`;
     this.draw();
     this.say(`Image ${this.image.id} (${this.image.image_id}): ${this.boxes.length} boxes`);
+  }
+
+  async loadClasses(run) {
+    if (!this.classesOfRun.has(run)) {
+      const answer = await fetch(`/api/classes?run_id=${run}`, { credentials: "same-origin" });
+      this.classesOfRun.set(run, answer.ok ? await answer.json() : []);
+    }
+    this.classes = this.classesOfRun.get(run);
+    this.classList.replaceChildren(...this.classes.slice(0, 9).map((name, index) => {
+      const item = document.createElement("span");
+      item.textContent = `${index + 1} ${name}`;
+      return item;
+    }));
   }
 
   draw() {
