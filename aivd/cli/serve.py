@@ -146,6 +146,9 @@ def console(
     model_store: Optional[Path] = typer.Option(
         None, "--model-store", file_okay=False, help="The edge-model store (`aivd models`): /models shows it, admins promote and roll back."),
     runtime: Optional[str] = typer.Option(None, "--runtime", help="An `aivd serve --config` ingress URL: the live view shows its /v1/router."),
+    runtime_key: Optional[str] = typer.Option(
+        None, "--runtime-key", envvar="AIVD_RUNTIME_KEY", show_default=False,
+        help="API key for --runtime (a viewer's); better from $AIVD_RUNTIME_KEY, which other users cannot read in the process list."),
     insecure: bool = typer.Option(False, "--insecure", help="Serve a non-loopback --host with no user or key configured."),
     tls_cert: Optional[Path] = TLS_CERT,
     tls_key: Optional[Path] = TLS_KEY,
@@ -167,7 +170,7 @@ def console(
         try:
             access = cleanup.enter_context(Access.from_db(db))
             refuse_open_bind(host, access, insecure)
-            app = build_console_app(db, access, model_store=model_store, runtime_url=runtime)
+            app = build_console_app(db, access, model_store=model_store, runtime_url=runtime, runtime_key=runtime_key)
         except AivdError as error:
             raise fail(str(error)) from None
         serve(app, host, port, ServerSettings(tls_cert=tls_cert, tls_key=tls_key))

@@ -92,9 +92,9 @@ def _as_utc(value: datetime | None) -> datetime | None:
         raise HTTPException(422, f"{value} is out of range") from None
 
 
-def _runtime_status(url: str) -> tuple[dict | None, str | None]:
+def _runtime_status(url: str, key: str | None) -> tuple[dict | None, str | None]:
     try:
-        answer = httpx.get(f"{url.rstrip('/')}/v1/router", timeout=1.0)
+        answer = httpx.get(f"{url.rstrip('/')}/v1/router", timeout=1.0, headers={"Authorization": f"Bearer {key}"} if key else {})
         answer.raise_for_status()
         body = answer.json()
         return (body if isinstance(body, dict) else {"value": body}), None
@@ -102,9 +102,11 @@ def _runtime_status(url: str) -> tuple[dict | None, str | None]:
         return None, f"{url}: {error}"
 
 
-def build_console_app(db_url: str, access, model_store: Path | str | None = None, runtime_url: str | None = None) -> FastAPI:
+def build_console_app(db_url: str, access, model_store: Path | str | None = None, runtime_url: str | None = None,
+                      runtime_key: str | None = None) -> FastAPI:
     """The console over the database at `db_url` (its schema brought up to date), guarded by `access`
-    (aivd.auth.web.Access); `model_store` enables /models, `runtime_url` adds a runtime's router state to the live view."""
+    (aivd.auth.web.Access); `model_store` enables /models, `runtime_url` adds a runtime's router state to the live
+    view, read with the API key `runtime_key` (a viewer's is enough)."""
     from aivd.auth.web import login_router
     from aivd.review import ReviewError, ReviewStore, export_dataset
 
@@ -118,7 +120,7 @@ def build_console_app(db_url: str, access, model_store: Path | str | None = None
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     app.include_router(login_router(access, templates=templates))
     classes_cache = TimedCache(CLASSES_TTL_S, lambda: _read(queries.defect_classes) or list(DEEPPCB_CLASSES.names))
-    runtime_cache = TimedCache(RUNTIME_TTL_S, lambda: _runtime_status(runtime_url)) if runtime_url else None
+    runtime_cache = TimedCache(RUNTIME_TTL_S, lambda: _runtime_status(runtime_url, runtime_key)) if runtime_url else None
 
     @contextmanager
     def reading():
