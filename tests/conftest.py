@@ -112,9 +112,11 @@ def dets(boxes, scores=None, classes=None) -> Detections:
     return Detections(boxes, scores, classes, DEEPPCB_CLASSES)
 
 
-def aivd(*args, rc=0, timeout: float = 300) -> subprocess.CompletedProcess:
-    """The `aivd` command run in a subprocess, as a user runs it; its exit code must be `rc` (None: any)."""
-    run = subprocess.run([sys.executable, "-m", "aivd.cli.main", *map(str, args)], capture_output=True, text=True, timeout=timeout)
+def aivd(*args, rc=0, timeout: float = 300, input: str | None = None) -> subprocess.CompletedProcess:
+    """The `aivd` command run in a subprocess, as a user runs it, with `input` on its stdin; its exit code must be
+    `rc` (None: any)."""
+    run = subprocess.run([sys.executable, "-m", "aivd.cli.main", *map(str, args)], capture_output=True, text=True, timeout=timeout,
+                         input=input)
     assert rc is None or run.returncode == rc, run.stderr[-2000:]
     return run
 

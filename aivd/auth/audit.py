@@ -7,6 +7,7 @@ hold a secret: `record` refuses detail names that look like one.
 
 from __future__ import annotations
 
+import getpass
 import json
 import re
 from dataclasses import dataclass
@@ -24,6 +25,14 @@ ACTIONS = frozenset({
     "key_created", "key_revoked", "user_created", "user_disabled",
 })
 _SECRET_NAME = re.compile(r"password|secret|token|cookie|authorization", re.IGNORECASE)
+
+
+def command_line_actor() -> str:
+    """The actor of a change made with the `aivd` command: `cli:` and the operating-system account running it."""
+    try:
+        return f"cli:{getpass.getuser()}"
+    except OSError:  # no account name for this uid (some containers)
+        return "cli"
 
 
 class AuditError(AivdError, ValueError):
@@ -59,7 +68,7 @@ class AuditLog:
 
     def record(self, actor: str, action: str, target: str | None = None, detail: dict[str, Any] | None = None,
                remote_addr: str | None = None) -> None:
-        """Append an entry. `actor` is a username, `key:<key id>`, `local` or `cli`; `target` what was acted on."""
+        """Append an entry. `actor` is a username, `key:<key id>`, `local` or `cli:<account>`; `target` what was acted on."""
         if action not in ACTIONS:
             raise AuditError(f"unknown audit action {action!r}: one of {', '.join(sorted(ACTIONS))}")
         secret = [name for name in detail or {} if _SECRET_NAME.search(name)]

@@ -57,10 +57,12 @@ def _dummy_hash() -> str:
     return _hasher.hash(secrets.token_urlsafe(16))
 
 
-def check_username(username: str) -> str:
+def check_account(username: str, role: str) -> None:
+    """UserError for a username or role an account may not have (checked before anyone is asked for a password)."""
     if not USERNAME.fullmatch(username):
         raise UserError(f"invalid username {username!r}: use 1 to 64 letters, digits, '_', '.' or '-'")
-    return username
+    if role not in ROLES:
+        raise UserError(f"unknown role {role!r}: choose one of {', '.join(ROLES)}")
 
 
 class Users:
@@ -81,9 +83,7 @@ class Users:
 
     def create(self, username: str, password: str, role: str) -> User:
         """A new enabled user; UserError for a bad username, a short password, an unknown role or a taken name."""
-        check_username(username)
-        if role not in ROLES:
-            raise UserError(f"unknown role {role!r}: choose one of {', '.join(ROLES)}")
+        check_account(username, role)
         if len(password) < MIN_PASSWORD:
             raise UserError(f"the password has {len(password)} characters; it needs at least {MIN_PASSWORD}")
         values = {"username": username, "password_hash": _hasher.hash(password), "role": role, "created_at": datetime.now(timezone.utc)}
