@@ -111,6 +111,12 @@ class Access:
             raise
         return cls(CachedVerifier(keys, key_ttl_s), keys=keys, users=users, sessions=sessions, audit=audit)
 
+    def __enter__(self) -> Access:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
     def close(self) -> None:
         for part in (self.keys, self.users, self.sessions, self.audit):
             if part is not None:
