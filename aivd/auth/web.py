@@ -23,9 +23,9 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 from urllib.parse import quote, urlsplit
 
 from fastapi import APIRouter, Depends, Form, HTTPException, Request
@@ -93,22 +93,12 @@ class Access:
         """The keys, users, sessions and audit log in the result database at `url`. Verified keys are remembered
         for `key_ttl_s` (argon2 costs tens of milliseconds a check), so a revoked key lasts that long in a running
         service. `people=False`: keys only, for services without a sign-in page."""
-        opened: list[Any] = []
-        try:
-            keys = ApiKeys(url)
-            opened.append(keys)
-            audit = AuditLog(url)
-            opened.append(audit)
-            users = sessions = None
-            if people:
-                users = Users(url)
-                opened.append(users)
-                sessions = Sessions(url, session_ttl_s)
-                opened.append(sessions)
-        except BaseException:
-            for part in opened:
-                part.close()
-            raise
+        with ExitStack() as opened:  # what was opened is closed again if a later part fails
+            keys = opened.enter_context(ApiKeys(url))
+            audit = opened.enter_context(AuditLog(url))
+            users = opened.enter_context(Users(url)) if people else None
+            sessions = opened.enter_context(Sessions(url, session_ttl_s)) if people else None
+            opened.pop_all()
         return cls(CachedVerifier(keys, key_ttl_s), keys=keys, users=users, sessions=sessions, audit=audit)
 
     def __enter__(self) -> Access:
@@ -137,11 +127,10 @@ class Access:
 
     def where(self) -> str:
         """What would make this service configured, for messages."""
-        if self.keys is None:
-            return "no API key check"
+        url = next(part.url for part in (self.keys, self.users) if part is not None)
         if self.users is None:
-            return f"{self.keys.url} has no active key (`aivd keys create`)"
-        return f"{self.keys.url} has no active key or enabled user (`aivd keys create`, `aivd users create`)"
+            return f"{url} has no active key (`aivd keys create`)"
+        return f"{url} has no active key or enabled user (`aivd keys create`, `aivd users create`)"
 
     # --- who is asking ----------------------------------------------------------------------------------------------
 
@@ -168,32 +157,36 @@ class Access:
         return Principal(found.user.username, found.user.role, "session", found.csrf_token)
 
     def require(self, role: str, page: bool = False) -> Callable[..., Principal]:
-        """A dependency admitting requests with a key or session of at least `role` and returning who sent them.
-        Others get 401 (API) or a redirect to the sign-in page (`page`), and 403 for a role too low. A plain def:
-        FastAPI runs it in a worker thread, since it reads the database and may run argon2. Neither keys nor
-        cookies are ever put in an answer or a log line."""
+        """A dependency admitting requests with a key or session of at least `role` and returning who sent them
+        (see `admit`). A plain def: FastAPI runs it in a worker thread, since it reads the database and may run
+        argon2."""
         if role not in ROLES:
             raise ValueError(f"unknown role {role!r}")
 
         def dependency(request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(self.bearer)) -> Principal:
-            try:
-                principal = self.identify(request, credentials)
-            except AivdError as error:  # the database is unreachable: a passing outage, not the client's fault
-                raise HTTPException(503, f"cannot check who is asking now: {error}") from None
-            if principal is None:
-                if page and credentials is None:
-                    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-                    login = request.scope.get("root_path", "") + "/login?next=" + quote(target, safe="")
-                    raise HTTPException(303, "sign in first", headers={"Location": login})
-                sign_in = " or sign in" if self.sessions is not None else ""
-                raise HTTPException(401, f"a valid API key is needed: send `Authorization: Bearer KEY`{sign_in}",
-                                    headers={"WWW-Authenticate": "Bearer"})
-            if not role_allows(principal.role, role):
-                raise HTTPException(403, f"{principal.name}'s role ({principal.role}) may not do this; it needs {role}")
-            request.state.aivd_principal = principal
-            return principal
+            return self.admit(request, credentials, role, page)
 
         return dependency
+
+    def admit(self, request: Request, credentials: HTTPAuthorizationCredentials | None, role: str, page: bool = False) -> Principal:
+        """Who sent the request, if they may do what needs `role`; else HTTPException: 401 (or with `page`, a
+        redirect to the sign-in page), 403 for a role too low, 503 when the database cannot be read. Neither keys
+        nor cookies are ever put in an answer or a log line."""
+        try:
+            principal = self.identify(request, credentials)
+        except AivdError as error:  # the database is unreachable: a passing outage, not the client's fault
+            raise HTTPException(503, f"cannot check who is asking now: {error}") from None
+        if principal is None:
+            if page and credentials is None:
+                target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+                login = request.scope.get("root_path", "") + "/login?next=" + quote(target, safe="")
+                raise HTTPException(303, "sign in first", headers={"Location": login})
+            sign_in = " or sign in" if self.sessions is not None else ""
+            raise HTTPException(401, f"a valid API key is needed: send `Authorization: Bearer KEY`{sign_in}",
+                                headers={"WWW-Authenticate": "Bearer"})
+        if not role_allows(principal.role, role):
+            raise HTTPException(403, f"{principal.name}'s role ({principal.role}) may not do this; it needs {role}")
+        return principal
 
     async def csrf(self, request: Request) -> None:
         """A dependency for unsafe methods: a request carrying the session cookie must also carry the session's

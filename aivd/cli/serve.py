@@ -17,8 +17,12 @@ def cluster(
     address: Optional[str] = typer.Option(None, help="Join a running Ray cluster ('auto', or ray://HEAD:10001). Default: start a local Ray."),
     policy: Optional[str] = typer.Option(None, help="Override the config's routing policy (aivd, ect, jsq, p2c, rr, sra, random, ray)."),
     port: Optional[int] = typer.Option(None, min=1, max=65535, help="Override the config's HTTP port."),
+    db: Optional[str] = typer.Option(
+        None, "--db", help="Override the config's keys_db: the result database holding API keys (`aivd keys create`)."),
+    insecure: bool = typer.Option(False, "--insecure", help="Serve a non-loopback host without API keys."),
 ) -> None:
-    """Serve the edge-cloud pipeline on Ray Serve: POST /v1/inspect, /v1/inspect/batch, GET /healthz, /v1/router, /docs."""
+    """Serve the edge-cloud pipeline on Ray Serve: POST /v1/inspect, /v1/inspect/batch, GET /healthz, /v1/router, /docs.
+    With API keys (--db or keys_db), every endpoint but /healthz needs one."""
     if ctx.invoked_subcommand:
         return
     if config is None:
@@ -31,15 +35,20 @@ def cluster(
 
     try:
         settings = load_cluster_config(config)
-        overrides = {k: v for k, v in (("policy", policy), ("port", port)) if v is not None}
+        overrides = {k: v for k, v in (("policy", policy), ("port", port), ("keys_db", db)) if v is not None}
         if overrides:
             settings = type(settings).model_validate({**settings.model_dump(), **overrides})
     except (ConfigError, ValueError) as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(2) from None
+    from aivd.core.errors import AivdError
     from aivd.runtime.cluster import deploy, shutdown
 
-    url = deploy(settings, address)
+    try:
+        url = deploy(settings, address, insecure)
+    except AivdError as error:  # refused before Ray starts: a public host without keys, an unreadable keys database
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(2) from None
     typer.echo(f"aivd is serving at {url} (policy {settings.policy}, {settings.edge_replicas} edge replicas); Ctrl-C stops it")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
