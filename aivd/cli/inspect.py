@@ -257,6 +257,7 @@ def _inspect(out: Path, db: str, resuming: bool, lock, args: SimpleNamespace, me
     with live(config, pipeline, metrics_port) as extras, \
             StopRequest(f"the records written so far are kept; continue with: {resume_command}") as stop, _closing(tasks):
         writer = open_writer(out, options, lock)
+        extras.follow_reviews(writer.store, pipeline.labels)
         with progress_bar() as progress:
             bar = progress.add_task("inspecting", total=total, completed=len(writer.done))
 

@@ -169,6 +169,13 @@ class ReviewStore:
             found += connection.execute(select(defects.c.edge_type).where(in_run, defects.c.edge_type.is_not(None)).distinct()).scalars().all()
         return sorted(set(found))
 
+    def machine_boxes(self, image_row_id: int) -> np.ndarray:
+        """(N, 4) boxes of every candidate the machine recorded for the image, reported or rejected."""
+        query = (select(defects.c.x1, defects.c.y1, defects.c.x2, defects.c.y2)
+                 .where(defects.c.image_row_id == image_row_id).order_by(defects.c.id))
+        with self._errors("read"), self._engine.connect() as connection:
+            return np.array(connection.execute(query).all(), np.float32).reshape(-1, 4)
+
     def current(self, image_row_id: int) -> Review | None:
         """The image's human label: its newest review, or None when it has none."""
         query = (select(*_REVIEW_COLUMNS).join(images, images.c.id == reviews.c.image_row_id)
