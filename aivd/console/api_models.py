@@ -202,6 +202,13 @@ class ReviewIn(BaseModel):
         return self
 
 
+class ModelChange(BaseModel):
+    """The promote and roll-back forms."""
+
+    version: str | None = Field(None, max_length=32, pattern=NO_NUL)
+    reason: str = Field("", max_length=500, pattern=NO_NUL)
+
+
 class ReviewSaved(BaseModel):
     id: int
 

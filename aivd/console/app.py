@@ -23,12 +23,16 @@ from urllib.parse import urlencode
 
 import cv2
 import httpx
-from fastapi import Depends, FastAPI, Form, HTTPException, Query, Request
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi import Path as Path_
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from PIL import Image, UnidentifiedImageError
+from pydantic import ValidationError
 
 import aivd
 from aivd.console import api_models as m
@@ -81,6 +85,11 @@ def _image_format(path: str) -> tuple[str, tuple[int, int]] | None:
         return None
 
 
+def invalid(loc: tuple, message: str, value=None) -> RequestValidationError:
+    """A 422 in the shape FastAPI gives its own (and documents in the OpenAPI schema): `detail` is a list of errors."""
+    return RequestValidationError([{"type": "value_error", "loc": loc, "msg": message, "input": value}])
+
+
 def _as_utc(value: datetime | None) -> datetime | None:
     """A time from a form or a query in UTC, the zone aivd stores times in; one without a zone (a datetime-local
     field) is taken as UTC. SQLite compares stored times as text, so a parameter must be in that zone."""
@@ -89,7 +98,24 @@ def _as_utc(value: datetime | None) -> datetime | None:
     try:
         return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
     except OverflowError:  # year 1 at UTC+1 is before year 1 in UTC
-        raise HTTPException(422, f"{value} is out of range") from None
+        raise invalid(("query",), f"{value} is out of range", str(value)) from None
+
+
+def _known_parameters_only(request: Request) -> None:
+    """An API query parameter the route does not take is refused (422), not ignored: `?class=open` for
+    `?defect_type=open` would otherwise answer every image, as if filtered."""
+    route = request.scope.get("route")
+    if not request.url.path.startswith("/api/") or not isinstance(route, APIRoute):
+        return
+    known, pending = set(), [route.dependant]
+    while pending:  # the route's own parameters and those of its dependencies (the filters)
+        dependant = pending.pop()
+        known |= {param.alias for param in dependant.query_params}
+        pending += dependant.dependencies
+    unknown = sorted(set(request.query_params) - known)
+    if unknown:
+        raise RequestValidationError([{"type": "extra_forbidden", "loc": ("query", name), "input": request.query_params[name],
+                                       "msg": f"unknown query parameter; this route takes {sorted(known) or 'none'}"} for name in unknown])
 
 
 def _runtime_status(url: str, key: str | None) -> tuple[dict | None, str | None]:
@@ -113,7 +139,7 @@ def build_console_app(db_url: str, access, model_store: Path | str | None = None
     store = ResultStore(db_url)
     reviews = ReviewStore(db_url)
     models = ModelStore(model_store) if model_store is not None else None
-    app = FastAPI(title="aivd console", version=aivd.__version__,
+    app = FastAPI(title="aivd console", version=aivd.__version__, dependencies=[Depends(_known_parameters_only)],
                   description="The operator console's JSON API: what its pages show. Send `Authorization: Bearer KEY`.")
     app.router.on_shutdown.extend([store.close, reviews.close])
     templates = Jinja2Templates(directory=HERE / "templates")
@@ -314,7 +340,7 @@ def build_console_app(db_url: str, access, model_store: Path | str | None = None
         try:
             review_id = reviews.add(review.image_row_id, principal.name, review.verdict, labels, review.note)
         except ReviewError as error:
-            raise HTTPException(422, str(error)) from None
+            raise invalid(("body", "labels"), str(error)) from None
         access.audit.record(principal.name, "review", target=f"image:{review.image_row_id}",
                             detail={"review": review_id, "verdict": review.verdict, "boxes": len(labels)},
                             remote_addr=request.client.host if request.client else None)
@@ -366,14 +392,21 @@ def build_console_app(db_url: str, access, model_store: Path | str | None = None
     def models_page(request: Request, principal=viewer_page):
         return page(request, "models.html", principal, state=model_state())
 
-    def change_model(request: Request, principal, action: str, version: str | None, reason: str) -> RedirectResponse:
+    def change_model(request: Request, principal, action: str, fields) -> RedirectResponse:
         if models is None:
             raise HTTPException(404, "the console was started without --model-store")
-        reason = reason or f"console: {principal.name}"
+        try:
+            form = m.ModelChange.model_validate({name: fields[name] for name in ("version", "reason") if name in fields})
+        except ValidationError as error:
+            raise RequestValidationError(error.errors(include_url=False, include_context=False)) from None
+        reason = form.reason or f"console: {principal.name}"
+        version = form.version
         try:
             previous = models.current()
             if action == "promote":
-                models.promote(version or "", reason)
+                if version is None:
+                    raise invalid(("body", "version"), "which version to promote?")
+                models.promote(version, reason)
             else:
                 version = models.rollback(reason)
         except ModelStoreError as error:
@@ -382,13 +415,15 @@ def build_console_app(db_url: str, access, model_store: Path | str | None = None
                             remote_addr=request.client.host if request.client else None)
         return RedirectResponse("/models", status_code=303)
 
+    # The form is read in the route rather than declared as Form parameters: FastAPI reads declared ones before the
+    # dependencies run, and the CSRF check must read the same body first.
     @app.post("/models/promote", include_in_schema=False, dependencies=[csrf])
-    def promote(request: Request, version: str = Form(..., max_length=32, pattern=NO_NUL), reason: str = Form("", max_length=500, pattern=NO_NUL), principal=admin_page):
-        return change_model(request, principal, "promote", version, reason)
+    async def promote(request: Request, principal=admin_page):
+        return await run_in_threadpool(change_model, request, principal, "promote", await request.form())
 
     @app.post("/models/rollback", include_in_schema=False, dependencies=[csrf])
-    def rollback(request: Request, reason: str = Form("", max_length=500, pattern=NO_NUL), principal=admin_page):
-        return change_model(request, principal, "rollback", None, reason)
+    async def rollback(request: Request, principal=admin_page):
+        return await run_in_threadpool(change_model, request, principal, "rollback", await request.form())
 
     @app.get("/review", response_class=HTMLResponse, include_in_schema=False)
     def review_page(request: Request, run_id: int | None = Query(None, ge=1, le=MAX_ID), principal=operator_page):
