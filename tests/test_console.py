@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 import schemathesis
-from conftest import SAMPLES, fuzz, serving
+from conftest import SAMPLES, aivd, fuzz, serving
 from sqlalchemy import select
 
 from aivd.auth.keys import ApiKeys
@@ -141,6 +141,36 @@ def test_a_review_is_stored_beside_the_machines_answer_and_audited(console):
     assert any(row.target == "image:3" and json.loads(row.detail)["review"] == saved.json()["id"] for row in audited)
 
 
+def test_the_live_view_shows_the_runtimes_router_read_with_its_key(tmp_path):
+    """--runtime: the live view adds what an ingress's /v1/router reports, asked with the console's key for it."""
+    from fastapi import FastAPI, Header, HTTPException
+
+    runtime = FastAPI()
+
+    @runtime.get("/v1/router")
+    def router(authorization: str = Header("")):
+        if authorization != "Bearer aivd_runtime_key":
+            raise HTTPException(401)
+        return {"policy": "aivd", "decisions": 3}
+
+    db_url = f"sqlite:///{tmp_path / 'aivd.sqlite'}"
+    with serving(runtime) as runtime_url, Access.from_db(db_url) as access:
+        with serving(build_console_app(db_url, access, runtime_url=runtime_url, runtime_key="aivd_runtime_key")) as url:
+            live = httpx.get(f"{url}/api/live").json()  # nothing configured, on 127.0.0.1: open
+        with serving(build_console_app(db_url, access, runtime_url=runtime_url)) as url:
+            refused = httpx.get(f"{url}/api/live").json()
+    assert (live["runtime"], live["runtime_error"]) == ({"policy": "aivd", "decisions": 3}, None)
+    assert refused["runtime"] is None and "401" in refused["runtime_error"]
+
+
+def test_serve_console_refuses_an_open_public_address_and_a_folder_that_is_no_model_store(tmp_path):
+    db = f"sqlite:///{tmp_path / 'aivd.sqlite'}"
+    refused = aivd("serve", "console", "--db", db, "--host", "0.0.0.0", rc=2)
+    assert "refusing to serve 0.0.0.0" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+    not_a_store = aivd("serve", "console", "--db", db, "--model-store", tmp_path, rc=2)
+    assert "not a model store" in not_a_store.stderr
+
+
 def test_export_zips_the_reviewed_images(console):
     url, _, keys = console
     httpx.post(f"{url}/api/reviews", json={"image_row_id": 4, "verdict": "accepted", "labels": []}, headers=bearer(keys, "operator"))
@@ -261,10 +291,14 @@ def test_an_operator_signs_in_filters_reviews_exports_promotes_and_watches_the_l
     # Promote the older model version, as an admin; the page shows it served, and the history says so.
     page.goto(f"{url}/models")
     assert page.inner_text("#current") == "v0002"
+    forged = page.request.post(f"{url}/models/promote", form={"version": "v0002"})  # the session's cookie, no CSRF token
+    assert forged.status == 403
     page.click("button[data-promote=v0001]")
     page.wait_for_url(f"{url}/models")
     assert page.inner_text("#current") == "v0001"
     assert "promote" in page.inner_text("#history tbody tr:first-child")
+    page.goto(f"{url}/audit")
+    assert [cell.strip() for cell in page.locator("#audit tbody tr:first-child td").all_inner_texts()[1:4]] == ["ann", "promote", "model:v0001"]
 
     # Watch a run in progress: the live view shows each new record within 2 s, without reloading the page.
     page.goto(f"{url}/")

@@ -39,6 +39,7 @@ from aivd.console import api_models as m
 from aivd.console import queries
 from aivd.core import DEEPPCB_CLASSES
 from aivd.core.errors import AivdError
+from aivd.core.redaction import redact_url
 from aivd.model_store import ModelStore, ModelStoreError
 from aivd.store import ResultStore
 
@@ -119,13 +120,16 @@ def _known_parameters_only(request: Request) -> None:
 
 
 def _runtime_status(url: str, key: str | None) -> tuple[dict | None, str | None]:
+    """What the runtime's /v1/router reports, or why it cannot be read (shown on the live page, so with the URL's
+    password redacted)."""
+    base = url.rstrip("/")
     try:
-        answer = httpx.get(f"{url.rstrip('/')}/v1/router", timeout=1.0, headers={"Authorization": f"Bearer {key}"} if key else {})
+        answer = httpx.get(f"{base}/v1/router", timeout=1.0, headers={"Authorization": f"Bearer {key}"} if key else {})
         answer.raise_for_status()
         body = answer.json()
         return (body if isinstance(body, dict) else {"value": body}), None
     except (httpx.HTTPError, ValueError) as error:
-        return None, f"{url}: {error}"
+        return None, f"{redact_url(base)}: {str(error).replace(base, redact_url(base))}"
 
 
 def build_console_app(db_url: str, access, model_store: Path | str | None = None, runtime_url: str | None = None,
