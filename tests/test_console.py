@@ -240,7 +240,8 @@ def test_an_operator_signs_in_filters_reviews_exports_promotes_and_watches_the_l
     assert not page.locator("#boxes .layer-edge").first.is_visible() and page.locator("#boxes .layer-cloud").first.is_visible()
     page.wait_for_function("() => [...document.querySelectorAll('img.crop')].every(crop => crop.complete && crop.naturalWidth > 0)")
 
-    # Review five images: accept one (one key), mark one good, correct a class, redraw a box, accept another.
+    # Review six images: accept one (one key), mark one good, correct a class, redraw a box, delete a box and add a
+    # missed one, accept another.
     with ResultStore(db_url) as store, store.engine.connect() as connection:
         before = connection.execute(select(reviews.c.id)).all()
     page.goto(f"{url}/review?run_id=2")  # run 2: the API tests above review images of run 1
@@ -265,21 +266,35 @@ def test_an_operator_signs_in_filters_reviews_exports_promotes_and_watches_the_l
     page.wait_for_selector("#review-svg rect")
     redrawn = shown_image()
     page.keyboard.press("Tab")
-    svg = page.locator("#review-svg").bounding_box()
-    page.mouse.move(svg["x"] + svg["width"] * 0.10, svg["y"] + svg["height"] * 0.10)
-    page.mouse.down()
-    page.mouse.move(svg["x"] + svg["width"] * 0.30, svg["y"] + svg["height"] * 0.25, steps=5)
-    page.mouse.up()
+
+    def drag(left, top, right, bottom):  # fractions of the picture
+        svg = page.locator("#review-svg").bounding_box()
+        page.mouse.move(svg["x"] + svg["width"] * left, svg["y"] + svg["height"] * top)
+        page.mouse.down()
+        page.mouse.move(svg["x"] + svg["width"] * right, svg["y"] + svg["height"] * bottom, steps=5)
+        page.mouse.up()
+
+    drag(0.10, 0.10, 0.30, 0.25)
     assert save(["Enter"]) == redrawn
+    page.wait_for_selector("#review-svg rect")
+    fixed = shown_image()
+    machine_boxes = page.locator("#review-svg rect").count()
+    page.keyboard.press("Tab")
+    page.keyboard.press("Delete")  # a false alarm
+    drag(0.50, 0.50, 0.60, 0.55)  # nothing selected: a defect the machine missed
+    assert save(["Enter"]) == fixed
     last = save(["a"])
     with ResultStore(db_url) as store, store.engine.connect() as connection:
         saved = {row.image_row_id: row for row in connection.execute(select(reviews).where(reviews.c.id > max((r.id for r in before), default=0)))}
-    assert set(saved) == {accepted, good, relabelled, redrawn, last}
+    assert set(saved) == {accepted, good, relabelled, redrawn, fixed, last}
     assert saved[accepted].verdict == "accepted" and saved[last].verdict == "accepted"
     assert (saved[good].verdict, json.loads(saved[good].labels)) == ("good", [])
     assert saved[relabelled].verdict == "corrected" and json.loads(saved[relabelled].labels)[0]["defect_type"] == classes[1]
     box = json.loads(saved[redrawn].labels)[0]["bbox"]
     assert saved[redrawn].verdict == "corrected" and box == pytest.approx([64, 64, 192, 160], abs=4)  # 10%..30%, 10%..25% of 640
+    kept = json.loads(saved[fixed].labels)
+    assert saved[fixed].verdict == "corrected" and len(kept) == machine_boxes
+    assert kept[-1]["defect_id"] is None and kept[-1]["bbox"] == pytest.approx([320, 320, 384, 352], abs=4)
 
     # Export the reviewed images.
     with page.expect_download() as download:
