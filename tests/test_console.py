@@ -171,6 +171,26 @@ def test_serve_console_refuses_an_open_public_address_and_a_folder_that_is_no_mo
     assert "not a model store" in not_a_store.stderr
 
 
+def test_admins_roll_back_and_promote_and_both_are_audited(console):
+    url, db_url, keys = console
+    assert httpx.post(f"{url}/models/rollback", headers=bearer(keys, "operator")).status_code == 403
+    with httpx.Client(base_url=url, headers=bearer(keys, "admin")) as client:
+        rolled = client.post("/models/rollback", data={"reason": "f1 fell"})
+        assert (rolled.status_code, rolled.headers["location"]) == (303, "/models")
+        assert client.get("/api/models").json()["current"] == "v0001"
+        assert client.post("/models/rollback").status_code == 409  # v0001 has no parent
+        assert client.post("/models/promote", data={"version": "v9999"}).status_code == 409
+        assert client.post("/models/promote", data={"version": "v0002"}).status_code == 303
+        state = client.get("/api/models").json()
+    assert state["current"] == "v0002"
+    assert [(h["action"], h["version"]) for h in state["history"][:2]] == [("promote", "v0002"), ("rollback", "v0001")]
+    with ResultStore(db_url) as store, store.engine.connect() as connection:
+        audited = connection.execute(select(audit_log.c.action, audit_log.c.target, audit_log.c.detail)
+                                     .where(audit_log.c.action.in_(["promote", "rollback"])).order_by(audit_log.c.id)).all()
+    assert [(row.action, row.target) for row in audited[-2:]] == [("rollback", "model:v0001"), ("promote", "model:v0002")]
+    assert json.loads(audited[-2].detail) == {"previous": "v0002", "reason": "f1 fell"}
+
+
 def test_export_zips_the_reviewed_images(console):
     url, _, keys = console
     httpx.post(f"{url}/api/reviews", json={"image_row_id": 4, "verdict": "accepted", "labels": []}, headers=bearer(keys, "operator"))
