@@ -35,12 +35,14 @@ from PIL import Image, UnidentifiedImageError
 from pydantic import ValidationError
 
 import aivd
+from aivd.auth.web import Access, login_router
 from aivd.console import api_models as m
 from aivd.console import queries
 from aivd.core import DEEPPCB_CLASSES
 from aivd.core.errors import AivdError
 from aivd.core.redaction import redact_url
 from aivd.model_store import ModelStore, ModelStoreError
+from aivd.review import ReviewError, ReviewStore, export_dataset
 from aivd.store import ResultStore
 
 HERE = Path(__file__).parent
@@ -82,7 +84,7 @@ def _image_format(path: str) -> tuple[str, tuple[int, int]] | None:
         with Image.open(path) as image:  # reads the header only
             media = IMAGE_TYPES.get(image.format or "")
             return (media, image.size) if media else None
-    except (OSError, UnidentifiedImageError, ValueError):
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError):  # the last: over 179 Mpx
         return None
 
 
@@ -132,14 +134,14 @@ def _runtime_status(url: str, key: str | None) -> tuple[dict | None, str | None]
         return None, f"{redact_url(base)}: {str(error).replace(base, redact_url(base))}"
 
 
-def build_console_app(db_url: str, access, model_store: Path | str | None = None, runtime_url: str | None = None,
+def build_console_app(db_url: str, access: Access, model_store: Path | str | None = None, runtime_url: str | None = None,
                       runtime_key: str | None = None) -> FastAPI:
     """The console over the database at `db_url` (its schema brought up to date), guarded by `access`
     (aivd.auth.web.Access); `model_store` enables /models, `runtime_url` adds a runtime's router state to the live
     view, read with the API key `runtime_key` (a viewer's is enough)."""
-    from aivd.auth.web import login_router
-    from aivd.review import ReviewError, ReviewStore, export_dataset
-
+    audit = access.audit
+    if audit is None:  # reviews, promotions and rollbacks must be recorded
+        raise ValueError("the console needs an Access with an audit log (Access.from_db(url))")
     store = ResultStore(db_url)
     reviews = ReviewStore(db_url)
     models = ModelStore(model_store) if model_store is not None else None
@@ -350,7 +352,7 @@ def build_console_app(db_url: str, access, model_store: Path | str | None = None
             review_id = reviews.add(review.image_row_id, principal.name, review.verdict, labels, review.note)
         except ReviewError as error:
             raise invalid(("body", "labels"), str(error)) from None
-        access.audit.record(principal.name, "review", target=f"image:{review.image_row_id}",
+        audit.record(principal.name, "review", target=f"image:{review.image_row_id}",
                             detail={"review": review_id, "verdict": review.verdict, "boxes": len(labels)},
                             remote_addr=request.client.host if request.client else None)
         return {"id": review_id}
@@ -420,7 +422,7 @@ def build_console_app(db_url: str, access, model_store: Path | str | None = None
                 version = models.rollback(reason)
         except ModelStoreError as error:
             raise HTTPException(409, str(error)) from None
-        access.audit.record(principal.name, action, target=f"model:{version}", detail={"previous": previous, "reason": reason},
+        audit.record(principal.name, action, target=f"model:{version}", detail={"previous": previous, "reason": reason},
                             remote_addr=request.client.host if request.client else None)
         return RedirectResponse("/models", status_code=303)
 
