@@ -16,6 +16,7 @@ import threading
 import time
 import zipfile
 from contextlib import contextmanager
+from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
@@ -193,7 +194,7 @@ def build_console_app(db_url: str, access: Access, model_store: Path | str | Non
     not_found: dict[int | str, dict[str, Any]] = {404: {"model": m.Error, "description": "no such record"}}
 
     def page(request: Request, name: str, principal, **context) -> HTMLResponse:
-        return templates.TemplateResponse(request, name, {"principal": principal, "models_enabled": models is not None, **context})
+        return templates.TemplateResponse(request, name, {"principal": principal, **context})
 
     # --- filters, shared by the images page and its API -------------------------------------------------------------
 
@@ -223,8 +224,7 @@ def build_console_app(db_url: str, access: Access, model_store: Path | str | Non
         return Query(None, ge=1, le=MAX_ID, description="the previous page's next_after")
 
     def page_of(found: queries.Page) -> dict:
-        return {"items": [vars(item) if not isinstance(item, dict) else item for item in found.items],
-                "next_after": found.next_after, "total": found.total, "total_capped": found.total_capped}
+        return asdict(found)  # its items too, dataclasses or dicts
 
     def detail(image_row_id: int) -> dict:
         found = _read(queries.image_detail, image_row_id)
