@@ -353,8 +353,8 @@ def build_console_app(db_url: str, access: Access, model_store: Path | str | Non
         except ReviewError as error:
             raise invalid(("body", "labels"), str(error)) from None
         audit.record(principal.name, "review", target=f"image:{review.image_row_id}",
-                            detail={"review": review_id, "verdict": review.verdict, "boxes": len(labels)},
-                            remote_addr=request.client.host if request.client else None)
+                     detail={"review": review_id, "verdict": review.verdict, "boxes": len(labels)},
+                     remote_addr=request.client.host if request.client else None)
         return {"id": review_id}
 
     @app.get("/api/export", response_class=Response, dependencies=[operator],
@@ -389,7 +389,7 @@ def build_console_app(db_url: str, access: Access, model_store: Path | str | Non
                     after: int | None = after_param(), principal=viewer_page):
         found = _read(queries.list_images, filters, limit, after)
         query = {key: value for key, value in request.query_params.items() if key != "after" and value != ""}
-        return page(request, "images.html", principal, found=found, filters=filters, query=query, classes=classes_cache.get())
+        return page(request, "images.html", principal, found=found, query=query, classes=classes_cache.get())
 
     @app.get("/images/{image_row_id}", response_class=HTMLResponse, include_in_schema=False)
     def image_page(request: Request, image_row_id: int = row_id(), principal=viewer_page):
@@ -423,7 +423,7 @@ def build_console_app(db_url: str, access: Access, model_store: Path | str | Non
         except ModelStoreError as error:
             raise HTTPException(409, str(error)) from None
         audit.record(principal.name, action, target=f"model:{version}", detail={"previous": previous, "reason": reason},
-                            remote_addr=request.client.host if request.client else None)
+                     remote_addr=request.client.host if request.client else None)
         return RedirectResponse("/models", status_code=303)
 
     # The form is read in the route rather than declared as Form parameters: FastAPI reads declared ones before the
