@@ -89,6 +89,13 @@ def test_the_api_filters_pages_and_shows_images_with_their_files(console):
         crop = client.get(f"/api/defects/{detail['defects'][0]['id']}/crop")
         assert (crop.status_code, crop.headers["content-type"]) == (200, "image/jpeg")
         assert client.get("/api/images/999999").status_code == 404
+        misspelt = client.get("/api/images", params={"class": "open"})  # not ignored: it would list every image
+        assert (misspelt.status_code, misspelt.json()["detail"][0]["loc"]) == (422, ["query", "class"])
+        # The page's GET form: blank fields mean no filter, a datetime-local field is UTC.
+        form = client.get("/images", params={"since": "2000-01-01T00:00", "until": "", "run_id": "", "defect_type": "open", "reviewed": ""})
+        assert form.status_code == 200 and form.text.count('<a href="/images/') == len(client.get("/api/images", params={"defect_type": "open"}).json()["items"])
+        future = client.get("/images", params={"since": "2999-01-01T00:00:00", "run_id": ""})
+        assert "No image matches." in future.text
         live = client.get("/api/live").json()
         assert live["images"] == 12 and live["latency_ms"]["total"]["count"] == 12 and live["models"] == {"centernet:v0002": 12}
         models = client.get("/api/models").json()
