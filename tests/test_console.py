@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 import schemathesis
-from conftest import SAMPLES, aivd, fuzz, serving
+from conftest import SAMPLES, aivd, free_port, fuzz, serving
 from sqlalchemy import select
 
 from aivd.auth.keys import ApiKeys
@@ -168,6 +168,22 @@ def test_the_live_view_shows_the_runtimes_router_read_with_its_key(tmp_path):
             refused = httpx.get(f"{url}/api/live").json()
     assert (live["runtime"], live["runtime_error"]) == ({"policy": "aivd", "decisions": 3}, None)
     assert refused["runtime"] is None and "401" in refused["runtime_error"]
+
+
+def test_the_live_view_shows_each_live_runs_drift_state_from_its_metrics(tmp_path):
+    from aivd.pipeline.live_update import UPDATE_ACTIONS, LiveMetrics
+
+    run = LiveMetrics()
+    run.observe(InspectionRecord(image="a.jpg", image_id="a", template=None, status="ok", error=None, detector="centernet@v0003"), None)
+    run.drift.set(1)
+    run.updated(UPDATE_ACTIONS[0])
+    db_url = f"sqlite:///{tmp_path / 'aivd.sqlite'}"
+    with run.serving(0) as port, Access.from_db(db_url) as access:
+        gone = f"http://127.0.0.1:{free_port()}/"
+        with serving(build_console_app(db_url, access, metrics_urls=[f"http://127.0.0.1:{port}/", gone])) as url:
+            lines = httpx.get(f"{url}/api/live").json()["lines"]
+    assert (lines[0]["drift"], lines[0]["model"], lines[0]["updates"][UPDATE_ACTIONS[0]], lines[0]["error"]) == (True, "centernet@v0003", 1, None)
+    assert lines[1]["url"] == gone and lines[1]["error"] and lines[1]["drift"] is None
 
 
 def test_serve_console_refuses_an_open_public_address_and_a_folder_that_is_no_model_store(tmp_path):

@@ -15,6 +15,7 @@ import tempfile
 import threading
 import time
 import zipfile
+from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
 from datetime import datetime, timezone
@@ -33,6 +34,7 @@ from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from PIL import Image, UnidentifiedImageError
+from prometheus_client.parser import text_string_to_metric_families
 from pydantic import ValidationError
 
 import aivd
@@ -135,11 +137,40 @@ def _runtime_status(url: str, key: str | None) -> tuple[dict | None, str | None]
         return None, f"{redact_url(base)}: {str(error).replace(base, redact_url(base))}"
 
 
+def _run_metrics(url: str) -> dict:
+    """The drift state and model of a live run, from the Prometheus metrics it serves (`aivd inspect|watch
+    --metrics-port`, aivd.pipeline.live_update.LiveMetrics)."""
+    shown = redact_url(url)
+    try:
+        answer = httpx.get(url, timeout=0.5)
+        answer.raise_for_status()
+        families = {family.name: family for family in text_string_to_metric_families(answer.text)}
+    except (httpx.HTTPError, ValueError) as error:
+        return {"url": shown, "error": str(error).replace(url, shown)}
+
+    def value(name: str) -> float | None:
+        family = families.get(name)
+        return family.samples[0].value if family is not None and family.samples else None
+
+    drift = value("aivd_drift")
+    model = families.get("aivd_edge_model_info")  # an Info is exposed as a gauge named _info
+    updates = families.get("aivd_model_updates")
+    return {
+        "url": shown, "error": None, "drift": None if drift is None else drift >= 1, "cloud_disagreement": value("aivd_cloud_disagreement"),
+        "offload_ratio": value("aivd_offload_ratio"),
+        "model": "@".join(filter(None, (model.samples[0].labels.get("model"), model.samples[0].labels.get("version"))))
+        if model is not None and model.samples else None,  # as images.detector writes it: name@version
+        "updates": {sample.labels["action"]: int(sample.value) for sample in updates.samples if sample.name.endswith("_total")}
+        if updates is not None else {},
+    }
+
+
 def build_console_app(db_url: str, access: Access, model_store: Path | str | None = None, runtime_url: str | None = None,
-                      runtime_key: str | None = None) -> FastAPI:
+                      runtime_key: str | None = None, metrics_urls: Sequence[str] = ()) -> FastAPI:
     """The console over the database at `db_url` (its schema brought up to date), guarded by `access`
     (aivd.auth.web.Access); `model_store` enables /models, `runtime_url` adds a runtime's router state to the live
-    view, read with the API key `runtime_key` (a viewer's is enough)."""
+    view, read with the API key `runtime_key` (a viewer's is enough), and each of `metrics_urls` a live run's drift
+    state and model (its Prometheus metrics)."""
     audit = access.audit
     if audit is None:  # reviews, promotions and rollbacks must be recorded
         raise ValueError("the console needs an Access with an audit log (Access.from_db(url))")
@@ -154,6 +185,7 @@ def build_console_app(db_url: str, access: Access, model_store: Path | str | Non
     app.include_router(login_router(access, templates=templates))
     classes_cache = TimedCache(CLASSES_TTL_S, lambda: _read(queries.defect_classes) or list(DEEPPCB_CLASSES.names))
     run_classes: dict[int, TimedCache] = {}
+    metrics_cache = TimedCache(RUNTIME_TTL_S, lambda: [_run_metrics(url) for url in metrics_urls])
     runtime_cache = TimedCache(RUNTIME_TTL_S, lambda: _runtime_status(runtime_url, runtime_key)) if runtime_url else None
 
     @contextmanager
@@ -237,6 +269,7 @@ def build_console_app(db_url: str, access: Access, model_store: Path | str | Non
     def live() -> dict:
         stats = _read(queries.live_stats)
         stats["runtime"], stats["runtime_error"] = runtime_cache.get() if runtime_cache else (None, None)
+        stats["lines"] = metrics_cache.get()
         return stats
 
     # --- JSON API -------------------------------------------------------------------------------------------------------
