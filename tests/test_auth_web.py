@@ -112,8 +112,11 @@ def test_signing_in_sets_a_strict_http_only_cookie_and_goes_to_next(site):
         assert client.get("/api/whoami").json() == {"name": "otto", "role": "operator", "via": "session"}
         refused = client.post("/api/promote", headers={"x-csrf-token": session_csrf(access, client)})
         assert refused.status_code == 403 and "otto's role (operator)" in refused.json()["detail"]
-    [login] = access.audit.entries(action="login")
-    assert (login.actor, login.target, login.remote_addr) == ("otto", "otto", "127.0.0.1")
+        first = client.cookies[SESSION_COOKIE]
+        assert sign_in(client, "otto").status_code == 303 and client.cookies[SESSION_COOKIE] != first
+        assert access.sessions.resolve(first) is None  # signing in again ends the browser's previous session
+    logins = access.audit.entries(action="login")
+    assert [(login.actor, login.target, login.remote_addr) for login in logins] == [("otto", "otto", "127.0.0.1")] * 2
 
 
 def test_next_never_leads_to_another_site(site):

@@ -257,7 +257,8 @@ def login_router(access: Access, templates: Jinja2Templates | None = None) -> AP
     if templates is None:
         pages, page = Jinja2Templates(directory=TEMPLATES), "auth/login_page.html"
     else:  # the console's environment, its globals and filters, with these templates beside its own
-        pages = Jinja2Templates(env=templates.env.overlay(loader=ChoiceLoader([templates.env.loader, FileSystemLoader(TEMPLATES)])))
+        loaders = [loader for loader in (templates.env.loader, FileSystemLoader(TEMPLATES)) if loader is not None]
+        pages = Jinja2Templates(env=templates.env.overlay(loader=ChoiceLoader(loaders)))
         page = "auth/login_console.html"
     router = APIRouter(tags=["sign-in"])
 
@@ -302,6 +303,9 @@ def login_router(access: Access, templates: Jinja2Templates | None = None) -> AP
                     audit(who, "login_locked", request, who, {"lockout_s": limiter.lockout_s})
                 return form(request, 401, "Wrong username or password.", username, next)
             limiter.succeeded(username, address)
+            previous = request.cookies.get(SESSION_COOKIE)
+            if previous:  # signing in again replaces the browser's session rather than leaving it alive beside the new one
+                sessions.end(previous)
             token, _ = sessions.start(user)
             audit(user.username, "login", request, user.username)
         except AivdError as error:
