@@ -131,7 +131,7 @@ def test_forms_need_the_session_csrf_token_and_another_origin_is_refused(site):
     with browser(base) as client:
         sign_in(client, "ada")
         token = csrf_field(client.get("/login").text)  # the sign-in form's token is not the session's
-        for sent in ({}, {"data": {"csrf_token": "forged"}}, {"headers": {"x-csrf-token": token}}):
+        for sent in ({}, {"data": {"csrf_token": "forged"}}, {"data": {"csrf_token": "é"}}, {"headers": {"x-csrf-token": token}}):
             refused = client.post("/api/promote", **sent)
             assert refused.status_code == 403 and "CSRF" in refused.json()["detail"], sent
         token = session_csrf(access, client)
@@ -152,8 +152,9 @@ def test_the_sign_in_form_itself_needs_its_csrf_token(site):
         no_cookie = client.post("/login", data={"username": "ada", "password": PASSWORD, "csrf_token": "x"})
         assert no_cookie.status_code == 403 and SESSION_COOKIE not in no_cookie.headers.get("set-cookie", "")
         client.get("/login")
-        forged = client.post("/login", data={"username": "ada", "password": PASSWORD, "csrf_token": "forged"})
-        assert forged.status_code == 403 and SESSION_COOKIE not in client.cookies
+        for token in ("forged", "é"):
+            forged = client.post("/login", data={"username": "ada", "password": PASSWORD, "csrf_token": token})
+            assert forged.status_code == 403 and SESSION_COOKIE not in client.cookies
     assert access.audit.entries(action="login") == []
 
 
