@@ -8,7 +8,8 @@ from datetime import datetime, timedelta, timezone
 
 import httpx
 import pytest
-from conftest import serving
+import schemathesis
+from conftest import fuzz, serving
 from fastapi import Depends, FastAPI
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
@@ -276,3 +277,11 @@ def test_the_sign_in_page_extends_the_consoles_base_template(tmp_path, url):
         assert "<title>Sign in - console</title><nav>aivd console</nav>" in page and 'name="csrf_token"' in page
         assert sign_in(client, "ada").status_code == 303
     access.close()
+
+
+def test_the_sign_in_routes_answer_as_their_openapi_document_says(url):
+    app = FastAPI()
+    with Access.from_db(url) as access:
+        app.include_router(login_router(access))
+        with serving(app) as base:
+            assert fuzz(schemathesis.openapi.from_url(f"{base}/openapi.json")) == ["GET /login", "POST /login", "POST /logout"]
