@@ -131,3 +131,27 @@ def test_a_simulated_reviewer_teaches_both_tiers_through_the_review_store(deeppc
     cloud_store = ModelStore(tmp_path / "cloud-models")
     assert len(cloud_store.versions()) == 1 + sum(u["action"] != "rollback" for u in cloud)
     assert pipeline.analyzer.classifier.path == BUILTIN_CLASSIFIER  # served again after the pass
+
+
+def test_a_live_learner_with_the_builtin_cloud_updates_it_in_a_store_of_its_own_unless_reviews_are_off(tmp_path):
+    pytest.importorskip("torch")
+    from test_live_update import learning_config
+
+    from aivd.pipeline.factory import build_pipeline
+    from aivd.pipeline.live_update import build_learner
+    from aivd.training.cloud_update import CloudLearner
+
+    config = learning_config(tmp_path / "store")
+    pipeline = build_pipeline(config)
+    learner = build_learner(config.update, pipeline)
+    try:
+        assert isinstance(learner.updater.cloud, CloudLearner)
+        assert pipeline.analyzer.classifier.path == tmp_path / "store" / "cloud" / "versions" / "v0001" / "deeppcb_classifier.onnx"
+    finally:
+        learner.close()
+    config = learning_config(tmp_path / "store2", reviews=False)
+    learner = build_learner(config.update, build_pipeline(config))
+    try:
+        assert learner.updater.cloud is None
+    finally:
+        learner.close()

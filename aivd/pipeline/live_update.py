@@ -19,6 +19,11 @@ a background worker, so that learning never blocks inspection:
   is not always the one the buffer asked for; the buffer then holds the next fully labelled image out instead
   (`ReplayBuffer.add`).
 
+- Human reviews teach it too (`update.reviews`): once the run's result database is open (`Live.follow_reviews`),
+  after each image it observes the learner reads the reviews stored since the last (`ReviewFeed`, as
+  `aivd bench collab --review-share` does) and hands them to the updater with top trust; with the in-process
+  built-in cloud, its classifier learns from them as well (`aivd.training.cloud_update`).
+
 With `update.wait_for_updates` the run is reproducible: the loop inspects one image at a time and waits until
 the learner has observed it (and trained, when that image triggered an update), which is exactly what
 `aivd bench collab --update` (`online_pass`) does, so both make the same updates at the same images.
@@ -244,21 +249,26 @@ class ProcessTrainer:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
-def thread_trainer():
-    """`update_edge_model` on the learner's thread, which first lowers its own priority (Linux schedules threads
-    one by one, and torch's worker threads inherit it)."""
-    from aivd.training.online_update import update_edge_model
-
+def on_a_lowered_thread(function):
+    """`function` run on the caller's thread (the learner's), which first lowers its own priority (Linux schedules
+    threads one by one, and torch's worker threads inherit it)."""
     lowered = set()
 
-    def train(*args):
+    def call(*args):
         thread = threading.get_native_id()
         if thread not in lowered:
             os.setpriority(os.PRIO_PROCESS, thread, min(os.getpriority(os.PRIO_PROCESS, thread) + TRAINING_NICENESS, 19))
             lowered.add(thread)
-        return update_edge_model(*args)
+        return function(*args)
 
-    return train
+    return call
+
+
+def thread_trainer():
+    """`update_edge_model` on the learner's thread, at a lowered priority."""
+    from aivd.training.online_update import update_edge_model
+
+    return on_a_lowered_thread(update_edge_model)
 
 
 def learner_for(update: UpdateConfig, metrics: LiveMetrics | None = None, isolation: str | None = None) -> LiveLearner:
@@ -285,6 +295,17 @@ def build_learner(update: UpdateConfig, pipeline: EdgeCloudPipeline, metrics: Li
     whose offloader is wrapped to label validation images fully."""
     learner = learner_for(update, metrics)
     pipeline.offloader = LabelAll(pipeline.offloader, learner.wants_full_labels)
+    from aivd.cloud.builtin import BuiltinAnalyzer
+
+    if update.reviews and isinstance(pipeline.analyzer, BuiltinAnalyzer):
+        # The in-process built-in cloud learns from the reviews too, its versions in the store's `cloud` folder. Its
+        # fine-tuning is small (the reviewed crops alone) and runs on the learner's thread, at a lowered priority.
+        from aivd.model_store import ModelStore
+        from aivd.training.cloud_update import CloudLearner, update_cloud_classifier
+
+        assert update.model_store is not None  # UpdateConfig requires one when enabled
+        learner.updater.cloud = CloudLearner(ModelStore(Path(update.model_store) / "cloud"), pipeline.analyzer, learner.updater.workdir,
+                                             update.learner, on_a_lowered_thread(update_cloud_classifier))
     return learner
 
 

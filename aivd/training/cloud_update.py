@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -95,10 +96,13 @@ def update_cloud_classifier(current: Path, train: list[LabelledImage], validatio
 class CloudLearner:
     """The cloud classifier's updates beside the edge's (`OnlineUpdater.cloud`): run when the edge's trigger fires,
     from the replay buffer's reviewed images alone, published to `store` and swapped into `analyzer` (a
-    `BuiltinAnalyzer`) when promoted or rolled back. `store` is seeded with the analyzer's classifier if empty."""
+    `BuiltinAnalyzer`) when promoted or rolled back. `store` is seeded with the analyzer's classifier if empty, and
+    the analyzer serves the store's current version from the start. `train` fine-tunes (`update_cloud_classifier`'s
+    signature)."""
 
-    def __init__(self, store: ModelStore, analyzer, workdir: Path, config: LearnerConfig = LearnerConfig()) -> None:
-        self.store, self.analyzer, self.workdir, self.config = store, analyzer, Path(workdir), config
+    def __init__(self, store: ModelStore, analyzer, workdir: Path, config: LearnerConfig = LearnerConfig(),
+                 train: Callable[..., CloudUpdate] = update_cloud_classifier) -> None:
+        self.store, self.analyzer, self.workdir, self.config, self.train = store, analyzer, Path(workdir), config, train
         if store.current() is None:
             store.promote(store.publish(analyzer.classifier.path, metrics={"source": "served"}))
         analyzer.swap_classifier(store.detector_path(store.current()))
@@ -117,7 +121,7 @@ class CloudLearner:
             return records
         parent = self.store.current()
         self.updates += 1
-        update = update_cloud_classifier(self.store.detector_path(parent), train, validation,
+        update = self.train(self.store.detector_path(parent), train, validation,
                                          self.workdir / f"cloud-candidate-{self.updates}", self.config)
         summary = update.summary()
         version = self.store.publish(update.classifier, parent=parent, metrics=summary)
