@@ -81,7 +81,9 @@ def update_cloud_classifier(current: Path, train: list[LabelledImage], validatio
     classifier = _Classifier(current)
     held_out = classifier.boxes(validation)
     before = classifier.accuracy(validation)
-    loop = LoopConfig(config.refiner_epochs, 128, config.refiner_lr, 1e-4)
+    # The learner's batch size (16), not the first training's 128: a few hundred reviewed crops would give an epoch of
+    # one or two steps.
+    loop = LoopConfig(config.refiner_epochs, config.batch_size, config.refiner_lr, 1e-4)
     with tempfile.TemporaryDirectory() as workdir:
         best, _ = train_loop(classifier.net, classifier.boxes(train), held_out, classifier.recipe, classifier.augment, loop, rng,
                              Path(workdir) / "classifier_best.pt")
