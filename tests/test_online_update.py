@@ -88,12 +88,6 @@ def test_reviews_trigger_updates_and_train_review_weight_times_with_the_gate_on_
     record = updater.observe_review("r1", image(), None, dets([[1, 1, 5, 5]]), position=1)  # the 4th hard image
     assert record["action"] == "skip" and record["reason"] == "recorded"
     assert seen == [(["p0", "r0", "r0", "r0"], ["r1"])]  # p1 validated for the pipeline; r1 is the reviewed validation
-    # review_only: the cloud-labelled images are left out once reviewed ones validate.
-    seen.clear()
-    updater.config = LearnerConfig(review_weight=2, review_only=True)
-    for index in range(4):
-        updater.observe(f"q{index}", image(), None, dets([[1, 1, 5, 5]]), 1, np.array([True]), 2 + index)
-    assert seen == [(["r0", "r0"], ["r1"])]
 
 
 def test_a_refiner_with_no_defect_also_learns_the_regions_the_cloud_rejected():

@@ -148,8 +148,6 @@ class LearnerConfig(_Section):
     # Set once, not tuned: a human label is the truth, a cloud label a guess that drift can spoil, and the reviewed
     # images are few (5% of the stream) against the up to 100 cloud-labelled ones of a window.
     review_weight: int = Field(4, ge=1, description="how many times each human-labelled image counts in an update's training")
-    review_only: bool = Field(False, description="once reviewed images are held out, train the edge on the reviewed images "
-                                                 "alone, not on the cloud's labels")
     seed: int = 0
     threads: int = Field(2, ge=1, description="torch threads the update trains with")
 

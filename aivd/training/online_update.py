@@ -232,8 +232,6 @@ class OnlineUpdater:
     def _update(self, position: int | None) -> dict:
         train, validation = self.buffer.split()
         train = train[-self.train_window:]  # the reviewed images come last, so the window keeps them
-        if self.config.review_only and any(item.trust == HUMAN for item in validation):
-            train = [item for item in train if item.trust == HUMAN]
         train += [item for item in train if item.trust == HUMAN] * (self.config.review_weight - 1)
         parent = _served(self.store)
         out_dir = self.workdir / f"candidate-{len(self.updates) + 1}"
