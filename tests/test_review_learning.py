@@ -17,7 +17,7 @@ class RecordingUpdater:
     """What ReviewFeed and LiveLearner call on an OnlineUpdater, recorded."""
 
     def __init__(self):
-        self.reviewed = []
+        self.reviewed, self.updates = [], []
 
     def observe_review(self, image_id, image, template, labels, rejected=None, position=None):
         self.reviewed.append((image_id, labels.class_names, labels.xyxy.tolist(), rejected.tolist(), position, image.shape))

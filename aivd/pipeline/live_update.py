@@ -190,31 +190,31 @@ class LiveLearner:
         self._queue.task_done()
 
     def _observe(self, item: _Handed) -> None:
-        records = [self._learn(item.position, learn_from, self.updater, item.image_id, item.image, item.template, item.result,
-                               item.position)]
+        before = len(self.updater.updates)
+        errors = self._learn(item.position, learn_from, self.updater, item.image_id, item.image, item.template, item.result,
+                             item.position)
         if self.reviews is not None:  # the same order as `aivd bench collab --review-share`: the image, then new reviews
-            taught = self._learn(item.position, self.reviews.teach, self.updater, item.position)
-            records += taught if isinstance(taught, list) else [taught]
+            errors += self._learn(item.position, self.reviews.teach, self.updater, item.position)
         self.observed += 1
         self._full_labels = self.updater.wants_full_labels()
         if self.metrics is not None:
             self.metrics.drift.set(int(self.updater.monitor.drifted))
-        for record in records:
-            if record is None:
-                continue
+        # Every record this image brought: the edge's update or rollback and, with reviews, the cloud's too.
+        for record in [*self.updater.updates[before:], *errors]:
             if self.metrics is not None:
                 self.metrics.updated(record["action"])
             log.info("online update at image %s: %s", item.position, record)
 
-    def _learn(self, position: int, step, *args):
-        """`step(*args)`; a failure is logged and becomes an `error` record, and the trigger backs off until it fires
-        again: a failed update must not end the run."""
+    def _learn(self, position: int, step, *args) -> list[dict]:
+        """`step(*args)`; a failure is logged and becomes an `error` record (returned), and the trigger backs off until
+        it fires again: a failed update must not end the run."""
         try:
-            return step(*args)
+            step(*args)
+            return []
         except Exception:
             log.exception("online update at image %s failed", position)
             self.updater.trigger.updated(promoted=False)
-            return {"action": "error"}
+            return [{"action": "error"}]
 
     def close(self) -> None:
         """Finish what was handed over (an update in training included), then stop the worker and clean up."""
