@@ -8,7 +8,8 @@ from datetime import datetime, timedelta, timezone
 
 import httpx
 import pytest
-from conftest import serving
+import schemathesis
+from conftest import fuzz, serving
 from fastapi import Depends, FastAPI
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
@@ -112,8 +113,11 @@ def test_signing_in_sets_a_strict_http_only_cookie_and_goes_to_next(site):
         assert client.get("/api/whoami").json() == {"name": "otto", "role": "operator", "via": "session"}
         refused = client.post("/api/promote", headers={"x-csrf-token": session_csrf(access, client)})
         assert refused.status_code == 403 and "otto's role (operator)" in refused.json()["detail"]
-    [login] = access.audit.entries(action="login")
-    assert (login.actor, login.target, login.remote_addr) == ("otto", "otto", "127.0.0.1")
+        first = client.cookies[SESSION_COOKIE]
+        assert sign_in(client, "otto").status_code == 303 and client.cookies[SESSION_COOKIE] != first
+        assert access.sessions.resolve(first) is None  # signing in again ends the browser's previous session
+    logins = access.audit.entries(action="login")
+    assert [(login.actor, login.target, login.remote_addr) for login in logins] == [("otto", "otto", "127.0.0.1")] * 2
 
 
 def test_next_never_leads_to_another_site(site):
@@ -128,7 +132,7 @@ def test_forms_need_the_session_csrf_token_and_another_origin_is_refused(site):
     with browser(base) as client:
         sign_in(client, "ada")
         token = csrf_field(client.get("/login").text)  # the sign-in form's token is not the session's
-        for sent in ({}, {"data": {"csrf_token": "forged"}}, {"headers": {"x-csrf-token": token}}):
+        for sent in ({}, {"data": {"csrf_token": "forged"}}, {"data": {"csrf_token": "é"}}, {"headers": {"x-csrf-token": token}}):
             refused = client.post("/api/promote", **sent)
             assert refused.status_code == 403 and "CSRF" in refused.json()["detail"], sent
         token = session_csrf(access, client)
@@ -149,8 +153,9 @@ def test_the_sign_in_form_itself_needs_its_csrf_token(site):
         no_cookie = client.post("/login", data={"username": "ada", "password": PASSWORD, "csrf_token": "x"})
         assert no_cookie.status_code == 403 and SESSION_COOKIE not in no_cookie.headers.get("set-cookie", "")
         client.get("/login")
-        forged = client.post("/login", data={"username": "ada", "password": PASSWORD, "csrf_token": "forged"})
-        assert forged.status_code == 403 and SESSION_COOKIE not in client.cookies
+        for token in ("forged", "é"):
+            forged = client.post("/login", data={"username": "ada", "password": PASSWORD, "csrf_token": token})
+            assert forged.status_code == 403 and SESSION_COOKIE not in client.cookies
     assert access.audit.entries(action="login") == []
 
 
@@ -272,3 +277,11 @@ def test_the_sign_in_page_extends_the_consoles_base_template(tmp_path, url):
         assert "<title>Sign in - console</title><nav>aivd console</nav>" in page and 'name="csrf_token"' in page
         assert sign_in(client, "ada").status_code == 303
     access.close()
+
+
+def test_the_sign_in_routes_answer_as_their_openapi_document_says(url):
+    app = FastAPI()
+    with Access.from_db(url) as access:
+        app.include_router(login_router(access))
+        with serving(app) as base:
+            assert fuzz(schemathesis.openapi.from_url(f"{base}/openapi.json")) == ["GET /login", "POST /login", "POST /logout"]

@@ -7,7 +7,7 @@ import pytest
 from conftest import aivd, dets
 
 from aivd.collab.drift_monitor import AgreementMonitor, TriggerConfig, UpdateTrigger
-from aivd.collab.replay import ReplayBuffer
+from aivd.collab.replay import HUMAN, ReplayBuffer
 from aivd.edge.detector import BUILTIN_MODEL, TemplateDetector
 from aivd.edge.hot_swap import HotSwapDetector
 from aivd.model_store import ModelStore, ModelStoreError
@@ -49,9 +49,50 @@ def test_a_due_validation_image_that_came_partly_labelled_is_trained_on_and_the_
     assert [i.image_id for i in train] == ["img0", "img1", "img2", "img6"]
 
 
+def test_a_reviewed_image_replaces_the_clouds_labels_stays_in_the_buffer_and_validates_once_held_out():
+    buffer = ReplayBuffer(capacity=3, validation_every=2)
+    buffer.add("a", image(), None, dets([[1, 1, 5, 5]]), cloud_regions=1)
+    buffer.add_reviewed("a", image(), None, dets([[2, 2, 6, 6]], classes=[3]), rejected=np.array([[9, 9, 12, 12]]))
+    assert [i.image_id for i in buffer.items] == []  # the human label replaced the pipeline's
+    buffer.add_reviewed("b", image(), None, dets([[1, 1, 5, 5]]))  # the 2nd reviewed image: held out
+    for index in range(6):  # a stream of cloud-labelled images, more than the capacity
+        buffer.add(f"s{index}", image(), None, dets([[1, 1, 5, 5]]), cloud_regions=1)
+    train, validation = buffer.split()
+    assert [i.image_id for i in validation] == ["b"]  # human validation images only, once there are some
+    assert [i.image_id for i in train] == ["s3", "s5", "a"]  # the newest pipeline images (s4 validates for them), reviewed last
+    assert [(i.image_id, i.trust) for i in buffer.reviewed] == [("a", HUMAN), ("b", HUMAN)] and len(buffer) == 5
+    # A newer review of an image replaces the older in its place and keeps its role.
+    buffer.add_reviewed("b", image(), None, dets([[3, 3, 8, 8]]))
+    assert [i.image_id for i in buffer.split()[1]] == ["b"] and buffer.split()[1][0].labels.xyxy.tolist() == [[3, 3, 8, 8]]
+    assert buffer.reviewed_added == 2 and buffer.split()[0][-1].rejected.tolist() == [[9, 9, 12, 12]]
+
+
+def test_reviews_trigger_updates_and_train_review_weight_times_with_the_gate_on_reviewed_images(tmp_path):
+    pytest.importorskip("torch")
+    from aivd.config import LearnerConfig
+    from aivd.training.online_update import OnlineUpdater
+
+    store = ModelStore(tmp_path / "models")
+    store.promote(store.publish(BUILTIN_MODEL, [REFINER]))
+    seen = []
+
+    def train(current, train, validation, out_dir, config):
+        seen.append(([i.image_id for i in train], [i.image_id for i in validation]))
+        raise ValueError("recorded")
+
+    updater = OnlineUpdater(store, tmp_path, LearnerConfig(review_weight=3), ReplayBuffer(validation_every=2),
+                            trigger=UpdateTrigger(TriggerConfig(every=4)), train=train)
+    assert updater.observe("p0", image(), None, dets([[1, 1, 5, 5]]), 1, np.array([True]), 0) is None
+    assert updater.observe("p1", image(), None, dets([[1, 1, 5, 5]]), 1, np.array([True]), 1) is None
+    assert updater.observe_review("r0", image(), None, dets([[1, 1, 5, 5]]), position=1) is None
+    record = updater.observe_review("r1", image(), None, dets([[1, 1, 5, 5]]), position=1)  # the 4th hard image
+    assert record["action"] == "skip" and record["reason"] == "recorded"
+    assert seen == [(["p0", "r0", "r0", "r0"], ["r1"])]  # p1 validated for the pipeline; r1 is the reviewed validation
+
+
 def test_a_refiner_with_no_defect_also_learns_the_regions_the_cloud_rejected():
     pytest.importorskip("torch")
-    from aivd.training.online_update import _box_set
+    from aivd.training.online_update import box_set
 
     buffer = ReplayBuffer()
     buffer.add("a", image(), None, dets([[1, 1, 5, 5]], classes=[2]), 2, rejected=np.array([[10, 10, 20, 20]]))
@@ -59,11 +100,11 @@ def test_a_refiner_with_no_defect_also_learns_the_regions_the_cloud_rejected():
     buffer.add("c", image(), None, dets([[2, 2, 6, 6]], classes=[4]), 1)
     items = list(buffer.items)
     assert [len(i.rejected) for i in items] == [1, 2, 0]
-    with_reject = _box_set(items, reject_index=6)
+    with_reject = box_set(items, reject_index=6)
     assert with_reject.classes.tolist() == [2, 6, 6, 6, 4]
     assert with_reject.image_index.tolist() == [0, 0, 1, 1, 2]
     np.testing.assert_array_equal(with_reject.boxes[2], [3, 3, 9, 9])
-    assert _box_set(items, reject_index=None).classes.tolist() == [2, 4]  # a class-only refiner: defects alone
+    assert box_set(items, reject_index=None).classes.tolist() == [2, 4]  # a class-only refiner: defects alone
 
 
 def test_agreement_monitor_sees_drift_when_the_cloud_overrules_the_edge_more_often():
@@ -205,7 +246,7 @@ def test_online_updater_publishes_gates_and_rolls_back(tmp_path):
     [promoted] = feed(lenient, True, 100)
     assert promoted["action"] == "promote" and store.current() == promoted["version"] == "v0003"
     [rolled_back] = feed(lenient, False, 200)[:1]
-    assert rolled_back == {"position": 201, "action": "rollback", "version": "v0001", "from": "v0003"}
+    assert rolled_back == {"position": 201, "tier": "edge", "action": "rollback", "version": "v0001", "from": "v0003"}
     assert store.current() == "v0001" and store.history()[-1]["action"] == "rollback"
 
 

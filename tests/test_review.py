@@ -191,3 +191,13 @@ def test_export_refuses_an_unknown_format_and_a_database_without_reviews(inspect
         export_dataset(url, tmp_path / "out", "csv")
     with pytest.raises(ReviewError, match="has no reviewed image to export"):
         export_dataset(url, tmp_path / "out", "yolo")
+
+
+def test_the_queue_sees_images_and_reviews_stored_after_its_first_call(inspected, tmp_path):
+    url, (sure, unsure, disagree, rejected, _) = inspected
+    with ReviewStore(url) as store, ReviewStore(url) as console:
+        assert [item.image_row_id for item in console.queue(10, audit_share=0.0)] == [disagree, rejected, unsure, sure]
+        with ResultStore(url) as results:
+            new = results.add(1, record(tmp_path, 6, [defect((5, 5, 20, 20), "open", 0.01)]))
+        store.add(disagree, "ana", "good")  # through another store, as another process would
+        assert [item.image_row_id for item in console.queue(10, audit_share=0.0)] == [rejected, new, unsure, sure]

@@ -547,6 +547,10 @@ def test_cluster_ingress_needs_a_key_from_its_database_except_for_healthz(ray_cl
         return httpx.request(method, base + path, headers=headers, timeout=60, **kwargs)
 
     assert call("GET", "/healthz").status_code == 200
+    document = call("GET", "/openapi.json").json()
+    assert document["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+    assert {"401", "403"} <= set(document["paths"]["/v1/inspect"]["post"]["responses"])
+    assert "security" not in document["paths"]["/healthz"]["get"]
     for key in (None, "aivd_123456789abc_wrong"):
         for method, path in (("POST", "/v1/inspect"), ("POST", "/v1/inspect/batch"), ("GET", "/v1/router")):
             answer = call(method, path, key, files=broken if method == "POST" else None)

@@ -206,8 +206,13 @@ class Access:
             raise HTTPException(503, f"cannot check the session now: {error}") from None
         if found is None:
             return  # no live session: `require` answers 401 or sends the browser to sign in
-        if not hmac.compare_digest(await _csrf_token_sent(request), found.csrf_token):
+        if not _same(await _csrf_token_sent(request), found.csrf_token):
             raise HTTPException(403, "the form's CSRF token is missing or stale: reload the page and try again")
+
+
+def _same(sent: str, expected: str) -> bool:
+    """Whether a token sent equals the expected one, in constant time (compare_digest takes str only in ASCII)."""
+    return hmac.compare_digest(sent.encode(), expected.encode())
 
 
 async def _csrf_token_sent(request: Request) -> str:
@@ -257,7 +262,8 @@ def login_router(access: Access, templates: Jinja2Templates | None = None) -> AP
     if templates is None:
         pages, page = Jinja2Templates(directory=TEMPLATES), "auth/login_page.html"
     else:  # the console's environment, its globals and filters, with these templates beside its own
-        pages = Jinja2Templates(env=templates.env.overlay(loader=ChoiceLoader([templates.env.loader, FileSystemLoader(TEMPLATES)])))
+        loaders = [loader for loader in (templates.env.loader, FileSystemLoader(TEMPLATES)) if loader is not None]
+        pages = Jinja2Templates(env=templates.env.overlay(loader=ChoiceLoader(loaders)))
         page = "auth/login_console.html"
     router = APIRouter(tags=["sign-in"])
 
@@ -285,7 +291,7 @@ def login_router(access: Access, templates: Jinja2Templates | None = None) -> AP
     def login(request: Request, username: str = Form("", max_length=256), password: str = Form("", max_length=1024),
               csrf_token: str = Form("", max_length=256), next: str = Form("/", max_length=2048)) -> Response:
         expected = request.cookies.get(LOGIN_CSRF_COOKIE)
-        if not expected or not hmac.compare_digest(csrf_token, expected):
+        if not expected or not _same(csrf_token, expected):
             return form(request, 403, "The sign-in form was stale: please try again.", username, next)
         address = request.client.host if request.client else "unknown"
         wait = limiter.retry_after(username, address)
@@ -302,6 +308,9 @@ def login_router(access: Access, templates: Jinja2Templates | None = None) -> AP
                     audit(who, "login_locked", request, who, {"lockout_s": limiter.lockout_s})
                 return form(request, 401, "Wrong username or password.", username, next)
             limiter.succeeded(username, address)
+            previous = request.cookies.get(SESSION_COOKIE)
+            if previous:  # signing in again replaces the browser's session rather than leaving it alive beside the new one
+                sessions.end(previous)
             token, _ = sessions.start(user)
             audit(user.username, "login", request, user.username)
         except AivdError as error:

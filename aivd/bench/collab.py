@@ -18,7 +18,8 @@ region sent to the cloud gets the cloud's decision and one kept at the edge the 
   degrades from one image on: F before and after, and after on the same images undrifted; with `OnlineSettings`,
   a third pass with the online update of the edge model (`online_pass`), compared with the other two on the
   images after its first promotion, for the pipeline and for the edge alone; with a `review_share`, a simulated
-  reviewer labels that share of the stream and the update learns from the reviews too (`SimulatedReviewer`).
+  reviewer labels that share of the stream and the update learns from the reviews too (`SimulatedReviewer`), the
+  built-in cloud's classifier as well (`aivd.training.cloud_update`).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import cv2
 import numpy as np
 
 from aivd.cloud.analyzer import Analyses
+from aivd.cloud.builtin import BuiltinAnalyzer
 from aivd.collab.drift_monitor import TriggerConfig, UpdateTrigger
 from aivd.collab.hard_examples import FilterConfig, make_filter
 from aivd.collab.offload import EASY, HARD, LabelAll, MarginalErrorController, OffloadDecision, Offloader, SendAll
@@ -283,6 +285,7 @@ class OnlineSettings:
     train_window: int = 100
     window: int = 50  # images per point of the timeline
     review_share: float = 0.0  # share of the stream a simulated reviewer labels from the ground truth (`SimulatedReviewer`)
+    cloud_update: bool = True  # with reviews and the built-in cloud: its classifier learns from them too (CloudLearner)
 
 
 class SimulatedReviewer:
@@ -354,8 +357,15 @@ def online_pass(pipeline: EdgeCloudPipeline, stream, phase: DriftPhase, filter_n
     edge = HotSwapDetector(store, poll_s=0.0)
     live = EdgeCloudPipeline(edge, pipeline.analyzer, pipeline.proposal_threshold, pipeline.pixels_per_mm)
     everything = _sending_all(live)
-    updater = OnlineUpdater(store, settings.workdir, settings.config or LearnerConfig(), trigger=UpdateTrigger(settings.trigger),
-                            train_window=settings.train_window)
+    config = settings.config or LearnerConfig()
+    cloud, served_classifier = None, None
+    if settings.review_share and settings.cloud_update and isinstance(pipeline.analyzer, BuiltinAnalyzer):
+        from aivd.training.cloud_update import CloudLearner
+
+        served_classifier = pipeline.analyzer.classifier.path  # served again after the pass
+        cloud = CloudLearner(ModelStore(settings.workdir / "cloud-models"), pipeline.analyzer, settings.workdir, config)
+    updater = OnlineUpdater(store, settings.workdir, config, trigger=UpdateTrigger(settings.trigger),
+                            train_window=settings.train_window, cloud=cloud)
     replaying = replayer(live, LabelAll(budget_offloader(filter_name, budget), updater.wants_full_labels))
     reviewer = None
     if settings.review_share:
@@ -377,6 +387,8 @@ def online_pass(pipeline: EdgeCloudPipeline, stream, phase: DriftPhase, filter_n
     finally:
         if reviewer is not None:
             reviewer.close()
+        if served_classifier is not None:
+            pipeline.analyzer.swap_classifier(served_classifier)
     reviews = None if reviewer is None else {"share": settings.review_share, "images": len(reviewer.picked),
                                              "after_drift": sum(p >= phase.start for p in reviewer.picked)}
     return {"updates": updater.updates, "offload_ratio": round(sent_regions / max(regions, 1), 4), "reviews": reviews,

@@ -70,6 +70,7 @@ class BuiltinAnalyzer:
         self, model: str | Path = BUILTIN_CLASSIFIER, knowledge: str | Path = DEFAULT_KNOWLEDGE, threads: int = 2, pcb_facts: bool = True,
     ):
         self.classifier = CropClassifier(model, threads)
+        self.threads = threads
         self.knowledge = KnowledgeBase.load(knowledge)
         self.pcb_facts = pcb_facts
         missing = set(self.classifier.class_names) - set(self.knowledge.classes)
@@ -77,12 +78,22 @@ class BuiltinAnalyzer:
             raise ModelError(f"{model}: classes {sorted(missing)} are not in the knowledge base {knowledge}")
         self.proposal_threshold = self.classifier.proposal_threshold
 
+    def swap_classifier(self, path: str | Path) -> Path:
+        """Serve the classifier at `path` from the next call of `analyze` (an online update's version); returns the
+        path of the one it replaces. Refused, keeping the served one, when its classes differ."""
+        classifier = CropClassifier(path, self.threads)
+        if classifier.class_names != self.classifier.class_names:
+            raise ModelError(f"{path}: classes {classifier.class_names} differ from the served classifier's {self.classifier.class_names}")
+        previous, self.classifier = self.classifier.path, classifier  # one assignment: a call in flight keeps its own
+        return previous
+
     def analyze(self, regions: Sequence[Region]) -> Analyses:
+        classifier = self.classifier  # once: a swap during the call does not mix two models' answers
         try:
-            probs = self.classifier.probabilities(regions)
+            probs = classifier.probabilities(regions)
         except Exception as error:  # onnxruntime raises private types; a bad batch must not end the caller's run
             raise AnalyzerError(f"classifier failed: {type(error).__name__}: {error}") from None
-        names, confidence, is_defect = self.classifier.decide(probs)
+        names, confidence, is_defect = classifier.decide(probs)
         return Analyses(
             self.knowledge.analysis(name, round(float(score), 4), bool(defect), measure(region, pcb_facts=self.pcb_facts), region.edge_class)
             for region, name, score, defect in zip(regions, names, confidence, is_defect)

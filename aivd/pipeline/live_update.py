@@ -19,6 +19,11 @@ a background worker, so that learning never blocks inspection:
   is not always the one the buffer asked for; the buffer then holds the next fully labelled image out instead
   (`ReplayBuffer.add`).
 
+- Human reviews teach it too (`update.reviews`): once the run's result database is open (`Live.follow_reviews`),
+  after each image it observes the learner reads the reviews stored since the last (`ReviewFeed`, as
+  `aivd bench collab --review-share` does) and hands them to the updater with top trust; with the in-process
+  built-in cloud, its classifier learns from them as well (`aivd.training.cloud_update`).
+
 With `update.wait_for_updates` the run is reproducible: the loop inspects one image at a time and waits until
 the learner has observed it (and trained, when that image triggered an update), which is exactly what
 `aivd bench collab --update` (`online_pass`) does, so both make the same updates at the same images.
@@ -185,31 +190,31 @@ class LiveLearner:
         self._queue.task_done()
 
     def _observe(self, item: _Handed) -> None:
-        records = [self._learn(item.position, learn_from, self.updater, item.image_id, item.image, item.template, item.result,
-                               item.position)]
+        before = len(self.updater.updates)
+        errors = self._learn(item.position, learn_from, self.updater, item.image_id, item.image, item.template, item.result,
+                             item.position)
         if self.reviews is not None:  # the same order as `aivd bench collab --review-share`: the image, then new reviews
-            taught = self._learn(item.position, self.reviews.teach, self.updater, item.position)
-            records += taught if isinstance(taught, list) else [taught]
+            errors += self._learn(item.position, self.reviews.teach, self.updater, item.position)
         self.observed += 1
         self._full_labels = self.updater.wants_full_labels()
         if self.metrics is not None:
             self.metrics.drift.set(int(self.updater.monitor.drifted))
-        for record in records:
-            if record is None:
-                continue
+        # Every record this image brought: the edge's update or rollback and, with reviews, the cloud's too.
+        for record in [*self.updater.updates[before:], *errors]:
             if self.metrics is not None:
                 self.metrics.updated(record["action"])
             log.info("online update at image %s: %s", item.position, record)
 
-    def _learn(self, position: int, step, *args):
-        """`step(*args)`; a failure is logged and becomes an `error` record, and the trigger backs off until it fires
-        again: a failed update must not end the run."""
+    def _learn(self, position: int, step, *args) -> list[dict]:
+        """`step(*args)`; a failure is logged and becomes an `error` record (returned), and the trigger backs off until
+        it fires again: a failed update must not end the run."""
         try:
-            return step(*args)
+            step(*args)
+            return []
         except Exception:
             log.exception("online update at image %s failed", position)
             self.updater.trigger.updated(promoted=False)
-            return {"action": "error"}
+            return [{"action": "error"}]
 
     def close(self) -> None:
         """Finish what was handed over (an update in training included), then stop the worker and clean up."""
@@ -244,21 +249,26 @@ class ProcessTrainer:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
-def thread_trainer():
-    """`update_edge_model` on the learner's thread, which first lowers its own priority (Linux schedules threads
-    one by one, and torch's worker threads inherit it)."""
-    from aivd.training.online_update import update_edge_model
-
+def on_a_lowered_thread(function):
+    """`function` run on the caller's thread (the learner's), which first lowers its own priority (Linux schedules
+    threads one by one, and torch's worker threads inherit it)."""
     lowered = set()
 
-    def train(*args):
+    def call(*args):
         thread = threading.get_native_id()
         if thread not in lowered:
             os.setpriority(os.PRIO_PROCESS, thread, min(os.getpriority(os.PRIO_PROCESS, thread) + TRAINING_NICENESS, 19))
             lowered.add(thread)
-        return update_edge_model(*args)
+        return function(*args)
 
-    return train
+    return call
+
+
+def thread_trainer():
+    """`update_edge_model` on the learner's thread, at a lowered priority."""
+    from aivd.training.online_update import update_edge_model
+
+    return on_a_lowered_thread(update_edge_model)
 
 
 def learner_for(update: UpdateConfig, metrics: LiveMetrics | None = None, isolation: str | None = None) -> LiveLearner:
@@ -285,6 +295,17 @@ def build_learner(update: UpdateConfig, pipeline: EdgeCloudPipeline, metrics: Li
     whose offloader is wrapped to label validation images fully."""
     learner = learner_for(update, metrics)
     pipeline.offloader = LabelAll(pipeline.offloader, learner.wants_full_labels)
+    from aivd.cloud.builtin import BuiltinAnalyzer
+
+    if update.reviews and isinstance(pipeline.analyzer, BuiltinAnalyzer):
+        # The in-process built-in cloud learns from the reviews too, its versions in the store's `cloud` folder. Its
+        # fine-tuning is small (the reviewed crops alone) and runs on the learner's thread, at a lowered priority.
+        from aivd.model_store import ModelStore
+        from aivd.training.cloud_update import CloudLearner, update_cloud_classifier
+
+        assert update.model_store is not None  # UpdateConfig requires one when enabled
+        learner.updater.cloud = CloudLearner(ModelStore(Path(update.model_store) / "cloud"), pipeline.analyzer, learner.updater.workdir,
+                                             update.learner, on_a_lowered_thread(update_cloud_classifier))
     return learner
 
 

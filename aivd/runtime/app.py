@@ -19,6 +19,7 @@ from typing import Any
 
 import ray
 from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi.openapi.utils import get_openapi
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from ray import serve
 from ray.exceptions import RayActorError
@@ -248,6 +249,24 @@ class ReplicaAccess:
 
         return [Depends(dependency)]
 
+    def openapi(self, app: FastAPI) -> Callable[[], dict[str, Any]]:
+        """`app.openapi`: FastAPI's document, without the API keys when this replica has none to ask for. Made on
+        each call, since the routes are declared before the replica knows. A closure rather than a module function:
+        Ray ships the ingress class with its app and this object by value, and a module function would read this
+        module's own ACCESS in the replica, not the copy that the replica's __init__ sets."""
+
+        def document() -> dict[str, Any]:
+            schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            if self.access is None:
+                schema.get("components", {}).pop("securitySchemes", None)
+                for operation in (operation for path in schema["paths"].values() for operation in path.values()):
+                    operation.pop("security", None)
+                    for status in AUTH_ERRORS:
+                        operation["responses"].pop(str(status), None)
+            return schema
+
+        return document
+
 
 ACCESS = ReplicaAccess()
 AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
@@ -261,6 +280,9 @@ api = FastAPI(
     description="Inspect images on the aivd cluster: each image goes to the edge node the scheduling policy picks, "
                 "its candidate regions to the cloud analyzer; the answer is the image's inspection record.",
 )
+
+
+api.openapi = ACCESS.openapi(api)  # type: ignore[method-assign]
 # The limit holds while the body streams in: Starlette would otherwise spool the whole upload before any check.
 api.add_middleware(BodyLimit, max_body_bytes=MAX_REQUEST_BYTES, advice="send fewer or smaller images per request")
 

@@ -23,8 +23,9 @@ def deploy(config: ClusterConfig, address: str | None = None, insecure: bool = F
     if config.keys_db is None:
         refuse_open_bind(config.host, None, insecure)
     else:
-        config = config.model_copy(update={"keys_db": _anchored(config.keys_db)})
-        with Access.from_db(config.keys_db, people=False) as access:
+        keys_db = _anchored(config.keys_db)
+        config = config.model_copy(update={"keys_db": keys_db})
+        with Access.from_db(keys_db, people=False) as access:
             refuse_open_bind(config.host, access, insecure)
     if not ray.is_initialized():
         # "local" starts a fresh Ray even when another one runs on this machine; plain None would join that one.

@@ -80,7 +80,7 @@ def _fine_tune_detector(current: Path, meta: dict, train: list[LabelledImage], c
     return net
 
 
-def _box_set(images: list[LabelledImage], reject_index: int | None) -> BoxSet:
+def box_set(images: list[LabelledImage], reject_index: int | None) -> BoxSet:
     """The images' labelled boxes; with a `reject_index`, also the boxes the cloud rejected, as that class."""
     boxes, classes, owners = [], [], []
     for index, item in enumerate(images):
@@ -106,7 +106,7 @@ def _fine_tune_refiner(current: Path, reject_index: int | None, train, validatio
     recipe, augment = recipe_and_augment(RefinerTrainConfig())
     load_onnx_weights(net, current, torch.rand(4, 3, recipe.size, recipe.size), ProbabilityWrapper(net))
     loop = LoopConfig(config.refiner_epochs, 128, config.refiner_lr, 1e-4)
-    train_loop(net, _box_set(train, reject_index), _box_set(validation, reject_index), recipe, augment, loop, rng, workdir / "refiner_best.pt")
+    train_loop(net, box_set(train, reject_index), box_set(validation, reject_index), recipe, augment, loop, rng, workdir / "refiner_best.pt")
     return net
 
 
@@ -172,7 +172,8 @@ class OnlineUpdater:
 
     Human reviews come in through `observe_review` (aivd.review.learning.ReviewFeed reads them from the review
     store): each counts as a hard image, trains `config.review_weight` times over and, once some are held out,
-    is what the gate validates on (`ReplayBuffer.split`).
+    is what the gate validates on (`ReplayBuffer.split`). With a `cloud` learner, each update also updates the
+    cloud's classifier from the reviewed images, under a gate and rollback of its own (aivd.training.cloud_update).
 
     `train` is what fine-tunes (`update_edge_model`'s signature); a live learner runs it in another process.
     """
@@ -180,7 +181,7 @@ class OnlineUpdater:
     def __init__(self, store: ModelStore, workdir: Path, config: LearnerConfig = LearnerConfig(),
                  buffer: ReplayBuffer | None = None, monitor: AgreementMonitor | None = None,
                  trigger: UpdateTrigger | None = None, train_window: int = 100, min_gain: float = 0.0,
-                 train: Callable[..., EdgeUpdate] = update_edge_model) -> None:
+                 train: Callable[..., EdgeUpdate] = update_edge_model, cloud=None) -> None:
         _served(store)  # refused at once without a served version
         self.store, self.workdir, self.config = store, Path(workdir), config
         # `is None`, not `or`: an empty buffer is falsy.
@@ -188,6 +189,7 @@ class OnlineUpdater:
         self.monitor = AgreementMonitor() if monitor is None else monitor
         self.trigger = UpdateTrigger() if trigger is None else trigger
         self.train_window, self.min_gain, self.train = train_window, min_gain, train
+        self.cloud = cloud  # a CloudLearner (aivd.training.cloud_update), updated whenever the edge is
         self.updates: list[dict] = []
         self._watch: tuple[str, float] | None = None  # (promoted version, its parent's disagreement at the update)
 
@@ -211,7 +213,7 @@ class OnlineUpdater:
                 parent = self.store.rollback(f"{version} disagrees with the cloud on {self.monitor.reference_disagreement:.3f} "
                                              f"of regions, its parent on {baseline:.3f}")
                 self.monitor.rebase()
-                record = {"position": position, "action": "rollback", "version": parent, "from": version}
+                record = {"position": position, "tier": "edge", "action": "rollback", "version": parent, "from": version}
                 self.updates.append(record)
                 return record
         if not self.trigger.observe(hard, self.monitor.drifted):
@@ -237,13 +239,13 @@ class OnlineUpdater:
             update = self.train(self.store.detector_path(parent), train, validation, out_dir, self.config)
         except ValueError as error:  # too little labelled data yet: try again when the trigger next fires
             self.trigger.updated(promoted=False)
-            record = {"position": position, "action": "skip", "parent": parent, "reason": str(error)}
+            record = {"position": position, "tier": "edge", "action": "skip", "parent": parent, "reason": str(error)}
             self.updates.append(record)
             return record
         summary = update.summary()
         version = self.store.publish(update.detector, update.companions, parent=parent, metrics=summary)
         promoted = update.fscore_after >= update.fscore_before + self.min_gain
-        record = {"position": position, "action": "promote" if promoted else "reject", "version": version, "parent": parent,
+        record = {"position": position, "tier": "edge", "action": "promote" if promoted else "reject", "version": version, "parent": parent,
                   **{k: v for k, v in summary.items() if k != "detector"}}
         self.trigger.updated(promoted)
         if promoted:
@@ -255,4 +257,6 @@ class OnlineUpdater:
             self._watch = None if baseline is None else (version, baseline)
             self.monitor.rebase()
         self.updates.append(record)
+        if self.cloud is not None:
+            self.updates += self.cloud.update(self.buffer, position)
         return record
