@@ -1,0 +1,57 @@
+"""The console load benchmark's seeding: a database of the shape ResultStore.add writes, seeded, appendable."""
+
+from datetime import datetime, timedelta, timezone
+
+from sqlalchemy import create_engine, func, select
+
+from aivd.bench.console_load import database_counts, seed_console_db
+from aivd.schema.records import InspectionRecord
+from aivd.store import ResultStore
+from aivd.store.database import defects, images, reviews, runs
+
+END = datetime(2026, 12, 1, 12, 0, tzinfo=timezone.utc)
+
+
+def table_rows(url: str, table) -> list[tuple]:
+    engine = create_engine(url)
+    try:
+        with engine.connect() as connection:
+            return [tuple(row) for row in connection.execute(select(table).order_by(*table.primary_key.columns))]
+    finally:
+        engine.dispose()
+
+
+def test_seeded_images_read_back_as_valid_records_and_the_store_goes_on_after_them(store_url):
+    seeded = seed_console_db(store_url, 300, days=2, end=END, batch=128)
+    assert (seeded.images, seeded.first_image_id, seeded.last_image_id) == (300, 1, 300)
+    assert 2_500 < seeded.defects < 3_500  # about ten candidates an image
+    with ResultStore(store_url) as store:
+        run_id = store.start_run("aivd inspect", {})
+        assert run_id == 2  # after the seeded run: PostgreSQL's sequence was moved past the explicit ids
+        records = store.records(1)
+        assert len(records) == 300
+        found = [d for r in records for d in r.defects]
+        assert {d.source for d in found} == {"edge", "cloud:classifier"}
+        assert {d.severity for d in found if d.source != "edge"} == {"critical", "major", "minor"}
+        assert all(d.offload is not None for d in found)
+        assert any(r.status == "error" for r in records)  # about 1% fail
+        store.add(run_id, InspectionRecord(image="a.jpg", image_id="a", template=None, status="ok", error=None))
+        with store.engine.connect() as connection:
+            times = connection.execute(select(images.c.inspected_at).where(images.c.run_id == 1).order_by(images.c.id)).scalars().all()
+            assert connection.execute(select(func.count()).select_from(reviews)).scalar_one() > 0
+    times = [t if t.tzinfo else t.replace(tzinfo=timezone.utc) for t in times]  # SQLite gives naive UTC back
+    assert times == sorted(times) and END - timedelta(days=2) <= times[0] and times[-1] <= END
+    assert database_counts(store_url) == (301, seeded.defects)
+
+
+def test_seeding_is_determined_by_its_seed_and_appends_after_what_is_there(tmp_path):
+    urls = [f"sqlite:///{tmp_path / name}.sqlite" for name in ("a", "b", "c")]
+    for url, seed in zip(urls, (0, 0, 1)):
+        seed_console_db(url, 60, end=END, seed=seed, batch=25)
+    a, b, c = (table_rows(url, defects) for url in urls)
+    assert a == b and a != c
+    assert table_rows(urls[0], images) == table_rows(urls[1], images)
+
+    again = seed_console_db(urls[0], 40, end=END, batch=25)
+    assert (again.images, again.first_image_id, again.last_image_id) == (100, 61, 100)
+    assert len(table_rows(urls[0], runs)) == 2
