@@ -18,14 +18,19 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from pathlib import PurePosixPath
+from typing import TYPE_CHECKING
 
 import numpy as np
 from sqlalchemy import func, select
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, make_url
 
 from aivd.core.labels import DEEPPCB_CLASSES
 from aivd.store import ResultStore
 from aivd.store.database import defects, images, reviews, runs, timings
+
+if TYPE_CHECKING:
+    from aivd.bench.console_locustfile import Scope  # imports locust, which patches the standard library for gevent
 
 IMAGES_PER_RUN = 10_000
 LINES = ("line-1", "line-2", "line-3")
@@ -174,10 +179,10 @@ def _review_rows(rng: np.random.Generator, first_id: int, image_ids: np.ndarray,
 
 def seed_console_db(url: str, n_images: int, defects_per_image: float = 10.0, days: float = 7.0, review_share: float = 0.03,
                     seed: int = 0, end: datetime | None = None, batch: int = 5_000,
-                    progress: Callable[[int], None] | None = None) -> Seeded:
+                    progress: Callable[[int, int], None] | None = None) -> Seeded:
     """Add `n_images` inspected images (about `defects_per_image` candidate regions each, a Poisson count) in
     runs of about 10,000 images, inspected evenly over the `days` before `end` (default: now), to the database at
-    `url`, after whatever it holds. `progress` is called with the images written so far after each batch."""
+    `url`, after whatever it holds. `progress` is called with the images written so far and `n_images` after each batch."""
     end = end or datetime.now(timezone.utc)
     span = timedelta(days=days)
     start = end - span
@@ -210,15 +215,80 @@ def seed_console_db(url: str, n_images: int, defects_per_image: float = 10.0, da
             next_defect += len(defect_rows)
             next_review += len(review_rows)
             if progress is not None:
-                progress(hi)
+                progress(hi, n_images)
         if engine.dialect.name == "postgresql":
             with engine.begin() as connection:
                 # Explicit ids leave the SERIAL sequences behind; move them past the rows, or ResultStore.add fails.
                 for table in (runs, images, defects, reviews):
                     connection.exec_driver_sql(
                         f"SELECT setval(pg_get_serial_sequence('{table.name}', 'id'), (SELECT max(id) FROM {table.name}))")
-                # Planner statistics, which autovacuum gathers after a bulk load on its own, but maybe only after the
-                # benchmark has begun. SQLite gathers none unless asked, and aivd never asks: it is left without.
-                connection.exec_driver_sql("ANALYZE")
+            # The tables as autovacuum leaves them after a bulk load (planner statistics, and the visibility map that
+            # lets index-only scans skip the rows), which it may do only after the benchmark has begun. VACUUM cannot
+            # run in a transaction. SQLite keeps neither and aivd never asks it to gather statistics: it gets nothing.
+            with engine.connect() as connection:
+                connection.execution_options(isolation_level="AUTOCOMMIT").exec_driver_sql("VACUUM ANALYZE")
     total_images, total_defects = database_counts(url)
     return Seeded(total_images, total_defects, first_image, first_image + n_images - 1)
+
+
+def load_scope(url: str, seed: int = 0) -> Scope:
+    """What the benchmark's users pick from in the database at `url`: see aivd.bench.console_locustfile.Scope."""
+    from aivd.bench.console_locustfile import Scope
+
+    with ResultStore(url) as store, store.errors("read"), store.engine.connect() as connection:
+        first, last, start, end = connection.execute(
+            select(func.min(images.c.id), func.max(images.c.id), func.min(images.c.inspected_at), func.max(images.c.inspected_at))).one()
+        run_ids = list(connection.execute(select(runs.c.id).order_by(runs.c.id)).scalars())
+        classes = list(connection.execute(select(defects.c.defect_type).distinct().order_by(defects.c.defect_type)).scalars())
+        # Sources are path prefixes: the folders two levels above images spread over the whole id range.
+        sample = connection.execute(select(images.c.image).where(images.c.id.in_(np.linspace(first, last, 200).astype(int).tolist()))).scalars()
+        sources = sorted({str(PurePosixPath(path).parent.parent).rstrip("/") + "/" for path in sample})
+    return Scope(first, last, run_ids, classes, sources, start.isoformat(), end.isoformat(), seed)
+
+
+def _endpoint(entry) -> dict:
+    return {"p50_ms": entry.get_response_time_percentile(0.5), "p95_ms": entry.get_response_time_percentile(0.95),
+            "requests": entry.num_requests, "failures": entry.num_failures}
+
+
+def bench_console(url: str, n_images: int, users: int = 10, duration_s: float = 60.0, seed: int = 0,
+                  progress: Callable[[int, int], None] | None = None) -> dict:
+    """Seed the database at `url` up to `n_images` images (none when it holds that many already), start
+    `aivd serve console` on it, drive it with `users` locust users for `duration_s` seconds and report each
+    endpoint's latency. The users sign in with an operator key made for the run and revoked after it."""
+    from aivd.auth.keys import ApiKeys
+    from aivd.bench.servers import aivd_server, free_port
+
+    held, _ = database_counts(url)
+    if held < n_images:
+        seed_console_db(url, n_images - held, seed=seed, progress=progress)
+    total_images, total_defects = database_counts(url)
+    scope = load_scope(url, seed)
+    with ApiKeys(url) as keys:
+        key = keys.create("operator", label="aivd bench console")
+    port = free_port()
+    try:
+        with aivd_server(["serve", "console", "--db", url, "--port", str(port)], port):
+            # locust patches the standard library for gevent when imported: only here, in the benchmark's own process.
+            import gevent
+            from locust.env import Environment
+
+            from aivd.bench.console_locustfile import ConsoleUser, LiveScreen, Operator
+
+            ConsoleUser.scope, ConsoleUser.key = scope, key
+            environment = Environment(user_classes=[LiveScreen, Operator], host=f"http://127.0.0.1:{port}")
+            runner = environment.create_local_runner()
+            runner.start(users, spawn_rate=users)
+            gevent.spawn_later(duration_s, runner.quit)
+            runner.greenlet.join()
+    finally:
+        with ApiKeys(url) as keys:
+            keys.revoke(key.split("_", 2)[1])
+    stats = environment.stats
+    return {
+        "images": total_images, "defects": total_defects, "backend": make_url(url).get_backend_name(), "users": users, "duration_s": duration_s,
+        "endpoints": {name: _endpoint(entry) for (name, _method), entry in sorted(stats.entries.items())},
+        "p95_ms_overall": stats.total.get_response_time_percentile(0.95),
+        "requests": stats.total.num_requests, "failures": stats.total.num_failures,
+        "errors": {f"{error.method} {error.name}: {error.error}": error.occurrences for error in stats.errors.values()},
+    }
