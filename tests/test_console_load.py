@@ -1,13 +1,17 @@
 """The console load benchmark's seeding: a database of the shape ResultStore.add writes, seeded, appendable."""
 
+import json
 from datetime import datetime, timedelta, timezone
 
+import pytest
 from sqlalchemy import create_engine, func, select
 
+from aivd.auth.keys import ApiKeys
 from aivd.bench.console_load import database_counts, seed_console_db
 from aivd.schema.records import InspectionRecord
 from aivd.store import ResultStore
 from aivd.store.database import defects, images, reviews, runs
+from tests.conftest import aivd
 
 END = datetime(2026, 12, 1, 12, 0, tzinfo=timezone.utc)
 
@@ -55,3 +59,20 @@ def test_seeding_is_determined_by_its_seed_and_appends_after_what_is_there(tmp_p
     again = seed_console_db(urls[0], 40, end=END, batch=25)
     assert (again.images, again.first_image_id, again.last_image_id) == (100, 61, 100)
     assert len(table_rows(urls[0], runs)) == 2
+
+
+@pytest.mark.integration
+def test_bench_console_drives_the_real_server_on_a_seeded_database(tmp_path):
+    url = f"sqlite:///{tmp_path / 'console.sqlite'}"
+    run = aivd("bench", "console", "--db", url, "--images", 200, "--users", 3, "--duration", 4)
+    report = json.loads(run.stdout)
+    assert (report["images"], report["backend"]) == (200, "sqlite")
+    assert report["failures"] == 0 and report["errors"] == {}, report["errors"]
+    assert {"/api/live", "/images", "/api/images"} <= set(report["endpoints"])  # the most frequent of each user
+    assert all(e["requests"] > 0 and e["p95_ms"] >= e["p50_ms"] for e in report["endpoints"].values())
+    assert report["p95_ms_overall"] >= max(e["p50_ms"] for e in report["endpoints"].values())
+    with ApiKeys(url) as keys:
+        assert keys.active() == 0  # the benchmark's key is revoked after it
+
+    again = json.loads(aivd("bench", "console", "--db", url, "--images", 150, "--users", 1, "--duration", 1).stdout)
+    assert again["defects"] == report["defects"]  # seeded already: nothing added
