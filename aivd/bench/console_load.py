@@ -81,7 +81,7 @@ def _run_rows(first_run: int, count: int, first_image: int, n_images: int, start
         rows.append({
             "id": first_run + r, "started_at": start + span * (r / count), "status": "running" if running else "finished",
             "finished_at": None if running else start + span * ((r + 1) / count),
-            "command": f"aivd watch /lines/{line}/incoming --db DB", "config": json.dumps({"line": line, "offload": {"budget": 0.3}}),
+            "command": f"aivd watch /lines/{line}/incoming --db DB", "config": json.dumps({"pipeline": "yolo:pcb+cloud:classifier", "classes": list(DEEPPCB_CLASSES.names), "line": line}),
             "images": None if running else hi - lo, "ok": None, "failed": None, "defects": None,
         })
     return rows
@@ -255,7 +255,8 @@ def bench_console(url: str, n_images: int, users: int = 10, duration_s: float = 
                   progress: Callable[[int, int], None] | None = None) -> dict:
     """Seed the database at `url` up to `n_images` images (none when it holds that many already), start
     `aivd serve console` on it, drive it with `users` locust users for `duration_s` seconds and report each
-    endpoint's latency. The users sign in with an operator key made for the run and revoked after it."""
+    endpoint's latency. The users sign in with an operator key made for the run and revoked after it; their
+    reviews stay in the database (with their audit rows), as a reviewer's would."""
     from aivd.auth.keys import ApiKeys
     from aivd.bench.servers import aivd_server, free_port
 
@@ -273,10 +274,10 @@ def bench_console(url: str, n_images: int, users: int = 10, duration_s: float = 
             import gevent
             from locust.env import Environment
 
-            from aivd.bench.console_locustfile import ConsoleUser, LiveScreen, Operator
+            from aivd.bench.console_locustfile import ConsoleUser, LiveScreen, Operator, Reviewer
 
             ConsoleUser.scope, ConsoleUser.key = scope, key
-            environment = Environment(user_classes=[LiveScreen, Operator], host=f"http://127.0.0.1:{port}")
+            environment = Environment(user_classes=[LiveScreen, Operator, Reviewer], host=f"http://127.0.0.1:{port}")
             runner = environment.create_local_runner()
             runner.start(users, spawn_rate=users)
             gevent.spawn_later(duration_s, runner.quit)

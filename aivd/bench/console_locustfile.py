@@ -1,11 +1,13 @@
 """Locust users of the operator console (`aivd serve console`), for `aivd bench console`.
 
-Two kinds of user, as a plant has them:
-- `LiveScreen`: a screen on the line showing the live page, which polls /api/live every 2 s;
-- `Operator`: a person browsing: the image list with a few random filters (class, severity, confidence, run,
-  source, time window, status, reviewed), deep pages of it (a random `after`), single images as page and JSON,
-  the runs, the review page with its queue.
-Both send `Authorization: Bearer KEY`. What they pick from (image ids, runs, classes, sources, the time span) is
+Three kinds of user, as a plant has them:
+- `LiveScreen`: a screen on the line showing the live page, which polls /api/live every second (as console.js does);
+- `Operator`: a person browsing: the live page, the image list with a few random filters (class, severity,
+  confidence, run, source, time window, status, reviewed), deep pages of it (a random `after`), single images as
+  page and JSON, the runs;
+- `Reviewer`: a person working through the review queue as review.js does: the queue (50 at a time), then per
+  image its JSON, a second or three of looking, and an accepting POST /api/reviews (a real write, with its audit row).
+All send `Authorization: Bearer KEY`. What they pick from (image ids, runs, classes, sources, the time span) is
 the database's `Scope`: `aivd bench console` sets `ConsoleUser.scope` itself; run standalone,
 `locust -f aivd/bench/console_locustfile.py --host URL` reads it from $AIVD_BENCH_SCOPE (`Scope.to_json`) and the
 key from $AIVD_BENCH_KEY. Each user draws from a random generator seeded by `Scope.seed` and its own number.
@@ -24,7 +26,8 @@ from datetime import datetime, timedelta
 from locust import HttpUser, between, constant_pacing, task
 
 SEVERITIES = ("critical", "major", "minor")
-LIVE_POLL_S = 2.0  # the live page's refresh
+LIVE_POLL_S = 1.0  # the live page's refresh (aivd/console/static/console.js)
+QUEUE_PAGE = 50  # what review.js asks the queue for
 
 
 @dataclass(frozen=True)
@@ -68,8 +71,8 @@ class ConsoleUser(HttpUser):
         self.client.headers["Authorization"] = f"Bearer {key}"
         self.rng = random.Random(self.scope.seed * 1_000_003 + next(_user_numbers))
 
-    def get(self, path: str, name: str, **params) -> None:
-        self.client.get(path, params=params or None, name=name, timeout=60)
+    def get(self, path: str, name: str, **params):
+        return self.client.get(path, params=params or None, name=name, timeout=60)
 
 
 class LiveScreen(ConsoleUser):
@@ -82,7 +85,7 @@ class LiveScreen(ConsoleUser):
 
 
 class Operator(ConsoleUser):
-    weight = 3
+    weight = 2
     wait_time = between(0.5, 2.0)
 
     def filters(self) -> dict:
@@ -151,10 +154,32 @@ class Operator(ConsoleUser):
     def runs_api(self) -> None:
         self.get("/api/runs", "/api/runs")
 
-    @task(1)
-    def review_page(self) -> None:
-        self.get("/review", "/review")
 
-    @task(2)
-    def review_queue(self) -> None:
-        self.get("/api/review/queue", "/api/review/queue", limit=20)
+
+class Reviewer(ConsoleUser):
+    weight = 1
+    wait_time = between(1.0, 3.0)  # looking at the image; accepting takes one key
+
+    def on_start(self) -> None:
+        super().on_start()
+        self.get("/review", "/review")
+        self.queue: list[int] = []
+        self.runs_seen: set[int] = set()
+
+    @task
+    def review_next(self) -> None:
+        if not self.queue:
+            answer = self.get("/api/review/queue", "/api/review/queue", limit=QUEUE_PAGE)
+            self.queue = [item["image_row_id"] for item in answer.json()] if answer.ok else []
+            if not self.queue:
+                return
+        image_row_id = self.queue.pop(0)
+        answer = self.get(f"/api/images/{image_row_id}", "/api/images/{id}")
+        if not answer.ok:
+            return
+        run_id = answer.json()["run_id"]
+        if run_id not in self.runs_seen:  # review.js asks once per run for the classes its keys choose from
+            self.runs_seen.add(run_id)
+            self.get("/api/classes", "/api/classes", run_id=run_id)
+        self.client.post("/api/reviews", json={"image_row_id": image_row_id, "verdict": "accepted", "labels": []},
+                         name="POST /api/reviews", timeout=60)
