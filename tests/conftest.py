@@ -1,4 +1,6 @@
+import datetime
 import importlib.util
+import ipaddress
 import itertools
 import json
 import os
@@ -17,6 +19,10 @@ import httpx
 import numpy as np
 import pytest
 import uvicorn
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 from schemathesis.specs.openapi.checks import negative_data_rejection, positive_data_acceptance
@@ -43,6 +49,25 @@ def serving(app, settings: ServerSettings = ServerSettings()):
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+@pytest.fixture(scope="session")
+def certificate(tmp_path_factory):
+    """A self-signed certificate for 127.0.0.1 and its key, as PEM files."""
+    folder = tmp_path_factory.mktemp("tls")
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "aivd test")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    (folder / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (folder / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                        serialization.NoEncryption()))
+    return folder / "cert.pem", folder / "key.pem"
 
 
 # No schema can say "a valid PNG", so a request the schema allows may still be refused (422): every other check
@@ -87,9 +112,11 @@ def dets(boxes, scores=None, classes=None) -> Detections:
     return Detections(boxes, scores, classes, DEEPPCB_CLASSES)
 
 
-def aivd(*args, rc=0, timeout: float = 300) -> subprocess.CompletedProcess:
-    """The `aivd` command run in a subprocess, as a user runs it; its exit code must be `rc` (None: any)."""
-    run = subprocess.run([sys.executable, "-m", "aivd.cli.main", *map(str, args)], capture_output=True, text=True, timeout=timeout)
+def aivd(*args, rc=0, timeout: float = 300, input: str | None = None) -> subprocess.CompletedProcess:
+    """The `aivd` command run in a subprocess, as a user runs it, with `input` on its stdin; its exit code must be
+    `rc` (None: any)."""
+    run = subprocess.run([sys.executable, "-m", "aivd.cli.main", *map(str, args)], capture_output=True, text=True, timeout=timeout,
+                         input=input)
     assert rc is None or run.returncode == rc, run.stderr[-2000:]
     return run
 

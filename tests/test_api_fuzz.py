@@ -6,7 +6,8 @@ import pytest
 import schemathesis
 from conftest import fuzz, serving
 
-from aivd.auth.keys import ApiKeys, CachedVerifier
+from aivd.auth.keys import ApiKeys
+from aivd.auth.web import Access
 from aivd.cloud.builtin import BuiltinAnalyzer
 from aivd.cloud.service import ServiceLimits, create_app
 
@@ -16,10 +17,11 @@ def cloud_api(tmp_path_factory):
     """The service with API keys, as `aivd serve cloud --db` runs it, and an admin key to call it with."""
     analyzer = BuiltinAnalyzer()
     limits = ServiceLimits(max_body_bytes=1024 * 1024, max_regions=16, request_timeout_s=30)
-    with ApiKeys(f"sqlite:///{tmp_path_factory.mktemp('keys') / 'keys.sqlite'}") as keys:
+    url = f"sqlite:///{tmp_path_factory.mktemp('keys') / 'keys.sqlite'}"
+    with ApiKeys(url) as keys:
         key = keys.create("admin")
-        with serving(create_app(analyzer, limits, CachedVerifier(keys))) as url:
-            yield schemathesis.openapi.from_url(f"{url}/openapi.json"), key, url
+    with Access.from_db(url, people=False) as access, serving(create_app(analyzer, limits, access)) as base:
+        yield schemathesis.openapi.from_url(f"{base}/openapi.json"), key, base
     analyzer.close()
 
 

@@ -1,4 +1,4 @@
-"""The cloud service with API keys (create_app(keys=...), `aivd serve cloud --db`): 401 without a valid key, 403
+"""The cloud service with API keys (create_app(access=...), `aivd serve cloud --db`): 401 without a valid key, 403
 for a role too low, /healthz open; HttpAnalyzer sends AIVD_CLOUD_KEY; a non-loopback host needs keys."""
 
 import logging
@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from conftest import serving
 
-from aivd.auth.keys import ApiKeys, CachedVerifier
+from aivd.auth.keys import ApiKeys
+from aivd.auth.web import Access
 from aivd.cloud.analyzer import AnalyzerError
 from aivd.cloud.builtin import BuiltinAnalyzer
 from aivd.cloud.http_client import HttpAnalyzer
@@ -28,8 +29,8 @@ def keyed(tmp_path_factory):
     analyzer = BuiltinAnalyzer()
     with ApiKeys(url) as keys:
         made = {role: keys.create(role) for role in ("viewer", "operator", "admin")}
-        with serving(create_app(analyzer, keys=CachedVerifier(keys))) as base:
-            yield base, made
+    with Access.from_db(url, people=False) as access, serving(create_app(analyzer, access=access)) as base:
+        yield base, made
     analyzer.close()
 
 
@@ -63,7 +64,7 @@ def test_an_unreachable_key_database_is_a_503_not_a_crash():
         raise StoreError("cannot read the result database sqlite:///gone.sqlite: disk I/O error")
 
     analyzer = BuiltinAnalyzer()
-    with serving(create_app(analyzer, keys=unreachable)) as base:
+    with serving(create_app(analyzer, access=Access(unreachable))) as base:
         answer = call(base, "GET", "/metrics", "aivd_123456789abc_secret")
     analyzer.close()
     assert answer.status_code == 503 and "disk I/O error" in answer.json()["detail"] and "secret" not in answer.text

@@ -526,6 +526,51 @@ def test_cluster_api_answers_as_its_openapi_document_says(ray_cluster, serve_por
 
 
 @pytest.mark.integration
+def test_cluster_ingress_needs_a_key_from_its_database_except_for_healthz(ray_cluster, serve_port, tmp_path):
+    import httpx
+
+    from aivd.auth.keys import ApiKeys
+    from aivd.runtime.cluster import deploy
+
+    url = f"sqlite:///{tmp_path / 'keys.sqlite'}"
+    with ApiKeys(url) as keys:
+        viewer, operator = keys.create("viewer"), keys.create("operator")
+    config = ClusterConfig.model_validate({
+        "edge": [{"name": "fast", "replicas": 1}], "port": serve_port, "edge_resources": {"aivd_edge": 1},
+        "cloud_resources": {"aivd_head": 0.01}, "ingress_resources": {"aivd_head": 0.01}, "keys_db": url,
+    })
+    base = deploy(config)
+    broken = {"image": ("broken.jpg", b"\xff\xd8 not really")}
+
+    def call(method, path, key=None, **kwargs):
+        headers = {"authorization": f"Bearer {key}"} if key else {}
+        return httpx.request(method, base + path, headers=headers, timeout=60, **kwargs)
+
+    assert call("GET", "/healthz").status_code == 200
+    for key in (None, "aivd_123456789abc_wrong"):
+        for method, path in (("POST", "/v1/inspect"), ("POST", "/v1/inspect/batch"), ("GET", "/v1/router")):
+            answer = call(method, path, key, files=broken if method == "POST" else None)
+            assert answer.status_code == 401 and answer.headers["www-authenticate"] == "Bearer", (path, answer.text)
+    assert call("GET", "/v1/router", viewer).status_code == 200
+    refused = call("POST", "/v1/inspect", viewer, files=broken)
+    assert refused.status_code == 403 and "viewer" in refused.json()["detail"] and viewer not in refused.text
+    inspected = call("POST", "/v1/inspect", operator, files=broken)
+    assert inspected.status_code == 200 and inspected.json()["status"] == "error"  # through to the edge, which refused the bytes
+
+
+def test_a_public_cluster_host_without_keys_is_refused_before_ray_starts(tmp_path):
+    from aivd.auth.web import AccessError
+    from aivd.runtime.cluster import deploy
+
+    public = {"edge": [{"name": "fast"}], "host": "0.0.0.0"}
+    with pytest.raises(AccessError, match="no --db.*--insecure"):
+        deploy(ClusterConfig.model_validate(public))
+    empty = ClusterConfig.model_validate({**public, "keys_db": f"sqlite:///{tmp_path / 'empty.sqlite'}"})
+    with pytest.raises(AccessError, match="has no active key"):
+        deploy(empty)
+
+
+@pytest.mark.integration
 def test_the_cluster_updater_learns_from_the_edge_replicas_and_they_serve_what_it_promotes(ray_cluster, serve_port, tmp_path):
     pytest.importorskip("torch")
     from ray import serve

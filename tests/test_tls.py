@@ -1,8 +1,6 @@
 """HTTPS (ServerSettings.tls_cert/tls_key, `aivd serve cloud --tls-cert --tls-key`) with a self-signed certificate
-made here, and clients that trust it."""
+(conftest's `certificate`), and clients that trust it."""
 
-import datetime
-import ipaddress
 import ssl
 import subprocess
 import sys
@@ -10,34 +8,13 @@ import sys
 import httpx
 import pytest
 from conftest import serving
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from aivd.cloud.builtin import BuiltinAnalyzer
 from aivd.cloud.http_client import HttpAnalyzer
 from aivd.cloud.service import create_app
 from aivd.serving.server import ServerSettings
-
-
-@pytest.fixture(scope="module")
-def certificate(tmp_path_factory):
-    """A self-signed certificate for 127.0.0.1 and its key, as PEM files."""
-    folder = tmp_path_factory.mktemp("tls")
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "aivd test")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=1))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
-    (folder / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (folder / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                        serialization.NoEncryption()))
-    return folder / "cert.pem", folder / "key.pem"
 
 
 def test_the_service_answers_over_https_to_a_client_trusting_its_certificate(certificate, monkeypatch):

@@ -17,7 +17,8 @@ region sent to the cloud gets the cloud's decision and one kept at the edge the 
 - `drift` (with a `DriftPhase`): the same controller over the split, shuffled into a stream whose imaging
   degrades from one image on: F before and after, and after on the same images undrifted; with `OnlineSettings`,
   a third pass with the online update of the edge model (`online_pass`), compared with the other two on the
-  images after its first promotion, for the pipeline and for the edge alone.
+  images after its first promotion, for the pipeline and for the edge alone; with a `review_share`, a simulated
+  reviewer labels that share of the stream and the update learns from the reviews too (`SimulatedReviewer`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import cv2
 import numpy as np
 
 from aivd.cloud.analyzer import Analyses
@@ -43,6 +45,7 @@ from aivd.eval.protocol import evaluate
 from aivd.model_store import ModelStore
 from aivd.pipeline.engine import CloudAnswers, EdgeCloudPipeline, ImageResult, Proposal, merge_tiers
 from aivd.pipeline.factory import build_offloader, served_model
+from aivd.pipeline.inspect import inspection_record
 from aivd.pipeline.learning import learn_from, regions_sent
 from aivd.schema.analysis import DefectAnalysis
 from aivd.schema.wire import encode_region
@@ -279,6 +282,57 @@ class OnlineSettings:
     trigger: TriggerConfig = field(default_factory=TriggerConfig)
     train_window: int = 100
     window: int = 50  # images per point of the timeline
+    review_share: float = 0.0  # share of the stream a simulated reviewer labels from the ground truth (`SimulatedReviewer`)
+
+
+class SimulatedReviewer:
+    """A reviewer who labels a seeded `share` of the stream from its ground truth, through the console's own path.
+
+    Each inspected image is recorded in a result database in `workdir` (reviews.sqlite) as `aivd inspect` records
+    it; a picked image is reviewed right after it is inspected (`ReviewStore.add`, verdict corrected with the true
+    boxes, or good when it has none), and the learner reads the reviews back with the live learner's `ReviewFeed`.
+    The picked images are written as the camera saw them (PNG, lossless) into workdir/frames, which their records
+    name, so that the feed reads the drifted pixels; the other records keep their source files' paths, which nothing
+    reads.
+    """
+
+    def __init__(self, workdir: Path, stream_length: int, share: float, seed: int, labels) -> None:
+        from aivd.review.learning import ReviewFeed
+        from aivd.review.store import ReviewStore
+        from aivd.store import ResultStore
+
+        if not 0 < share <= 1:
+            raise ValueError(f"the review share must be in (0, 1], got {share}")
+        # A stream of its own ([seed, 1]), so that the picks do not shift the drift's noise or the random filter.
+        picks = np.random.default_rng([seed, 1]).choice(stream_length, round(share * stream_length), replace=False)
+        self.picked = set(picks.tolist())
+        self.frames = workdir / "frames"
+        self.frames.mkdir(parents=True, exist_ok=True)
+        url = f"sqlite:///{workdir / 'reviews.sqlite'}"
+        self.results, self.reviews, self.feed = ResultStore(url), ReviewStore(url), ReviewFeed(url, labels)
+        self.run_id = self.results.start_run("aivd bench collab --review-share", {"classes": list(labels.names)})
+
+    def inspected(self, position: int, sample, image: np.ndarray, template: np.ndarray | None, pipeline: EdgeCloudPipeline,
+                  result: ImageResult) -> None:
+        """Record one inspected image and, when it is a picked one, review it."""
+        picked = position in self.picked
+        image_path, template_path = sample.image_path, sample.template_path
+        if picked:
+            image_path = self.frames / f"{sample.image_id}_test.png"
+            cv2.imwrite(str(image_path), image)
+            if template is not None:
+                template_path = self.frames / f"{sample.image_id}_temp.png"
+                cv2.imwrite(str(template_path), template)
+        record = inspection_record(str(image_path), sample.image_id, str(template_path) if template_path else None, pipeline, result, 0.0)
+        row_id = self.results.add(self.run_id, record)
+        if picked:
+            truth = sample.ground_truth()
+            labels = [{"bbox": [float(v) for v in box], "defect_type": name} for box, name in zip(truth.xyxy, truth.class_names)]
+            self.reviews.add(row_id, "simulated", "corrected" if labels else "good", labels)
+
+    def close(self) -> None:
+        for store in (self.feed, self.reviews, self.results):
+            store.close()
 
 
 def online_pass(pipeline: EdgeCloudPipeline, stream, phase: DriftPhase, filter_name: str, budget: float, seed: int,
@@ -303,17 +357,29 @@ def online_pass(pipeline: EdgeCloudPipeline, stream, phase: DriftPhase, filter_n
     updater = OnlineUpdater(store, settings.workdir, settings.config or LearnerConfig(), trigger=UpdateTrigger(settings.trigger),
                             train_window=settings.train_window)
     replaying = replayer(live, LabelAll(budget_offloader(filter_name, budget), updater.wants_full_labels))
+    reviewer = None
+    if settings.review_share:
+        reviewer = SimulatedReviewer(settings.workdir, len(stream), settings.review_share, seed, detector.labels)
     finals, edge_finals, sent_regions, regions, served = [], [], 0, 0, []
-    for position, sample in enumerate(stream):
-        image, template = drifted(position, *read_pair(sample.image_path, sample.template_path), [phase], seed)
-        outcome = observe(everything, sample, image, template)
-        result = replay_one(replaying, outcome)
-        finals.append((outcome.image_id, result.detections, outcome.truth))
-        edge_finals.append(fixed_pairs([outcome], send=False)[0])
-        sent_regions, regions = sent_regions + regions_sent(result), regions + len(outcome.candidates)
-        served.append(edge.version)
-        learn_from(updater, outcome.image_id, image, template, result, position)
-    return {"updates": updater.updates, "offload_ratio": round(sent_regions / max(regions, 1), 4),
+    try:
+        for position, sample in enumerate(stream):
+            image, template = drifted(position, *read_pair(sample.image_path, sample.template_path), [phase], seed)
+            outcome = observe(everything, sample, image, template)
+            result = replay_one(replaying, outcome)
+            finals.append((outcome.image_id, result.detections, outcome.truth))
+            edge_finals.append(fixed_pairs([outcome], send=False)[0])
+            sent_regions, regions = sent_regions + regions_sent(result), regions + len(outcome.candidates)
+            served.append(edge.version)
+            learn_from(updater, outcome.image_id, image, template, result, position)
+            if reviewer is not None:
+                reviewer.inspected(position, sample, image, template, live, result)
+                reviewer.feed.teach(updater, position)
+    finally:
+        if reviewer is not None:
+            reviewer.close()
+    reviews = None if reviewer is None else {"share": settings.review_share, "images": len(reviewer.picked),
+                                             "after_drift": sum(p >= phase.start for p in reviewer.picked)}
+    return {"updates": updater.updates, "offload_ratio": round(sent_regions / max(regions, 1), 4), "reviews": reviews,
             "versions_served": {v: served.count(v) for v in dict.fromkeys(served)}, "finals": finals, "edge_finals": edge_finals}
 
 

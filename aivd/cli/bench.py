@@ -142,6 +142,8 @@ def bench_collab_command(
     update_steps: int = typer.Option(0, min=0, help="Detector fine-tuning steps per update (0: only the class refiner is updated)."),
     min_images: int = typer.Option(40, min=1, help="Hard images after drift is seen before an update runs."),
     train_window: int = typer.Option(100, min=1, help="Newest hard images an update trains on."),
+    review_share: float = typer.Option(0.0, min=0.0, max=1.0, help="With --update: a simulated reviewer labels this share of the stream from the ground truth (seeded), through the review store the console writes."),
+    drift_start: Optional[int] = typer.Option(None, min=1, help="With --drift: the stream image the drift starts at. Default: the middle of the stream."),
     config: Optional[Path] = typer.Option(
         None, "--config", "-c", help="The pipeline config to measure (edge, cloud, and the offload window and warmup the budget "
                                      "run uses), as `aivd inspect --config` takes it. Default: the built-in pipeline."),
@@ -170,11 +172,15 @@ def bench_collab_command(
 
         kind, _, strength = drift.partition(":")
         try:
-            phase = DriftPhase(start=len(samples) // 2, kind=kind, strength=float(strength or "nan"))
+            phase = DriftPhase(start=len(samples) // 2 if drift_start is None else drift_start, kind=kind, strength=float(strength or "nan"))
         except (ValidationError, ValueError):
             raise typer.BadParameter("KIND:STRENGTH with KIND blur, contrast_noise or resample and STRENGTH > 0", param_hint="--drift") from None
     if update and phase is None:
         raise typer.BadParameter("--update needs --drift", param_hint="--update")
+    if drift_start is not None and phase is None:
+        raise typer.BadParameter("--drift-start needs --drift", param_hint="--drift-start")
+    if review_share and not update:
+        raise typer.BadParameter("--review-share needs --update: reviews teach the online update", param_hint="--review-share")
     effective = pipeline_config(config)
     pipeline = built_pipeline(effective, DEEPPCB_PIXELS_PER_MM)
     if pipeline.analyzer is None:
@@ -190,7 +196,7 @@ def bench_collab_command(
     training = training_module("online_update")
     with tempfile.TemporaryDirectory(prefix="aivd-online-") as temporary:
         settings = OnlineSettings(workdir or Path(temporary), training.LearnerConfig(detector_steps=update_steps, seed=seed),
-                                  TriggerConfig(min_images=min_images), train_window)
+                                  TriggerConfig(min_images=min_images), train_window, review_share=review_share)
         print(json.dumps(bench_collab(pipeline, samples, budget, budget_filter, seed, phase, settings, effective.offload)))
 
 

@@ -242,7 +242,7 @@ def _inspect(out: Path, db: str, resuming: bool, lock, args: SimpleNamespace, me
     options = InspectOptions(
         annotate=config.outputs.annotate, deeppcb_results=bool(args.deeppcb), database=db or config.outputs.database or "",
         report=config.outputs.report, resume=resuming, command=redact_command(["aivd", *sys.argv[1:]]),
-        config={"pipeline": pipeline.name, "edge_threshold": pipeline.edge_threshold, "proposal_threshold": pipeline.proposal_threshold,
+        config={"pipeline": pipeline.name, "classes": list(pipeline.labels.names), "edge_threshold": pipeline.edge_threshold, "proposal_threshold": pipeline.proposal_threshold,
                 "pixels_per_mm": pipeline.pixels_per_mm, "images": total, "tile_size": getattr(pipeline.detector, "tile_size", None),
                 "pipeline_config": config.shown(), "cwd": os.getcwd(),
                 "arguments": {name: _stored_argument(name, value) for name, value in vars(args).items()}},
@@ -257,6 +257,7 @@ def _inspect(out: Path, db: str, resuming: bool, lock, args: SimpleNamespace, me
     with live(config, pipeline, metrics_port) as extras, \
             StopRequest(f"the records written so far are kept; continue with: {resume_command}") as stop, _closing(tasks):
         writer = open_writer(out, options, lock)
+        extras.follow_reviews(writer.store, pipeline.labels)
         with progress_bar() as progress:
             bar = progress.add_task("inspecting", total=total, completed=len(writer.done))
 

@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-keys_app = typer.Typer(help="API keys of the cloud service (`aivd serve cloud --db`): create, list, revoke.", no_args_is_help=True)
+keys_app = typer.Typer(help="API keys of aivd's services (`aivd serve ... --db`): create, list, revoke.", no_args_is_help=True)
 DB_HELP = "SQLAlchemy URL of the result database that holds the keys, e.g. sqlite:///out/aivd.sqlite."
 
 
@@ -17,13 +17,15 @@ def create(
     label: Optional[str] = typer.Option(None, "--label", help="Whose key this is, for `aivd keys list`."),
 ) -> None:
     """Create a key and print it as the last line: it is shown this once (only its hash is stored)."""
+    from aivd.auth.audit import AuditLog, command_line_actor
     from aivd.auth.keys import ApiKeys
     from aivd.cli.ui import fail
     from aivd.core.errors import AivdError
 
     try:
-        with ApiKeys(db) as keys:
+        with ApiKeys(db) as keys, AuditLog(db) as audit:
             key = keys.create(role, label)
+            audit.record(command_line_actor(), "key_created", key.split("_")[1], {"role": role, "label": label})
     except AivdError as error:
         raise fail(str(error)) from None
     typer.echo(f"a new {role} key; it is not shown again, and `aivd keys revoke {key.split('_')[1]}` revokes it:")
@@ -53,13 +55,15 @@ def revoke(
     db: str = typer.Option(..., "--db", help=DB_HELP),
 ) -> None:
     """Revoke a key: a running service refuses it within a minute (it remembers verified keys that long)."""
+    from aivd.auth.audit import AuditLog, command_line_actor
     from aivd.auth.keys import ApiKeys
     from aivd.cli.ui import fail
     from aivd.core.errors import AivdError
 
     try:
-        with ApiKeys(db) as keys:
+        with ApiKeys(db) as keys, AuditLog(db) as audit:
             keys.revoke(key_id)
+            audit.record(command_line_actor(), "key_revoked", key_id)
     except AivdError as error:
         raise fail(str(error)) from None
     typer.echo(f"key {key_id} revoked")

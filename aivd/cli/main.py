@@ -25,6 +25,7 @@ from aivd.cli.serve import serve_app
 from aivd.cli.simulate import simulate_app
 from aivd.cli.train import train_app
 from aivd.cli.ui import error_line
+from aivd.cli.users import users_app
 from aivd.cli.watch import watch
 from aivd.core.errors import AivdError
 
@@ -46,6 +47,7 @@ app.add_typer(kb_app, name="kb")
 app.add_typer(config_app, name="config")
 app.add_typer(db_app, name="db")
 app.add_typer(keys_app, name="keys")
+app.add_typer(users_app, name="users")
 
 
 def main() -> None:

@@ -56,6 +56,7 @@ def watch(
     )
     with live(settings, pipeline, metrics_port) as extras, StopRequest("the records written so far are kept; the same command continues") as stop:
         writer = open_writer(out, options, lock)
+        extras.follow_reviews(writer.store, pipeline.labels)
         assert writer.store is not None and writer.run_id is not None  # watch always gives a database: the journal is there
         source = FolderWatch(folder, writer.store, writer.run_id, template_mode=settings.edge.templates,
                              template=settings.edge.template, exclude=(out,), settle_s=settle, queue_size=queue_size,

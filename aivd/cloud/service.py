@@ -9,15 +9,13 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
 from typing import Any
 
 import anyio
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_core import ErrorDetails
@@ -25,9 +23,8 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import aivd
-from aivd.auth.keys import role_allows
+from aivd.auth.web import Access
 from aivd.cloud.analyzer import Analyzer, AnalyzerError
-from aivd.core.errors import AivdError
 from aivd.schema.analysis import DefectAnalysis
 from aivd.schema.wire import (
     MAX_CROP_SIDE,
@@ -231,7 +228,6 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-KeyCheck = Callable[[str], "str | None"]  # a key's role, or None for an invalid key (aivd.auth.keys.CachedVerifier)
 AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorResponse, "description": "no valid API key in `Authorization: Bearer KEY`"},
     403: {"model": ErrorResponse, "description": "the API key's role may not do this"},
@@ -239,36 +235,17 @@ AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _requirement(check: KeyCheck, bearer: HTTPBearer, needed: str) -> Callable[..., None]:
-    """A FastAPI dependency admitting requests whose bearer key has at least the role `needed`. Plain def: FastAPI
-    runs it in a worker thread, since verifying a key reads the database and runs argon2. Neither the key nor the
-    header is ever put in an answer or a log line."""
-
-    def require(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
-        try:
-            role = check(credentials.credentials) if credentials is not None else None
-        except AivdError as error:  # the key database is unreachable: a passing outage, not the client's fault
-            raise HTTPException(503, f"cannot check API keys now: {error}") from None
-        if role is None:
-            raise HTTPException(401, "a valid API key is needed: send `Authorization: Bearer KEY`",
-                                headers={"WWW-Authenticate": "Bearer"})
-        if not role_allows(role, needed):
-            raise HTTPException(403, f"this API key's role ({role}) may not do this; it needs {needed}")
-
-    return require
-
-
-def create_app(analyzer: Analyzer, limits: ServiceLimits = ServiceLimits(), keys: KeyCheck | None = None) -> FastAPI:
-    """The HTTP service for one analyzer. The caller keeps ownership of the analyzer (and closes it). With `keys`,
-    analysing and metrics need an API key (operator and viewer at least); without, the service is open."""
+def create_app(analyzer: Analyzer, limits: ServiceLimits = ServiceLimits(), access: Access | None = None) -> FastAPI:
+    """The HTTP service for one analyzer. The caller keeps ownership of the analyzer and `access` (and closes
+    them). With `access` (keys only: `Access.from_db(url, people=False)`), analysing needs an operator key and
+    metrics a viewer key, once any key is configured; without, the service is open."""
     app = FastAPI(title="aivd cloud analysis", version=aivd.__version__, description=DESCRIPTION)
-    bearer = HTTPBearer(auto_error=False, description="an API key from `aivd keys create`")
 
     def needs(role: str, responses: dict[int | str, dict[str, Any]] | None = None) -> dict[str, Any]:
         """A route's dependencies and documented error answers, making it need `role` when the service has keys."""
-        if keys is None:
+        if access is None:
             return {"dependencies": [], "responses": responses or {}}
-        return {"dependencies": [Depends(_requirement(keys, bearer, role))], "responses": {**AUTH_ERRORS, **(responses or {})}}
+        return {"dependencies": [Depends(access.require(role))], "responses": {**AUTH_ERRORS, **(responses or {})}}
     app.openapi = lambda: _openapi_with_request_body(app)  # type: ignore[method-assign]
     metrics = ServiceMetrics()
     turns = FairTurns(limits.max_concurrent_batches)

@@ -13,6 +13,11 @@ favour the parent. A due validation that arrives partly labelled is trained on a
 image takes its place. In a synchronous loop (`aivd bench collab`) the pipeline sends every region of the image
 the buffer asks for (`next_is_validation`), so every `validation_every`-th image is one; in a live run images are
 in flight between the question and the answer, and the place moves to the next one that came fully labelled.
+
+Human labels rank above the cloud's (`add_reviewed`): a reviewed image replaces the pipeline's labelling of the
+same image, is kept apart so that the stream of cloud-labelled images never pushes it out, and one reviewed image
+in `validation_every` is held out too. Once there are human validation images the gate validates on them alone:
+under a drift that misleads the cloud, its labels would favour a model that copies its errors.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ import numpy as np
 
 from aivd.core import Detections
 
+PIPELINE, HUMAN = 0, 1  # trust: the pipeline's own answer (the cloud's where it decided), a human reviewer's label
+
 
 @dataclass(frozen=True)
 class LabelledImage:
@@ -34,6 +41,7 @@ class LabelledImage:
     cloud_regions: int  # how many regions of the image the cloud decided
     rejected: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))  # (N, 4) boxes the cloud called no defect
     validation: bool = False  # held out to validate updates, for good
+    trust: int = PIPELINE
 
 
 class ReplayBuffer:
@@ -41,12 +49,14 @@ class ReplayBuffer:
         if capacity < 2 or validation_every < 2:
             raise ValueError(f"capacity and validation_every must be at least 2, got {capacity} and {validation_every}")
         self.items: deque[LabelledImage] = deque(maxlen=capacity)
+        self.reviewed: deque[LabelledImage] = deque(maxlen=capacity)  # human-labelled, newest last
         self.validation_every = validation_every
         self.added = 0  # hard images ever added
         self.validations = 0  # of them, those held out for validation
+        self.reviewed_added = self.reviewed_validations = 0
 
     def __len__(self) -> int:
-        return len(self.items)
+        return len(self.items) + len(self.reviewed)
 
     def add(self, image_id: str, image: np.ndarray, template: np.ndarray | None, labels: Detections, cloud_regions: int,
             rejected: np.ndarray | None = None, fully_labelled: bool = True) -> bool:
@@ -61,6 +71,22 @@ class ReplayBuffer:
         self.validations += validation
         return True
 
+    def add_reviewed(self, image_id: str, image: np.ndarray, template: np.ndarray | None, labels: Detections,
+                     rejected: np.ndarray | None = None) -> None:
+        """Keep a human-labelled image (`rejected`: the machine's boxes the reviewer called no defect). It replaces
+        the pipeline's labelling of the same image; a newer review of an image replaces the older in its place."""
+        rejected = np.zeros((0, 4), np.float32) if rejected is None else np.asarray(rejected, np.float32).reshape(-1, 4)
+        self.items = deque((item for item in self.items if item.image_id != image_id), maxlen=self.items.maxlen)
+        earlier = next((item for item in self.reviewed if item.image_id == image_id), None)
+        if earlier is not None:
+            validation = earlier.validation
+            self.reviewed.remove(earlier)
+        else:
+            validation = self.reviewed_validations < (self.reviewed_added + 1) // self.validation_every
+            self.reviewed_added += 1
+            self.reviewed_validations += validation
+        self.reviewed.append(LabelledImage(image_id, image, template, labels, 0, rejected, validation, HUMAN))
+
     @property
     def next_is_validation(self) -> bool:
         """Whether a validation image is due: the next hard image, if fully labelled, will be one (so its regions
@@ -72,9 +98,9 @@ class ReplayBuffer:
         return list(self.items)[-count:] if count > 0 else []
 
     def split(self) -> tuple[list[LabelledImage], list[LabelledImage]]:
-        """Training and validation images, in the order they were added."""
-        train: list[LabelledImage] = []
-        validation: list[LabelledImage] = []
-        for item in self.items:
-            (validation if item.validation else train).append(item)
-        return train, validation
+        """Training and validation images: the pipeline's in the order they were added, then the reviewed ones (last,
+        so that a window of the newest keeps them). Validation: the reviewed ones held out when there are any, else
+        the pipeline's."""
+        train = [item for item in self.items if not item.validation] + [item for item in self.reviewed if not item.validation]
+        human = [item for item in self.reviewed if item.validation]
+        return train, human or [item for item in self.items if item.validation]

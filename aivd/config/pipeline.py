@@ -145,6 +145,9 @@ class LearnerConfig(_Section):
     refiner_epochs: int = Field(8, ge=1)
     refiner_lr: float = Field(1e-3, gt=0.0)
     recalibrate: bool = Field(False, description="choose a new score threshold on the validation images")
+    # Set once, not tuned: a human label is the truth, a cloud label a guess that drift can spoil, and the reviewed
+    # images are few (5% of the stream) against the up to 100 cloud-labelled ones of a window.
+    review_weight: int = Field(4, ge=1, description="how many times each human-labelled image counts in an update's training")
     seed: int = 0
     threads: int = Field(2, ge=1, description="torch threads the update trains with")
 
@@ -158,6 +161,8 @@ class UpdateConfig(_Section):
     trigger: TriggerConfig = TriggerConfig()
     learner: LearnerConfig = LearnerConfig()
     train_window: int = Field(100, ge=2, description="the most recent hard images an update trains and validates on")
+    reviews: bool = Field(True, description="also learn from the human reviews stored in the run's result database, "
+                                            "above the cloud's labels (aivd.review.learning)")
     queue: int = Field(
         16, ge=1, description="inspected images waiting for the learner; when it is full an image is not observed (not "
                               "buffered, not counted by the trigger or the drift monitor), so inspection never waits")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
 
-from aivd.core import LabelMap
+from aivd.core import Detections, LabelMap
 from aivd.data.dataset import Box, DatasetError, DataSource, DataSplit, SplitBuilder, read_text
 from aivd.data.templates import find_template, image_id_of
 from aivd.data.yaml_files import first_problem
@@ -76,6 +76,17 @@ def coco_labels(coco: _CocoFile, path: Path) -> tuple[LabelMap, dict[int, int]]:
     except ValueError as error:
         raise DatasetError(f"{path}: categories: {error}") from None
     return labels, {category.id: class_id for class_id, category in enumerate(categories)}
+
+
+def format_coco_annotations(detections: Detections, image_id: int, first_id: int) -> list[dict]:
+    """The COCO annotations of one image's boxes, numbered from `first_id`; categories are class id + 1, as COCO's
+    start at 1."""
+    return [
+        {"id": first_id + index, "image_id": image_id, "category_id": int(class_id) + 1,
+         "bbox": [round(float(v), 2) for v in (x1, y1, x2 - x1, y2 - y1)], "area": round(float((x2 - x1) * (y2 - y1)), 2),
+         "iscrowd": 0}
+        for index, ((x1, y1, x2, y2), class_id) in enumerate(zip(detections.xyxy, detections.class_id))
+    ]
 
 
 def image_folders(base: Path, split: str) -> list[Path]:

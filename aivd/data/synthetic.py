@@ -23,6 +23,7 @@ import numpy as np
 import yaml
 
 from aivd.core import DEEPPCB_CLASSES, Detections
+from aivd.data.coco import format_coco_annotations
 from aivd.data.voc import format_voc_annotation
 from aivd.data.yolo import format_yolo_annotation
 
@@ -627,15 +628,6 @@ def _write_yolo(out: Path, pairs: Iterator[tuple[SyntheticPair, bool]]) -> None:
         _write_text(out / "labels" / split / f"{pair.image_id}.txt", label)
 
 
-def _coco_annotations(truth: Detections, image_id: int, first_id: int) -> list[dict]:
-    return [
-        {"id": first_id + index, "image_id": image_id, "category_id": int(class_id) + 1,
-         "bbox": [round(float(v), 2) for v in (x1, y1, x2 - x1, y2 - y1)], "area": round(float((x2 - x1) * (y2 - y1)), 2),
-         "iscrowd": 0}
-        for index, ((x1, y1, x2, y2), class_id) in enumerate(zip(truth.xyxy, truth.class_id))
-    ]
-
-
 def _write_coco(out: Path, pairs: Iterator[tuple[SyntheticPair, bool]]) -> None:
     # Categories numbered from 1, as COCO's are; the template is NAME_temp beside NAME_test, COCO having no place for it.
     categories = [{"id": class_id + 1, "name": name} for class_id, name in enumerate(DEEPPCB_CLASSES.names)]
@@ -649,7 +641,7 @@ def _write_coco(out: Path, pairs: Iterator[tuple[SyntheticPair, bool]]) -> None:
         coco = files[split]
         image_id = int(pair.image_id)
         coco["images"].append({"id": image_id, "file_name": f"{pair.image_id}_test.jpg", "width": width, "height": height})
-        coco["annotations"] += _coco_annotations(pair.ground_truth, image_id, next_annotation_id)
+        coco["annotations"] += format_coco_annotations(pair.ground_truth, image_id, next_annotation_id)
         next_annotation_id += len(pair.ground_truth)
     for split, coco in files.items():
         _write_text(out / "annotations" / f"instances_{split}.json", json.dumps(coco, indent=1))

@@ -136,12 +136,22 @@ class LiveLearner:
     def __init__(self, updater, queue_size: int = 16, wait: bool = False, metrics: LiveMetrics | None = None,
                  on_close=()) -> None:
         self.updater, self.wait, self.metrics = updater, wait, metrics
+        self.reviews = None  # a ReviewFeed, once `follow_reviews` names the run's database
         self.observed = self.dropped = 0
         self._queue: queue.Queue[_Handed | None] = queue.Queue(maxsize=queue_size)
         self._full_labels = updater.wants_full_labels()  # written by the worker only
         self._on_close = list(on_close)
         self._worker = threading.Thread(target=self._run, name="aivd-learner", daemon=True)
         self._worker.start()
+
+    def follow_reviews(self, url: str, labels) -> None:
+        """Also learn from the human reviews stored in the result database at `url` (the run's own): after each
+        image it observes, the learner reads the reviews stored since the last (`ReviewFeed`). Call before handing
+        over the first image."""
+        from aivd.review.learning import ReviewFeed
+
+        self.reviews = ReviewFeed(url, labels)
+        self._on_close.append(self.reviews.close)
 
     def wants_full_labels(self) -> bool:
         """Whether a validation image is due; read by the edge's thread, never blocks."""
@@ -175,20 +185,31 @@ class LiveLearner:
         self._queue.task_done()
 
     def _observe(self, item: _Handed) -> None:
-        try:
-            record = learn_from(self.updater, item.image_id, item.image, item.template, item.result, item.position)
-        except Exception:  # a failed update must not end the run: log it, back off until the trigger fires again
-            log.exception("online update at image %s failed", item.position)
-            self.updater.trigger.updated(promoted=False)
-            record = {"action": "error"}
+        records = [self._learn(item.position, learn_from, self.updater, item.image_id, item.image, item.template, item.result,
+                               item.position)]
+        if self.reviews is not None:  # the same order as `aivd bench collab --review-share`: the image, then new reviews
+            taught = self._learn(item.position, self.reviews.teach, self.updater, item.position)
+            records += taught if isinstance(taught, list) else [taught]
         self.observed += 1
         self._full_labels = self.updater.wants_full_labels()
         if self.metrics is not None:
             self.metrics.drift.set(int(self.updater.monitor.drifted))
-            if record is not None:
+        for record in records:
+            if record is None:
+                continue
+            if self.metrics is not None:
                 self.metrics.updated(record["action"])
-        if record is not None:
             log.info("online update at image %s: %s", item.position, record)
+
+    def _learn(self, position: int, step, *args):
+        """`step(*args)`; a failure is logged and becomes an `error` record, and the trigger backs off until it fires
+        again: a failed update must not end the run."""
+        try:
+            return step(*args)
+        except Exception:
+            log.exception("online update at image %s failed", position)
+            self.updater.trigger.updated(promoted=False)
+            return {"action": "error"}
 
     def close(self) -> None:
         """Finish what was handed over (an update in training included), then stop the worker and clean up."""
@@ -274,6 +295,13 @@ class Live:
     learner: LiveLearner | None = None
     metrics: LiveMetrics | None = None
     metrics_port: int | None = None  # the port metrics are served on
+    learn_reviews: bool = False  # update.reviews: the learner also learns from the run database's human reviews
+
+    def follow_reviews(self, store, labels) -> None:
+        """Have the learner, if it learns from reviews, read those of `store` (the run's ResultStore, whose engine
+        knows the full URL; its `url` hides the password)."""
+        if self.learner is not None and self.learn_reviews and store is not None:
+            self.learner.follow_reviews(store.engine.url.render_as_string(hide_password=False), labels)
 
 
 @contextmanager
@@ -281,7 +309,7 @@ def live(config: PipelineConfig, pipeline: EdgeCloudPipeline, metrics_port: int 
          metrics_host: str = "127.0.0.1") -> Iterator[Live]:
     """The learner (with `config.update.enabled`) and the metrics server (with a `metrics_port`) for one run of
     `pipeline`; pass what it yields to `inspect_tasks`. On leaving, the learner finishes what it was handed."""
-    result = Live()
+    result = Live(learn_reviews=config.update.reviews)
     if metrics_port is not None:
         result.metrics = LiveMetrics()
     with result.metrics.serving(metrics_port, metrics_host) if metrics_port is not None and result.metrics else nullcontext() as port:

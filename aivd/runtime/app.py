@@ -18,13 +18,15 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import ray
-from fastapi import FastAPI, File, Form, HTTPException, UploadFile
+from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from ray import serve
 from ray.exceptions import RayActorError
 from ray.serve.config import RequestRouterConfig
 from ray.serve.handle import DeploymentHandle
 
 import aivd
+from aivd.auth.web import LOCAL, Access, Principal
 from aivd.cloud.analyzer import Analyses, AnalyzerError, RemoteAnalyzer
 from aivd.core import Region
 from aivd.data.images import ImageError, check_pair, decode_gray
@@ -229,6 +231,31 @@ class EdgeNode:
         return self.telemetry.report()
 
 
+class ReplicaAccess:
+    """Who may call the ingress. Its routes are declared when this module is imported, but the keys' database is
+    known only when the ingress replica starts, in a Ray actor process of its own: the replica sets `access` then.
+    Without a database (`keys_db`) the ingress is open (refuse_open_bind allowed it: loopback, or --insecure)."""
+
+    def __init__(self) -> None:
+        self.access: Access | None = None
+        self.bearer = HTTPBearer(auto_error=False, description="an API key from `aivd keys create`")
+
+    def dependencies(self, role: str) -> list:
+        """A route's `dependencies`, admitting requests whose key has at least `role`."""
+
+        def dependency(request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(self.bearer)) -> Principal:
+            return LOCAL if self.access is None else self.access.admit(request, credentials, role)
+
+        return [Depends(dependency)]
+
+
+ACCESS = ReplicaAccess()
+AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"description": "no valid API key in `Authorization: Bearer KEY`"},
+    403: {"description": "the API key's role may not do this"},
+    503: {"description": "the API keys cannot be checked now (their database is unreachable)"},
+}
+
 api = FastAPI(
     title="aivd inspection", version=aivd.__version__,
     description="Inspect images on the aivd cluster: each image goes to the edge node the scheduling policy picks, "
@@ -245,6 +272,8 @@ class Ingress:
         self.edge = edge
         self.config = config
         self.edge_health = HandleHealth(edge, _fresh_handle("edge"), "edge", config.health_check_timeout_s / 3)
+        if config.keys_db is not None:
+            ACCESS.access = Access.from_db(config.keys_db, people=False)  # verified keys are remembered for 60 s
 
     async def check_health(self) -> None:
         await self.edge_health.check()
@@ -277,7 +306,7 @@ class Ingress:
         return InspectionRecord(image=name, image_id=image_id, template=None, status="error", error=reason)
 
     @api.post("/v1/inspect", response_model=InspectionRecord, summary="Inspect one image (and its template)",
-              responses={**UNREADABLE_FORM, 413: {"description": f"a file over {MAX_UPLOAD_BYTES} bytes or the request over {MAX_REQUEST_BYTES}"}})
+              dependencies=ACCESS.dependencies("operator"), responses={**AUTH_ERRORS, **UNREADABLE_FORM, 413: {"description": f"a file over {MAX_UPLOAD_BYTES} bytes or the request over {MAX_REQUEST_BYTES}"}})
     async def inspect(self, image: UploadFile = File(..., description="the image: JPEG, PNG, BMP or TIFF"),
                       template: UploadFile | None = File(None, description="its aligned defect-free template"),
                       image_id: str | None = Form(None, description="default: the file name without extension")):
@@ -287,7 +316,7 @@ class Ingress:
         return await self._inspect(data, reference, name, image_id or name.rsplit(".", 1)[0], template_name)
 
     @api.post("/v1/inspect/batch", response_model=list[InspectionRecord], summary="Inspect several images at once",
-              responses={**UNREADABLE_FORM, 413: {"description": f"the request is over {MAX_REQUEST_BYTES} bytes or a file over {MAX_UPLOAD_BYTES}"},
+              dependencies=ACCESS.dependencies("operator"), responses={**AUTH_ERRORS, **UNREADABLE_FORM, 413: {"description": f"the request is over {MAX_REQUEST_BYTES} bytes or a file over {MAX_UPLOAD_BYTES}"},
                          422: {"description": f"more than {MAX_BATCH_IMAGES} images, or templates not one per image"}})
     async def inspect_batch(self, images: list[UploadFile] = File(..., description=f"at most {MAX_BATCH_IMAGES} images"),
                             templates: list[UploadFile] | None = File(None, description="one aligned template per image, or none")):
@@ -313,7 +342,8 @@ class Ingress:
     def healthz(self) -> dict:
         return {"status": "ok", "policy": self.config.policy, "edge_replicas": self.config.edge_replicas}
 
-    @api.get("/v1/router", summary="Time the routing policy took per decision in this ingress")
+    @api.get("/v1/router", summary="Time the routing policy took per decision in this ingress",
+             dependencies=ACCESS.dependencies("viewer"), responses=AUTH_ERRORS)
     def router(self) -> dict:
         """From the buckets of the `aivd_router_decision_seconds` histogram, as Prometheus would estimate them."""
         return telemetry.DECISIONS.summary(self.config.policy)

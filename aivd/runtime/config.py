@@ -78,6 +78,10 @@ class ClusterConfig(Strict):
     health_check_timeout_s: float = Field(30.0, gt=0.0, le=3600.0, description="a check_health taking longer fails")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
+    keys_db: str | None = Field(
+        None, description="SQLAlchemy URL of the result database holding API keys (`aivd keys create`): once it has one, "
+        "every endpoint but /healthz needs `Authorization: Bearer KEY`. The ingress replica opens it: on several machines, "
+        "PostgreSQL or a file on the ingress's node")
     seed: int = 0
     placement: Literal["rank", "resources"] = Field(
         "rank", description="how a replica finds its node class: by replica rank in the order of `edge`, or by "

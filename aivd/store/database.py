@@ -326,9 +326,10 @@ class ResultStore:
         with self.errors("write"), self._engine.begin() as connection:
             connection.execute(update(runs).where(runs.c.id == run_id).values(status="running", finished_at=None))
 
-    def add(self, run_id: int, record: InspectionRecord, intake_id: int | None = None) -> None:
-        """Write one record (its image, defects and timings) in one transaction; with `intake_id`, the same
-        transaction marks that journal entry done, and a record for an entry done already is refused whole."""
+    def add(self, run_id: int, record: InspectionRecord, intake_id: int | None = None) -> int:
+        """Write one record (its image, defects and timings) in one transaction and return its image row's id; with
+        `intake_id`, the same transaction marks that journal entry done, and a record for an entry done already is
+        refused whole."""
         image_row = {"run_id": run_id, "inspected_at": _now(), **{name: getattr(record, name) for name in _IMAGE_FIELDS}}
         with self.errors("write"), self._engine.begin() as connection:
             row_id = _inserted_id(connection.execute(images.insert(), image_row))
@@ -346,6 +347,7 @@ class ResultStore:
                 connection.execute(defects.insert(), defect_rows)
             if timing_rows:
                 connection.execute(timings.insert(), timing_rows)
+        return row_id
 
     def queue_intake(self, run_id: int, path: str, size: int, mtime_ns: int, image_id: str) -> IntakeEntry | None:
         """Journal the file at `path` with this size and modification time as queued, under `image_id` (or, when

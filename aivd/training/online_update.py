@@ -1,4 +1,4 @@
-"""Online update of the built-in edge model from the replay buffer's cloud-supervised images.
+"""Online update of the built-in edge model from the replay buffer's cloud-supervised and human-labelled images.
 
 Starting from the served ONNX pair (weights read back with `aivd.training.onnx_import`), the class refiner is
 fine-tuned for `refiner_epochs` epochs on the boxes of the buffer's training images (with the same box jitter and
@@ -23,7 +23,7 @@ import onnx
 import torch
 
 from aivd.collab.drift_monitor import AgreementMonitor, UpdateTrigger
-from aivd.collab.replay import LabelledImage, ReplayBuffer
+from aivd.collab.replay import HUMAN, LabelledImage, ReplayBuffer
 from aivd.config import LearnerConfig
 from aivd.core import Detections
 from aivd.edge.crops import CROP_SIZE
@@ -170,6 +170,10 @@ class OnlineUpdater:
     the monitor watches the new model over its first `monitor.reference` regions; if it disagrees with the cloud
     more than its parent did just before the update (plus the monitor's tolerance), the store rolls back.
 
+    Human reviews come in through `observe_review` (aivd.review.learning.ReviewFeed reads them from the review
+    store): each counts as a hard image, trains `config.review_weight` times over and, once some are held out,
+    is what the gate validates on (`ReplayBuffer.split`).
+
     `train` is what fine-tunes (`update_edge_model`'s signature); a live learner runs it in another process.
     """
 
@@ -214,9 +218,19 @@ class OnlineUpdater:
             return None
         return self._update(position)
 
+    def observe_review(self, image_id: str, image: np.ndarray, template: np.ndarray | None, labels: Detections,
+                       rejected: np.ndarray | None = None, position: int | None = None) -> dict | None:
+        """Record one human-labelled image (`rejected`: the machine's boxes the reviewer called no defect); it
+        counts as a hard image for the trigger. Returns the update's record when one ran."""
+        self.buffer.add_reviewed(image_id, image, template, labels, rejected)
+        if not self.trigger.observe(True, self.monitor.drifted):
+            return None
+        return self._update(position)
+
     def _update(self, position: int | None) -> dict:
         train, validation = self.buffer.split()
-        train = train[-self.train_window:]
+        train = train[-self.train_window:]  # the reviewed images come last, so the window keeps them
+        train += [item for item in train if item.trust == HUMAN] * (self.config.review_weight - 1)
         parent = _served(self.store)
         out_dir = self.workdir / f"candidate-{len(self.updates) + 1}"
         try:

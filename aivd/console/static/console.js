@@ -1,0 +1,57 @@
+// The console's pages: the live view polls /api/live every second; the image page toggles its box layers.
+// Hand-written and served from the package: no framework, nothing fetched from another origin.
+"use strict";
+
+function fixed(value, digits) { return Number(value).toFixed(digits); }
+
+function rows(body, cells) {
+  body.replaceChildren(...cells.map((values) => {
+    const row = document.createElement("tr");
+    for (const value of values) {
+      const cell = document.createElement("td");
+      cell.textContent = value;
+      row.append(cell);
+    }
+    return row;
+  }));
+}
+
+function showLive(root, live) {
+  const field = (name) => root.querySelector(`[data-live="${name}"]`);
+  field("throughput").textContent = fixed(live.throughput_per_s, 2);
+  field("images").textContent = live.images;
+  field("error_rate").textContent = fixed(live.error_rate * 100, 1);
+  field("offload_ratio").textContent = fixed(live.offload_ratio * 100, 1);
+  field("last_inspected_at").textContent = live.last_inspected_at || "none";
+  field("at").textContent = live.at;
+  rows(field("latency"), Object.entries(live.latency_ms).map(([stage, v]) => [stage, fixed(v.p50, 1), fixed(v.p95, 1), v.count]));
+  rows(field("models"), Object.entries(live.models));
+  field("runtime").textContent = live.runtime ? JSON.stringify(live.runtime, null, 2)
+    : (live.runtime_error || "no runtime given (aivd serve console --runtime URL)");
+}
+
+function pollLive(root) {
+  const tick = async () => {
+    try {
+      const answer = await fetch(root.dataset.source, { credentials: "same-origin" });
+      if (answer.ok) showLive(root, await answer.json());
+    } finally {
+      setTimeout(tick, 1000);
+    }
+  };
+  setTimeout(tick, 1000);
+}
+
+function layerToggles(panel, svg) {
+  for (const box of panel.querySelectorAll("input[data-layer]")) {
+    box.addEventListener("change", () => svg.classList.toggle(`hide-${box.dataset.layer}`, !box.checked));
+  }
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  const live = document.getElementById("live");
+  if (live) pollLive(live);
+  const layers = document.getElementById("layers");
+  const svg = document.getElementById("boxes");
+  if (layers && svg) layerToggles(layers, svg);
+});
