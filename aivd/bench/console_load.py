@@ -251,6 +251,17 @@ def _endpoint(entry) -> dict:
             "requests": entry.num_requests, "failures": entry.num_failures}
 
 
+def _warm_up(base_url: str, key: str, image_row_id: int) -> None:
+    """One request to each kind of page before the users start, as a server that has been up a while has had:
+    the key verified once (argon2, then cached), templates compiled, lazy imports done. Without it the first
+    second's requests, all verifying the key at once, would measure the start instead of the console."""
+    import httpx
+
+    headers = {"Authorization": f"Bearer {key}"}
+    for path in ("/", "/images", f"/images/{image_row_id}", "/runs", "/review", "/api/live"):
+        httpx.get(base_url + path, headers=headers, timeout=60).raise_for_status()
+
+
 def bench_console(url: str, n_images: int, users: int = 10, duration_s: float = 60.0, seed: int = 0,
                   progress: Callable[[int, int], None] | None = None) -> dict:
     """Seed the database at `url` up to `n_images` images (none when it holds that many already), start
@@ -270,6 +281,7 @@ def bench_console(url: str, n_images: int, users: int = 10, duration_s: float = 
     port = free_port()
     try:
         with aivd_server(["serve", "console", "--db", url, "--port", str(port)], port):
+            _warm_up(f"http://127.0.0.1:{port}", key, scope.last_image)
             # locust patches the standard library for gevent when imported: only here, in the benchmark's own process.
             import gevent
             from locust.env import Environment
