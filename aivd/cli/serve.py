@@ -139,6 +139,9 @@ def console(
     runtime_key: Optional[str] = typer.Option(
         None, "--runtime-key", envvar="AIVD_RUNTIME_KEY", show_default=False,
         help="API key for --runtime (a viewer's); better from $AIVD_RUNTIME_KEY, which other users cannot read in the process list."),
+    metrics: list[str] = typer.Option(
+        [], "--metrics", help="A live run's Prometheus metrics (`aivd inspect|watch --metrics-port P`: http://HOST:P/); the live "
+                             "view shows its drift state and model. Repeat for several runs or edge nodes."),
     insecure: bool = typer.Option(False, "--insecure", help="Serve a non-loopback --host with no user or key configured."),
     tls_cert: Optional[Path] = TLS_CERT,
     tls_key: Optional[Path] = TLS_KEY,
@@ -160,7 +163,8 @@ def console(
         try:
             access = cleanup.enter_context(Access.from_db(db))
             refuse_open_bind(host, access, insecure)
-            app = build_console_app(db, access, model_store=model_store, runtime_url=runtime, runtime_key=runtime_key)
+            app = build_console_app(db, access, model_store=model_store, runtime_url=runtime, runtime_key=runtime_key,
+                                    metrics_urls=metrics)
         except AivdError as error:
             raise fail(str(error)) from None
         serve(app, host, port, ServerSettings(tls_cert=tls_cert, tls_key=tls_key))

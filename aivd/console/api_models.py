@@ -125,6 +125,18 @@ class StageLatency(BaseModel):
     count: int
 
 
+class LineMetrics(BaseModel):
+    """A live run's state, from the Prometheus metrics it serves (`aivd inspect|watch --metrics-port`)."""
+
+    url: str
+    error: str | None = Field(description="why its metrics cannot be read now; the other fields are then absent")
+    drift: bool | None = Field(None, description="the drift monitor sees the edge disagree with the cloud more than it used to")
+    cloud_disagreement: float | None = None
+    offload_ratio: float | None = None
+    model: str | None = Field(None, description="the edge model served for its latest image")
+    updates: dict[str, int] = Field({}, description="online updates of the edge model by outcome")
+
+
 class Live(BaseModel):
     window_s: float
     at: datetime
@@ -141,6 +153,7 @@ class Live(BaseModel):
     last_detector: str | None
     runtime: dict[str, Any] | None = Field(description="what the runtime's /v1/router reports (drift, edge nodes), with --runtime")
     runtime_error: str | None
+    lines: list[LineMetrics] = Field(description="each --metrics run's drift state and model")
 
 
 class ModelVersion(BaseModel):
@@ -200,6 +213,13 @@ class ReviewIn(BaseModel):
         if self.verdict == "good" and self.labels:
             raise ValueError("an image marked good has no defect boxes")
         return self
+
+
+class ModelChange(BaseModel):
+    """The promote and roll-back forms."""
+
+    version: str | None = Field(None, max_length=32, pattern=NO_NUL)
+    reason: str = Field("", max_length=500, pattern=NO_NUL)
 
 
 class ReviewSaved(BaseModel):

@@ -15,7 +15,9 @@ import tempfile
 import threading
 import time
 import zipfile
+from collections.abc import Sequence
 from contextlib import contextmanager
+from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
@@ -23,19 +25,27 @@ from urllib.parse import urlencode
 
 import cv2
 import httpx
-from fastapi import Depends, FastAPI, Form, HTTPException, Query, Request
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi import Path as Path_
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from PIL import Image, UnidentifiedImageError
+from prometheus_client.parser import text_string_to_metric_families
+from pydantic import ValidationError
 
 import aivd
+from aivd.auth.web import Access, login_router
 from aivd.console import api_models as m
 from aivd.console import queries
 from aivd.core import DEEPPCB_CLASSES
 from aivd.core.errors import AivdError
+from aivd.core.redaction import redact_url
 from aivd.model_store import ModelStore, ModelStoreError
+from aivd.review import ReviewError, ReviewStore, export_dataset
 from aivd.store import ResultStore
 
 HERE = Path(__file__).parent
@@ -77,8 +87,13 @@ def _image_format(path: str) -> tuple[str, tuple[int, int]] | None:
         with Image.open(path) as image:  # reads the header only
             media = IMAGE_TYPES.get(image.format or "")
             return (media, image.size) if media else None
-    except (OSError, UnidentifiedImageError, ValueError):
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError):  # the last: over 179 Mpx
         return None
+
+
+def invalid(loc: tuple, message: str, value=None) -> RequestValidationError:
+    """A 422 in the shape FastAPI gives its own (and documents in the OpenAPI schema): `detail` is a list of errors."""
+    return RequestValidationError([{"type": "value_error", "loc": loc, "msg": message, "input": value}])
 
 
 def _as_utc(value: datetime | None) -> datetime | None:
@@ -89,37 +104,88 @@ def _as_utc(value: datetime | None) -> datetime | None:
     try:
         return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
     except OverflowError:  # year 1 at UTC+1 is before year 1 in UTC
-        raise HTTPException(422, f"{value} is out of range") from None
+        raise invalid(("query",), f"{value} is out of range", str(value)) from None
+
+
+def _known_parameters_only(request: Request) -> None:
+    """An API query parameter the route does not take is refused (422), not ignored: `?class=open` for
+    `?defect_type=open` would otherwise answer every image, as if filtered."""
+    route = request.scope.get("route")
+    if not request.url.path.startswith("/api/") or not isinstance(route, APIRoute):
+        return
+    known, pending = set(), [route.dependant]
+    while pending:  # the route's own parameters and those of its dependencies (the filters)
+        dependant = pending.pop()
+        known |= {param.alias for param in dependant.query_params}
+        pending += dependant.dependencies
+    unknown = sorted(set(request.query_params) - known)
+    if unknown:
+        raise RequestValidationError([{"type": "extra_forbidden", "loc": ("query", name), "input": request.query_params[name],
+                                       "msg": f"unknown query parameter; this route takes {sorted(known) or 'none'}"} for name in unknown])
 
 
 def _runtime_status(url: str, key: str | None) -> tuple[dict | None, str | None]:
+    """What the runtime's /v1/router reports, or why it cannot be read (shown on the live page, so with the URL's
+    password redacted)."""
+    base = url.rstrip("/")
     try:
-        answer = httpx.get(f"{url.rstrip('/')}/v1/router", timeout=1.0, headers={"Authorization": f"Bearer {key}"} if key else {})
+        answer = httpx.get(f"{base}/v1/router", timeout=1.0, headers={"Authorization": f"Bearer {key}"} if key else {})
         answer.raise_for_status()
         body = answer.json()
         return (body if isinstance(body, dict) else {"value": body}), None
     except (httpx.HTTPError, ValueError) as error:
-        return None, f"{url}: {error}"
+        return None, f"{redact_url(base)}: {str(error).replace(base, redact_url(base))}"
 
 
-def build_console_app(db_url: str, access, model_store: Path | str | None = None, runtime_url: str | None = None,
-                      runtime_key: str | None = None) -> FastAPI:
+def _run_metrics(url: str) -> dict:
+    """The drift state and model of a live run, from the Prometheus metrics it serves (`aivd inspect|watch
+    --metrics-port`, aivd.pipeline.live_update.LiveMetrics)."""
+    shown = redact_url(url)
+    try:
+        answer = httpx.get(url, timeout=0.5)
+        answer.raise_for_status()
+        families = {family.name: family for family in text_string_to_metric_families(answer.text)}
+    except (httpx.HTTPError, ValueError) as error:
+        return {"url": shown, "error": str(error).replace(url, shown)}
+
+    def value(name: str) -> float | None:
+        family = families.get(name)
+        return family.samples[0].value if family is not None and family.samples else None
+
+    drift = value("aivd_drift")
+    model = families.get("aivd_edge_model_info")  # an Info is exposed as a gauge named _info
+    updates = families.get("aivd_model_updates")
+    return {
+        "url": shown, "error": None, "drift": None if drift is None else drift >= 1, "cloud_disagreement": value("aivd_cloud_disagreement"),
+        "offload_ratio": value("aivd_offload_ratio"),
+        "model": "@".join(filter(None, (model.samples[0].labels.get("model"), model.samples[0].labels.get("version"))))
+        if model is not None and model.samples else None,  # as images.detector writes it: name@version
+        "updates": {sample.labels["action"]: int(sample.value) for sample in updates.samples if sample.name.endswith("_total")}
+        if updates is not None else {},
+    }
+
+
+def build_console_app(db_url: str, access: Access, model_store: Path | str | None = None, runtime_url: str | None = None,
+                      runtime_key: str | None = None, metrics_urls: Sequence[str] = ()) -> FastAPI:
     """The console over the database at `db_url` (its schema brought up to date), guarded by `access`
     (aivd.auth.web.Access); `model_store` enables /models, `runtime_url` adds a runtime's router state to the live
-    view, read with the API key `runtime_key` (a viewer's is enough)."""
-    from aivd.auth.web import login_router
-    from aivd.review import ReviewError, ReviewStore, export_dataset
-
+    view, read with the API key `runtime_key` (a viewer's is enough), and each of `metrics_urls` a live run's drift
+    state and model (its Prometheus metrics)."""
+    audit = access.audit
+    if audit is None:  # reviews, promotions and rollbacks must be recorded
+        raise ValueError("the console needs an Access with an audit log (Access.from_db(url))")
     store = ResultStore(db_url)
     reviews = ReviewStore(db_url)
     models = ModelStore(model_store) if model_store is not None else None
-    app = FastAPI(title="aivd console", version=aivd.__version__,
+    app = FastAPI(title="aivd console", version=aivd.__version__, dependencies=[Depends(_known_parameters_only)],
                   description="The operator console's JSON API: what its pages show. Send `Authorization: Bearer KEY`.")
     app.router.on_shutdown.extend([store.close, reviews.close])
     templates = Jinja2Templates(directory=HERE / "templates")
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     app.include_router(login_router(access, templates=templates))
     classes_cache = TimedCache(CLASSES_TTL_S, lambda: _read(queries.defect_classes) or list(DEEPPCB_CLASSES.names))
+    run_classes: dict[int, TimedCache] = {}
+    metrics_cache = TimedCache(RUNTIME_TTL_S, lambda: [_run_metrics(url) for url in metrics_urls])
     runtime_cache = TimedCache(RUNTIME_TTL_S, lambda: _runtime_status(runtime_url, runtime_key)) if runtime_url else None
 
     @contextmanager
@@ -160,7 +226,7 @@ def build_console_app(db_url: str, access, model_store: Path | str | None = None
     not_found: dict[int | str, dict[str, Any]] = {404: {"model": m.Error, "description": "no such record"}}
 
     def page(request: Request, name: str, principal, **context) -> HTMLResponse:
-        return templates.TemplateResponse(request, name, {"principal": principal, "models_enabled": models is not None, **context})
+        return templates.TemplateResponse(request, name, {"principal": principal, **context})
 
     # --- filters, shared by the images page and its API -------------------------------------------------------------
 
@@ -190,8 +256,7 @@ def build_console_app(db_url: str, access, model_store: Path | str | None = None
         return Query(None, ge=1, le=MAX_ID, description="the previous page's next_after")
 
     def page_of(found: queries.Page) -> dict:
-        return {"items": [vars(item) if not isinstance(item, dict) else item for item in found.items],
-                "next_after": found.next_after, "total": found.total, "total_capped": found.total_capped}
+        return asdict(found)  # its items too, dataclasses or dicts
 
     def detail(image_row_id: int) -> dict:
         found = _read(queries.image_detail, image_row_id)
@@ -204,6 +269,7 @@ def build_console_app(db_url: str, access, model_store: Path | str | None = None
     def live() -> dict:
         stats = _read(queries.live_stats)
         stats["runtime"], stats["runtime_error"] = runtime_cache.get() if runtime_cache else (None, None)
+        stats["lines"] = metrics_cache.get()
         return stats
 
     # --- JSON API -------------------------------------------------------------------------------------------------------
@@ -279,7 +345,11 @@ def build_console_app(db_url: str, access, model_store: Path | str | None = None
             return classes_cache.get()
         if not _read(queries.run_exists, run_id):
             raise HTTPException(404, f"no run {run_id}")
-        return reviews.known_classes(run_id)
+        # Reading a run's classes scans its defects when its config lacks them (a quarter of a second for 100k
+        # images): remembered per run, like the database's classes. Only existing runs get an entry.
+        if run_id not in run_classes:
+            run_classes[run_id] = TimedCache(CLASSES_TTL_S, lambda: reviews.known_classes(run_id))
+        return run_classes[run_id].get()
 
     def model_state() -> dict:
         if models is None:
@@ -314,10 +384,10 @@ def build_console_app(db_url: str, access, model_store: Path | str | None = None
         try:
             review_id = reviews.add(review.image_row_id, principal.name, review.verdict, labels, review.note)
         except ReviewError as error:
-            raise HTTPException(422, str(error)) from None
-        access.audit.record(principal.name, "review", target=f"image:{review.image_row_id}",
-                            detail={"review": review_id, "verdict": review.verdict, "boxes": len(labels)},
-                            remote_addr=request.client.host if request.client else None)
+            raise invalid(("body", "labels"), str(error)) from None
+        audit.record(principal.name, "review", target=f"image:{review.image_row_id}",
+                     detail={"review": review_id, "verdict": review.verdict, "boxes": len(labels)},
+                     remote_addr=request.client.host if request.client else None)
         return {"id": review_id}
 
     @app.get("/api/export", response_class=Response, dependencies=[operator],
@@ -352,7 +422,7 @@ def build_console_app(db_url: str, access, model_store: Path | str | None = None
                     after: int | None = after_param(), principal=viewer_page):
         found = _read(queries.list_images, filters, limit, after)
         query = {key: value for key, value in request.query_params.items() if key != "after" and value != ""}
-        return page(request, "images.html", principal, found=found, filters=filters, query=query, classes=classes_cache.get())
+        return page(request, "images.html", principal, found=found, query=query, classes=classes_cache.get())
 
     @app.get("/images/{image_row_id}", response_class=HTMLResponse, include_in_schema=False)
     def image_page(request: Request, image_row_id: int = row_id(), principal=viewer_page):
@@ -366,29 +436,38 @@ def build_console_app(db_url: str, access, model_store: Path | str | None = None
     def models_page(request: Request, principal=viewer_page):
         return page(request, "models.html", principal, state=model_state())
 
-    def change_model(request: Request, principal, action: str, version: str | None, reason: str) -> RedirectResponse:
+    def change_model(request: Request, principal, action: str, fields) -> RedirectResponse:
         if models is None:
             raise HTTPException(404, "the console was started without --model-store")
-        reason = reason or f"console: {principal.name}"
+        try:
+            form = m.ModelChange.model_validate({name: fields[name] for name in ("version", "reason") if name in fields})
+        except ValidationError as error:
+            raise RequestValidationError(error.errors(include_url=False, include_context=False)) from None
+        reason = form.reason or f"console: {principal.name}"
+        version = form.version
         try:
             previous = models.current()
             if action == "promote":
-                models.promote(version or "", reason)
+                if version is None:
+                    raise invalid(("body", "version"), "which version to promote?")
+                models.promote(version, reason)
             else:
                 version = models.rollback(reason)
         except ModelStoreError as error:
             raise HTTPException(409, str(error)) from None
-        access.audit.record(principal.name, action, target=f"model:{version}", detail={"previous": previous, "reason": reason},
-                            remote_addr=request.client.host if request.client else None)
+        audit.record(principal.name, action, target=f"model:{version}", detail={"previous": previous, "reason": reason},
+                     remote_addr=request.client.host if request.client else None)
         return RedirectResponse("/models", status_code=303)
 
+    # The form is read in the route rather than declared as Form parameters: FastAPI reads declared ones before the
+    # dependencies run, and the CSRF check must read the same body first.
     @app.post("/models/promote", include_in_schema=False, dependencies=[csrf])
-    def promote(request: Request, version: str = Form(..., max_length=32, pattern=NO_NUL), reason: str = Form("", max_length=500, pattern=NO_NUL), principal=admin_page):
-        return change_model(request, principal, "promote", version, reason)
+    async def promote(request: Request, principal=admin_page):
+        return await run_in_threadpool(change_model, request, principal, "promote", await request.form())
 
     @app.post("/models/rollback", include_in_schema=False, dependencies=[csrf])
-    def rollback(request: Request, reason: str = Form("", max_length=500, pattern=NO_NUL), principal=admin_page):
-        return change_model(request, principal, "rollback", None, reason)
+    async def rollback(request: Request, principal=admin_page):
+        return await run_in_threadpool(change_model, request, principal, "rollback", await request.form())
 
     @app.get("/review", response_class=HTMLResponse, include_in_schema=False)
     def review_page(request: Request, run_id: int | None = Query(None, ge=1, le=MAX_ID), principal=operator_page):

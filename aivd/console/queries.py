@@ -203,7 +203,7 @@ def list_runs(connection: Connection, limit: int = 50, after: int | None = None)
     more = len(rows) > limit
     rows = rows[:limit]
     ids = [row.id for row in rows]
-    recorded = dict(connection.execute(select(images.c.run_id, func.count()).where(images.c.run_id.in_(ids))
+    recorded: dict[int, int] = dict(connection.execute(select(images.c.run_id, func.count()).where(images.c.run_id.in_(ids))
                                        .group_by(images.c.run_id)).all()) if ids else {}
     items = [{"id": row.id, "started_at": _utc(row.started_at), "finished_at": _utc(row.finished_at), "status": row.status,
               "command": row.command, "images": row.images, "ok": row.ok, "failed": row.failed, "defects": row.defects,
@@ -240,7 +240,7 @@ def live_stats(connection: Connection, now: datetime | None = None, window_s: fl
     start = now - timedelta(seconds=window_s)
     in_window = and_(images.c.inspected_at >= start, images.c.inspected_at <= now)
     counts = connection.execute(select(images.c.status, func.count()).where(in_window).group_by(images.c.status)).all()
-    by_status = dict(counts)
+    by_status: dict[str, int] = dict(counts)
     total = sum(by_status.values())
     errors = by_status.get("error", 0)
     # The offload note is JSON text (portable across SQLite and PostgreSQL, see aivd.store.database), written by
@@ -256,7 +256,7 @@ def live_stats(connection: Connection, now: datetime | None = None, window_s: fl
         by_stage[stage].append(ms)
     latency = {stage: {"p50": float(np.percentile(values, 50)), "p95": float(np.percentile(values, 95)), "count": len(values)}
                for stage, values in sorted(by_stage.items())}
-    models = dict(connection.execute(select(images.c.detector, func.count()).where(in_window, images.c.detector.is_not(None))
+    models: dict[str, int] = dict(connection.execute(select(images.c.detector, func.count()).where(in_window, images.c.detector.is_not(None))
                                      .group_by(images.c.detector)).all())
     newest = connection.execute(select(images.c.inspected_at, images.c.detector).order_by(images.c.id.desc()).limit(1)).one_or_none()
     return {

@@ -26,6 +26,10 @@ function showLive(root, live) {
   field("at").textContent = live.at;
   rows(field("latency"), Object.entries(live.latency_ms).map(([stage, v]) => [stage, fixed(v.p50, 1), fixed(v.p95, 1), v.count]));
   rows(field("models"), Object.entries(live.models));
+  rows(field("lines"), live.lines.length ? live.lines.map((line) => line.error ? [line.url, line.error]
+    : [line.url, line.drift ? "DRIFT" : "no", fixed(line.cloud_disagreement || 0, 3), fixed(line.offload_ratio || 0, 3), line.model || "",
+       Object.entries(line.updates).map(([action, count]) => `${action} ${count}`).join(" ")])
+    : [["none given (aivd serve console --metrics URL)"]]);
   field("runtime").textContent = live.runtime ? JSON.stringify(live.runtime, null, 2)
     : (live.runtime_error || "no runtime given (aivd serve console --runtime URL)");
 }

@@ -89,13 +89,17 @@ class Reviewer {
       this.img.alt = this.image.image_id;
     }
     this.svg.setAttribute("viewBox", `0 0 ${width || 1} ${height || 1}`);
-    this.svg.replaceChildren(...this.boxes.map((box, index) => {
+    this.svg.replaceChildren(...this.boxes.flatMap((box, index) => {
       const rect = document.createElementNS(SVG, "rect");
       const [x1, y1, x2, y2] = box.bbox;
       Object.entries({ x: x1, y: y1, width: x2 - x1, height: y2 - y1 }).forEach(([k, v]) => rect.setAttribute(k, v));
       rect.setAttribute("class", `box human${index === this.selected ? " selected" : ""}`);
       rect.dataset.index = String(index);
-      return rect;
+      const label = document.createElementNS(SVG, "text");  // the number the table and Tab go by, and the class
+      label.setAttribute("x", x1);
+      label.setAttribute("y", Math.max(12, y1 - 3));
+      label.textContent = `${index + 1} ${box.defect_type}`;
+      return [rect, label];
     }));
     this.table.replaceChildren(...this.boxes.map((box, index) => {
       const row = document.createElement("tr");
