@@ -12,15 +12,12 @@ Each phase reports the normal client's latency percentiles (locust's, in ms) and
 
 from __future__ import annotations
 
-import os
 import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
+from aivd.bench.servers import aivd_server, free_port
 from aivd.core import cut_regions
 from aivd.data.deeppcb import read_annotation
 from aivd.data.images import read_pair
@@ -49,38 +46,15 @@ def flat_body(count: int, prefix: str) -> bytes:
     return AnalyzeRequest.model_validate({"regions": regions}).model_dump_json().encode()
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _start_server(port: int) -> subprocess.Popen:
-    server = subprocess.Popen([sys.executable, "-m", "aivd.cli.main", "serve", "cloud", "--port", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return server
-        except OSError:
-            if server.poll() is not None:
-                raise RuntimeError(f"aivd serve cloud exited with code {server.returncode}") from None
-            time.sleep(0.2)
-    server.kill()
-    raise RuntimeError("aivd serve cloud did not start within 60 s")
-
-
 def bench_service_abuse(seconds: float = 20.0, idle_connections: int = IDLE_CONNECTIONS) -> dict:
     # locust patches the standard library for gevent when imported: only here, in the benchmark's own process.
     import gevent
     from locust import HttpUser, constant, constant_pacing, events, task
     from locust.env import Environment
 
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
-    server = _start_server(port)
-    try:
+    with aivd_server(["serve", "cloud", "--port", str(port)], port):
         import httpx
 
         limits = httpx.get(f"{url}/healthz", timeout=30).json()["limits"]
@@ -148,9 +122,3 @@ def bench_service_abuse(seconds: float = 20.0, idle_connections: int = IDLE_CONN
         for connection in idle:
             connection.close()
         return report
-    finally:
-        server.terminate()
-        try:
-            server.wait(10)
-        except subprocess.TimeoutExpired:
-            server.kill()

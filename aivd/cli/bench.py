@@ -237,6 +237,34 @@ def bench_hostile_inputs_command(
     print(json.dumps(bench_hostile_inputs(timeout)))
 
 
+@bench_app.command("console")
+def bench_console_command(
+    db: str = typer.Option(..., "--db", help="SQLAlchemy URL of the result database to seed (unless it holds --images already) and serve."),
+    images: int = typer.Option(100_000, "--images", min=1, help="Inspected images the database is seeded up to, about ten defects each."),
+    users: int = typer.Option(10, "--users", min=1, help="Concurrent locust users: a live screen for every three operators."),
+    duration: float = typer.Option(60.0, "--duration", min=1.0, help="Seconds of load."),
+    seed: int = typer.Option(0, help="Seed of the seeded records and of the users' choices."),
+    as_json: bool = JSON_ALWAYS,
+) -> None:
+    """Page and API latency of the real `aivd serve console` under locust users, over a database of --images
+    inspected images (seeded first when it holds fewer); p50/p95 per endpoint."""
+    from aivd.bench.console_load import bench_console
+    from aivd.core.errors import AivdError
+
+    with progress_bar() as progress:
+        tasks: list = []  # the seeding bar, made by the first batch: none when the database is seeded already
+
+        def seeded(done: int, total: int) -> None:
+            tasks[:] = tasks or [progress.add_task("seeding", total=total)]
+            progress.update(tasks[0], completed=done)
+
+        try:
+            report = bench_console(db, images, users, duration, seed, progress=seeded)
+        except (AivdError, RuntimeError) as error:
+            raise fail(str(error)) from None
+    print(json.dumps(report))
+
+
 @bench_app.command("service-abuse")
 def bench_service_abuse_command(
     seconds: float = typer.Option(20.0, min=1.0, help="Seconds per phase."),

@@ -80,13 +80,13 @@ images = Table(
 defects = Table(
     "defects", metadata,
     Column("id", Integer, primary_key=True),
-    Column("image_row_id", Integer, ForeignKey("images.id"), nullable=False, index=True),
+    Column("image_row_id", Integer, ForeignKey("images.id"), nullable=False),
     Column("rejected", Boolean, nullable=False),  # an edge candidate the cloud judged not to be a defect
     Column("x1", Float, nullable=False),
     Column("y1", Float, nullable=False),
     Column("x2", Float, nullable=False),
     Column("y2", Float, nullable=False),
-    Column("defect_type", String(64), nullable=False, index=True),
+    Column("defect_type", String(64), nullable=False),
     Column("confidence", Float, nullable=False),
     Column("source", String(255), nullable=False),
     Column("edge_type", String(64)),
@@ -97,6 +97,13 @@ defects = Table(
     Column("recommended_action", Text),
     Column("measurements", Text),
     Column("offload", Text),  # JSON: whether the region went to the cloud and why (null in older databases)
+    # Two covering indexes, so that the console's filters and the review queue read index entries, never rows, over
+    # a million defects (docs/BENCHMARKS.md, "Console under load"). The first answers "does image N have a defect
+    # matching ..." (SQLite's correlated EXISTS, PostgreSQL's merge semi-join) and groups per image for the queue;
+    # it is also the index for joining on image_row_id. The second finds the defects of a class, severity and
+    # confidence range first (PostgreSQL's hash semi-join for a selective filter) and lists the classes.
+    Index("defects_image_filter", "image_row_id", "rejected", "defect_type", "severity", "confidence", "edge_type", "source"),
+    Index("defects_class_filter", "defect_type", "severity", "confidence", "rejected", "image_row_id"),
 )
 
 # `aivd watch`'s journal (aivd.intake.watch): each file that landed in the watched folder, by path, size and
