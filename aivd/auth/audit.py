@@ -17,8 +17,7 @@ from typing import Any
 from sqlalchemy import select
 
 from aivd.core.errors import AivdError
-from aivd.store import ResultStore
-from aivd.store.database import audit_log
+from aivd.store.database import StoreBacked, audit_log
 
 ACTIONS = frozenset({
     "login", "login_failed", "login_locked", "logout", "review", "promote", "rollback",
@@ -50,21 +49,8 @@ class AuditEntry:
     remote_addr: str | None
 
 
-class AuditLog:
+class AuditLog(StoreBacked):
     """The audit log in the result database at a SQLAlchemy URL."""
-
-    def __init__(self, url: str) -> None:
-        self._store = ResultStore(url)
-        self.url = self._store.url
-
-    def __enter__(self) -> AuditLog:
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self._store.close()
 
     def record(self, actor: str, action: str, target: str | None = None, detail: dict[str, Any] | None = None,
                remote_addr: str | None = None) -> None:

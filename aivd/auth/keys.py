@@ -19,8 +19,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import func, select, update
 
 from aivd.core.errors import AivdError
-from aivd.store import ResultStore
-from aivd.store.database import api_keys
+from aivd.store.database import StoreBacked, api_keys
 
 ROLES = ("viewer", "operator", "admin")  # each role may do what the ones before it may
 PREFIX = "aivd"
@@ -55,21 +54,8 @@ def _split(key: str) -> tuple[str, str] | None:
     return parts[1], parts[2]
 
 
-class ApiKeys:
+class ApiKeys(StoreBacked):
     """The keys in the result database at a SQLAlchemy URL (its schema brought up to date, as every store does)."""
-
-    def __init__(self, url: str) -> None:
-        self._store = ResultStore(url)
-        self.url = self._store.url
-
-    def __enter__(self) -> ApiKeys:
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self._store.close()
 
     def create(self, role: str, label: str | None = None) -> str:
         """A new key with `role`; the returned text is the only time its secret exists outside the caller."""

@@ -16,8 +16,7 @@ from datetime import datetime, timedelta, timezone
 from sqlalchemy import delete, select
 
 from aivd.auth.users import User
-from aivd.store import ResultStore
-from aivd.store.database import sessions, users
+from aivd.store.database import StoreBacked, sessions, users
 
 
 @dataclass(frozen=True)
@@ -33,22 +32,12 @@ def _digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-class Sessions:
+class Sessions(StoreBacked):
     """Sessions in the result database at a SQLAlchemy URL, each lasting `ttl_s` from sign-in."""
 
     def __init__(self, url: str, ttl_s: float = 8 * 3600) -> None:
-        self._store = ResultStore(url)
-        self.url = self._store.url
+        super().__init__(url)
         self.ttl_s = ttl_s
-
-    def __enter__(self) -> Sessions:
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self._store.close()
 
     def start(self, user: User) -> tuple[str, str]:
         """A new session for `user`: its token (for the cookie) and its CSRF token. Expired sessions are deleted

@@ -20,8 +20,7 @@ from sqlalchemy.exc import IntegrityError
 
 from aivd.auth.keys import ROLES
 from aivd.core.errors import AivdError
-from aivd.store import ResultStore
-from aivd.store.database import users
+from aivd.store.database import StoreBacked, users
 
 USERNAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 MIN_PASSWORD = 12  # NIST SP 800-63B asks for at least 8; these accounts can promote models and read every image
@@ -65,21 +64,8 @@ def check_account(username: str, role: str) -> None:
         raise UserError(f"unknown role {role!r}: choose one of {', '.join(ROLES)}")
 
 
-class Users:
+class Users(StoreBacked):
     """The accounts in the result database at a SQLAlchemy URL (its schema brought up to date, as every store does)."""
-
-    def __init__(self, url: str) -> None:
-        self._store = ResultStore(url)
-        self.url = self._store.url
-
-    def __enter__(self) -> Users:
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self._store.close()
 
     def create(self, username: str, password: str, role: str) -> User:
         """A new enabled user; UserError for a bad username, a short password, an unknown role or a taken name."""

@@ -362,7 +362,7 @@ def online_pass(pipeline: EdgeCloudPipeline, stream, phase: DriftPhase, filter_n
     if settings.review_share and settings.cloud_update and isinstance(pipeline.analyzer, BuiltinAnalyzer):
         from aivd.training.cloud_update import CloudLearner
 
-        served_classifier = pipeline.analyzer.classifier.path  # served again after the pass
+        served_classifier = (pipeline.analyzer, pipeline.analyzer.classifier.path)  # served again after the pass
         cloud = CloudLearner(ModelStore(settings.workdir / "cloud-models"), pipeline.analyzer, settings.workdir, config)
     updater = OnlineUpdater(store, settings.workdir, config, trigger=UpdateTrigger(settings.trigger),
                             train_window=settings.train_window, cloud=cloud)
@@ -388,7 +388,8 @@ def online_pass(pipeline: EdgeCloudPipeline, stream, phase: DriftPhase, filter_n
         if reviewer is not None:
             reviewer.close()
         if served_classifier is not None:
-            pipeline.analyzer.swap_classifier(served_classifier)
+            analyzer, classifier = served_classifier
+            analyzer.swap_classifier(classifier)
     reviews = None if reviewer is None else {"share": settings.review_share, "images": len(reviewer.picked),
                                              "after_drift": sum(p >= phase.start for p in reviewer.picked)}
     return {"updates": updater.updates, "offload_ratio": round(sent_regions / max(regions, 1), 4), "reviews": reviews,

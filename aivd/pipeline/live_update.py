@@ -43,6 +43,7 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Info, start_http_server
@@ -53,6 +54,9 @@ from aivd.core.errors import AivdError
 from aivd.pipeline.engine import EdgeCloudPipeline, ImageResult
 from aivd.pipeline.learning import learn_from, regions_sent
 from aivd.schema.records import InspectionRecord
+
+if TYPE_CHECKING:  # imported where used: the review package reads the result database
+    from aivd.review.learning import ReviewFeed
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +145,7 @@ class LiveLearner:
     def __init__(self, updater, queue_size: int = 16, wait: bool = False, metrics: LiveMetrics | None = None,
                  on_close=()) -> None:
         self.updater, self.wait, self.metrics = updater, wait, metrics
-        self.reviews = None  # a ReviewFeed, once `follow_reviews` names the run's database
+        self.reviews: ReviewFeed | None = None  # a ReviewFeed, once `follow_reviews` names the run's database
         self.observed = self.dropped = 0
         self._queue: queue.Queue[_Handed | None] = queue.Queue(maxsize=queue_size)
         self._full_labels = updater.wants_full_labels()  # written by the worker only
@@ -155,8 +159,9 @@ class LiveLearner:
         over the first image."""
         from aivd.review.learning import ReviewFeed
 
-        self.reviews = ReviewFeed(url, labels)
-        self._on_close.append(self.reviews.close)
+        feed = ReviewFeed(url, labels)
+        self.reviews = feed
+        self._on_close.append(feed.close)
 
     def wants_full_labels(self) -> bool:
         """Whether a validation image is due; read by the edge's thread, never blocks."""

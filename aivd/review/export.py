@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from aivd.core import Detections, LabelMap
+from aivd.core import LabelMap
 from aivd.data.coco import format_coco_annotations
 from aivd.data.images import ImageError, read_image_size
 from aivd.data.templates import TEMPLATE_SUFFIX, TEST_SUFFIX
@@ -36,9 +36,6 @@ def _stem(review: Review) -> str:
     return f"{review.image_row_id}-{re.sub(r'[^A-Za-z0-9._-]', '_', review.image_id)}"
 
 
-def _truth(review: Review, labels: LabelMap) -> Detections:
-    return Detections([label.bbox for label in review.labels], [1.0] * len(review.labels),
-                      [labels.id(label.defect_type) for label in review.labels], labels)
 
 
 def export_dataset(url: str, out_dir: str | Path, fmt: str, run_id: int | None = None) -> dict:
@@ -64,7 +61,7 @@ def export_dataset(url: str, out_dir: str | Path, fmt: str, run_id: int | None =
             width, height = read_image_size(review.image)
         except ImageError as error:
             raise ReviewError(f"image {review.image_row_id} cannot be exported: {error}") from None
-        items.append((review, _truth(review, labels), width, height))
+        items.append((review, review.detections(labels), width, height))
     write(out, items, labels)
     return {"format": fmt, "images": len(items), "boxes": sum(len(truth) for _, truth, _, _ in items), "classes": names,
             "data": str(out)}

@@ -48,17 +48,12 @@ class ReviewFeed:
             except ImageError as error:  # moved or deleted since it was inspected: nothing to learn from
                 log.warning("review %s of image %s not learnt from: %s", review.id, review.image_row_id, error)
                 continue
-            labels = self.labelled(review)
+            labels = review.detections(self.labels)
             record = updater.observe_review(review.image_id, image, template, labels, self.negatives(review, labels), position)
             if record is not None:
                 records.append(record)
         return records
 
-    def labelled(self, review: Review) -> Detections:
-        """The review's boxes of the model's classes (a class the model lacks cannot be taught to it)."""
-        kept = [label for label in review.labels if label.defect_type in self.labels.names]
-        return Detections([label.bbox for label in kept], [1.0] * len(kept), [self.labels.id(label.defect_type) for label in kept],
-                          self.labels)
 
     def negatives(self, review: Review, labels: Detections) -> np.ndarray:
         candidates = self.store.machine_boxes(review.image_row_id)

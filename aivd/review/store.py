@@ -16,12 +16,13 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import numpy as np
-from sqlalchemy import and_, case, func, select
+from sqlalchemy import ColumnElement, and_, case, func, select
 
+from aivd.core import Detections, LabelMap
 from aivd.core.errors import AivdError
 from aivd.data.dataset import PIXEL_TOLERANCE
 from aivd.data.images import ImageError, read_image_size
-from aivd.store.database import ResultStore, defects, images, reviews, runs
+from aivd.store.database import StoreBacked, defects, images, reviews, runs
 
 VERDICTS = ("accepted", "corrected", "good")
 
@@ -54,6 +55,13 @@ class Review:
     image_id: str
     image: str
     template: str | None
+
+    def detections(self, classes: LabelMap) -> Detections:
+        """The review's boxes as Detections of `classes` (score 1); a box of a class `classes` lacks is left out,
+        since a model cannot be taught a class it does not have."""
+        kept = [label for label in self.labels if label.defect_type in classes.names]
+        return Detections(np.array([label.bbox for label in kept], np.float32).reshape(-1, 4), np.ones(len(kept), np.float32),
+                          np.array([classes.id(label.defect_type) for label in kept], np.int64), classes)
 
 
 @dataclass(frozen=True)
@@ -89,28 +97,18 @@ def _audit_offset(seed: int) -> int:
 RESCAN_IDS = 1_000
 
 
-class ReviewStore:
+class ReviewStore(StoreBacked):
     """Reviews in the result database at a SQLAlchemy URL (brought up to date like every store); a context manager."""
 
     def __init__(self, url: str) -> None:
-        self._results = ResultStore(url)
-        self.url = self._results.url
-        self._errors, self._engine = self._results.errors, self._results.engine
+        super().__init__(url)
+        self._errors, self._engine = self._store.errors, self._store.engine
         # The queue's scores per image row id: (run id, uncertainty, classes differ, cloud rejected a box, their sum). An image's
         # row and its defects are written in one transaction and never change, so a score holds once computed; the
         # queue scores only the rows stored since (`_score_new_images`). Threads of a web server may share the store.
         self._scores: dict[int, tuple[int, float, bool, bool, float]] = {}
         self._newest_scored = 0
         self._scoring = threading.Lock()
-
-    def __enter__(self) -> ReviewStore:
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self._results.close()
 
     def add(self, image_row_id: int, reviewer: str, verdict: str, labels=None, note: str | None = None) -> int:
         """Store one review of image row `image_row_id`; returns its id. `labels` are `ReviewLabel`s or dicts
@@ -136,7 +134,7 @@ class ReviewStore:
             result = connection.execute(reviews.insert().values(
                 image_row_id=image_row_id, reviewer=reviewer.strip(), reviewed_at=datetime.now(timezone.utc), verdict=verdict,
                 labels=json.dumps([label.as_json() for label in checked]), note=note))
-            return result.inserted_primary_key[0]
+            return result.inserted_primary_key[0]  # type: ignore[index]  # an insert of one row always has its key
 
     def _checked(self, image_row_id: int, run_id: int, path: str, labels, machine_ids: set[int]) -> list[ReviewLabel]:
         classes = set(self.known_classes(run_id))
@@ -179,7 +177,7 @@ class ReviewStore:
             if classes:
                 return list(classes)
             in_run = defects.c.image_row_id.in_(select(images.c.id).where(images.c.run_id == run_id))
-            found = connection.execute(select(defects.c.defect_type).where(in_run).distinct()).scalars().all()
+            found = list(connection.execute(select(defects.c.defect_type).where(in_run).distinct()).scalars())
             found += connection.execute(select(defects.c.edge_type).where(in_run, defects.c.edge_type.is_not(None)).distinct()).scalars().all()
         return sorted(set(found))
 
@@ -210,7 +208,7 @@ class ReviewStore:
     def current_reviews(self, run_id: int | None = None) -> list[Review]:
         """Each reviewed image's newest review (of run `run_id`, or of every run), in image order."""
         newest = select(func.max(reviews.c.id)).group_by(reviews.c.image_row_id)
-        condition = reviews.c.id.in_(newest)
+        condition: ColumnElement[bool] = reviews.c.id.in_(newest)
         if run_id is not None:
             condition = and_(condition, images.c.run_id == run_id)
         return sorted(self._reviews(condition), key=lambda review: review.image_row_id)

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import Self
 
 from sqlalchemy import (
     BigInteger,
@@ -436,3 +437,22 @@ class ResultStore:
             )
             for row in image_rows
         ]
+
+
+class StoreBacked:
+    """Base of the classes that keep tables of their own in the result database at a SQLAlchemy URL (API keys,
+    users, sessions, the audit log, reviews): each opens a ResultStore, which brings the schema up to date, and is a
+    context manager that closes it."""
+
+    def __init__(self, url: str) -> None:
+        self._store = ResultStore(url)
+        self.url = self._store.url
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._store.close()

@@ -105,9 +105,11 @@ class CloudLearner:
     def __init__(self, store: ModelStore, analyzer, workdir: Path, config: LearnerConfig = LearnerConfig(),
                  train: Callable[..., CloudUpdate] = update_cloud_classifier) -> None:
         self.store, self.analyzer, self.workdir, self.config, self.train = store, analyzer, Path(workdir), config, train
-        if store.current() is None:
-            store.promote(store.publish(analyzer.classifier.path, metrics={"source": "served"}))
-        analyzer.swap_classifier(store.detector_path(store.current()))
+        served = store.current()
+        if served is None:
+            served = store.publish(analyzer.classifier.path, metrics={"source": "served"})
+            store.promote(served)
+        analyzer.swap_classifier(store.detector_path(served))
         self.updates = 0
         self._watch: tuple[str, str, int] | None = None  # (promoted version, its parent, reviewed images at the promotion)
 
@@ -115,13 +117,14 @@ class CloudLearner:
         """The records of what happened: a rollback of the last promotion, and an update (none without reviews)."""
         records = []
         if self._watch is not None:
-            records += self._check(buffer, position)
+            records += self._check(self._watch, buffer, position)
         train, validation = buffer.split()
         train = [item for item in train if item.trust == HUMAN]
         validation = [item for item in validation if item.trust == HUMAN]
         if not train or not validation:
             return records
         parent = self.store.current()
+        assert parent is not None, "the store has a current version from __init__ on"
         self.updates += 1
         update = self.train(self.store.detector_path(parent), train, validation,
                                          self.workdir / f"cloud-candidate-{self.updates}", self.config)
@@ -136,8 +139,8 @@ class CloudLearner:
                         "parent": parent, **{k: v for k, v in summary.items() if k != "classifier"}})
         return records
 
-    def _check(self, buffer: ReplayBuffer, position: int | None) -> list[dict]:
-        version, parent, seen = self._watch
+    def _check(self, watch: tuple[str, str, int], buffer: ReplayBuffer, position: int | None) -> list[dict]:
+        version, parent, seen = watch
         fresh = list(buffer.reviewed)[len(buffer.reviewed) - min(buffer.reviewed_added - seen, len(buffer.reviewed)):]
         if not any(len(item.labels) or len(item.rejected) for item in fresh):
             return []  # nothing reviewed since: keep watching
