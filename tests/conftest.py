@@ -112,11 +112,11 @@ def dets(boxes, scores=None, classes=None) -> Detections:
     return Detections(boxes, scores, classes, DEEPPCB_CLASSES)
 
 
-def aivd(*args, rc=0, timeout: float = 300, input: str | None = None) -> subprocess.CompletedProcess:
-    """The `aivd` command run in a subprocess, as a user runs it, with `input` on its stdin; its exit code must be
-    `rc` (None: any)."""
+def aivd(*args, rc=0, timeout: float = 300, input: str | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """The `aivd` command run in a subprocess, as a user runs it, with `input` on its stdin and `env` added to its
+    environment; its exit code must be `rc` (None: any)."""
     run = subprocess.run([sys.executable, "-m", "aivd.cli.main", *map(str, args)], capture_output=True, text=True, timeout=timeout,
-                         input=input)
+                         input=input, env={**os.environ, **(env or {})})
     assert rc is None or run.returncode == rc, run.stderr[-2000:]
     return run
 

@@ -65,3 +65,9 @@ def test_keys_create_and_revoke_are_audited_without_the_key(url):
         entries = audit.entries()
     assert [(entry.action, entry.target) for entry in entries] == [("key_revoked", key_id), ("key_created", key_id)]
     assert entries[1].detail == {"role": "viewer", "label": "edge 1"} and key.split("_", 2)[2] not in str(entries)
+
+
+def test_the_database_url_may_come_from_aivd_db_so_that_its_password_stays_out_of_ps(url):
+    aivd("keys", "create", "--role", "viewer", env={"AIVD_DB": url})
+    assert len(aivd("keys", "list", env={"AIVD_DB": url}).stdout.splitlines()) == 1
+    assert "--db" in aivd("keys", "list", env={"AIVD_DB": ""}, rc=2).stderr

@@ -280,7 +280,7 @@ def bench_console(url: str, n_images: int, users: int = 10, duration_s: float = 
         key = keys.create("operator", label="aivd bench console")
     port = free_port()
     try:
-        with aivd_server(["serve", "console", "--db", url, "--port", str(port)], port):
+        with aivd_server(["serve", "console", "--port", str(port)], port, env={"AIVD_DB": url}):
             _warm_up(f"http://127.0.0.1:{port}", key, scope.last_image)
             # locust patches the standard library for gevent when imported: only here, in the benchmark's own process.
             import gevent

@@ -19,13 +19,14 @@ def free_port() -> int:
 
 
 @contextmanager
-def aivd_server(args: list[str], port: int, start_timeout_s: float = 60.0) -> Iterator[subprocess.Popen]:
+def aivd_server(args: list[str], port: int, start_timeout_s: float = 60.0, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen]:
     """`aivd ARGS` (a server listening on 127.0.0.1:`port`) in a subprocess, once it accepts connections; stopped
-    on exit. RuntimeError, with the last line the server printed, when it exits or does not listen in time."""
+    on exit. RuntimeError, with the last line the server printed, when it exits or does not listen in time. `env`
+    adds to its environment: the way to hand it a secret, which its arguments would show to `ps`."""
     what = "aivd " + " ".join(args[:2])
     with tempfile.TemporaryFile("w+") as log:  # its messages, read back only to say why it did not start
         server = subprocess.Popen([sys.executable, "-m", "aivd.cli.main", *args], stdout=subprocess.DEVNULL, stderr=log,
-                                  env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                  env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
         try:
             deadline = time.monotonic() + start_timeout_s
             while True:

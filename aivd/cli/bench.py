@@ -239,7 +239,7 @@ def bench_hostile_inputs_command(
 
 @bench_app.command("console")
 def bench_console_command(
-    db: str = typer.Option(..., "--db", help="SQLAlchemy URL of the result database to seed (unless it holds --images already) and serve."),
+    db: str = typer.Option(..., "--db", envvar="AIVD_DB", help="SQLAlchemy URL of the result database to seed (unless it holds --images already) and serve."),
     images: int = typer.Option(100_000, "--images", min=1, help="Inspected images the database is seeded up to, about ten defects each."),
     users: int = typer.Option(10, "--users", min=1, help="Concurrent locust users: a live screen for every three operators."),
     duration: float = typer.Option(60.0, "--duration", min=1.0, help="Seconds of load."),

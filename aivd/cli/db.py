@@ -9,7 +9,7 @@ db_app = typer.Typer(help="The result database: bring its schema up to date.", n
 
 @db_app.command("upgrade")
 def upgrade_command(
-    db: str = typer.Option(..., "--db", help="SQLAlchemy URL of the result database, e.g. sqlite:///out/aivd.sqlite or postgresql+psycopg://user:password@host/aivd."),
+    db: str = typer.Option(..., "--db", envvar="AIVD_DB", help="SQLAlchemy URL of the result database, e.g. sqlite:///out/aivd.sqlite or postgresql+psycopg://user:password@host/aivd."),
 ) -> None:
     """Migrate a result database to this aivd's newest schema revision, keeping its rows (every command that opens
     the database does the same first); prints the revision it was at and the one it is at now."""

@@ -13,7 +13,7 @@ DB_HELP = "SQLAlchemy URL of the result database that holds the keys, e.g. sqlit
 @keys_app.command("create")
 def create(
     role: str = typer.Option(..., "--role", help="viewer (metrics), operator (also analyses) or admin."),
-    db: str = typer.Option(..., "--db", help=DB_HELP),
+    db: str = typer.Option(..., "--db", envvar="AIVD_DB", help=DB_HELP),
     label: Optional[str] = typer.Option(None, "--label", help="Whose key this is, for `aivd keys list`."),
 ) -> None:
     """Create a key and print it as the last line: it is shown this once (only its hash is stored)."""
@@ -33,7 +33,7 @@ def create(
 
 
 @keys_app.command("list")
-def list_keys(db: str = typer.Option(..., "--db", help=DB_HELP)) -> None:
+def list_keys(db: str = typer.Option(..., "--db", envvar="AIVD_DB", help=DB_HELP)) -> None:
     """Every key's id, role, label, creation and revocation time (never the key or its hash)."""
     from aivd.auth.keys import ApiKeys
     from aivd.cli.ui import fail, shown
@@ -52,7 +52,7 @@ def list_keys(db: str = typer.Option(..., "--db", help=DB_HELP)) -> None:
 @keys_app.command("revoke")
 def revoke(
     key_id: str = typer.Argument(..., help="The key's id: the part between `aivd_` and the next underscore."),
-    db: str = typer.Option(..., "--db", help=DB_HELP),
+    db: str = typer.Option(..., "--db", envvar="AIVD_DB", help=DB_HELP),
 ) -> None:
     """Revoke a key: a running service refuses it within a minute (it remembers verified keys that long)."""
     from aivd.auth.audit import AuditLog, command_line_actor

@@ -19,7 +19,7 @@ def cluster(
     policy: Optional[str] = typer.Option(None, help="Override the config's routing policy (aivd, ect, jsq, p2c, rr, sra, random, ray)."),
     port: Optional[int] = typer.Option(None, min=1, max=65535, help="Override the config's HTTP port."),
     db: Optional[str] = typer.Option(
-        None, "--db", help="Override the config's keys_db: the result database holding API keys (`aivd keys create`)."),
+        None, "--db", envvar="AIVD_DB", help="Override the config's keys_db: the result database holding API keys (`aivd keys create`)."),
     insecure: bool = typer.Option(False, "--insecure", help="Serve a non-loopback host without API keys."),
 ) -> None:
     """Serve the edge-cloud pipeline on Ray Serve: POST /v1/inspect, /v1/inspect/batch, GET /healthz, /v1/router, /docs.
@@ -96,7 +96,7 @@ def cloud(
     read_timeout: float = typer.Option(30.0, min=0.1, help="Seconds a client has to send a whole request; then the connection is closed."),
     max_connections: int = typer.Option(4096, min=16, help="Connections at once; more are answered 503."),
     db: Optional[str] = typer.Option(
-        None, "--db", help="Result database holding API keys (`aivd keys create`): once it has one, every endpoint but /healthz needs one."),
+        None, "--db", envvar="AIVD_DB", help="Result database holding API keys (`aivd keys create`): once it has one, every endpoint but /healthz needs one."),
     insecure: bool = typer.Option(False, "--insecure", help="Serve a non-loopback --host without API keys."),
     tls_cert: Optional[Path] = TLS_CERT,
     tls_key: Optional[Path] = TLS_KEY,
@@ -130,7 +130,7 @@ def cloud(
 
 @serve_app.command("console")
 def console(
-    db: str = typer.Option(..., "--db", help="The inspection database's URL (sqlite:///out/aivd.sqlite, postgresql+psycopg://...)."),
+    db: str = typer.Option(..., "--db", envvar="AIVD_DB", help="The inspection database's URL (sqlite:///out/aivd.sqlite, postgresql+psycopg://...)."),
     host: str = typer.Option("127.0.0.1", help="Address to listen on; 0.0.0.0 for every interface (needs a user or key, or --insecure)."),
     port: int = typer.Option(8090, min=0, max=65535, help="TCP port; 0 picks a free one."),
     model_store: Optional[Path] = typer.Option(

@@ -14,7 +14,7 @@ DB_HELP = "SQLAlchemy URL of the result database that holds the accounts, e.g. s
 def create(
     username: str = typer.Argument(..., help="1 to 64 letters, digits, '_', '.' or '-'."),
     role: str = typer.Option(..., "--role", help="viewer (looks), operator (also reviews) or admin (also promotes and rolls back)."),
-    db: str = typer.Option(..., "--db", help=DB_HELP),
+    db: str = typer.Option(..., "--db", envvar="AIVD_DB", help=DB_HELP),
     password_stdin: bool = typer.Option(
         False, "--password-stdin", help="Read the password from the first line of stdin instead of asking for it twice."),
 ) -> None:
@@ -44,7 +44,7 @@ def create(
 
 
 @users_app.command("list")
-def list_users(db: str = typer.Option(..., "--db", help=DB_HELP)) -> None:
+def list_users(db: str = typer.Option(..., "--db", envvar="AIVD_DB", help=DB_HELP)) -> None:
     """Every user's name, role, creation and disabling time (never a password or its hash)."""
     from aivd.auth.users import Users
     from aivd.cli.ui import fail
@@ -63,7 +63,7 @@ def list_users(db: str = typer.Option(..., "--db", help=DB_HELP)) -> None:
 @users_app.command("disable")
 def disable(
     username: str = typer.Argument(..., help="The user to disable."),
-    db: str = typer.Option(..., "--db", help=DB_HELP),
+    db: str = typer.Option(..., "--db", envvar="AIVD_DB", help=DB_HELP),
 ) -> None:
     """Disable a user: they cannot sign in again, and their open sessions end at their next request."""
     from aivd.auth.audit import AuditLog, command_line_actor
