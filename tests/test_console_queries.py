@@ -134,6 +134,18 @@ def test_counts_stop_at_the_limit(filled, monkeypatch):
         assert (exact.total, exact.total_capped) == (4, False)
 
 
+def test_a_defect_filter_counts_among_the_newest_images_only(filled, monkeypatch):
+    monkeypatch.setattr(queries, "COUNT_SCAN", 4)
+    with filled.engine.connect() as connection:
+        newest = queries.list_images(connection, ImageFilter(defect_type="open"), limit=2)  # opens: 7, 4, 1
+        assert (ids(newest), newest.total, newest.total_capped) == ([7, 4], 1, True)  # 7 among 10, 9, 8, 7
+        in_run = queries.list_images(connection, ImageFilter(defect_type="open", run_id=2), limit=2)  # 4 images: all read
+        assert (in_run.total, in_run.total_capped) == (1, False)
+        monkeypatch.setattr(queries, "COUNT_LIMIT", 1)
+        many = queries.list_images(connection, ImageFilter(min_confidence=0.5), limit=2)  # 10 and 8 among the newest 4
+        assert (many.total, many.total_capped) == (1, True)
+
+
 def test_an_image_shows_every_region_its_timings_and_reviews(filled):
     with filled.engine.connect() as connection:
         found = queries.image_detail(connection, 2)

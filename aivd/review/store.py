@@ -8,7 +8,6 @@ image when its file can be read for its size, and name one of the run's classes 
 
 from __future__ import annotations
 
-import heapq
 import json
 import math
 import threading
@@ -81,11 +80,12 @@ def _review(row) -> Review:
                   row.run_id, row.image_id, row.image, row.template)
 
 
-def _audit_draw(image_row_id: int, offset: int) -> float:
+def _audit_draw(image_row_ids: np.ndarray, offset: int) -> np.ndarray:
     """A uniform-looking number in [0, 1) per image row id: Knuth's multiplicative hash of the id modulo 2^32, shifted
     by the seed's offset (`_audit_offset`). Drawn per image, not per call, so an image stays in or out of the audit
-    share however the queue is paged or refreshed."""
-    return ((image_row_id * 2654435761 + offset) % 2**32) / 2**32
+    share however the queue is paged or refreshed. In uint64, whose wrap-around keeps the value modulo 2^32."""
+    hashed = image_row_ids.astype(np.uint64) * np.uint64(2654435761) + np.uint64(offset)
+    return (hashed % np.uint64(2**32)) / 2**32
 
 
 def _audit_offset(seed: int) -> int:
@@ -241,25 +241,25 @@ class ReviewStore(StoreBacked):
             raise ReviewError(f"audit share must be in [0, 1], got {audit_share}")
         with self._scoring, self._errors("read"), self._engine.connect() as connection:
             self._score_new_images(connection)
-            reviewed = set(connection.execute(select(reviews.c.image_row_id).distinct()).scalars())
-            scores = [(image, score) for image, score in self._scores.items()
-                      if image not in reviewed and (run_id is None or score[0] == run_id)]
-        offset = _audit_offset(seed)
-
-        def priority(image: int, score) -> tuple[float, bool]:
-            audit = _audit_draw(image, offset) < audit_share
-            return score[4] + 3 * audit, audit
-
-        ranked = heapq.nlargest(limit, scores, key=lambda pair: (priority(*pair)[0], -pair[0]))
+            reviewed = np.fromiter(connection.execute(select(reviews.c.image_row_id).distinct()).scalars(), np.int64)
+            ids = np.fromiter(self._scores, np.int64, len(self._scores))
+            scores = list(self._scores.values())
+        # Ranked in numpy: one Python call per image (its audit draw and sort key) took 150 ms of a 190 ms call on
+        # 100,000 images, as much again under a loaded server's threads.
+        run_ids = np.fromiter((score[0] for score in scores), np.int64, len(scores))
+        summed = np.fromiter((score[4] for score in scores), np.float64, len(scores))
+        audit = _audit_draw(ids, _audit_offset(seed)) < audit_share
+        priority = summed + 3 * audit
+        open_ = np.flatnonzero(~np.isin(ids, reviewed) & ((run_ids == run_id) if run_id is not None else True))
+        ranked = open_[np.lexsort((ids[open_], -priority[open_]))[:limit]]  # by priority, ties to the older image
         items = []
-        for image, score in ranked:
-            value, audit = priority(image, score)
-            _, uncertainty, disagrees, rejected, _ = score
+        for index in ranked:
+            _, uncertainty, disagrees, rejected, _ = scores[index]
             reasons = [f"uncertainty {uncertainty:.2f}"] if uncertainty > 0 else []
             reasons += ["edge and cloud classes differ"] if disagrees else []
             reasons += ["cloud rejected an edge box"] if rejected else []
-            reasons += ["random audit"] if audit else []
-            items.append(QueueItem(image, round(value, 6), tuple(reasons)))
+            reasons += ["random audit"] if audit[index] else []
+            items.append(QueueItem(int(ids[index]), round(float(priority[index]), 6), tuple(reasons)))
         return items
 
     def _score_new_images(self, connection) -> None:
