@@ -75,7 +75,7 @@ class ImagePage(BaseModel):
     items: list[ImageSummary]
     next_after: int | None = Field(description="the `after` of the next page; null on the last")
     total: int
-    total_capped: bool = Field(description="there are more matches than `total` (counting stops there)")
+    total_capped: bool = Field(description="counting stopped early: at least `total` images match, maybe more (a count reads at most 10,000 matches and, for a filter on defects or reviews, the newest 20,000 images its other conditions select)")
 
 
 class ImageDetail(BaseModel):

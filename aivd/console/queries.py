@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 import numpy as np
-from sqlalchemy import and_, exists, func, literal, select
+from sqlalchemy import ColumnElement, and_, exists, func, literal, select
 from sqlalchemy.engine import Connection
 
 from aivd.schema.analysis import Severity
@@ -60,10 +60,10 @@ class ImageFilter:
             where.append(images.c.status == self.status)
         return where
 
-    def probe_conditions(self) -> list:
+    def probe_conditions(self) -> list[ColumnElement[bool]]:
         """The conditions that look up each image's defects or reviews."""
-        where = []
-        defect_where = []
+        where: list[ColumnElement[bool]] = []
+        defect_where: list[ColumnElement[bool]] = []
         if self.defect_type:
             defect_where.append(defects.c.defect_type == self.defect_type)
         if self.severity:
