@@ -1,8 +1,10 @@
 """The operator console against a real uvicorn: its JSON API with httpx, its pages in headless Chromium (Playwright)
 as an operator drives them, and its OpenAPI document fuzzed by schemathesis."""
 
+import html
 import io
 import json
+import re
 import threading
 import zipfile
 from pathlib import Path
@@ -148,8 +150,16 @@ def test_a_review_is_stored_beside_the_machines_answer_and_audited(console):
     assert any(row.target == "image:3" and json.loads(row.detail)["review"] == saved.json()["id"] for row in audited)
 
 
-def test_the_live_view_shows_the_runtimes_router_read_with_its_key(tmp_path):
-    """--runtime: the live view adds what an ingress's /v1/router reports, asked with the console's key for it."""
+NODES = [{"replica": "r7", "node_class": "jetson", "cpu_idle": 0.25, "queue_len": 2, "bandwidth_bps": 12.5e6,
+           "latency_s": 0.004, "score": 0.8126, "age_s": 0.3},
+          {"replica": "r8", "node_class": "pi", "cpu_idle": 1.0, "queue_len": 0, "bandwidth_bps": 2e6,
+           "latency_s": 0.02, "score": None, "age_s": 1.26}]
+NODE_CELLS = [["r7", "jetson", "25", "2", "12.5", "4.0", "0.813", "0.3"], ["r8", "pi", "100", "0", "2.0", "20.0", "", "1.3"]]
+
+
+def fake_runtime(answer: dict):
+    """An ingress's /v1/router as `aivd serve --config` answers it, asking for the key aivd_runtime_key; what it
+    reports is `answer["router"]`, which the test may change."""
     from fastapi import FastAPI, Header, HTTPException
 
     runtime = FastAPI()
@@ -158,16 +168,33 @@ def test_the_live_view_shows_the_runtimes_router_read_with_its_key(tmp_path):
     def router(authorization: str = Header("")):
         if authorization != "Bearer aivd_runtime_key":
             raise HTTPException(401)
-        return {"policy": "aivd", "decisions": 3}
+        return answer["router"]
 
+    return runtime
+
+
+def test_the_live_view_shows_the_runtimes_router_read_with_its_key(tmp_path):
+    """--runtime: the live view adds what an ingress's /v1/router reports, asked with the console's key for it."""
+    answer = {"router": {"policy": "aivd", "decisions": 3, "nodes": NODES}}
     db_url = f"sqlite:///{tmp_path / 'aivd.sqlite'}"
-    with serving(runtime) as runtime_url, Access.from_db(db_url) as access:
+    with serving(fake_runtime(answer)) as runtime_url, Access.from_db(db_url) as access:
         with serving(build_console_app(db_url, access, runtime_url=runtime_url, runtime_key="aivd_runtime_key")) as url:
             live = httpx.get(f"{url}/api/live").json()  # nothing configured, on 127.0.0.1: open
+            page = httpx.get(f"{url}/").text
         with serving(build_console_app(db_url, access, runtime_url=runtime_url)) as url:
             refused = httpx.get(f"{url}/api/live").json()
-    assert (live["runtime"], live["runtime_error"]) == ({"policy": "aivd", "decisions": 3}, None)
+        answer["router"] = {**answer["router"], "nodes": [{**NODES[0], "score": "high"}]}
+        with serving(build_console_app(db_url, access, runtime_url=runtime_url, runtime_key="aivd_runtime_key")) as url:
+            garbled = httpx.get(f"{url}/api/live").json()
+    assert (live["runtime"], live["runtime_error"]) == ({"policy": "aivd", "decisions": 3, "nodes": NODES}, None)
     assert refused["runtime"] is None and "401" in refused["runtime_error"]
+    assert garbled["runtime"] is None and "edge nodes are not as aivd's /v1/router reports them" in garbled["runtime_error"]
+    # The live page: one table row per node, the rest of the report as JSON below it.
+    table = page.split('<tbody data-live="nodes">')[1].split("</tbody>")[0]
+    cells = [re.findall(r"<td>(.*?)</td>", row) for row in table.split("</tr>")[:-1]]
+    assert cells == NODE_CELLS
+    shown = page.split('<pre data-live="runtime">')[1].split("</pre>")[0]
+    assert json.loads(html.unescape(shown)) == {"policy": "aivd", "decisions": 3}
 
 
 def test_the_live_view_shows_each_live_runs_drift_state_from_its_metrics(tmp_path):
@@ -239,6 +266,22 @@ def browser():
             yield launched
         finally:
             launched.close()
+
+
+def test_the_live_page_updates_the_node_table_as_the_runtime_reports(browser, tmp_path):
+    answer = {"router": {"policy": "aivd", "decisions": 1, "nodes": []}}
+    db_url = f"sqlite:///{tmp_path / 'aivd.sqlite'}"
+    with serving(fake_runtime(answer)) as runtime_url, Access.from_db(db_url) as access, \
+            serving(build_console_app(db_url, access, runtime_url=runtime_url, runtime_key="aivd_runtime_key")) as url:
+        page = browser.new_page()
+        page.goto(f"{url}/")
+        assert page.inner_text("[data-live=nodes]").strip() == "none reported"
+        answer["router"] = {"policy": "aivd", "decisions": 9, "nodes": NODES}
+        page.wait_for_function("() => document.querySelectorAll('[data-live=nodes] tr').length === 2", timeout=5000)
+        cells = [row.locator("td").all_inner_texts() for row in page.locator("[data-live=nodes] tr").all()]
+        assert cells == NODE_CELLS
+        assert json.loads(page.inner_text("[data-live=runtime]")) == {"policy": "aivd", "decisions": 9}
+        page.close()
 
 
 def feed(db_url: str, stop: threading.Event) -> None:

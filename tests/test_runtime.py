@@ -2,6 +2,7 @@
 cluster, inspections over HTTP that survive a node being killed mid-run."""
 
 import asyncio
+import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -12,7 +13,7 @@ from conftest import free_port, stop
 
 from aivd.runtime.config import ClusterConfig, ConfigError, load_cluster_config
 from aivd.runtime.emulation import EmulatedNode
-from aivd.runtime.telemetry import node_state
+from aivd.runtime.telemetry import NodeTable, node_state
 from aivd.sim.links import LinkTrace
 from aivd.sim.scenarios import SCENARIOS, LinkProfile
 
@@ -70,6 +71,21 @@ def test_node_state_from_routing_stats():
     assert fresh.healthy and fresh.queue_len == 0 and fresh.cpu_idle == 1.0
 
 
+def test_node_table_keeps_each_replicas_last_state_and_forgets_the_long_unseen():
+    table = NodeTable(forget_s=10.0)
+    first = [node_state("r1", {"cpu_idle": 0.5}, 2, 4, 0.5, 0.0), node_state("r2", {}, 0, 4, 0.5, 0.0)]
+    table.record(first, {"r1": "fast", "r2": "slow"}, {"r1": 0.7}, now=100.0)
+    table.record([node_state("r1", {"cpu_idle": 0.25}, 3, 4, 0.5, 0.0)], {"r1": "fast"}, {"r1": 0.6}, now=105.0)
+    assert table.rows(now=106.0) == [
+        {"replica": "r1", "node_class": "fast", "cpu_idle": 0.25, "queue_len": 3, "bandwidth_bps": 1e12, "latency_s": 0.0,
+         "score": 0.6, "age_s": 1.0},
+        {"replica": "r2", "node_class": "slow", "cpu_idle": 1.0, "queue_len": 0, "bandwidth_bps": 1e12, "latency_s": 0.0,
+         "score": None, "age_s": 6.0},  # a policy without scores, or a replica it did not score
+    ]
+    assert [row["replica"] for row in table.rows(now=112.0)] == ["r1"]  # r2 unseen for 12 s > 10 s: gone
+    assert table.rows(now=116.0) == []
+
+
 def test_emulated_link_charges_the_real_payload_at_the_trace_bandwidth():
     profile = LinkProfile(kind="stable", bandwidth_bps=1_000_000, latency_s=0.02)
     node = EmulatedNode(link=profile, seed=0)
@@ -112,6 +128,7 @@ def test_router_penalises_a_replica_reporting_errors_and_its_floor_still_feeds_i
 
     from ray.serve._private.common import DeploymentHandleSource, DeploymentID, ReplicaID
 
+    from aivd.runtime import telemetry
     from aivd.runtime.router import PolicyRequestRouter
 
     deployment = DeploymentID(name="edge", app_name="aivd")
@@ -123,7 +140,7 @@ def test_router_penalises_a_replica_reporting_errors_and_its_floor_still_feeds_i
     # Ray's RunningReplica needs a live actor behind it; the router reads only these two attributes.
     def replica(name: str, **stats):
         return SimpleNamespace(replica_id=ReplicaID(unique_id=name, deployment_id=deployment),
-                               routing_stats={"time": now, "cpu_idle": 1.0, "service_s": 0.1, **stats})
+                               routing_stats={"time": now, "node_class": "fast", "cpu_idle": 1.0, "service_s": 0.1, **stats})
 
     healthy, erroring = replica("healthy"), replica("erroring", errors=2)
 
@@ -136,6 +153,10 @@ def test_router_penalises_a_replica_reporting_errors_and_its_floor_still_feeds_i
     # Passed over max_skips = 3 times in a row: the floor gives the erroring replica the next request.
     assert choose() == [["erroring"], ["healthy"]]
     assert choose() == [["healthy"], ["erroring"]]
+    # What it routed on is the ingress's node table, the penalty in the scores.
+    seen = {row["replica"]: row for row in telemetry.NODES.rows() if row["replica"] in ("healthy", "erroring")}
+    assert {name: row["node_class"] for name, row in seen.items()} == {"healthy": "fast", "erroring": "fast"}
+    assert seen["healthy"]["score"] == pytest.approx(2 * seen["erroring"]["score"])  # gamma = 0.5
 
 
 def bound_deployments(app) -> dict:
@@ -395,6 +416,9 @@ def test_cluster_inspects_over_http_survives_a_killed_node_and_swaps_models(ray_
 
     router = httpx.get(f"{url}/v1/router").json()
     assert router["policy"] == "ect" and router["decisions"] >= len(stems) and router["median_ms"] < 5
+    # Its edge nodes, the killed one until forgotten (the new one's class unknown until its first report): ect gives no score.
+    assert len(router["nodes"]) >= 3 and {n["node_class"] for n in router["nodes"]} <= {"fast", "slow", None}
+    assert {n["score"] for n in router["nodes"]} == {None}
 
     # The same figures reach Prometheus through Ray Serve's metrics: every live node exports its replicas' metrics.
     # The killed node's replica took its counts with it, so only the ingress's router decisions must reach them all.
@@ -535,8 +559,8 @@ def test_cluster_ingress_needs_a_key_from_its_database_except_for_healthz(ray_cl
     url = f"sqlite:///{tmp_path / 'keys.sqlite'}"
     with ApiKeys(url) as keys:
         viewer, operator = keys.create("viewer"), keys.create("operator")
-    config = ClusterConfig.model_validate({
-        "edge": [{"name": "fast", "replicas": 1}], "port": serve_port, "edge_resources": {"aivd_edge": 1},
+    config = ClusterConfig.model_validate({  # the default policy, aivd, whose scores /v1/router shows
+        "edge": [{"name": "fast", "replicas": 2}], "port": serve_port, "edge_resources": {"aivd_edge": 1},
         "cloud_resources": {"aivd_head": 0.01}, "ingress_resources": {"aivd_head": 0.01}, "keys_db": url,
     })
     base = deploy(config)
@@ -558,8 +582,14 @@ def test_cluster_ingress_needs_a_key_from_its_database_except_for_healthz(ray_cl
     assert call("GET", "/v1/router", viewer).status_code == 200
     refused = call("POST", "/v1/inspect", viewer, files=broken)
     assert refused.status_code == 403 and "viewer" in refused.json()["detail"] and viewer not in refused.text
-    inspected = call("POST", "/v1/inspect", operator, files=broken)
-    assert inspected.status_code == 200 and inspected.json()["status"] == "error"  # through to the edge, which refused the bytes
+    inspected = [call("POST", "/v1/inspect", operator, files=broken) for _ in range(6)]
+    assert all(r.status_code == 200 and r.json()["status"] == "error" for r in inspected)  # through to the edge, which refused the bytes
+
+    # The router lists each edge replica it routed on, with the aivd score it gave it.
+    nodes = [n for n in call("GET", "/v1/router", viewer).json()["nodes"] if n["age_s"] < 30]
+    served = {r.json()["edge_node"] for r in inspected}
+    assert len(nodes) == 2 and served <= {f"{n['node_class']}/{n['replica']}" for n in nodes}, (nodes, served)
+    assert all(isinstance(n["score"], float) and math.isfinite(n["score"]) for n in nodes)
 
 
 def test_a_public_cluster_host_without_keys_is_refused_before_ray_starts(tmp_path):

@@ -121,6 +121,25 @@ def test_aivd_floor_stops_starvation():
     assert picks.count("worst") == 3 and picks[5] == "worst"
 
 
+def test_aivd_scores_come_with_the_same_choices_and_rank_the_nodes():
+    config = AivdConfig(max_skips=4)
+    generator = rng(3)
+    runs = [[node(f"n{i}", queue_len=int(q), cpu_idle=float(u)) for i, (q, u) in enumerate(zip(generator.integers(0, 9, 4),
+                                                                                               generator.random(4)))]
+            for _ in range(40)]
+    plain, scored = AivdScore(config), AivdScore(config)
+    plain_rng, scored_rng = rng(5), rng(5)
+    for states in runs:  # smoothing and the starvation floor carry over: the two must stay in step throughout
+        chosen, scores = scored.choose_scored(TASK, states, scored_rng)
+        assert chosen == plain.choose(TASK, states, plain_rng)
+        assert set(scores) == {s.node_id for s in states}
+    fresh = AivdScore(AivdConfig(a=0, b=1, d=0, e=0))
+    queues = [node("short", queue_len=0), node("mid", queue_len=3), node("long", queue_len=6), node("down", healthy=False)]
+    chosen, scores = fresh.choose_scored(TASK, queues, rng())
+    assert chosen == "short" and list(scores) == ["short", "mid", "long"]  # an unhealthy node is not scored
+    assert scores["short"] > scores["mid"] > scores["long"] and scores["short"] == pytest.approx(1.0)
+
+
 def test_every_policy_is_deterministic_for_a_seed():
     states = [node(f"n{i}", cpu_idle=i / 10, queue_len=i % 3, latency_s=0.01 * (i + 1)) for i in range(6)]
     for name in POLICIES:

@@ -137,6 +137,19 @@ class LineMetrics(BaseModel):
     updates: dict[str, int] = Field({}, description="online updates of the edge model by outcome")
 
 
+class RuntimeNode(BaseModel):
+    """One edge replica as the runtime's router last routed on it (`aivd serve --config`'s GET /v1/router "nodes")."""
+
+    replica: str
+    node_class: str | None
+    cpu_idle: float
+    queue_len: int
+    bandwidth_bps: float
+    latency_s: float
+    score: float | None = Field(description="the policy's score; null for a policy without one")
+    age_s: float = Field(description="seconds since the router last saw it")
+
+
 class Live(BaseModel):
     window_s: float
     at: datetime

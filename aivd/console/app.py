@@ -36,7 +36,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from PIL import Image, UnidentifiedImageError
 from prometheus_client.parser import text_string_to_metric_families
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 import aivd
 from aivd.auth.web import Access, login_router
@@ -126,6 +126,9 @@ def _known_parameters_only(request: Request) -> None:
                                        "msg": f"unknown query parameter; this route takes {sorted(known) or 'none'}"} for name in unknown])
 
 
+NODE_LIST = TypeAdapter(list[m.RuntimeNode])
+
+
 def _runtime_status(url: str, key: str | None) -> tuple[dict | None, str | None]:
     """What the runtime's /v1/router reports, or why it cannot be read (shown on the live page, so with the URL's
     password redacted)."""
@@ -134,9 +137,15 @@ def _runtime_status(url: str, key: str | None) -> tuple[dict | None, str | None]
         answer = httpx.get(f"{base}/v1/router", timeout=1.0, headers={"Authorization": f"Bearer {key}"} if key else {})
         answer.raise_for_status()
         body = answer.json()
-        return (body if isinstance(body, dict) else {"value": body}), None
     except (httpx.HTTPError, ValueError) as error:
         return None, f"{redact_url(base)}: {str(error).replace(base, redact_url(base))}"
+    if not isinstance(body, dict):
+        return {"value": body}, None
+    try:  # the live page's node table reads these fields
+        body["nodes"] = [node.model_dump() for node in NODE_LIST.validate_python(body.get("nodes", []))]
+    except ValidationError as error:
+        return None, f"{redact_url(base)}: its edge nodes are not as aivd's /v1/router reports them ({error.error_count()} errors)"
+    return body, None
 
 
 def _run_metrics(url: str) -> dict:

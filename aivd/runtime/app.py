@@ -364,11 +364,13 @@ class Ingress:
     def healthz(self) -> dict:
         return {"status": "ok", "policy": self.config.policy, "edge_replicas": self.config.edge_replicas}
 
-    @api.get("/v1/router", summary="Time the routing policy took per decision in this ingress",
+    @api.get("/v1/router", summary="Time the routing policy took per decision in this ingress, and its edge nodes",
              dependencies=ACCESS.dependencies("viewer"), responses=AUTH_ERRORS)
     def router(self) -> dict:
-        """From the buckets of the `aivd_router_decision_seconds` histogram, as Prometheus would estimate them."""
-        return telemetry.DECISIONS.summary(self.config.policy)
+        """Decision times from the buckets of the `aivd_router_decision_seconds` histogram, as Prometheus would
+        estimate them; under "nodes", each edge replica as the router last saw it, with the policy's score (null for
+        a policy without one) and the seconds since."""
+        return {**telemetry.DECISIONS.summary(self.config.policy), "nodes": telemetry.NODES.rows()}
 
 
 def request_router_config(config: ClusterConfig) -> RequestRouterConfig:

@@ -16,7 +16,7 @@ import numpy as np
 from ray.serve.request_router import FIFOMixin, PendingRequest, RequestRouter, RunningReplica
 
 from aivd.runtime import telemetry
-from aivd.scheduling import AivdConfig, PolicyConfig, Task, make_policy
+from aivd.scheduling import AivdConfig, AivdScore, PolicyConfig, Task, make_policy
 
 
 def payload_bytes(request: PendingRequest | None) -> int:
@@ -45,12 +45,20 @@ class PolicyRequestRouter(FIFOMixin, RequestRouter):
         now = time.time()
         cache = self.replica_queue_len_cache
         by_id = {r.replica_id.unique_id: r for r in candidate_replicas}
-        states = [telemetry.node_state(rid, r.routing_stats or {}, cache.get(r.replica_id), self.queue_bound, self.stats_period_s, now)
+        stats = {rid: r.routing_stats or {} for rid, r in by_id.items()}
+        states = [telemetry.node_state(rid, stats[rid], cache.get(r.replica_id), self.queue_bound, self.stats_period_s, now)
                   for rid, r in by_id.items()]
         self.decisions += 1
-        chosen = by_id[self.policy.choose(Task(self.decisions, payload_bytes(pending_request)), states, self.rng)]
+        task = Task(self.decisions, payload_bytes(pending_request))
+        scores: dict[str, float] = {}
+        if isinstance(self.policy, AivdScore):
+            chosen_id, scores = self.policy.choose_scored(task, states, self.rng)
+        else:
+            chosen_id = self.policy.choose(task, states, self.rng)
+        chosen = by_id[chosen_id]
         rest = [r for r in candidate_replicas if r is not chosen]
         # Through the module, not a name imported from it: Ray ships this class to the replicas by value, and
         # the counts must be the one object the ingress reads.
         telemetry.DECISIONS.observe(time.perf_counter() - started, self.policy_name)
+        telemetry.NODES.record(states, {rid: s.get("node_class") for rid, s in stats.items()}, scores)
         return [[chosen], rest] if rest else [[chosen]]

@@ -70,6 +70,45 @@ class DecisionTimes:
 DECISIONS = DecisionTimes()
 
 
+NODE_FORGET_S = 60.0  # a replica the router has not seen this long is gone (stopped, its node lost): dropped
+
+
+class NodeTable:
+    """Each edge replica's state the router last routed on, its node class and the policy's score (None for a
+    policy without scores, or a replica it did not consider), for the ingress's `/v1/router`. Replicas not seen for
+    `forget_s` are dropped, so that replicas replaced over a long run do not pile up."""
+
+    def __init__(self, forget_s: float = NODE_FORGET_S) -> None:
+        self.forget_s = forget_s
+        self._seen: dict[str, tuple[float, str | None, NodeState, float | None]] = {}
+        self._lock = threading.Lock()  # as DecisionTimes: routers on several threads
+
+    def record(self, states: list[NodeState], node_classes: dict[str, str | None], scores: dict[str, float],
+               now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            for state in states:
+                self._seen[state.node_id] = (now, node_classes.get(state.node_id), state, scores.get(state.node_id))
+            self._forget(now)
+
+    def rows(self, now: float | None = None) -> list[dict[str, Any]]:
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            self._forget(now)
+            seen = sorted(self._seen.items())
+        return [{"replica": replica, "node_class": node_class, "cpu_idle": state.cpu_idle, "queue_len": state.queue_len,
+                 "bandwidth_bps": state.bandwidth_bps, "latency_s": state.latency_s, "score": score,
+                 "age_s": round(now - at, 3)} for replica, (at, node_class, state, score) in seen]
+
+    def _forget(self, now: float) -> None:
+        for replica in [r for r, (at, *_) in self._seen.items() if now - at > self.forget_s]:
+            del self._seen[replica]
+
+
+# As DECISIONS: what this process's router saw, for this process's ingress.
+NODES = NodeTable()
+
+
 class EdgeMetrics:
     """What an edge replica did, for Prometheus: images by status, candidate regions and those offloaded to the cloud
     (their ratio also as a gauge of this replica's offloading stage), and images whose cloud analysis failed. Counted

@@ -168,6 +168,12 @@ class AivdScore:
         return state.queue_len > state.queue_bound or state.missed_heartbeats > 0 or state.errors > 0
 
     def choose(self, task: Task, states: Sequence[NodeState], rng: np.random.Generator) -> str:
+        return self.choose_scored(task, states, rng)[0]
+
+    def choose_scored(self, task: Task, states: Sequence[NodeState],
+                      rng: np.random.Generator) -> tuple[str, dict[str, float]]:
+        """`choose`'s node and the score each eligible node had for it (smoothed, penalised), for a runtime to show;
+        one call, so that showing the scores neither moves the smoothing nor the skip counts a second time."""
         c = self.config
         nodes = eligible(states)
         scores = []
@@ -184,7 +190,7 @@ class AivdScore:
             chosen = nodes[best_index(scores, rng)]
         for state in nodes:
             self._skips[state.node_id] = 0 if state is chosen else self._skips.get(state.node_id, 0) + 1
-        return chosen.node_id
+        return chosen.node_id, {state.node_id: score for state, score in zip(nodes, scores)}
 
 
 POLICIES: dict[str, Callable[[PolicyConfig], Policy]] = {

@@ -30,7 +30,11 @@ function showLive(root, live) {
     : [line.url, line.drift ? "DRIFT" : "no", fixed(line.cloud_disagreement || 0, 3), fixed(line.offload_ratio || 0, 3), line.model || "",
        Object.entries(line.updates).map(([action, count]) => `${action} ${count}`).join(" ")])
     : [["none given (aivd serve console --metrics URL)"]]);
-  field("runtime").textContent = live.runtime ? JSON.stringify(live.runtime, null, 2)
+  const { nodes = [], ...router } = live.runtime || {};
+  rows(field("nodes"), nodes.length ? nodes.map((n) => [n.replica, n.node_class || "", fixed(n.cpu_idle * 100, 0), n.queue_len,
+    fixed(n.bandwidth_bps / 1e6, 1), fixed(n.latency_s * 1000, 1), n.score === null ? "" : fixed(n.score, 3), fixed(n.age_s, 1)])
+    : [["none reported"]]);
+  field("runtime").textContent = live.runtime ? JSON.stringify(router, null, 2)
     : (live.runtime_error || "no runtime given (aivd serve console --runtime URL)");
 }
 
