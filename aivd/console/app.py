@@ -256,8 +256,10 @@ def build_console_app(db_url: str, access: Access, model_store: Path | str | Non
         since: datetime | None = Query(None, description="inspected at or after (ISO 8601)"),
         until: datetime | None = Query(None, description="inspected before (ISO 8601)"),
         run_id: int | None = Query(None, ge=1, le=MAX_ID),
-        source: str | None = Query(None, max_length=1000, pattern=NO_NUL, description="a prefix of the image's stored path"),
-        defect_type: str | None = Query(None, max_length=64, pattern=NO_NUL, description="has a reported defect of this class"),
+        # Blank text is no filter, as the pages' GET form sends it; plain strings rather than nullable ones, so that
+        # the OpenAPI document says so (and a fuzzer does not take the text "false" for a boolean made invalid).
+        source: str = Query("", max_length=1000, pattern=NO_NUL, description="a prefix of the image's stored path; blank: any"),
+        defect_type: str = Query("", max_length=64, pattern=NO_NUL, description="has a reported defect of this class; blank: any"),
         severity: Literal["critical", "major", "minor"] | None = Query(None),
         min_confidence: float | None = Query(None, ge=0, le=1),
         max_confidence: float | None = Query(None, ge=0, le=1),
