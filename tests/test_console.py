@@ -93,6 +93,8 @@ def test_the_api_filters_pages_and_shows_images_with_their_files(console):
         assert client.get("/api/images/999999").status_code == 404
         misspelt = client.get("/api/images", params={"class": "open"})  # not ignored: it would list every image
         assert (misspelt.status_code, misspelt.json()["detail"][0]["loc"]) == (422, ["query", "class"])
+        unix_time = client.get("/api/images", params={"until": "1700000000"})  # pydantic alone would read it as 2023-11-14
+        assert (unix_time.status_code, unix_time.json()["detail"][0]["loc"]) == (422, ["query", "until"])
         # The page's GET form: blank fields mean no filter, a datetime-local field is UTC.
         form = client.get("/images", params={"since": "2000-01-01T00:00", "until": "", "run_id": "", "defect_type": "open", "reviewed": ""})
         assert form.status_code == 200 and form.text.count('<a href="/images/') == len(client.get("/api/images", params={"defect_type": "open"}).json()["items"])

@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlencode
 
 import cv2
@@ -36,7 +36,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from PIL import Image, UnidentifiedImageError
 from prometheus_client.parser import text_string_to_metric_families
-from pydantic import TypeAdapter, ValidationError
+from pydantic import BeforeValidator, TypeAdapter, ValidationError
 
 import aivd
 from aivd.auth.web import Access, login_router
@@ -50,6 +50,21 @@ from aivd.review import ReviewError, ReviewStore, export_dataset
 from aivd.store import ResultStore
 
 log = logging.getLogger(__name__)
+
+
+def _not_a_number(value: Any) -> Any:
+    """Pydantic reads a number as a Unix time where a datetime is expected; the API documents ISO 8601 date-times
+    alone (OpenAPI `format: date-time`), so a number is refused rather than taken for a moment in 1970."""
+    if isinstance(value, str):
+        try:
+            float(value)
+        except ValueError:
+            return value
+        raise ValueError("expected an ISO 8601 date-time such as 2026-12-04T08:00:00Z, not a number")
+    return value
+
+
+IsoDatetime = Annotated[datetime, BeforeValidator(_not_a_number)]
 HERE = Path(__file__).parent
 # What the image route serves, by the format Pillow finds in the file's content (not its name).
 IMAGE_TYPES = {"JPEG": "image/jpeg", "PNG": "image/png", "BMP": "image/bmp", "TIFF": "image/tiff", "WEBP": "image/webp"}
@@ -253,8 +268,8 @@ def build_console_app(db_url: str, access: Access, model_store: Path | str | Non
     # --- filters, shared by the images page and its API -------------------------------------------------------------
 
     def image_filter(
-        since: datetime | None = Query(None, description="inspected at or after (ISO 8601)"),
-        until: datetime | None = Query(None, description="inspected before (ISO 8601)"),
+        since: IsoDatetime | None = Query(None, description="inspected at or after (ISO 8601)"),
+        until: IsoDatetime | None = Query(None, description="inspected before (ISO 8601)"),
         run_id: int | None = Query(None, ge=1, le=MAX_ID),
         # Blank text is no filter, as the pages' GET form sends it; plain strings rather than nullable ones, so that
         # the OpenAPI document says so (and a fuzzer does not take the text "false" for a boolean made invalid).
