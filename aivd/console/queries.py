@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 import numpy as np
-from sqlalchemy import ColumnElement, and_, exists, func, literal, select
+from sqlalchemy import ColumnElement, Table, and_, exists, func, literal, select
 from sqlalchemy.engine import Connection
 
 from aivd.schema.analysis import Severity
@@ -222,13 +222,18 @@ def defect_region(connection: Connection, defect_id: int) -> tuple[str, tuple[fl
     return None if row is None else (row.image, (row.x1, row.y1, row.x2, row.y2))
 
 
+def _newest_first(connection: Connection, table: Table, limit: int, after: int | None) -> tuple[list, int | None]:
+    """One keyset page of `table`'s rows, newest id first, below id `after`: the rows, and the `after` of the next
+    page (None on the last)."""
+    limit = max(1, min(limit, PAGE_LIMIT))
+    rows = connection.execute(select(table).where(*([table.c.id < after] if after is not None else []))
+                              .order_by(table.c.id.desc()).limit(limit + 1)).all()
+    return list(rows[:limit]), rows[limit - 1].id if len(rows) > limit else None
+
+
 def list_runs(connection: Connection, limit: int = 50, after: int | None = None) -> Page:
     """Runs newest first, each with the images recorded so far (a running run's `images` total is not set yet)."""
-    limit = max(1, min(limit, PAGE_LIMIT))
-    rows = connection.execute(select(runs).where(*([runs.c.id < after] if after is not None else []))
-                              .order_by(runs.c.id.desc()).limit(limit + 1)).all()
-    more = len(rows) > limit
-    rows = rows[:limit]
+    rows, next_after = _newest_first(connection, runs, limit, after)
     ids = [row.id for row in rows]
     recorded: dict[int, int] = dict(connection.execute(select(images.c.run_id, func.count()).where(images.c.run_id.in_(ids))
                                        .group_by(images.c.run_id)).all()) if ids else {}
@@ -236,7 +241,7 @@ def list_runs(connection: Connection, limit: int = 50, after: int | None = None)
               "command": row.command, "images": row.images, "ok": row.ok, "failed": row.failed, "defects": row.defects,
               "recorded": recorded.get(row.id, 0)} for row in rows]
     total, capped = _bounded_count(connection, select(runs.c.id))
-    return Page(items, rows[-1].id if more else None, total, capped)
+    return Page(items, next_after, total, capped)
 
 
 def run_exists(connection: Connection, run_id: int) -> bool:
@@ -249,15 +254,11 @@ def defect_classes(connection: Connection) -> list[str]:
 
 
 def list_audit(connection: Connection, limit: int = 50, after: int | None = None) -> Page:
-    limit = max(1, min(limit, PAGE_LIMIT))
-    rows = connection.execute(select(audit_log).where(*([audit_log.c.id < after] if after is not None else []))
-                              .order_by(audit_log.c.id.desc()).limit(limit + 1)).all()
-    more = len(rows) > limit
-    rows = rows[:limit]
+    rows, next_after = _newest_first(connection, audit_log, limit, after)
     items = [{"id": row.id, "at": _utc(row.at), "actor": row.actor, "action": row.action, "target": row.target,
               "detail": json.loads(row.detail) if row.detail else None, "remote_addr": row.remote_addr} for row in rows]
     total, capped = _bounded_count(connection, select(audit_log.c.id))
-    return Page(items, rows[-1].id if more else None, total, capped)
+    return Page(items, next_after, total, capped)
 
 
 def live_stats(connection: Connection, now: datetime | None = None, window_s: float = LIVE_WINDOW_S) -> dict:
