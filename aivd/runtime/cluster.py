@@ -22,8 +22,9 @@ def deploy(config: ClusterConfig, address: str | None = None, insecure: bool = F
     this process already started); "auto" or "ray://..." joins a cluster started with `ray start`. AccessError,
     before Ray starts, for a non-loopback host without API keys (config.keys_db), unless `insecure`."""
     if config.reviews_db is not None:  # opened in the updater's Ray worker, whose working folder is not this one
-        config = config.model_copy(update={"reviews_db": _anchored(config.reviews_db)})
-        with ReviewStore(config.reviews_db):  # a database that cannot be opened is one StoreError line, before Ray starts
+        reviews_db = _anchored(config.reviews_db)
+        config = config.model_copy(update={"reviews_db": reviews_db})
+        with ReviewStore(reviews_db):  # a database that cannot be opened is one StoreError line, before Ray starts
             pass
     if config.keys_db is None:
         refuse_open_bind(config.host, None, insecure)
