@@ -4,6 +4,7 @@ run's Prometheus metrics."""
 import dataclasses
 
 import cv2
+import numpy as np
 import pytest
 from conftest import aivd
 
@@ -203,3 +204,43 @@ def test_aivd_inspect_with_a_learning_config_updates_swaps_and_counts_the_versio
         port = taken.getsockname()[1]
         failed = aivd("inspect", images, "--config", config, "--out", tmp_path / "again", "--metrics-port", port, rc=2, timeout=600)
     assert f"--metrics-port {port}: cannot serve metrics on 127.0.0.1:{port}" in failed.stderr and "Traceback" not in failed.stderr
+
+
+@pytest.mark.integration
+def test_each_image_row_records_whether_the_learner_was_in_its_drift_window_and_without_a_learner_none(tmp_path):
+    pytest.importorskip("torch")
+    from sqlalchemy import create_engine, select
+
+    from aivd.collab.drift_monitor import AgreementMonitor, UpdateTrigger
+    from aivd.model_store import ModelStore
+    from aivd.pipeline.live_update import Live, LiveLearner
+    from aivd.store.database import images
+    from aivd.training.online_update import OnlineUpdater
+
+    def drift_column(out):
+        engine = create_engine(f"sqlite:///{out / 'aivd.sqlite'}")
+        with engine.connect() as connection:
+            flags = connection.execute(select(images.c.drifted).order_by(images.c.id)).scalars().all()
+        engine.dispose()
+        return flags
+
+    options = dataclasses.replace(QUIET, database="")  # OUT/aivd.sqlite
+    pipeline = build_pipeline(learning_config(tmp_path / "store", isolation="thread"))  # seeds the store
+    # A monitor of one reference region and a window of one, left in its drift state (the reference region agreed,
+    # the newest did not); the edge agrees with the cloud on every region of the bundled boards, so the first image
+    # with a region decided ends the drift. A trigger that never fires: the edge model stays as it is.
+    monitor = AgreementMonitor(reference=1, window=1, tolerance=0.5)
+    monitor.update(np.array([True, False]))
+    updater = OnlineUpdater(ModelStore(tmp_path / "store"), tmp_path / "work", FAST, monitor=monitor,
+                            trigger=UpdateTrigger(TriggerConfig(min_images=10**6)))
+    learner = LiveLearner(updater, wait=True)
+    after = []  # the learner's state once it has observed each image
+    tasks = bundled_tasks() * 2
+    inspect_tasks(tasks, pipeline, tmp_path / "out", options, on_result=lambda _: after.append(learner.drifted),
+                  live=Live(learner=learner))
+    learner.close()
+    # Each image is written before the learner observes it: with the state the images before it left.
+    flags = drift_column(tmp_path / "out")
+    assert flags == [True, *after[:-1]] and flags[:3] == [True, False, False] and len(flags) == len(tasks)
+    inspect_tasks(tasks[:2], pipeline, tmp_path / "plain", options)
+    assert drift_column(tmp_path / "plain") == [None, None]

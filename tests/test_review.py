@@ -11,7 +11,8 @@ from aivd.data.sources import open_data
 from aivd.review import ReviewError, ReviewLabel, ReviewStore, export_dataset
 from aivd.schema.records import DefectRecord, InspectionRecord
 from aivd.store import ResultStore
-from aivd.store.database import defects
+from aivd.store.database import defects, images
+from aivd.store.priority import DRIFT_WEIGHT, MOST
 from tests.conftest import blank_image
 from tests.test_store import read
 
@@ -108,10 +109,11 @@ def test_the_queue_ranks_what_a_label_would_teach_and_leaves_out_reviewed_and_fa
         store.add(disagree, "ana", "accepted")
         assert [item.image_row_id for item in store.queue(2, run_id=1, audit_share=0.0)] == [rejected, unsure]
         assert store.queue(10, run_id=2) == []
-        # Everything in the audit share: all rank 3 higher, in the same order; the draw is the same call after call.
+        # Everything in the audit share: all rank MOST higher, in the same order; the draw is the same call after call.
         audited = store.queue(10, audit_share=1.0)
         assert [item.image_row_id for item in audited] == [rejected, unsure, sure]
-        assert all("random audit" in item.reasons and item.priority >= 3 for item in audited)
+        assert all("random audit" in item.reasons and item.priority >= MOST for item in audited)
+        assert audited[0].priority == pytest.approx(MOST + 1.1)
         with pytest.raises(ReviewError, match="audit share must be in"):
             store.queue(10, audit_share=1.5)
 
@@ -124,9 +126,27 @@ def test_the_audit_share_is_seeded_and_near_its_size(store_url, tmp_path):
             results.add(run_id, image)
     with ReviewStore(store_url) as store:
         def audited(seed):
-            return {item.image_row_id for item in store.queue(400, audit_share=0.1, seed=seed) if item.priority >= 3}
+            return {item.image_row_id for item in store.queue(400, audit_share=0.1, seed=seed) if item.priority >= MOST}
         assert audited(0) == audited(0) and audited(0) != audited(1)
         assert 25 <= len(audited(0)) <= 55 and 25 <= len(audited(1)) <= 55
+        # A short page holds the audited images first, the same whatever the page's size.
+        assert {item.image_row_id for item in store.queue(10, audit_share=0.1, seed=0)} < audited(0)
+
+
+def test_images_inspected_in_the_drift_window_rank_higher_and_without_a_learner_nothing_changes(store_url, tmp_path):
+    unsure = record(tmp_path, 1, [defect((5, 5, 20, 20), "short", 0.4)])
+    sure = record(tmp_path, 2, [defect((5, 5, 20, 20), "open", 0.95)])
+    with ResultStore(store_url) as results:
+        run_id = results.start_run("aivd inspect", {"classes": CLASSES})
+        plain = [results.add(run_id, unsure), results.add(run_id, sure)]
+        calm = results.add(run_id, unsure, drifted=False)
+        drifting = results.add(run_id, sure, drifted=True)
+    with ReviewStore(store_url) as store:
+        queue = store.queue(10, audit_share=0.0)
+    assert [item.image_row_id for item in queue] == [drifting, plain[0], calm, plain[1]]
+    assert queue[0].priority == pytest.approx(DRIFT_WEIGHT + 0.05) and queue[0].reasons == ("uncertainty 0.05", "in the drift window")
+    assert queue[1].priority == queue[2].priority == pytest.approx(0.6) and queue[1].reasons == queue[2].reasons == ("uncertainty 0.60",)
+    assert read(store_url, select(images.c.drifted).order_by(images.c.id)).scalars().all() == [None, None, False, True]
 
 
 def test_runs_without_stored_classes_allow_the_classes_their_defects_were_given(store_url, tmp_path):

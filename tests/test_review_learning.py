@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from conftest import aivd, dets
 
+from aivd.collab.drift_monitor import AgreementMonitor
 from aivd.core import DEEPPCB_CLASSES
 from aivd.pipeline.engine import ImageResult
 from aivd.review import ReviewStore
@@ -14,10 +15,11 @@ from tests.test_review import defect, record
 
 
 class RecordingUpdater:
-    """What ReviewFeed and LiveLearner call on an OnlineUpdater, recorded."""
+    """What ReviewFeed and LiveLearner call on an OnlineUpdater, recorded; its drift monitor a real one."""
 
     def __init__(self):
         self.reviewed, self.updates = [], []
+        self.monitor = AgreementMonitor()
 
     def observe_review(self, image_id, image, template, labels, rejected=None, position=None):
         self.reviewed.append((image_id, labels.class_names, labels.xyxy.tolist(), rejected.tolist(), position, image.shape))

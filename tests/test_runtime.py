@@ -34,6 +34,7 @@ def test_example_config_is_valid_and_replicas_fill_classes_in_order():
     ("edge: [{name: a}]\npolicy: fastest", "unknown policy 'fastest'"),
     ("edge: [{name: a}, {name: a}]", "must be unique"),
     ("edge: [{name: a}]\nreplicas: 3", "replicas: Extra inputs are not permitted"),
+    ("edge: [{name: a}]\nreviews_db: sqlite:///reviews.sqlite", "reviews_db: the updater learns from reviews only with pipeline.update.enabled"),
     ("- just a list", "expected a mapping"),
     ("edge: [", "not valid YAML"),
 ])
@@ -641,6 +642,60 @@ def test_the_cluster_updater_learns_from_the_edge_replicas_and_they_serve_what_i
         time.sleep(1.0)  # replicas poll the store every 0.2 s
         served = {inspect(url, stem).json()["detector"].rpartition("@")[2] for stem in stems}
         assert served and "v0001" not in served  # (a later update may have been promoted meanwhile)
+
+
+@pytest.mark.integration
+def test_the_cluster_updater_learns_from_the_reviews_stored_in_its_reviews_db(ray_cluster, serve_port, tmp_path):
+    """A review stored in the database (as the console stores one) reaches the updater's learner, before and after it
+    started, as the edge replicas' images arrive."""
+    pytest.importorskip("torch")
+    from ray import serve
+
+    from aivd.edge.detector import BUILTIN_MODEL
+    from aivd.model_store import ModelStore
+    from aivd.review import ReviewStore
+    from aivd.runtime.cluster import APP_NAME, deploy
+    from aivd.schema.records import DefectRecord, InspectionRecord
+    from aivd.store import ResultStore
+
+    store = ModelStore(tmp_path / "models")
+    store.promote(store.publish(BUILTIN_MODEL, [BUILTIN_MODEL.parent / "deeppcb_refiner.onnx"]))
+    stems = sorted(path.name.removesuffix("_test.jpg") for path in SAMPLES.glob("*_test.jpg"))
+    url = f"sqlite:///{tmp_path / 'console.sqlite'}"
+    with ResultStore(url) as results:  # two inspected boards, as `aivd inspect --db` records them
+        run_id = results.start_run("aivd inspect", {"classes": ["open", "short", "mousebite", "spur", "copper", "pin-hole"]})
+        rows = [results.add(run_id, InspectionRecord(
+            image=str(SAMPLES / f"{stem}_test.jpg"), image_id=stem, template=str(SAMPLES / f"{stem}_temp.jpg"), status="ok", error=None,
+            defects=[DefectRecord(bbox=(10, 10, 40, 40), defect_type="open", confidence=0.5, source="edge")])) for stem in stems[:2]]
+    with ReviewStore(url) as reviews:
+        reviews.add(rows[0], "ana", "corrected", [{"bbox": [12, 12, 40, 38], "defect_type": "short"}])
+    config = ClusterConfig.model_validate({
+        "edge": [{"name": "fast", "replicas": 1}], "port": serve_port, "edge_resources": {"aivd_edge": 1},
+        "cloud_resources": {"aivd_head": 0.01}, "ingress_resources": {"aivd_head": 0.01}, "updater_resources": {"aivd_head": 0.01},
+        "reviews_db": url,
+        "pipeline": {"edge": {"model": str(BUILTIN_MODEL)}, "update": {  # a trigger that never fires: no training here
+            "enabled": True, "model_store": str(store.root), "trigger": {"min_images": 1000000},
+            "learner": {"detector_steps": 0, "refiner_epochs": 1, "threads": 1}}},
+    })
+    base = deploy(config)
+    updater = serve.get_deployment_handle("updater", APP_NAME)
+
+    def reviewed_after_an_image() -> int:
+        deadline = time.monotonic() + 120
+        before = updater.report.remote().result()["observed"]
+        while time.monotonic() < deadline:
+            assert inspect(base, stems[2]).json()["status"] == "ok"
+            report = updater.report.remote().result()
+            if report["observed"] > before:
+                return report["reviewed"]
+            time.sleep(0.5)
+        raise AssertionError(f"the updater observed no image in 120 s: {report}")
+
+    assert reviewed_after_an_image() == 1
+    with ReviewStore(url) as reviews:  # stored while the cluster runs
+        reviews.add(rows[1], "ben", "good")
+    assert reviewed_after_an_image() == 2
+    assert updater.report.remote().result()["updates"] == []
 
 
 @pytest.mark.integration

@@ -11,11 +11,11 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import create_engine, inspect
+from sqlalchemy import create_engine, inspect, select
 
 from aivd.schema.records import DefectRecord, InspectionRecord
 from aivd.store import ResultStore, StoreError
-from aivd.store.database import metadata
+from aivd.store.database import defects, images, metadata
 from aivd.store.migrate import MIGRATIONS, alembic_config
 
 # SQL dumps of result databases that aivd wrote at these commits, before it versioned its schema: a run of two
@@ -147,3 +147,32 @@ def test_aivd_db_upgrade_says_what_it_did_in_one_line(tmp_path):
     assert refused.returncode == 2 and refused.stdout == ""
     assert refused.stderr.startswith("error: cannot open the result database postgresql+psycopg://inspector:***@127.0.0.1:1/aivd: ")
     assert refused.stderr.count("\n") == 1 and "s3cret" not in refused.stderr
+
+
+def test_0008_scores_the_images_of_a_database_at_0007_as_a_new_row_is_scored(store_url):
+    """The queue's priority of existing images is backfilled by the migration; their drift stays unknown (null)."""
+    engine = create_engine(store_url)
+    with engine.begin() as connection:
+        command.upgrade(alembic_config(connection), "0007")
+        connection.exec_driver_sql("INSERT INTO runs (started_at, command, config) VALUES ('2026-11-23 18:00:00+00', 'aivd inspect old', '{}')")
+        for image_id, status in ((1, "ok"), (2, "ok"), (3, "ok"), (4, "error")):  # ids 1 to 4, as the database numbers them
+            connection.execute(images.insert().values(run_id=1, image_id=f"{image_id}", image=f"/b/{image_id}.jpg", status=status,
+                                                      bytes_to_cloud=0, bytes_from_cloud=0))
+        machine = {"x1": 1, "y1": 1, "x2": 5, "y2": 5, "likely_causes": "[]", "edge_type": None}
+        connection.execute(defects.insert(), [
+            {**machine, "image_row_id": 1, "rejected": False, "defect_type": "short", "confidence": 0.4, "source": "edge"},
+            {**machine, "image_row_id": 1, "rejected": False, "defect_type": "open", "confidence": 0.9, "source": "edge"},
+            {**machine, "image_row_id": 2, "rejected": False, "defect_type": "spur", "confidence": 0.9, "source": "cloud", "edge_type": "short"},
+            {**machine, "image_row_id": 2, "rejected": True, "defect_type": "spur", "confidence": 0.8, "source": "cloud", "edge_type": "spur"},
+        ])
+    engine.dispose()
+    with ResultStore(store_url) as store:
+        assert (store.schema.before, store.schema.after) == ("0007", HEAD)
+        new = store.add(1, InspectionRecord(image="/b/5.jpg", image_id="5", template=None, status="ok", error=None, defects=[
+            DefectRecord(bbox=(1, 1, 5, 5), defect_type="short", confidence=0.4, source="edge")]))
+        with store.engine.connect() as connection:
+            rows = connection.execute(select(images.c.id, images.c.priority, images.c.drifted).order_by(images.c.id)).all()
+    assert [row.id for row in rows] == [1, 2, 3, 4, new] and [row.drifted for row in rows] == [None] * 5
+    assert [row.priority for row in rows] == pytest.approx([0.6, 0.2 + 1 + 1, 0.0, None, 0.6])
+    assert rows[0].priority == rows[-1].priority  # to the bit: the same SQL scored both
+    assert schema_differences(store_url) == []

@@ -28,6 +28,7 @@ from sqlalchemy.engine import Connection, make_url
 from aivd.core.labels import DEEPPCB_CLASSES
 from aivd.store import ResultStore
 from aivd.store.database import defects, images, reviews, runs, timings
+from aivd.store.priority import score_images
 
 if TYPE_CHECKING:
     from aivd.bench.console_locustfile import Scope  # imports locust, which patches the standard library for gevent
@@ -212,6 +213,7 @@ def seed_console_db(url: str, n_images: int, defects_per_image: float = 10.0, da
                 connection.execute(timings.insert(), _timing_rows(rng, ok_ids))
                 if review_rows:
                     connection.execute(reviews.insert(), review_rows)
+                score_images(connection, images.c.id.between(int(ids[0]), int(ids[-1])))  # as ResultStore.add scores each
             next_defect += len(defect_rows)
             next_review += len(review_rows)
             if progress is not None:

@@ -10,7 +10,6 @@ package and the image files the database names.
 from __future__ import annotations
 
 import io
-import logging
 import shutil
 import tempfile
 import threading
@@ -48,8 +47,6 @@ from aivd.core.redaction import redact_url
 from aivd.model_store import ModelStore, ModelStoreError
 from aivd.review import ReviewError, ReviewStore, export_dataset
 from aivd.store import ResultStore
-
-log = logging.getLogger(__name__)
 
 
 def _not_a_number(value: Any) -> Any:
@@ -191,13 +188,6 @@ def _run_metrics(url: str) -> dict:
     }
 
 
-def _score_review_queue(reviews: ReviewStore) -> None:
-    try:
-        reviews.queue(1)
-    except AivdError as error:  # the queue's own requests will say so again, to whoever asks
-        log.warning("cannot score the review queue at start: %s", error)
-
-
 def build_console_app(db_url: str, access: Access, model_store: Path | str | None = None, runtime_url: str | None = None,
                       runtime_key: str | None = None, metrics_urls: Sequence[str] = ()) -> FastAPI:
     """The console over the database at `db_url` (its schema brought up to date), guarded by `access`
@@ -213,10 +203,6 @@ def build_console_app(db_url: str, access: Access, model_store: Path | str | Non
     app = FastAPI(title="aivd console", version=aivd.__version__, dependencies=[Depends(_known_parameters_only)],
                   description="The operator console's JSON API: what its pages show. Send `Authorization: Bearer KEY`.")
     app.router.on_shutdown.extend([store.close, reviews.close])
-    # The queue scores every image once per store, then only new ones: done at start, in the background, so that
-    # the first reviewer does not wait a second for it (at 100,000 images) and the pages are served meanwhile.
-    app.router.on_startup.append(lambda: threading.Thread(target=_score_review_queue, args=(reviews,), name="review-queue-scores",
-                                                          daemon=True).start())
     templates = Jinja2Templates(directory=HERE / "templates")
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     app.include_router(login_router(access, templates=templates))

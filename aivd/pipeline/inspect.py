@@ -165,7 +165,8 @@ class ResultWriter:
         self._jsonl = open(results, "a", encoding="utf-8")
         self.records: list[InspectionRecord] = list(self.done)
 
-    def write(self, record: InspectionRecord, image=None, detections: Detections | None = None, intake_id: int | None = None) -> None:
+    def write(self, record: InspectionRecord, image=None, detections: Detections | None = None, intake_id: int | None = None,
+              drifted: bool | None = None) -> None:
         """Write one record to every output.
 
         The order makes a kill at any point safe. The annotated image and the official result file come first:
@@ -175,7 +176,8 @@ class ResultWriter:
         killed once written (the kernel has them). Neither is synced to the disk per record (2.7 ms an fsync here,
         against 1 ms for the commit): a power cut may lose the last records, each whole in the database, which a
         resumed run redoes; SQLite syncs at its checkpoints and at the end, results.jsonl is synced in `finish`.
-        `intake_id`: the `aivd watch` journal entry that the same transaction marks done."""
+        `intake_id`: the `aivd watch` journal entry that the same transaction marks done; `drifted`: whether the
+        run's drift monitor was in its drift state (None without a learner), for the review queue."""
         if detections is not None:
             if self.options.annotate and image is not None:
                 cv2.imwrite(str(self.out_dir / "annotated" / f"{record.image_id}.jpg"), draw_detections(image, detections))
@@ -184,7 +186,7 @@ class ResultWriter:
         line = json.dumps(record.model_dump(mode="json")) + "\n"
         if self.store is not None:
             assert self.run_id is not None  # _open starts or reopens a run in every store it opens
-            self.store.add(self.run_id, record, intake_id)
+            self.store.add(self.run_id, record, intake_id, drifted)
         self._jsonl.write(line)
         self._jsonl.flush()
         self.records.append(record)
@@ -374,7 +376,10 @@ def inspect_tasks(
         outcome = outcome.result()
         record = _record(task, loaded[3], pipeline, outcome)
         summary.count(record)
-        writer.write(record, loaded[0], None if isinstance(outcome, ImageError) else outcome.detections, task.intake_id)
+        # The drift state the learner had reached when this image was written: it has observed the images before it
+        # (all of them when it waits; those it has dequeued so far otherwise).
+        drifted = live.learner.drifted if live is not None and live.learner is not None else None
+        writer.write(record, loaded[0], None if isinstance(outcome, ImageError) else outcome.detections, task.intake_id, drifted)
         if live is not None:
             inspected = None if isinstance(outcome, ImageError) else outcome
             if live.metrics is not None:

@@ -149,6 +149,7 @@ class LiveLearner:
         self.observed = self.dropped = 0
         self._queue: queue.Queue[_Handed | None] = queue.Queue(maxsize=queue_size)
         self._full_labels = updater.wants_full_labels()  # written by the worker only
+        self._drifted = updater.monitor.drifted  # likewise
         self._on_close = list(on_close)
         self._worker = threading.Thread(target=self._run, name="aivd-learner", daemon=True)
         self._worker.start()
@@ -166,6 +167,12 @@ class LiveLearner:
     def wants_full_labels(self) -> bool:
         """Whether a validation image is due; read by the edge's thread, never blocks."""
         return self._full_labels
+
+    @property
+    def drifted(self) -> bool:
+        """Whether the drift monitor was in its drift state after the last image observed; read by the writing
+        thread for each record (`images.drifted`, which the review queue ranks higher), never blocks."""
+        return self._drifted
 
     @property
     def updates(self) -> list[dict]:
@@ -202,8 +209,9 @@ class LiveLearner:
             errors += self._learn(item.position, self.reviews.teach, self.updater, item.position)
         self.observed += 1
         self._full_labels = self.updater.wants_full_labels()
+        self._drifted = self.updater.monitor.drifted
         if self.metrics is not None:
-            self.metrics.drift.set(int(self.updater.monitor.drifted))
+            self.metrics.drift.set(int(self._drifted))
         # Every record this image brought: the edge's update or rollback and, with reviews, the cloud's too.
         for record in [*self.updater.updates[before:], *errors]:
             if self.metrics is not None:

@@ -10,18 +10,18 @@ from __future__ import annotations
 
 import json
 import math
-import threading
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import numpy as np
-from sqlalchemy import ColumnElement, and_, case, func, select
+from sqlalchemy import BigInteger, ColumnElement, and_, cast, exists, func, select
 
 from aivd.core import Detections, LabelMap
 from aivd.core.errors import AivdError
 from aivd.data.dataset import PIXEL_TOLERANCE
 from aivd.data.images import ImageError, read_image_size
 from aivd.store.database import StoreBacked, defects, images, reviews, runs
+from aivd.store.priority import MOST, image_terms
 
 VERDICTS = ("accepted", "corrected", "good")
 
@@ -80,21 +80,17 @@ def _review(row) -> Review:
                   row.run_id, row.image_id, row.image, row.template)
 
 
-def _audit_draw(image_row_ids: np.ndarray, offset: int) -> np.ndarray:
-    """A uniform-looking number in [0, 1) per image row id: Knuth's multiplicative hash of the id modulo 2^32, shifted
-    by the seed's offset (`_audit_offset`). Drawn per image, not per call, so an image stays in or out of the audit
-    share however the queue is paged or refreshed. In uint64, whose wrap-around keeps the value modulo 2^32."""
-    hashed = image_row_ids.astype(np.uint64) * np.uint64(2654435761) + np.uint64(offset)
-    return (hashed % np.uint64(2**32)) / 2**32
+# Knuth's multiplicative hash: an odd constant near 2^32 / golden ratio, which spreads consecutive ids over [0, 2^32).
+_HASH = 2654435761
 
 
-def _audit_offset(seed: int) -> int:
-    return int(np.random.default_rng(seed).integers(0, 2**32))
-
-
-# Image rows may commit out of id order (several writers at once): each queue call rescores this many of the newest
-# ids, so that a row committed late behind a higher id is still scored (far more than writers ever have in flight).
-RESCAN_IDS = 1_000
+def _audited(share: float, seed: int) -> ColumnElement[bool]:
+    """Whether an image is in the seeded random audit share: Knuth's multiplicative hash of its row id modulo 2^32,
+    shifted by an offset drawn from `seed`, below `share` of 2^32. Drawn per image, not per call, so an image stays in
+    or out of the audit share however the queue is paged or refreshed. In SQL, so that the queue filters on it while
+    it walks its index; the product stays below 2^63 for every 32-bit id (the id is widened to 64 bits first)."""
+    offset = int(np.random.default_rng(seed).integers(0, 2**32))
+    return (cast(images.c.id, BigInteger) * _HASH + offset) % 2**32 < share * 2**32
 
 
 class ReviewStore(StoreBacked):
@@ -103,12 +99,6 @@ class ReviewStore(StoreBacked):
     def __init__(self, url: str) -> None:
         super().__init__(url)
         self._errors, self._engine = self._store.errors, self._store.engine
-        # The queue's scores per image row id: (run id, uncertainty, classes differ, cloud rejected a box, their sum). An image's
-        # row and its defects are written in one transaction and never change, so a score holds once computed; the
-        # queue scores only the rows stored since (`_score_new_images`). Threads of a web server may share the store.
-        self._scores: dict[int, tuple[int, float, bool, bool, float]] = {}
-        self._newest_scored = 0
-        self._scoring = threading.Lock()
 
     def add(self, image_row_id: int, reviewer: str, verdict: str, labels=None, note: str | None = None) -> int:
         """Store one review of image row `image_row_id`; returns its id. `labels` are `ReviewLabel`s or dicts
@@ -221,63 +211,38 @@ class ReviewStore(StoreBacked):
     def queue(self, limit: int, run_id: int | None = None, audit_share: float = 0.05, seed: int = 0) -> list[QueueItem]:
         """The `limit` unreviewed images (inspected without error) a human label would teach most, best first.
 
-        Priority:
-        - uncertainty: 1 - the lowest confidence among the image's candidates (reported or rejected; 0 without any);
-        - + 1 when the tiers disagree on a class: a reported defect whose edge class differs from the cloud's;
-        - + 1 when the cloud rejected a box the edge proposed (a possible false alarm, or a defect the cloud missed);
-        - a seeded random audit share (`audit_share` of the images, `_audit_draw`) ranks above all the others
-          (+ 3, the most the terms above add up to), so that images the machine is sure of are checked too: without
-          them its confident mistakes would never be seen.
-        Ties go to the older image. No drift-window term: the result database does not record when the drift monitor
-        fired (it lives in the learner's memory and the metrics), so the queue cannot tell which images came after.
+        By each image's priority (aivd.store.priority: uncertainty, edge-cloud class disagreement, a box the cloud
+        rejected, and the drift window), stored as its row was written; ties go to the older image. A seeded random
+        audit share (`audit_share` of the images, `_audited`) ranks above all the others (+ `MOST`, the most the
+        terms add up to), so that images the machine is sure of are checked too: without them its confident mistakes
+        would never be seen.
 
-        Each image is scored once, in the database, when a call first sees it; a call ranks the scores in memory and
-        reads only the newer rows and the set of reviewed images. (Ranking a million defect rows in one query took
-        1-2.5 s on SQLite here; a page of the console must answer in 0.3 s.)
+        Two queries, each walking the index images_queue (images_run_queue within a run) from the top and stopping
+        after its page: first the audited images, then the others. Their cost grows with the page and the reviewed
+        images passed over, not with the database: a page of the console must answer in 0.3 s over 100,000 images.
         """
         if limit < 1:
             raise ReviewError(f"queue limit must be at least 1, got {limit}")
         if not 0 <= audit_share <= 1:
             raise ReviewError(f"audit share must be in [0, 1], got {audit_share}")
-        with self._scoring, self._errors("read"), self._engine.connect() as connection:
-            self._score_new_images(connection)
-            reviewed = np.fromiter(connection.execute(select(reviews.c.image_row_id).distinct()).scalars(), np.int64)
-            ids = np.fromiter(self._scores, np.int64, len(self._scores))
-            scores = list(self._scores.values())
-        # Ranked in numpy: one Python call per image (its audit draw and sort key) took 150 ms of a 190 ms call on
-        # 100,000 images, as much again under a loaded server's threads.
-        run_ids = np.fromiter((score[0] for score in scores), np.int64, len(scores))
-        summed = np.fromiter((score[4] for score in scores), np.float64, len(scores))
-        audit = _audit_draw(ids, _audit_offset(seed)) < audit_share
-        priority = summed + 3 * audit
-        open_ = np.flatnonzero(~np.isin(ids, reviewed) & ((run_ids == run_id) if run_id is not None else True))
-        ranked = open_[np.lexsort((ids[open_], -priority[open_]))[:limit]]  # by priority, ties to the older image
+        open_ = [images.c.priority.is_not(None), ~exists().where(reviews.c.image_row_id == images.c.id)]
+        if run_id is not None:
+            open_.append(images.c.run_id == run_id)
+        audited = _audited(audit_share, seed)
+        page = select(images.c.id, images.c.priority, images.c.drifted).order_by(images.c.priority.desc(), images.c.id)
+        with self._errors("read"), self._engine.connect() as connection:
+            rows = [(row, True) for row in connection.execute(page.where(*open_, audited).limit(limit))] if audit_share > 0 else []
+            if len(rows) < limit:
+                rows += [(row, False) for row in connection.execute(page.where(*open_, ~audited).limit(limit - len(rows)))]
+            terms = {row.image_row_id: row for row in connection.execute(image_terms([row.id for row, _ in rows]))}
         items = []
-        for index in ranked:
-            _, uncertainty, disagrees, rejected, _ = scores[index]
+        for row, audit in rows:
+            term = terms.get(row.id)
+            uncertainty = 0.0 if term is None else float(term.uncertainty)
             reasons = [f"uncertainty {uncertainty:.2f}"] if uncertainty > 0 else []
-            reasons += ["edge and cloud classes differ"] if disagrees else []
-            reasons += ["cloud rejected an edge box"] if rejected else []
-            reasons += ["random audit"] if audit[index] else []
-            items.append(QueueItem(int(ids[index]), round(float(priority[index]), 6), tuple(reasons)))
+            reasons += ["edge and cloud classes differ"] if term is not None and term.disagrees else []
+            reasons += ["cloud rejected an edge box"] if term is not None and term.rejected else []
+            reasons += ["in the drift window"] if row.drifted else []
+            reasons += ["random audit"] if audit else []
+            items.append(QueueItem(row.id, round(row.priority + MOST * audit, 6), tuple(reasons)))
         return items
-
-    def _score_new_images(self, connection) -> None:
-        since = max(0, self._newest_scored - RESCAN_IDS)
-        disagrees = and_(defects.c.rejected.is_(False), defects.c.edge_type.is_not(None), defects.c.edge_type != defects.c.defect_type)
-        cloud_rejected = and_(defects.c.rejected.is_(True), defects.c.source != "edge")
-        per_image = (select(defects.c.image_row_id.label("image_row_id"),
-                            func.min(defects.c.confidence).label("lowest"),
-                            func.max(case((disagrees, 1), else_=0)).label("disagrees"),
-                            func.max(case((cloud_rejected, 1), else_=0)).label("rejected"))
-                     .where(defects.c.image_row_id > since).group_by(defects.c.image_row_id).subquery())
-        query = (select(images.c.id, images.c.run_id, per_image.c.lowest, per_image.c.disagrees, per_image.c.rejected)
-                 .outerjoin(per_image, per_image.c.image_row_id == images.c.id)
-                 .where(images.c.id > since, images.c.status == "ok"))
-        for row in connection.execute(query):
-            uncertainty = 0.0 if row.lowest is None else 1.0 - float(row.lowest)
-            disagree, reject = bool(row.disagrees), bool(row.rejected)
-            self._scores[row.id] = (row.run_id, uncertainty, disagree, reject, uncertainty + disagree + reject)
-            self._newest_scored = max(self._newest_scored, row.id)
-
-

@@ -424,10 +424,11 @@ def _updater(config: ClusterConfig):
     from aivd.pipeline.factory import build_detector, following_update_store
     from aivd.runtime.updater import EdgeUpdater
 
-    following_update_store(config.pipeline.update, config.pipeline.edge, build_detector(config.pipeline.edge, threads=1)[0])
+    detector = build_detector(config.pipeline.edge, threads=1)[0]
+    following_update_store(config.pipeline.update, config.pipeline.edge, detector)
 
     return EdgeUpdater.options(  # type: ignore[attr-defined]
-        ray_actor_options=actor_options(config.updater_resources)).bind(config.pipeline.update)
+        ray_actor_options=actor_options(config.updater_resources)).bind(config.pipeline.update, config.reviews_db, detector.labels)
 
 
 def app_builder(args: dict):

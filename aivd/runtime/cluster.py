@@ -10,6 +10,7 @@ from ray.serve.config import HTTPOptions, ProxyLocation
 from sqlalchemy.engine import make_url
 
 from aivd.auth.web import Access, refuse_open_bind
+from aivd.review import ReviewStore
 from aivd.runtime.app import build_app
 from aivd.runtime.config import ClusterConfig
 
@@ -20,6 +21,11 @@ def deploy(config: ClusterConfig, address: str | None = None, insecure: bool = F
     """Deploy (or redeploy) the app and return its base URL. `address=None` starts a local Ray (or reuses the one
     this process already started); "auto" or "ray://..." joins a cluster started with `ray start`. AccessError,
     before Ray starts, for a non-loopback host without API keys (config.keys_db), unless `insecure`."""
+    if config.reviews_db is not None:  # opened in the updater's Ray worker, whose working folder is not this one
+        reviews_db = _anchored(config.reviews_db)
+        config = config.model_copy(update={"reviews_db": reviews_db})
+        with ReviewStore(reviews_db):  # a database that cannot be opened is one StoreError line, before Ray starts
+            pass
     if config.keys_db is None:
         refuse_open_bind(config.host, None, insecure)
     else:

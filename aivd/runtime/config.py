@@ -82,6 +82,10 @@ class ClusterConfig(Strict):
         None, description="SQLAlchemy URL of the result database holding API keys (`aivd keys create`): once it has one, "
         "every endpoint but /healthz needs `Authorization: Bearer KEY`. The ingress replica opens it: on several machines, "
         "PostgreSQL or a file on the ingress's node")
+    reviews_db: str | None = Field(
+        None, description="SQLAlchemy URL of the result database whose human reviews (the console's, `aivd serve console "
+        "--db`) the updater learns from, with pipeline.update.enabled and pipeline.update.reviews (as a live run learns "
+        "from its own database's). The updater's replica opens it: on several machines, PostgreSQL or a file on its node")
     seed: int = 0
     placement: Literal["rank", "resources"] = Field(
         "rank", description="how a replica finds its node class: by replica rank in the order of `edge`, or by "
@@ -109,6 +113,12 @@ class ClusterConfig(Strict):
     def _pipeline_file(cls, value):
         """A path names the pipeline's YAML file, read as `aivd inspect --config` reads it."""
         return build_config(Path(value)) if isinstance(value, (str, Path)) else value
+
+    @model_validator(mode="after")
+    def _reviews_need_learning(self) -> ClusterConfig:
+        if self.reviews_db is not None and not (self.pipeline.update.enabled and self.pipeline.update.reviews):
+            raise ValueError("reviews_db: the updater learns from reviews only with pipeline.update.enabled and pipeline.update.reviews")
+        return self
 
     @field_validator("edge")
     @classmethod

@@ -75,8 +75,17 @@ images = Table(
     Column("bytes_to_cloud", BigInteger, nullable=False),
     Column("bytes_from_cloud", BigInteger, nullable=False),
     Column("inspected_at", DateTime(timezone=True)),  # when the record was stored (null in databases older than 0006)
+    # Whether the run's drift monitor was in its drift state when the image was inspected: null without a learner
+    # (and in rows older than 0008), false while it saw no drift.
+    Column("drifted", Boolean),
+    # The review queue's priority (aivd.store.priority), set as the row is written; null for an image that failed.
+    Column("priority", Float),
     Index("images_inspected_at", "inspected_at"),
 )
+# The review queue's order, highest priority first and ties to the older image, over all images and within a run:
+# the queue walks one of them and stops after its page (aivd.review.store.ReviewStore.queue).
+Index("images_queue", images.c.priority.desc(), images.c.id)
+Index("images_run_queue", images.c.run_id, images.c.priority.desc(), images.c.id)
 
 defects = Table(
     "defects", metadata,
@@ -327,11 +336,14 @@ class ResultStore:
         with self.errors("write"), self._engine.begin() as connection:
             connection.execute(update(runs).where(runs.c.id == run_id).values(status="running", finished_at=None))
 
-    def add(self, run_id: int, record: InspectionRecord, intake_id: int | None = None) -> int:
+    def add(self, run_id: int, record: InspectionRecord, intake_id: int | None = None, drifted: bool | None = None) -> int:
         """Write one record (its image, defects and timings) in one transaction and return its image row's id; with
         `intake_id`, the same transaction marks that journal entry done, and a record for an entry done already is
-        refused whole."""
-        image_row = {"run_id": run_id, "inspected_at": _now(), **{name: getattr(record, name) for name in _IMAGE_FIELDS}}
+        refused whole. `drifted`: whether the run's drift monitor was in its drift state (None without a learner).
+        The same transaction scores the image for the review queue."""
+        from aivd.store.priority import score_images  # that module builds on this one's tables
+
+        image_row = {"run_id": run_id, "inspected_at": _now(), "drifted": drifted, **{name: getattr(record, name) for name in _IMAGE_FIELDS}}
         with self.errors("write"), self._engine.begin() as connection:
             row_id = _inserted_id(connection.execute(images.insert(), image_row))
             if intake_id is not None:
@@ -348,6 +360,7 @@ class ResultStore:
                 connection.execute(defects.insert(), defect_rows)
             if timing_rows:
                 connection.execute(timings.insert(), timing_rows)
+            score_images(connection, images.c.id == row_id)
         return row_id
 
     def queue_intake(self, run_id: int, path: str, size: int, mtime_ns: int, image_id: str) -> IntakeEntry | None:

@@ -45,6 +45,8 @@ def unversioned_revision(connection: Connection) -> str | None:
     tables = set(inspector.get_table_names())
     if "runs" not in tables:
         return None
+    if "priority" in {column["name"] for column in inspector.get_columns("images")}:
+        return "0008"
     if "defects_image_filter" in {index["name"] for index in inspector.get_indexes("defects")}:
         return "0007"
     if "users" in tables:
