@@ -16,6 +16,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as DecodingTimeout  # not the builtin TimeoutError before Python 3.11
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -310,7 +311,7 @@ def _prefetched(tasks: Iterable[InspectionTask], options: InspectOptions, batch:
                     if held[0] is _END or isinstance(held[0], BaseException):
                         break
                     loaded = held[0][1].result(timeout=max(0.0, deadline - time.monotonic()))
-                except (queue.Empty, TimeoutError):
+                except (queue.Empty, DecodingTimeout):
                     break
                 taken.append((held.popleft()[0], loaded))
             yield taken
