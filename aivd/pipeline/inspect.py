@@ -310,10 +310,12 @@ def _prefetched(tasks: Iterable[InspectionTask], options: InspectOptions, batch:
                         held.append(ready.get(timeout=max(0.0, deadline - time.monotonic())))
                     if held[0] is _END or isinstance(held[0], BaseException):
                         break
-                    loaded = held[0][1].result(timeout=max(0.0, deadline - time.monotonic()))
+                    if held[0][1].exception(timeout=max(0.0, deadline - time.monotonic())) is not None:
+                        break  # raised as the next batch's first image, once this batch is done
                 except (queue.Empty, DecodingTimeout):
                     break
-                taken.append((held.popleft()[0], loaded))
+                task, decoding = held.popleft()
+                taken.append((task, decoding.result()))
             yield taken
     finally:
         closed.set()
