@@ -39,24 +39,28 @@ def copper_masks(region: Region, copper_dark: bool = True) -> tuple[np.ndarray, 
     return copper(region.image), None if region.template is None else copper(region.template)
 
 
-def _pieces(mask: np.ndarray) -> np.ndarray:
-    """Connected 8-neighbour pieces, with pieces under MIN_PIECE_PX relabelled 0."""
+def _pieces(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """Connected 8-neighbour pieces, with pieces under MIN_PIECE_PX relabelled 0, and the number of labels."""
     count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
-    small = np.flatnonzero(stats[:, cv2.CC_STAT_AREA] < MIN_PIECE_PX)
-    labels[np.isin(labels, small)] = 0
-    return labels
+    relabel = np.arange(count, dtype=labels.dtype)
+    relabel[stats[:, cv2.CC_STAT_AREA] < MIN_PIECE_PX] = 0
+    return relabel[labels], count
 
 
-def _touches_several(labels_a: np.ndarray, labels_b: np.ndarray, window: np.ndarray) -> bool:
-    """Does any piece of `a` that reaches into `window` overlap two or more pieces of `b`?"""
-    in_window = np.unique(labels_a[window])
-    in_window = in_window[in_window > 0]
-    if not len(in_window):
-        return False
-    both = (labels_a > 0) & (labels_b > 0)
-    pairs = np.unique(labels_a[both].astype(np.int64) * (int(labels_b.max()) + 1) + labels_b[both])
-    partners = np.bincount(pairs // (int(labels_b.max()) + 1), minlength=int(labels_a.max()) + 1)
-    return bool((partners[in_window] >= 2).any())
+def _joined_and_split(test: tuple[np.ndarray, int], template: tuple[np.ndarray, int], window: tuple[slice, slice]) -> tuple[bool, bool]:
+    """Does a test piece reaching into `window` overlap two or more template pieces (conductors joined), and does
+    a template piece reaching into it overlap two or more test pieces (a conductor split)?"""
+    (test_labels, test_count), (template_labels, template_count) = test, template
+    overlap = np.zeros((test_count, template_count), bool)  # which test piece overlaps which template piece
+    overlap[test_labels.ravel(), template_labels.ravel()] = True
+    overlap[0, :] = overlap[:, 0] = False  # label 0: no copper, or a piece too small to count
+    test_in_window = np.zeros(test_count, bool)
+    test_in_window[test_labels[window].ravel()] = True
+    template_in_window = np.zeros(template_count, bool)
+    template_in_window[template_labels[window].ravel()] = True
+    joins = bool((overlap[test_in_window].sum(axis=1) >= 2).any())
+    splits = bool((overlap[:, template_in_window].sum(axis=0) >= 2).any())
+    return joins, splits
 
 
 def _usable_scale(pixels_per_mm: float | None) -> float | None:
@@ -66,25 +70,26 @@ def _usable_scale(pixels_per_mm: float | None) -> float | None:
     return float(pixels_per_mm)
 
 
-def _box_window(box: tuple[float, float, float, float], shape: tuple[int, int], margin: int) -> np.ndarray:
-    """The pixels the box covers (at least one per axis), grown by `margin` on every side and clipped to `shape`."""
+def _box_slices(box: tuple[float, float, float, float], shape: tuple[int, int], margin: int) -> tuple[slice, slice]:
+    """The rows and columns the box covers (at least one of each), grown by `margin` on every side and clipped to
+    `shape`."""
     x1, y1, x2, y2 = box
     height, width = shape
     top, left = int(y1), int(x1)
     bottom, right = max(int(np.ceil(y2)), top + 1), max(int(np.ceil(x2)), left + 1)
-    window = np.zeros(shape, bool)
-    window[max(0, top - margin) : min(height, bottom + margin), max(0, left - margin) : min(width, right + margin)] = True
-    return window
+    return slice(max(0, top - margin), min(height, bottom + margin)), slice(max(0, left - margin), min(width, right + margin))
 
 
 def contrast(image: np.ndarray, box: tuple[float, float, float, float]) -> float | None:
     """Mean grey level inside `box` minus that of the ring `RING_PX` wide around it, clipped to the image, in grey
     levels (-255..255); None when the box covers the whole image, leaving no ring."""
-    inside = _box_window(box, image.shape, 0)
-    ring = _box_window(box, image.shape, RING_PX) & ~inside
-    if not inside.any() or not ring.any():
+    inside, outer = image[_box_slices(box, image.shape, 0)], image[_box_slices(box, image.shape, RING_PX)]
+    ring_px = outer.size - inside.size
+    if not inside.size or not ring_px:
         return None
-    return round(float(image[inside].mean()) - float(image[ring].mean()), 2)
+    inside_sum = int(inside.sum(dtype=np.int64))
+    ring_mean = (int(outer.sum(dtype=np.int64)) - inside_sum) / ring_px
+    return round(inside_sum / inside.size - ring_mean, 2)
 
 
 def _in_mm(values: dict, scale: float | None) -> dict:
@@ -117,14 +122,14 @@ def measure(region: Region, copper_dark: bool = True, pcb_facts: bool = True) ->
 def _copper_facts(region: Region, copper_dark: bool) -> dict:
     test, template = copper_masks(region, copper_dark)
     assert template is not None  # measured only for a region with a template
-    window = _box_window(region.box, test.shape, BOX_MARGIN_PX)
-    extra = int(np.count_nonzero(test & ~template & window))
-    missing = int(np.count_nonzero(template & ~test & window))
-    test_pieces, template_pieces = _pieces(test), _pieces(template)
+    window = _box_slices(region.box, test.shape, BOX_MARGIN_PX)
+    extra = int(np.count_nonzero(test[window] & ~template[window]))
+    missing = int(np.count_nonzero(template[window] & ~test[window]))
+    joins, splits = _joined_and_split(_pieces(test), _pieces(template), window)
     return {
         "extra_copper_px": extra,
         "missing_copper_px": missing,
         "changed_area_px": extra + missing,
-        "joins_conductors": _touches_several(test_pieces, template_pieces, window),
-        "splits_conductor": _touches_several(template_pieces, test_pieces, window),
+        "joins_conductors": joins,
+        "splits_conductor": splits,
     }

@@ -48,6 +48,12 @@ class EdgeConfig(_Section):
     templates: TemplateMode = Field(TemplateMode.auto, description="auto: NAME_temp beside NAME_test; require: missing is an error; none: ignore")
     template: Path | None = Field(None, description="one aligned template for every image")
     model_poll_s: float = Field(5.0, gt=0.0, description="a model store as `model`: how often the edge looks for a newly promoted version")
+    batch: int = Field(
+        1, ge=1, le=64, description="the most images, already decoded and waiting, that the edge detects in one model run "
+                                    "(and whose boxes its refiner takes in one run); 1: one image at a time")
+    batch_wait_ms: float = Field(
+        0.0, ge=0.0, le=1000.0, description="how long the edge may wait for more images to fill a batch; 0: never wait, "
+                                            "batch only what is already waiting")
 
     @model_validator(mode="after")
     def _one_source(self) -> EdgeConfig:
@@ -81,6 +87,9 @@ class CloudConfig(_Section):
     knowledge: Path | None = Field(None, description="defect knowledge-base YAML (`aivd kb init`); default: the pack's")
     proposal_threshold: float | None = Field(
         None, ge=0.0, le=1.0, description="edge score from which candidates may go to the cloud; default: the classifier's calibrated one")
+    batch: int = Field(
+        1, ge=1, le=64, description="builtin (and other in-process backends): the most images waiting for the cloud whose "
+                                    "regions are analysed in one call (one classifier run); 1: one image at a time")
     llm: LLMConfig = LLMConfig()
 
     @model_validator(mode="after")

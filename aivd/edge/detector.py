@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -55,6 +56,23 @@ class Detector(Protocol):
         ...
 
 
+def detect_batch(detector: Detector, images: Sequence[np.ndarray], templates: Sequence[np.ndarray | None],
+                 min_confidence: float | None = None) -> list[Detections]:
+    """`detector.detect` of each image, in order: in one batch where the detector has `detect_batch`, else one by one."""
+    batched = getattr(detector, "detect_batch", None)
+    if batched is not None:
+        return batched(images, templates, min_confidence)
+    return [detector.detect(image, template, min_confidence) for image, template in zip(images, templates)]
+
+
+def _stackable(inputs: Sequence[np.ndarray]) -> list[list[int]]:
+    """The indices of `inputs` grouped by shape, each group in order: the inputs one model run can take together."""
+    groups: dict[tuple, list[int]] = {}
+    for index, array in enumerate(inputs):
+        groups.setdefault(array.shape, []).append(index)
+    return list(groups.values())
+
+
 def _session(path: Path, threads: int) -> ort.InferenceSession:
     if not path.is_file():
         raise ModelError(f"{path}: model file not found")
@@ -94,20 +112,33 @@ class TemplateDetector:
         self.name = f"builtin:{self.path.stem}"
 
     def detect(self, image: np.ndarray, template: np.ndarray | None = None, min_confidence: float | None = None) -> Detections:
+        return self.detect_batch([image], [template], min_confidence)[0]
+
+    def detect_batch(self, images: Sequence[np.ndarray], templates: Sequence[np.ndarray | None],
+                     min_confidence: float | None = None) -> list[Detections]:
+        """`detect` of each image, in order, with one detector run per input size (images of the same padded size
+        and template presence stack) and one refiner run for the crops of all of them."""
         threshold = self.min_confidence if min_confidence is None else min_confidence
-        x = centernet.make_input(image, template, self.input_scale)
-        peaks, class_probs, sizes, offsets = self.session.run(None, {"input": x})
-        height, width = image.shape[:2]
-        boxes, objectness, probs = centernet.candidates(
-            peaks[0], class_probs[0], sizes[0], offsets[0], self.input_scale, (width, height), threshold
-        )
-        if self.refiner is not None and len(boxes):
-            probs = self.refiner.run(None, {"crops": crop_windows(image, template, boxes)})[0]
+        inputs = [centernet.make_input(image, template, self.input_scale) for image, template in zip(images, templates)]
+        outputs: list = [None] * len(inputs)
+        for same_size in _stackable(inputs):
+            stacked = self.session.run(None, {"input": np.concatenate([inputs[i] for i in same_size])})
+            for row, index in enumerate(same_size):
+                outputs[index] = [output[row] for output in stacked]
+        found = []
+        for image, (peaks, class_probs, sizes, offsets) in zip(images, outputs):
+            height, width = image.shape[:2]
+            found.append(centernet.candidates(peaks, class_probs, sizes, offsets, self.input_scale, (width, height), threshold))
+        if self.refiner is not None and any(len(boxes) for boxes, _, _ in found):
+            crops = np.concatenate([crop_windows(image, template, boxes) for image, template, (boxes, _, _) in zip(images, templates, found)])
+            probs = self.refiner.run(None, {"crops": crops})[0]
             if self.refiner_reject is not None:
                 # The mass the refiner gives `no-defect` is taken from every class, which lowers the confidence
                 # of a box it thinks is a false alarm.
                 probs = np.delete(probs, self.refiner_reject, axis=1)
-        return centernet.score(boxes, objectness, probs, self.labels, threshold)
+            per_image = np.split(probs, np.cumsum([len(boxes) for boxes, _, _ in found])[:-1])
+            found = [(boxes, objectness, refined) for (boxes, objectness, _), refined in zip(found, per_image)]
+        return [centernet.score(boxes, objectness, probs, self.labels, threshold) for boxes, objectness, probs in found]
 
     def _refiner_reject_index(self, refiner: ort.InferenceSession) -> int | None:
         """Where the refiner's `no-defect` output is, if it has one; its other labels must be the detector's."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -81,11 +82,16 @@ class HotSwapDetector:
             raise ModelStoreError(f"{path}: the detector of {self.version}, which this worker serves, is gone")
 
     def detect(self, image: np.ndarray, template: np.ndarray | None = None, min_confidence: float | None = None) -> Detections:
+        return self.detect_batch([image], [template], min_confidence)[0]
+
+    def detect_batch(self, images: Sequence[np.ndarray], templates: Sequence[np.ndarray | None],
+                     min_confidence: float | None = None) -> list[Detections]:
+        """`detect` of each image, in order, all on one model version."""
         if time.monotonic() - self._checked >= self.poll_s:
             self.refresh()
         with self._lock:
             detector = self.detector
-        return detector.detect(image, template, min_confidence)
+        return detector.detect_batch(images, templates, min_confidence)
 
 
 def hot_swapping(detector) -> HotSwapDetector | None:

@@ -18,11 +18,13 @@ are unioned.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import cv2
 import numpy as np
 
 from aivd.core import Detections, LabelMap
-from aivd.edge.detector import Detector
+from aivd.edge.detector import Detector, detect_batch
 
 # An image whose longer side is at most this many tiles goes to the detector whole: a fully convolutional model
 # is as good on an input somewhat larger than the ones it was trained on, and cutting such an image would run it
@@ -89,9 +91,20 @@ class TiledDetector:
         ys = tile_origins(height, self.tile_size, self.overlap)
         return [(x, y, min(x + self.tile_size, width), min(y + self.tile_size, height)) for y in ys for x in xs]
 
+    def detect_batch(self, images: Sequence[np.ndarray], templates: Sequence[np.ndarray | None],
+                     min_confidence: float | None = None) -> list[Detections]:
+        """`detect` of each image, in order: the images detected whole go to the inner detector as one batch."""
+        for image, template in zip(images, templates):
+            _check_template(image, template)
+        whole = [i for i, image in enumerate(images) if len(self.tiles(image.shape[1], image.shape[0])) == 1]
+        found: list = [None] * len(images)
+        for index, detections in zip(whole, detect_batch(self.detector, [images[i] for i in whole], [templates[i] for i in whole], min_confidence)):
+            found[index] = detections
+        return [self.detect(image, template, min_confidence) if detections is None else detections
+                for image, template, detections in zip(images, templates, found)]
+
     def detect(self, image: np.ndarray, template: np.ndarray | None = None, min_confidence: float | None = None) -> Detections:
-        if template is not None and template.shape != image.shape:
-            raise ValueError(f"template shape {template.shape} differs from image {image.shape}")
+        _check_template(image, template)
         height, width = image.shape[:2]
         tiles = self.tiles(width, height)
         if len(tiles) == 1:
@@ -106,6 +119,11 @@ class TiledDetector:
             tile_of_box.append(np.full(len(found), index))
         found = Detections.merge(parts, labels=self.labels)
         return _merge_tiles(found, np.concatenate(cut), np.concatenate(tile_of_box))
+
+
+def _check_template(image: np.ndarray, template: np.ndarray | None) -> None:
+    if template is not None and template.shape != image.shape:
+        raise ValueError(f"template shape {template.shape} differs from image {image.shape}")
 
 
 def _cut_by_inner_edge(xyxy: np.ndarray, tile: tuple[int, int, int, int], width: int, height: int) -> np.ndarray:

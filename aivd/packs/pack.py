@@ -21,6 +21,7 @@ The shipped DeepPCB models are the built-in pack (`builtin_pack`).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Final, Literal
 
@@ -31,7 +32,7 @@ from aivd.core import Detections, LabelMap
 from aivd.core.errors import AivdError
 from aivd.core.regions import PIXELS_PER_MM_RANGE
 from aivd.data.yaml_files import first_problem, read_yaml_mapping
-from aivd.edge.detector import BUILTIN_MODEL, TemplateDetector
+from aivd.edge.detector import BUILTIN_MODEL, TemplateDetector, detect_batch
 
 PACK_FILE = "pack.yaml"
 PACK_FORMAT: Final = 1
@@ -129,8 +130,20 @@ class PackDetector:
         return self._for(template).min_confidence
 
     def detect(self, image: np.ndarray, template: np.ndarray | None = None, min_confidence: float | None = None) -> Detections:
-        detector = self._for(template)
-        return detector.detect(image, template if detector is self.template_aware else None, min_confidence)
+        return self.detect_batch([image], [template], min_confidence)[0]
+
+    def detect_batch(self, images: Sequence[np.ndarray], templates: Sequence[np.ndarray | None],
+                     min_confidence: float | None = None) -> list[Detections]:
+        """`detect` of each image, in order; the images each detector takes go to it as one batch."""
+        found: list = [None] * len(images)
+        for detector in (self.template_aware, self.image_only):
+            mine = [i for i, template in enumerate(templates) if detector is not None and self._for(template) is detector]
+            if not mine:
+                continue
+            given = [templates[i] if detector is self.template_aware else None for i in mine]
+            for index, detections in zip(mine, detect_batch(detector, [images[i] for i in mine], given, min_confidence)):
+                found[index] = detections
+        return found
 
 
 def _inside(root: Path, name: str, what: str, manifest_path: Path) -> Path:

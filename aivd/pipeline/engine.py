@@ -15,14 +15,15 @@ measure the full pipeline exactly as they measure the edge alone.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from aivd.cloud.analyzer import Analyses, Analyzer, AnalyzerError
+from aivd.cloud.analyzer import Analyses, Analyzer, AnalyzerError, RemoteAnalyzer
 from aivd.collab.offload import KeepAtEdge, OffloadDecision, Offloader, SendAll
 from aivd.core import Detections, LabelMap, cut_regions
-from aivd.edge.detector import Detector
+from aivd.edge.detector import Detector, detect_batch
 from aivd.schema.analysis import DefectAnalysis
 from aivd.schema.records import DefectRecord, OffloadNote
 
@@ -107,6 +108,17 @@ def _cloud_record(box, analysis: DefectAnalysis, edge_class: str, edge_confidenc
     )
 
 
+@dataclass(frozen=True)
+class Batching:
+    """How many queued images `inspect_tasks` hands the edge and the cloud at once (PipelineConfig's edge.batch,
+    edge.batch_wait_ms and cloud.batch). At 1, each image goes alone; a wait of 0 takes only the images already
+    decoded, so that batching never holds an image back for others."""
+
+    edge: int = 1
+    edge_wait_ms: float = 0.0
+    cloud: int = 1
+
+
 class EdgeCloudPipeline:
     """edge -> offloading decision -> cloud -> `merge_tiers`, as one object (Sedna's JointInference).
 
@@ -115,8 +127,9 @@ class EdgeCloudPipeline:
     image; `complete` (the cloud's half) may run on another thread, and also in input order."""
 
     def __init__(self, detector: Detector, analyzer: Analyzer | None = None, proposal_threshold: float | None = None,
-                 pixels_per_mm: float | None = None, offloader: Offloader | None = None):
+                 pixels_per_mm: float | None = None, offloader: Offloader | None = None, batching: Batching = Batching()):
         self.detector = detector
+        self.batching = batching
         self.analyzer = analyzer
         self.labels: LabelMap = detector.labels
         self.uses_template = detector.uses_template
@@ -149,20 +162,36 @@ class EdgeCloudPipeline:
 
     def propose(self, image: np.ndarray, template: np.ndarray | None, image_id: str) -> Proposal:
         """The edge's half: the candidates, which of them go to the cloud, and their regions."""
-        template = template if self.detector.uses_template else None
-        edge_threshold = self.edge_threshold_for(template)
-        started = time.perf_counter()
-        if self.analyzer is None:
-            candidates = self.detector.detect(image, template)
-            timings = {"detect": _ms_since(started)}
-            return Proposal(candidates, self.offloader.decide(candidates), [], edge_threshold, timings)
-        candidates = self.detector.detect(image, template, min(self.proposal_threshold, edge_threshold))
-        timings = {"detect": _ms_since(started)}
-        decision = self.decide(candidates)
-        started = time.perf_counter()
-        regions = cut_regions(image, template, candidates[decision.sent], image_id, self.pixels_per_mm)
-        timings["crop"] = _ms_since(started)
-        return Proposal(candidates, decision, regions, edge_threshold, timings)
+        return self.propose_batch([(image, template, image_id)])[0]
+
+    def propose_batch(self, images: Sequence[tuple[np.ndarray, np.ndarray | None, str]]) -> list[Proposal]:
+        """`propose` of each (image, template, image id), in order, the detector running the images with the same
+        threshold as one batch. Each image's detect time is its share of its batch's."""
+        templates = [template if self.detector.uses_template else None for _, template, _ in images]
+        edge_thresholds = [self.edge_threshold_for(template) for template in templates]
+        # Edge only, the detector applies its own threshold; with a cloud, it proposes down to the proposal threshold.
+        thresholds = [None if self.analyzer is None else min(self.proposal_threshold, t) for t in edge_thresholds]
+        found: list = [None] * len(images)
+        detect_ms: list = [None] * len(images)
+        for threshold in dict.fromkeys(thresholds):
+            same = [i for i, t in enumerate(thresholds) if t == threshold]
+            started = time.perf_counter()
+            batch = detect_batch(self.detector, [images[i][0] for i in same], [templates[i] for i in same], threshold)
+            share = round(_ms_since(started) / len(same), 2)
+            for index, candidates in zip(same, batch):
+                found[index], detect_ms[index] = candidates, share
+        proposals = []
+        for (image, _, image_id), template, candidates, edge_threshold, ms in zip(images, templates, found, edge_thresholds, detect_ms):
+            timings = {"detect": ms}
+            if self.analyzer is None:
+                proposals.append(Proposal(candidates, self.offloader.decide(candidates), [], edge_threshold, timings))
+                continue
+            decision = self.decide(candidates)  # in input order: a budget's state moves image by image
+            started = time.perf_counter()
+            regions = cut_regions(image, template, candidates[decision.sent], image_id, self.pixels_per_mm)
+            timings["crop"] = _ms_since(started)
+            proposals.append(Proposal(candidates, decision, regions, edge_threshold, timings))
+        return proposals
 
     def decide(self, candidates: Detections) -> OffloadDecision:
         """The offloading stage's decision over an image's candidates; only those at the proposal threshold may go."""
@@ -176,19 +205,44 @@ class EdgeCloudPipeline:
 
     def complete(self, proposal: Proposal) -> ImageResult:
         """The cloud's half: analysis of the sent regions, the merge, the records, and the stage's feedback."""
+        return self.complete_batch([proposal])[0]
+
+    def complete_batch(self, proposals: Sequence[Proposal]) -> list[ImageResult]:
+        """`complete` of each proposal, in order. An analyzer in this process analyses the regions of all of them in
+        one call (one classifier run), each image's analyze time being its share, by regions, of the call's; a
+        remote one is called per image, so that each image's traffic and failure are its own. If the joint call
+        fails, each image is analysed alone, so that a failure is the failing image's."""
+        sent = [proposal for proposal in proposals if proposal.regions]
+        answers: dict[int, tuple[Analyses, str | None, float]] = {}
+        if len(sent) > 1 and not isinstance(self.analyzer, RemoteAnalyzer):
+            analyses, error, ms = self._analyze([region for proposal in sent for region in proposal.regions])
+            if error is None:
+                counts = [len(proposal.regions) for proposal in sent]
+                for proposal, start, count in zip(sent, np.cumsum([0, *counts[:-1]]), counts):
+                    answers[id(proposal)] = Analyses(analyses[start : start + count]), None, round(ms * count / len(analyses), 2)
+        for proposal in sent:
+            if id(proposal) not in answers:
+                answers[id(proposal)] = self._analyze(proposal.regions)
+        return [self._completed(proposal, *answers.get(id(proposal), (Analyses(), None, None))) for proposal in proposals]
+
+    def _analyze(self, regions: list) -> tuple[Analyses, str | None, float]:
+        """The analyzer's answers for `regions` (none, and why, when it fails) and the time it took (ms)."""
+        assert self.analyzer is not None  # without one the offloader is KeepAtEdge, and propose cuts no region
+        started = time.perf_counter()
+        try:
+            analyses = self.analyzer.analyze(regions)
+            if len(analyses) != len(regions):  # zip would silently drop regions
+                raise AnalyzerError(f"{self.analyzer.name} answered {len(analyses)} analyses for {len(regions)} regions")
+            return analyses, None, _ms_since(started)
+        except AnalyzerError as error:
+            return Analyses((), error.bytes_sent, error.bytes_received), str(error), _ms_since(started)
+
+    def _completed(self, proposal: Proposal, analyses: Analyses, cloud_error: str | None, analyze_ms: float | None) -> ImageResult:
+        """The merge, the records and the offloading stage's feedback, given the cloud's answers for the image."""
         timings = dict(proposal.timings_ms)
+        if analyze_ms is not None:
+            timings["analyze"] = analyze_ms
         candidates, decision = proposal.candidates, proposal.decision
-        analyses, cloud_error = Analyses(), None
-        if proposal.regions:
-            assert self.analyzer is not None  # without one the offloader is KeepAtEdge, and propose cuts no region
-            started = time.perf_counter()
-            try:
-                analyses = self.analyzer.analyze(proposal.regions)
-                if len(analyses) != len(proposal.regions):  # zip would silently drop regions
-                    raise AnalyzerError(f"{self.analyzer.name} answered {len(analyses)} analyses for {len(proposal.regions)} regions")
-            except AnalyzerError as error:
-                analyses, cloud_error = Analyses((), error.bytes_sent, error.bytes_received), str(error)
-            timings["analyze"] = _ms_since(started)
         # Without the cloud's answers, the edge decides every candidate, the sent ones included.
         decided_by_cloud = decision.sent if cloud_error is None else np.zeros(len(candidates), bool)
         cloud = CloudAnswers.of(analyses, decided_by_cloud, self.labels)

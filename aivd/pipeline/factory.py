@@ -11,7 +11,7 @@ from aivd.collab.hard_examples import make_filter
 from aivd.collab.offload import BudgetController, KeepAtEdge, MarginalErrorController, Offloader, SendAll
 from aivd.config import CloudConfig, ConfigError, EdgeConfig, OffloadConfig, PipelineConfig, UpdateConfig
 from aivd.edge.detector import Detector
-from aivd.pipeline.engine import EdgeCloudPipeline
+from aivd.pipeline.engine import Batching, EdgeCloudPipeline
 
 if TYPE_CHECKING:
     from aivd.packs import ModelPack
@@ -32,7 +32,8 @@ def build_pipeline(config: PipelineConfig, pixels_per_mm: float | None = None, *
     if scale is None:
         scale = pack.pixels_per_mm if pack is not None and pack.pixels_per_mm is not None else pixels_per_mm
     analyzer = cloud if cloud is not None else build_analyzer(config.cloud, list(detector.labels.names), pack)
-    return EdgeCloudPipeline(detector, analyzer, config.cloud.proposal_threshold, scale, build_offloader(config.offload))
+    batching = Batching(config.edge.batch, config.edge.batch_wait_ms, config.cloud.batch)
+    return EdgeCloudPipeline(detector, analyzer, config.cloud.proposal_threshold, scale, build_offloader(config.offload), batching)
 
 
 def load_pack(name: str) -> ModelPack:

@@ -15,7 +15,8 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as DecodingTimeout  # not the builtin TimeoutError before Python 3.11
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -51,7 +52,8 @@ CLOUD_IN_FLIGHT = 2  # images whose cloud half may be pending while the edge goe
 class InspectOptions:
     annotate: bool = True
     deeppcb_results: bool = False  # also write OUT/deeppcb/ID.txt in the official submission format
-    prefetch: int = 4
+    prefetch: int = 4  # images read and decoded ahead of the edge
+    decoders: int = 2  # threads decoding them (OpenCV releases the GIL, so they decode in parallel with inference)
     limits: ImageLimits = field(default_factory=ImageLimits)
     database: str | None = ""  # SQLAlchemy URL; "" means OUT/aivd.sqlite, None no database
     report: bool = True  # write OUT/report.html
@@ -255,8 +257,10 @@ _END = object()
 IDLE_S = 0.2  # how long the next image may be awaited before the work in hand is finished without it
 
 
-def _prefetched(tasks: Iterable[InspectionTask], options: InspectOptions) -> Iterator:
-    """(task, loaded) in input order, read and decoded ahead by one thread, at most `options.prefetch` waiting.
+def _prefetched(tasks: Iterable[InspectionTask], options: InspectOptions, batch: int = 1, wait_s: float = 0.0) -> Iterator:
+    """Micro-batches of (task, loaded) in input order: the next image, and up to `batch - 1` more already decoded
+    (or decoded within `wait_s`). Images are read and decoded ahead by `options.decoders` threads, at most
+    `options.prefetch` waiting.
 
     `tasks` may be a live source (a stream, a watched folder) whose next task is minutes away: then None is
     yielded every IDLE_S, so that the caller can finish the images in hand and notice a stop request. The reading
@@ -264,6 +268,7 @@ def _prefetched(tasks: Iterable[InspectionTask], options: InspectOptions) -> Ite
     it when the source itself is closed."""
     ready: queue.Queue = queue.Queue(maxsize=max(1, options.prefetch))
     closed = threading.Event()
+    decoders = ThreadPoolExecutor(max_workers=max(1, options.decoders), thread_name_prefix="aivd-decode")
 
     def offer(item) -> bool:
         while not closed.is_set():
@@ -277,7 +282,7 @@ def _prefetched(tasks: Iterable[InspectionTask], options: InspectOptions) -> Ite
     def read() -> None:
         try:
             for task in tasks:
-                if not offer((task, _load(task, options.limits))):
+                if not offer((task, decoders.submit(_load, task, options.limits))):
                     return
             offer(_END)
         except BaseException as failure:  # a source that fails (a watched folder whose journal cannot be written) ends the run
@@ -285,20 +290,51 @@ def _prefetched(tasks: Iterable[InspectionTask], options: InspectOptions) -> Ite
 
     reader = threading.Thread(target=read, name="aivd-read", daemon=True)
     reader.start()
+    held: deque = deque()  # taken from `ready`, not yet yielded: an image still decoding when a batch was closed
     try:
         while True:
-            try:
-                item = ready.get(timeout=IDLE_S)
-            except queue.Empty:
-                yield None
-                continue
-            if item is _END:
+            if not held:
+                try:
+                    held.append(ready.get(timeout=IDLE_S))
+                except queue.Empty:
+                    yield None
+                    continue
+            if held[0] is _END:
                 return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
+            if isinstance(held[0], BaseException):
+                raise held[0]
+            task, decoding = held.popleft()
+            taken = [(task, decoding.result())]
+            deadline = time.monotonic() + wait_s
+            while len(taken) < batch:
+                try:
+                    if not held:
+                        held.append(ready.get(timeout=max(0.0, deadline - time.monotonic())))
+                    if held[0] is _END or isinstance(held[0], BaseException):
+                        break
+                    if held[0][1].exception(timeout=max(0.0, deadline - time.monotonic())) is not None:
+                        break  # raised as the next batch's first image, once this batch is done
+                except (queue.Empty, DecodingTimeout):
+                    break
+                task, decoding = held.popleft()
+                taken.append((task, decoding.result()))
+            yield taken
     finally:
         closed.set()
+        decoders.shutdown(wait=False, cancel_futures=True)
+
+
+def _start_batch(batch: list, pipeline: EdgeCloudPipeline) -> list[Proposal | ImageError]:
+    """`_start` of each (task, loaded), the readable images detected as one batch. If the batch fails, each image
+    is started alone, so that a failure is the failing image's."""
+    readable = [(task, loaded) for task, loaded in batch if loaded[2] is None]
+    if len(readable) < 2:
+        return [_start(task, loaded, pipeline) for task, loaded in batch]
+    try:
+        proposals = iter(pipeline.propose_batch([(loaded[0], loaded[1], task.image_id) for task, loaded in readable]))
+    except Exception:  # a model failing on one image must not fail the others
+        return [_start(task, loaded, pipeline) for task, loaded in batch]
+    return [loaded[2] if loaded[2] is not None else next(proposals) for _, loaded in batch]
 
 
 def _start(task: InspectionTask, loaded, pipeline: EdgeCloudPipeline) -> Proposal | ImageError:
@@ -320,6 +356,56 @@ def _complete(pipeline: EdgeCloudPipeline, task: InspectionTask, started: Propos
         return pipeline.complete(started)
     except Exception as failure:
         return ImageError(task.image_path, f"analysis failed: {type(failure).__name__}: {failure}")
+
+
+def _complete_batch(pipeline: EdgeCloudPipeline, items: list) -> list[ImageResult | ImageError]:
+    """`_complete` of each (task, started), the proposals completed together (one analyzer call). If that fails,
+    each is completed alone, so that a failure is the failing image's."""
+    proposals = [started for _, started in items if not isinstance(started, ImageError)]
+    if len(proposals) < 2:
+        return [_complete(pipeline, task, started) for task, started in items]
+    try:
+        results = iter(pipeline.complete_batch(proposals))
+    except Exception:  # an analysis failing on one image must not fail the others
+        return [_complete(pipeline, task, started) for task, started in items]
+    return [started if isinstance(started, ImageError) else next(results) for _, started in items]
+
+
+class _CloudWorker:
+    """The cloud's half on its own thread. The proposals waiting when it gets to them (up to `batch`) are completed
+    together, so that an in-process classifier runs once for all their regions; results come back per image."""
+
+    def __init__(self, pipeline: EdgeCloudPipeline, batch: int):
+        self.pipeline, self.batch = pipeline, batch
+        self.waiting: queue.Queue = queue.Queue()
+        self.thread = threading.Thread(target=self._work, name="aivd-cloud", daemon=True)
+        self.thread.start()
+
+    def submit(self, task: InspectionTask, started: Proposal | ImageError) -> Future:
+        future: Future = Future()
+        self.waiting.put((task, started, future))
+        return future
+
+    def _work(self) -> None:
+        ending = False
+        while not ending:
+            items = [self.waiting.get()]
+            while len(items) < self.batch and not self.waiting.empty():
+                items.append(self.waiting.get())
+            if items[-1] is _END:
+                items, ending = items[:-1], True
+            try:
+                outcomes = _complete_batch(self.pipeline, [(task, started) for task, started, _ in items])
+            except BaseException as failure:  # raised to the edge's thread, which would otherwise wait forever
+                outcomes = None
+                for _, _, future in items:
+                    future.set_exception(failure)
+            for (_, _, future), outcome in zip(items, outcomes or ()):
+                future.set_result(outcome)
+
+    def close(self) -> None:
+        self.waiting.put(_END)
+        self.thread.join()
 
 
 def _record(task: InspectionTask, read_ms: float, pipeline: EdgeCloudPipeline, outcome: ImageResult | ImageError) -> InspectionRecord:
@@ -393,23 +479,30 @@ def inspect_tasks(
         # The cloud's half of image i runs on its own thread while the edge works on image i + 1, as the two
         # tiers would on two machines; records are still written in input order.
         # A learner that waits sees image i, and may swap the edge's model, before image i + 1 is proposed.
-        overlap = 0 if live is not None and live.learner is not None and live.learner.wait else CLOUD_IN_FLIGHT
-        with ThreadPoolExecutor(max_workers=1) as cloud:
+        waits = live is not None and live.learner is not None and live.learner.wait
+        batching = pipeline.batching
+        edge_batch, cloud_batch = (1, 1) if waits else (batching.edge, batching.cloud)
+        # Up to a cloud batch of images may wait for the cloud while the edge goes on.
+        overlap = 0 if waits else max(CLOUD_IN_FLIGHT, cloud_batch)
+        cloud = _CloudWorker(pipeline, cloud_batch)
+        try:
             in_flight: deque = deque()
-            for item in _prefetched(tasks, options):
+            for batch in _prefetched(tasks, options, edge_batch, batching.edge_wait_ms / 1000):
                 if should_stop():
                     summary.interrupted = True
                     break
-                if item is None:  # a live source has nothing yet: what is in hand is not held back for it
+                if batch is None:  # a live source has nothing yet: what is in hand is not held back for it
                     while in_flight:
                         finish(*in_flight.popleft())
                     continue
-                task, loaded = item
-                in_flight.append((task, loaded, cloud.submit(_complete, pipeline, task, _start(task, loaded, pipeline))))
-                if len(in_flight) > overlap:
+                for (task, loaded), proposal in zip(batch, _start_batch(batch, pipeline)):
+                    in_flight.append((task, loaded, cloud.submit(task, proposal)))
+                while len(in_flight) > overlap:
                     finish(*in_flight.popleft())
             while in_flight:
                 finish(*in_flight.popleft())
+        finally:
+            cloud.close()
         summary.wall_s = time.perf_counter() - started  # the database records the inspection time alone
         writer.finish(summary)
     finally:
