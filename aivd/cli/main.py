@@ -15,6 +15,7 @@ from aivd.cli.data import data_app
 from aivd.cli.db import db_app
 from aivd.cli.demo import demo, synth
 from aivd.cli.eval import eval_command
+from aivd.cli.export import export_command
 from aivd.cli.finetune import finetune_app
 from aivd.cli.inspect import inspect
 from aivd.cli.kb import kb_app
@@ -32,6 +33,7 @@ from aivd.core.errors import AivdError
 app = typer.Typer(help="Edge-cloud visual inspection of industrial defects.", no_args_is_help=True, add_completion=False)
 app.command()(inspect)
 app.command("eval")(eval_command)
+app.command("export")(export_command)
 app.command()(demo)
 app.command()(synth)
 app.command()(schema)
