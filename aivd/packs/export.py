@@ -15,8 +15,10 @@ pre-processed image and template, the refiner's and the classifier's crops.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -233,9 +235,9 @@ def _quantise_onnx(source: Path, destination: Path, inputs: list[Path]) -> None:
     try:
         quantize_static(
             str(prepared), str(destination), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+            # MinMax keeps only each tensor's minimum and maximum per run (the calibration graph reduces them), so
+            # the runs need not be merged in chunks (ORT 1.32's chunking, CalibMaxIntermediateOutputs, drops them).
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
-            # Ranges are merged every 16 runs instead of keeping every intermediate tensor of every run in memory.
-            extra_options={"CalibMaxIntermediateOutputs": 16},
         )
     finally:
         prepared.unlink(missing_ok=True)
@@ -258,7 +260,9 @@ def _openvino(source: Path, destination: Path, metadata: dict[str, str], inputs:
     if inputs is not None:
         import nncf
 
-        model = nncf.quantize(model, nncf.Dataset(inputs, _feeds), subset_size=len(inputs))
+        # NNCF draws progress bars on stdout, where commands print their results (`aivd bench edge`'s JSON).
+        with contextlib.redirect_stdout(sys.stderr):
+            model = nncf.quantize(model, nncf.Dataset(inputs, _feeds), subset_size=len(inputs))
     write_openvino_metadata(model, metadata)
     # fp32 weights: OpenVINO would otherwise store fp16, which is not the precision the pack records.
     ov.save_model(model, str(destination), compress_to_fp16=False)
