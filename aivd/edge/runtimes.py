@@ -89,9 +89,12 @@ class OpenVinoSession:
         try:
             model = core.read_model(str(path))
             # The settings of ONNX Runtime's sessions: `threads` for one inference, one request at a time (the
-            # latency hint, one stream), and no pinning of threads to cores, which other sessions share.
+            # latency hint, one stream), and no pinning of threads to cores, which other sessions share. f32: on a
+            # CPU with bf16 instructions OpenVINO would otherwise run the float layers in bf16, which is not the
+            # precision the pack records (the model's int8 layers stay int8).
             self._compiled = core.compile_model(model, "CPU", {
                 "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1", "ENABLE_CPU_PINNING": False,
+                "INFERENCE_PRECISION_HINT": "f32",
             })
         except RuntimeError as error:  # OpenVINO reports unreadable or unsupported models as RuntimeError
             raise ModelError(f"{path}: not a loadable OpenVINO model ({str(error).strip().splitlines()[0]})") from None
