@@ -163,6 +163,7 @@ def parity_command(
     packs: list[Path] = typer.Option(..., "--pack", help="Two packs, in order: A, the reference (the fp32 source, e.g. 'builtin'), then B (e.g. its `aivd export`)."),
     data: Path = typer.Option(..., "--data", help="Any labelled data set (a data YAML, VOC root, COCO JSON or DeepPCB root), as `aivd eval --data` reads it."),
     split: str = typer.Option("test", help="The split to compare on; use held-out data (not what calibrated B)."),
+    limit: Optional[int] = typer.Option(None, min=1, help="Only the split's first N images."),
     use_templates: bool = typer.Option(True, "--templates/--no-templates", help="Give the detectors the images' templates."),
     edge_only: bool = EDGE_ONLY,
     tolerance: Optional[float] = typer.Option(None, min=0.0, max=1.0, help="The most B's F1 or mAP@0.5 (on DeepPCB also the protocol's F-score and AP) may be below A's. Default: the tolerance B's pack records, else 0.01."),
@@ -182,14 +183,16 @@ def parity_command(
     if len(packs) != 2:
         raise fail(f"--pack: give exactly two packs, A then B ({len(packs)} given)")
     loaded = data_split(data, split)
+    samples = loaded.samples[:limit]
     deeppcb = open_data(data).format == "deeppcb"
-    reports, runs = {}, {}
+    reports: dict[str, dict] = {}
+    runs: dict[str, tuple] = {}
     for side, pack in zip("ab", packs):
         pipeline = load_pipeline(None, None, edge_only, pack=pack)
         if list(pipeline.labels.names) != list(loaded.labels.names):
             raise fail(f"--pack {pack}: its classes {list(pipeline.labels.names)} are not the data set's {list(loaded.labels.names)}")
         with progress_bar() as progress:
-            pairs, thresholds, errors = predict_samples(pipeline, progress.track(loaded.samples, description=f"pack {side.upper()}"),
+            pairs, thresholds, errors = predict_samples(pipeline, progress.track(samples, description=f"pack {side.upper()}"),
                                                         use_templates, error_line)
         threshold = max(thresholds) if thresholds else pipeline.edge_threshold
         metrics = evaluate_detections(pairs, pipeline.labels, threshold, errors).to_json()

@@ -122,11 +122,12 @@ class YoloOnnxDetector:
         self.path = Path(path)
         self.session = session or open_session(self.path, threads)
         self.labels = _yolo_names(self.session.metadata, self.path)
-        self.input_name, shape = self.session.inputs[0]
+        input_name, shape = self.session.inputs[0]
         height, width = shape[2:]
         if not (isinstance(height, int) and isinstance(width, int)):
             height = width = 640  # dynamic exports: Ultralytics' default size
         self.input_size = (int(width), int(height))
+        self.input_name = input_name
         self.min_confidence = min_confidence
         self.nms_iou = nms_iou
         self.name = f"yolo:{self.path.stem}"

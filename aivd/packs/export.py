@@ -147,10 +147,12 @@ def record_inputs(pack_name: str, pack: ModelPack, calibration: Path | None, sam
                   log: Callable[[str], None]) -> dict[Path, list[Path]]:
     """Per model file, the saved inputs it was given while the pack inspected a seeded sample of the calibration
     data's training images (each also without its template, when the pack has an image-only detector too)."""
+    from aivd.cloud.builtin import BuiltinAnalyzer
     from aivd.config import ConfigError, build_config
     from aivd.data.deeppcb import DatasetError
     from aivd.data.images import ImageError, read_pair
     from aivd.data.sources import open_data
+    from aivd.packs.pack import PackDetector
     from aivd.pipeline.factory import build_pipeline
 
     assert calibration is not None
@@ -167,6 +169,7 @@ def record_inputs(pack_name: str, pack: ModelPack, calibration: Path | None, sam
         pipeline = build_pipeline(build_config(None, {"edge": {"pack": pack_name}, "cloud": cloud, "offload": {"budget": 1.0}}), threads=2)
     except ConfigError as error:
         raise ExportError(f"--pack {pack_name}: {error}") from None
+    assert isinstance(pipeline.detector, PackDetector)  # a pack's edge, no update store
     saved: dict[Path, list[Path]] = {}
 
     def record(owner, attribute: str, path: Path) -> None:
@@ -178,7 +181,7 @@ def record_inputs(pack_name: str, pack: ModelPack, calibration: Path | None, sam
             record(detector, "session", detector.path)
             if detector.refiner is not None:
                 record(detector, "refiner", detector.refiner_path)
-    if pipeline.analyzer is not None:
+    if isinstance(pipeline.analyzer, BuiltinAnalyzer):
         record(pipeline.analyzer.classifier, "session", pipeline.analyzer.classifier.path)
     both = pack.image_detector is not None and pack.template_detector is not None
     for sample in chosen:
