@@ -167,9 +167,9 @@ def load_pack(path: str | Path) -> ModelPack:
         raise PackError(f"{manifest_path}: detectors: name an image-only or a template-aware detector (or both)")
 
     def optional(name: str | None, what: str) -> Path | None:
-        return None if name is None else _model(_inside(root, name, what, manifest_path), what)
+        return None if name is None else for_runtime(_inside(root, name, what, manifest_path), what)
 
-    def _model(path: Path, what: str) -> Path:
+    def for_runtime(path: Path, what: str) -> Path:
         if runtime_of(path) != manifest.runtime:  # the file decides where it runs (aivd.edge.runtimes)
             raise PackError(f"{manifest_path}: {what} {path.name!r} is a {runtime_of(path)} model, but the pack's runtime is {manifest.runtime}")
         return path
