@@ -205,13 +205,14 @@ def parity_command(
             raise fail(str(error)) from None
         reports[side] = {"pack": str(pack), "runtime": manifest.runtime, "precision": manifest.precision, "metrics": metrics}
         runs[side] = (pairs, threshold, manifest)
-    limit = tolerance if tolerance is not None else (runs["b"][2].tolerance if runs["b"][2].tolerance is not None else DEFAULT_TOLERANCE)
+    recorded = runs["b"][2].tolerance
+    allowed = tolerance if tolerance is not None else (recorded if recorded is not None else DEFAULT_TOLERANCE)
     deltas = metric_deltas(reports["a"]["metrics"], reports["b"]["metrics"])
     lost = losses(deltas)
     output = {
         "a": reports["a"], "b": reports["b"], "data": str(data), "split": split, "images": len(runs["a"][0]),
         "boxes": box_agreement(runs["a"][0], runs["b"][0], runs["a"][1], runs["b"][1]),
-        "deltas": deltas, "losses": lost, "tolerance": limit, "within_tolerance": all(value <= limit for value in lost.values()),
+        "deltas": deltas, "losses": lost, "tolerance": allowed, "within_tolerance": all(value <= allowed for value in lost.values()),
     }
     if as_json:
         print(json.dumps(output))
