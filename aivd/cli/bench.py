@@ -66,6 +66,38 @@ def bench_inspect_command(
 
 
 
+@bench_app.command("edge")
+def bench_edge_command(
+    deeppcb: Optional[Path] = typer.Option(None, help=DEEPPCB_HELP),
+    split: str = typer.Option("test", help="DeepPCB split to run over."),
+    packs: Optional[list[str]] = typer.Option(None, "--packs", metavar="RUN=PACK", help="A run's pack instead of exporting one, e.g. onnx-int8=exported/ (runs: onnx-fp32, onnx-int8, openvino-fp32, openvino-int8). onnx-fp32 defaults to the built-in pack, the others to its export, calibrated on the split's data set's training images. Repeatable."),
+    repeat: int = typer.Option(2, min=1, help="Passes over all runs; every other pass runs them in reverse order. Each run's figures are the median of its passes."),
+    warmup: int = typer.Option(10, min=0, help="Images run before the clock starts, in each run."),
+    limit: Optional[int] = typer.Option(None, min=1, help="Only the first N images."),
+    samples: int = typer.Option(100, min=1, help="Calibration images of the int8 exports."),
+    seed: int = typer.Option(0, help="Seed of the calibration sample."),
+    as_json: bool = JSON_ALWAYS,
+) -> None:
+    """Every edge runtime side by side (onnx-fp32, the reference; onnx-int8; openvino-fp32; openvino-int8): images/s,
+    p50/p99 ms, peak RSS and the official F-score and AP, edge alone at batch 1, each run in a process of its own."""
+    from aivd.bench.edge import BenchError, bench_edge
+    from aivd.cli.ui import console, shown
+    from aivd.packs.export import ExportError
+
+    given = {}
+    for item in packs or []:
+        name, equals, folder = item.partition("=")
+        if not equals or not folder:
+            raise fail(f"--packs {item}: expected RUN=PACK, e.g. onnx-int8=exported/")
+        given[name] = folder
+    try:
+        result = bench_edge(resolve_deeppcb(deeppcb), split, given, repeat, warmup, limit, samples, seed,
+                            log=lambda line: console.print(shown(line), highlight=False))
+    except (BenchError, ExportError) as error:
+        raise fail(str(error)) from None
+    print(json.dumps(result))
+
+
 @bench_app.command("live-update")
 def bench_live_update_command(
     deeppcb: Optional[Path] = typer.Option(None, help=DEEPPCB_HELP),

@@ -14,7 +14,8 @@ from aivd.cli.config import config_app
 from aivd.cli.data import data_app
 from aivd.cli.db import db_app
 from aivd.cli.demo import demo, synth
-from aivd.cli.eval import eval_command
+from aivd.cli.eval import eval_app
+from aivd.cli.export import export_command
 from aivd.cli.finetune import finetune_app
 from aivd.cli.inspect import inspect
 from aivd.cli.kb import kb_app
@@ -31,13 +32,14 @@ from aivd.core.errors import AivdError
 
 app = typer.Typer(help="Edge-cloud visual inspection of industrial defects.", no_args_is_help=True, add_completion=False)
 app.command()(inspect)
-app.command("eval")(eval_command)
+app.command("export")(export_command)
 app.command()(demo)
 app.command()(synth)
 app.command()(schema)
 app.command()(watch)
 app.add_typer(train_app, name="train")
 app.add_typer(bench_app, name="bench")
+app.add_typer(eval_app, name="eval")
 app.add_typer(serve_app, name="serve")
 app.add_typer(simulate_app, name="simulate")
 app.add_typer(finetune_app, name="finetune")

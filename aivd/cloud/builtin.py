@@ -19,7 +19,7 @@ from aivd.cloud.knowledge import DEFAULT_KNOWLEDGE, KnowledgeBase
 from aivd.cloud.measure import measure
 from aivd.core import Region
 from aivd.edge.crops import crop_windows
-from aivd.edge.detector import ModelError, _session
+from aivd.edge.runtimes import ModelError, open_session
 
 BUILTIN_CLASSIFIER = Path(__file__).parent / "models" / "deeppcb_classifier.onnx"
 DEFAULT_PROPOSAL_THRESHOLD = 0.05
@@ -27,12 +27,12 @@ DEFAULT_SCORE_THRESHOLD = 0.5
 
 
 class CropClassifier:
-    """The ONNX model alone: regions in, class probabilities out."""
+    """The model alone (ONNX, or OpenVINO from `aivd export`): regions in, class probabilities out."""
 
     def __init__(self, path: str | Path = BUILTIN_CLASSIFIER, threads: int = 2):
         self.path = Path(path)
-        self.session = _session(self.path, threads)
-        meta = self.session.get_modelmeta().custom_metadata_map
+        self.session = open_session(self.path, threads)
+        meta = self.session.metadata
         if meta.get("aivd_model") != "crop-classifier":
             raise ModelError(f"{self.path}: not an aivd crop classifier (metadata aivd_model missing)")
         labels = json.loads(meta["labels"])

@@ -1,4 +1,4 @@
-"""Edge detectors behind one small interface, run with ONNX Runtime.
+"""Edge detectors behind one small interface, run with ONNX Runtime or OpenVINO (`aivd.edge.runtimes`).
 
 - `TemplateDetector`: the built-in template-aware model (`aivd train detector`); its ONNX metadata carries
   labels, input scale, the score threshold calibrated on held-out data and, optionally, the file name of a
@@ -18,20 +18,15 @@ from typing import Protocol
 
 import cv2
 import numpy as np
-import onnxruntime as ort
 
 from aivd.core import Detections, LabelMap
-from aivd.core.errors import AivdError
 from aivd.edge import centernet
 from aivd.edge.crops import crop_windows
+from aivd.edge.runtimes import ModelError, ModelSession, open_session
 
 BUILTIN_MODEL = Path(__file__).parent / "models" / "deeppcb_centernet.onnx"
 BUILTIN_OUTPUTS = ("peaks", "class_probs", "sizes", "offsets")
 BUILTIN_TILE_SIZE = 640  # the built-in model is trained on DeepPCB's 640 x 640 images; larger ones are tiled
-
-
-class ModelError(AivdError, ValueError):
-    """A model file that cannot be used; the message names the file and why."""
 
 
 class Detector(Protocol):
@@ -73,21 +68,6 @@ def _stackable(inputs: Sequence[np.ndarray]) -> list[list[int]]:
     return list(groups.values())
 
 
-def _session(path: Path, threads: int) -> ort.InferenceSession:
-    if not path.is_file():
-        raise ModelError(f"{path}: model file not found")
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    # ONNX Runtime's worker threads spin after each run. With the detector and refiner sessions (and the image
-    # prefetch thread) sharing two cores, spinning pools starve each other: 34 ms per detector run instead of 15.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    try:
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    except Exception as error:  # onnxruntime raises several private exception types
-        raise ModelError(f"{path}: not a loadable ONNX model ({str(error).splitlines()[0]})") from None
-
-
 class TemplateDetector:
     """The built-in CenterNet-style detector; uses an aligned template when one is given."""
 
@@ -96,18 +76,18 @@ class TemplateDetector:
     def __init__(self, path: str | Path = BUILTIN_MODEL, min_confidence: float | None = None, threads: int = 2, session=None,
                  use_refiner: bool = True):
         self.path = Path(path)
-        self.session = session or _session(self.path, threads)
-        meta = self.session.get_modelmeta().custom_metadata_map
+        self.session = session or open_session(self.path, threads)
+        meta = self.session.metadata
         if meta.get("aivd_model") != "centernet-lite":
             raise ModelError(f"{self.path}: not an aivd built-in detector (metadata aivd_model missing)")
-        outputs = [o.name for o in self.session.get_outputs()]
+        outputs = self.session.output_names
         if outputs != list(BUILTIN_OUTPUTS):
             raise ModelError(f"{self.path}: outputs {outputs}, expected {list(BUILTIN_OUTPUTS)}; retrain it with this version of aivd")
         self.labels = LabelMap(tuple(json.loads(meta["labels"])))
         self.input_scale = float(meta["input_scale"])
         self.min_confidence = float(meta["score_threshold"]) if min_confidence is None else min_confidence
         self.refiner_path = self.path.parent / meta["refiner"] if meta.get("refiner") and use_refiner else None
-        self.refiner = _session(self.refiner_path, threads) if self.refiner_path else None
+        self.refiner = open_session(self.refiner_path, threads) if self.refiner_path else None
         self.refiner_reject = self._refiner_reject_index(self.refiner) if self.refiner is not None else None
         self.name = f"builtin:{self.path.stem}"
 
@@ -140,9 +120,9 @@ class TemplateDetector:
             found = [(boxes, objectness, refined) for (boxes, objectness, _), refined in zip(found, per_image)]
         return [centernet.score(boxes, objectness, probs, self.labels, threshold) for boxes, objectness, probs in found]
 
-    def _refiner_reject_index(self, refiner: ort.InferenceSession) -> int | None:
+    def _refiner_reject_index(self, refiner: ModelSession) -> int | None:
         """Where the refiner's `no-defect` output is, if it has one; its other labels must be the detector's."""
-        meta = refiner.get_modelmeta().custom_metadata_map
+        meta = refiner.metadata
         labels = json.loads(meta.get("labels", "[]"))
         reject = meta.get("reject_label")
         defect_labels = [name for name in labels if name != reject]
@@ -171,14 +151,14 @@ class YoloOnnxDetector:
 
     def __init__(self, path: str | Path, min_confidence: float = 0.25, nms_iou: float = 0.5, threads: int = 2, session=None):
         self.path = Path(path)
-        self.session = session or _session(self.path, threads)
-        self.labels = _yolo_names(self.session.get_modelmeta().custom_metadata_map, self.path)
-        model_input = self.session.get_inputs()[0]
-        height, width = model_input.shape[2:]
+        self.session = session or open_session(self.path, threads)
+        self.labels = _yolo_names(self.session.metadata, self.path)
+        input_name, shape = self.session.inputs[0]
+        height, width = shape[2:]
         if not (isinstance(height, int) and isinstance(width, int)):
             height = width = 640  # dynamic exports: Ultralytics' default size
         self.input_size = (int(width), int(height))
-        self.input_name = model_input.name
+        self.input_name = input_name
         self.min_confidence = min_confidence
         self.nms_iou = nms_iou
         self.name = f"yolo:{self.path.stem}"
@@ -219,7 +199,7 @@ def load_detector(path: str | Path | None = None, min_confidence: float | None =
     """The built-in detector, or the ONNX file at `path` (aivd built-in or Ultralytics YOLO layout)."""
     if path is None:
         return TemplateDetector(BUILTIN_MODEL, min_confidence, threads)
-    session = _session(Path(path), threads)
-    if session.get_modelmeta().custom_metadata_map.get("aivd_model") == "centernet-lite":
+    session = open_session(Path(path), threads)
+    if session.metadata.get("aivd_model") == "centernet-lite":
         return TemplateDetector(path, min_confidence, threads, session)
     return YoloOnnxDetector(path, 0.25 if min_confidence is None else min_confidence, threads=threads, session=session)

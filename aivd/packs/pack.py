@@ -13,6 +13,9 @@
     knowledge: knowledge.yaml  # the knowledge base the cloud tier writes its records from
     tile_size: 640             # images much larger than this are inspected in overlapping tiles
     pixels_per_mm: null        # the imaging scale, when the line knows it
+    runtime: onnxruntime       # or openvino (.xml files); `aivd export` writes packs for either
+    precision: fp32            # or int8
+    tolerance: null            # an exported pack: the most its F1 or mAP@0.5 may lose against its source's
 
 The ONNX files carry their own class names, threshold, input scale and template use in their metadata; the
 manifest is checked against them when the pack is loaded, so a pack whose files disagree is refused.
@@ -33,6 +36,7 @@ from aivd.core.errors import AivdError
 from aivd.core.regions import PIXELS_PER_MM_RANGE
 from aivd.data.yaml_files import first_problem, read_yaml_mapping
 from aivd.edge.detector import BUILTIN_MODEL, TemplateDetector, detect_batch
+from aivd.edge.runtimes import Runtime, runtime_of
 
 PACK_FILE = "pack.yaml"
 PACK_FORMAT: Final = 1
@@ -60,6 +64,10 @@ class PackManifest(BaseModel):
     knowledge: str
     tile_size: int = Field(640, ge=64, le=8192)
     pixels_per_mm: float | None = Field(None, gt=PIXELS_PER_MM_RANGE[0], lt=PIXELS_PER_MM_RANGE[1])
+    # Defaults are what every pack was before `aivd export`, so older manifests load unchanged.
+    runtime: Runtime = "onnxruntime"
+    precision: Literal["fp32", "int8"] = "fp32"
+    tolerance: float | None = Field(None, ge=0.0, le=1.0)
 
 
 class ModelPack:
@@ -78,6 +86,8 @@ class ModelPack:
         self.knowledge = knowledge
         self.tile_size = manifest.tile_size
         self.pixels_per_mm = manifest.pixels_per_mm
+        self.runtime = manifest.runtime
+        self.precision = manifest.precision
 
     @property
     def pcb_facts(self) -> bool:
@@ -170,7 +180,12 @@ def load_pack(path: str | Path) -> ModelPack:
         raise PackError(f"{manifest_path}: detectors: name an image-only or a template-aware detector (or both)")
 
     def optional(name: str | None, what: str) -> Path | None:
-        return None if name is None else _inside(root, name, what, manifest_path)
+        return None if name is None else for_runtime(_inside(root, name, what, manifest_path), what)
+
+    def for_runtime(path: Path, what: str) -> Path:
+        if runtime_of(path) != manifest.runtime:  # the file decides where it runs (aivd.edge.runtimes)
+            raise PackError(f"{manifest_path}: {what} {path.name!r} is a {runtime_of(path)} model, but the pack's runtime is {manifest.runtime}")
+        return path
 
     return ModelPack(
         root, manifest, image=optional(manifest.detectors.image, "detectors.image"),
@@ -194,11 +209,11 @@ def builtin_pack() -> ModelPack:
                      template=BUILTIN_MODEL, classifier=BUILTIN_CLASSIFIER, knowledge=DEFAULT_KNOWLEDGE)
 
 
-def write_manifest(root: Path, manifest: PackManifest) -> Path:
+def write_manifest(root: Path, manifest: PackManifest, written_by: str = "aivd train pack") -> Path:
     import yaml
 
     path = root / PACK_FILE
-    header = "# An aivd model pack (see aivd/packs/pack.py). Written by `aivd train pack`; the ONNX files carry their own metadata.\n"
+    header = f"# An aivd model pack (see aivd/packs/pack.py). Written by `{written_by}`; the model files carry their own metadata.\n"
     path.write_text(header + yaml.safe_dump(manifest.model_dump(), sort_keys=False))
     return path
 
