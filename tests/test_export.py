@@ -133,6 +133,8 @@ def test_eval_is_still_one_command_with_parity_beside_it(tmp_path):
     assert scored.exit_code == 2 and "nowhere" in scored.output
     one = runner.invoke(app, ["eval", "parity", "--pack", "builtin", "--data", str(tmp_path)])
     assert one.exit_code == 2 and "give exactly two packs, A then B (1 given)" in one.output
+    misplaced = runner.invoke(app, ["eval", "--json", "parity", "--pack", "builtin", "--pack", "builtin", "--data", str(tmp_path)])
+    assert misplaced.exit_code == 2 and "--json belong to `aivd eval` itself" in misplaced.output
 
 
 def _aivd(*args, check=True) -> subprocess.CompletedProcess:

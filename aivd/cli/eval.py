@@ -56,6 +56,12 @@ def eval_command(
     from aivd.eval.report import write_report
 
     if ctx.invoked_subcommand is not None:
+        # `aivd eval --deeppcb X parity ...` would otherwise drop the scoring options without a word.
+        # (By the source's name: typer may bring its own copy of click's ParameterSource.)
+        given = [param.opts[0] for param in ctx.command.params
+                 if param.name and getattr(ctx.get_parameter_source(param.name), "name", None) == "COMMANDLINE"]
+        if given:
+            raise fail(f"{', '.join(given)} belong to `aivd eval` itself; give {ctx.invoked_subcommand}'s options after it")
         return
     if data is not None:
         if results is not None or gt_zip is not None or deeppcb is not None:
