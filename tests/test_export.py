@@ -134,7 +134,7 @@ def test_eval_is_still_one_command_with_parity_beside_it(tmp_path):
     one = runner.invoke(app, ["eval", "parity", "--pack", "builtin", "--data", str(tmp_path)])
     assert one.exit_code == 2 and "give exactly two packs, A then B (1 given)" in one.output
     misplaced = runner.invoke(app, ["eval", "--json", "parity", "--pack", "builtin", "--pack", "builtin", "--data", str(tmp_path)])
-    assert misplaced.exit_code == 2 and "--json belong to `aivd eval` itself" in misplaced.output
+    assert misplaced.exit_code == 2 and "--json: options of `aivd eval` itself, not of `parity`" in misplaced.output
 
 
 def _aivd(*args, check=True) -> subprocess.CompletedProcess:

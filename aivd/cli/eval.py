@@ -61,7 +61,7 @@ def eval_command(
         given = [param.opts[0] for param in ctx.command.params
                  if param.name and getattr(ctx.get_parameter_source(param.name), "name", None) == "COMMANDLINE"]
         if given:
-            raise fail(f"{', '.join(given)} belong to `aivd eval` itself; give {ctx.invoked_subcommand}'s options after it")
+            raise fail(f"{', '.join(given)}: options of `aivd eval` itself, not of `{ctx.invoked_subcommand}`; give its options after it")
         return
     if data is not None:
         if results is not None or gt_zip is not None or deeppcb is not None:
