@@ -117,7 +117,9 @@ def test_a_simulated_reviewer_teaches_both_tiers_through_the_review_store(deeppc
                               window=8, review_share=0.5)
     online = drift_run(pipeline, samples, collect(pipeline, samples), DriftPhase(start=12, kind="blur", strength=1.2),
                        "threshold", 0.3, 0, settings)["online"]
+    trust = online["reviews"].pop("trust")
     assert online["reviews"] == {"share": 0.5, "images": 12, "after_drift": online["reviews"]["after_drift"]}
+    assert trust["regions"] > 0 and trust["edge_wins"] + trust["cloud_wins"] <= trust["regions"]  # the reviews judged both tiers
     with ReviewStore(f"sqlite:///{tmp_path / 'reviews.sqlite'}") as store:
         reviews = store.reviewed_since(0)
         assert len(reviews) == 12 and {r.reviewer for r in reviews} == {"simulated"}
