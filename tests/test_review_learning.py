@@ -139,6 +139,7 @@ def test_a_live_learner_with_the_builtin_cloud_updates_it_in_a_store_of_its_own_
     pytest.importorskip("torch")
     from test_live_update import learning_config
 
+    from aivd.collab.trust import TierTrust
     from aivd.pipeline.factory import build_pipeline
     from aivd.pipeline.live_update import build_learner
     from aivd.training.cloud_update import CloudLearner
@@ -148,12 +149,14 @@ def test_a_live_learner_with_the_builtin_cloud_updates_it_in_a_store_of_its_own_
     learner = build_learner(config.update, pipeline)
     try:
         assert isinstance(learner.updater.cloud, CloudLearner)
+        assert isinstance(pipeline.trust, TierTrust) and pipeline.trust.cloud_decides  # reviews will judge the tiers
         assert pipeline.analyzer.classifier.path == tmp_path / "store" / "cloud" / "versions" / "v0001" / "deeppcb_classifier.onnx"
     finally:
         learner.close()
     config = learning_config(tmp_path / "store2", reviews=False)
-    learner = build_learner(config.update, build_pipeline(config))
+    pipeline = build_pipeline(config)
+    learner = build_learner(config.update, pipeline)
     try:
-        assert learner.updater.cloud is None
+        assert learner.updater.cloud is None and pipeline.trust is None
     finally:
         learner.close()

@@ -50,17 +50,23 @@ def sign_test(wins: int, losses: int) -> float:
 
 
 class TierTrust:
-    """Whether the cloud decides the regions it is sent (`cloud_decides`), from the reviewed regions (`observe`)."""
+    """Whether the cloud decides the regions it is sent (`cloud_decides`), from the reviewed regions (`observe`,
+    `review`). One thread observes; any may read `cloud_decides`."""
 
     def __init__(self, window: int = 200, alpha: float = 0.05) -> None:
         if window < 1 or not 0 < alpha < 1:
             raise ValueError(f"window must be at least 1 and alpha in (0, 1), got {window} and {alpha}")
         self.alpha = alpha
         self.verdicts: deque[tuple[bool, bool]] = deque(maxlen=window)  # (edge right, cloud right), newest last
+        # Published as a plain bool after each observation: in a live run the merge reads it on the inspecting
+        # thread while the learner's thread observes, and must neither wait nor iterate a changing window.
+        self.cloud_decides = True
 
     def observe(self, edge_right: np.ndarray, cloud_right: np.ndarray) -> None:
         """Record, per reviewed region the cloud could be sent, whether each tier's decision was the reviewer's."""
         self.verdicts.extend(zip(np.asarray(edge_right, bool).tolist(), np.asarray(cloud_right, bool).tolist()))
+        # False while the reviewed regions show the cloud wrong more often than the edge, at level `alpha`.
+        self.cloud_decides = sign_test(self.edge_wins, self.cloud_wins) >= self.alpha
 
     def review(self, pipeline: EdgeCloudPipeline, image: np.ndarray, template: np.ndarray | None, image_id: str,
                truth: Detections) -> None:
@@ -92,11 +98,6 @@ class TierTrust:
     @property
     def cloud_wins(self) -> int:
         return sum(cloud and not edge for edge, cloud in self.verdicts)
-
-    @property
-    def cloud_decides(self) -> bool:
-        """False while the reviewed regions show the cloud wrong more often than the edge, at level `alpha`."""
-        return sign_test(self.edge_wins, self.cloud_wins) >= self.alpha
 
     def summary(self) -> dict:
         return {"cloud_decides": self.cloud_decides, "regions": len(self.verdicts), "edge_wins": self.edge_wins,
