@@ -144,3 +144,27 @@ def test_a_tie_on_the_validation_images_keeps_the_served_model(tmp_path):
         records = [updater.observe(f"b{i}", np.zeros((8, 8), np.uint8), None, dets([[0, 0, 4, 4]]), 1, np.array([True]), i)
                    for i in range(2)]
         assert records[-1]["action"] == action and store.current() == served
+
+
+def test_a_tie_on_the_reviewed_crops_keeps_the_served_cloud_classifier(tmp_path):
+    from aivd.cloud.builtin import BuiltinAnalyzer
+    from aivd.collab.replay import ReplayBuffer
+    from aivd.training.cloud_update import CloudLearner, CloudUpdate
+
+    analyzer = BuiltinAnalyzer(threads=1)
+    buffer = ReplayBuffer(validation_every=2)
+    for index in range(2):  # one reviewed image to train on, one held out
+        buffer.add_reviewed(f"b{index}", np.zeros((8, 8), np.uint8), None, dets([[0, 0, 4, 4]]))
+
+    def trained(accuracy_after):
+        def train(current, train, validation, out_dir, config):
+            out_dir.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(current, out_dir / current.name)
+            return CloudUpdate(out_dir / current.name, 0.9, accuracy_after, len(train), len(validation), 0.0)
+        return train
+
+    store = ModelStore(tmp_path / "cloud")
+    for accuracy_after, action, served in ((0.9, "reject", "v0001"), (0.95, "promote", "v0003")):
+        learner = CloudLearner(store, analyzer, tmp_path / str(accuracy_after), train=trained(accuracy_after))
+        [record] = learner.update(buffer, 0)
+        assert record["action"] == action and store.current() == served
