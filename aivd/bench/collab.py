@@ -101,13 +101,9 @@ class RecordedAnalyzer:
 
 def collect(pipeline: EdgeCloudPipeline, samples, drift: Sequence[DriftPhase] = (), seed: int = 0) -> list[ImageOutcome]:
     """Run both tiers over every candidate of every image once, as the (optionally drifting) camera sees it."""
-    everything = _sending_all(pipeline)
+    everything = pipeline.sending_all()
     return [observe(everything, sample, *drifted(index, *read_pair(sample.image_path, sample.template_path), list(drift), seed))
             for index, sample in enumerate(samples)]
-
-
-def _sending_all(pipeline: EdgeCloudPipeline) -> EdgeCloudPipeline:
-    return EdgeCloudPipeline(pipeline.detector, pipeline.analyzer, pipeline.proposal_threshold, pipeline.pixels_per_mm, SendAll())
 
 
 def observe(everything: EdgeCloudPipeline, sample, image: np.ndarray, template: np.ndarray | None) -> ImageOutcome:
@@ -363,7 +359,7 @@ def online_pass(pipeline: EdgeCloudPipeline, stream, phase: DriftPhase, filter_n
 
         trust = TierTrust()
     live = EdgeCloudPipeline(edge, pipeline.analyzer, pipeline.proposal_threshold, pipeline.pixels_per_mm, trust=trust)
-    everything = _sending_all(live)
+    everything = live.sending_all()
     config = settings.config or LearnerConfig()
     cloud, served_classifier = None, None
     if settings.review_share and settings.cloud_update and isinstance(pipeline.analyzer, BuiltinAnalyzer):

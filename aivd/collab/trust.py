@@ -21,7 +21,6 @@ from collections import deque
 import numpy as np
 
 from aivd.cloud.analyzer import AnalyzerError
-from aivd.collab.offload import SendAll
 from aivd.core import Detections
 from aivd.core.detections import box_iou
 from aivd.pipeline.engine import CloudAnswers, EdgeCloudPipeline
@@ -75,8 +74,7 @@ class TierTrust:
         each tier's decisions compare with the reviewer's boxes `truth`."""
         if pipeline.analyzer is None:
             return
-        everything = EdgeCloudPipeline(pipeline.detector, pipeline.analyzer, pipeline.proposal_threshold, pipeline.pixels_per_mm, SendAll())
-        proposal = everything.propose(image, template, image_id)
+        proposal = pipeline.sending_all().propose(image, template, image_id)
         if not proposal.regions:
             return
         try:

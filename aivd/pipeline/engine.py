@@ -169,6 +169,11 @@ class EdgeCloudPipeline:
         timings["crop"] = _ms_since(started)
         return Proposal(candidates, decision, regions, edge_threshold, timings)
 
+    def sending_all(self) -> EdgeCloudPipeline:
+        """The same tiers with every candidate at the proposal threshold sent to the cloud (and no trust): what
+        measures both tiers on an image without moving this pipeline's offloading state."""
+        return EdgeCloudPipeline(self.detector, self.analyzer, self.proposal_threshold, self.pixels_per_mm, SendAll())
+
     def decide(self, candidates: Detections) -> OffloadDecision:
         """The offloading stage's decision over an image's candidates; only those at the proposal threshold may go."""
         eligible = candidates.confidence >= self.proposal_threshold
