@@ -119,7 +119,9 @@ def test_a_simulated_reviewer_teaches_both_tiers_through_the_review_store(deeppc
                               window=8, review_share=0.5)
     online = drift_run(pipeline, samples, collect(pipeline, samples), DriftPhase(start=12, kind="blur", strength=1.2),
                        "threshold", 0.3, 0, settings)["online"]
+    trust = online["reviews"].pop("trust")
     assert online["reviews"] == {"share": 0.5, "images": 12, "after_drift": online["reviews"]["after_drift"]}
+    assert trust["regions"] > 0 and trust["edge_wins"] + trust["cloud_wins"] <= trust["regions"]  # the reviews judged both tiers
     with ReviewStore(f"sqlite:///{tmp_path / 'reviews.sqlite'}") as store:
         reviews = store.reviewed_since(0)
         assert len(reviews) == 12 and {r.reviewer for r in reviews} == {"simulated"}
@@ -139,6 +141,7 @@ def test_a_live_learner_with_the_builtin_cloud_updates_it_in_a_store_of_its_own_
     pytest.importorskip("torch")
     from test_live_update import learning_config
 
+    from aivd.collab.trust import TierTrust
     from aivd.pipeline.factory import build_pipeline
     from aivd.pipeline.live_update import build_learner
     from aivd.training.cloud_update import CloudLearner
@@ -148,12 +151,14 @@ def test_a_live_learner_with_the_builtin_cloud_updates_it_in_a_store_of_its_own_
     learner = build_learner(config.update, pipeline)
     try:
         assert isinstance(learner.updater.cloud, CloudLearner)
+        assert isinstance(pipeline.trust, TierTrust) and pipeline.trust.cloud_decides  # reviews will judge the tiers
         assert pipeline.analyzer.classifier.path == tmp_path / "store" / "cloud" / "versions" / "v0001" / "deeppcb_classifier.onnx"
     finally:
         learner.close()
     config = learning_config(tmp_path / "store2", reviews=False)
-    learner = build_learner(config.update, build_pipeline(config))
+    pipeline = build_pipeline(config)
+    learner = build_learner(config.update, pipeline)
     try:
-        assert learner.updater.cloud is None
+        assert learner.updater.cloud is None and pipeline.trust is None
     finally:
         learner.close()

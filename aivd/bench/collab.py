@@ -19,7 +19,8 @@ region sent to the cloud gets the cloud's decision and one kept at the edge the 
   a third pass with the online update of the edge model (`online_pass`), compared with the other two on the
   images after its first promotion, for the pipeline and for the edge alone; with a `review_share`, a simulated
   reviewer labels that share of the stream and the update learns from the reviews too (`SimulatedReviewer`), the
-  built-in cloud's classifier as well (`aivd.training.cloud_update`).
+  built-in cloud's classifier as well (`aivd.training.cloud_update`), and the reviews decide which tier the merge
+  believes (`aivd.collab.trust.TierTrust`).
 """
 
 from __future__ import annotations
@@ -100,13 +101,9 @@ class RecordedAnalyzer:
 
 def collect(pipeline: EdgeCloudPipeline, samples, drift: Sequence[DriftPhase] = (), seed: int = 0) -> list[ImageOutcome]:
     """Run both tiers over every candidate of every image once, as the (optionally drifting) camera sees it."""
-    everything = _sending_all(pipeline)
+    everything = pipeline.sending_all()
     return [observe(everything, sample, *drifted(index, *read_pair(sample.image_path, sample.template_path), list(drift), seed))
             for index, sample in enumerate(samples)]
-
-
-def _sending_all(pipeline: EdgeCloudPipeline) -> EdgeCloudPipeline:
-    return EdgeCloudPipeline(pipeline.detector, pipeline.analyzer, pipeline.proposal_threshold, pipeline.pixels_per_mm, SendAll())
 
 
 def observe(everything: EdgeCloudPipeline, sample, image: np.ndarray, template: np.ndarray | None) -> ImageOutcome:
@@ -123,10 +120,10 @@ def observe(everything: EdgeCloudPipeline, sample, image: np.ndarray, template: 
 
 
 def replayer(pipeline: EdgeCloudPipeline, offloader: Offloader) -> EdgeCloudPipeline:
-    """`pipeline` with `offloader` as its offloading stage and recorded answers as its cloud."""
+    """`pipeline` with `offloader` as its offloading stage and recorded answers as its cloud (and its trust)."""
     assert pipeline.analyzer is not None  # the bench measures offloading: its callers refuse a pipeline without a cloud
     recorded = RecordedAnalyzer(pipeline.analyzer.name)
-    return EdgeCloudPipeline(pipeline.detector, recorded, pipeline.proposal_threshold, pipeline.pixels_per_mm, offloader)
+    return EdgeCloudPipeline(pipeline.detector, recorded, pipeline.proposal_threshold, pipeline.pixels_per_mm, offloader, pipeline.trust)
 
 
 def replay_one(replaying: EdgeCloudPipeline, outcome: ImageOutcome) -> ImageResult:
@@ -286,6 +283,7 @@ class OnlineSettings:
     window: int = 50  # images per point of the timeline
     review_share: float = 0.0  # share of the stream a simulated reviewer labels from the ground truth (`SimulatedReviewer`)
     cloud_update: bool = True  # with reviews and the built-in cloud: its classifier learns from them too (CloudLearner)
+    tier_trust: bool = True  # with reviews: they decide which tier the merge believes (TierTrust)
 
 
 class SimulatedReviewer:
@@ -299,7 +297,7 @@ class SimulatedReviewer:
     reads.
     """
 
-    def __init__(self, workdir: Path, stream_length: int, share: float, seed: int, labels) -> None:
+    def __init__(self, workdir: Path, stream_length: int, share: float, seed: int, pipeline: EdgeCloudPipeline) -> None:
         from aivd.review.learning import ReviewFeed
         from aivd.review.store import ReviewStore
         from aivd.store import ResultStore
@@ -312,8 +310,8 @@ class SimulatedReviewer:
         self.frames = workdir / "frames"
         self.frames.mkdir(parents=True, exist_ok=True)
         url = f"sqlite:///{workdir / 'reviews.sqlite'}"
-        self.results, self.reviews, self.feed = ResultStore(url), ReviewStore(url), ReviewFeed(url, labels)
-        self.run_id = self.results.start_run("aivd bench collab --review-share", {"classes": list(labels.names)})
+        self.results, self.reviews, self.feed = ResultStore(url), ReviewStore(url), ReviewFeed(url, pipeline.labels, pipeline)
+        self.run_id = self.results.start_run("aivd bench collab --review-share", {"classes": list(pipeline.labels.names)})
 
     def inspected(self, position: int, sample, image: np.ndarray, template: np.ndarray | None, pipeline: EdgeCloudPipeline,
                   result: ImageResult) -> None:
@@ -355,8 +353,13 @@ def online_pass(pipeline: EdgeCloudPipeline, stream, phase: DriftPhase, filter_n
     store = ModelStore(settings.workdir / "models")
     store.promote(store.publish(detector.path, [detector.refiner_path] if detector.refiner_path else [], metrics={"source": "shipped"}))
     edge = HotSwapDetector(store, poll_s=0.0)
-    live = EdgeCloudPipeline(edge, pipeline.analyzer, pipeline.proposal_threshold, pipeline.pixels_per_mm)
-    everything = _sending_all(live)
+    trust = None
+    if settings.review_share and settings.tier_trust:
+        from aivd.collab.trust import TierTrust
+
+        trust = TierTrust()
+    live = EdgeCloudPipeline(edge, pipeline.analyzer, pipeline.proposal_threshold, pipeline.pixels_per_mm, trust=trust)
+    everything = live.sending_all()
     config = settings.config or LearnerConfig()
     cloud, served_classifier = None, None
     if settings.review_share and settings.cloud_update and isinstance(pipeline.analyzer, BuiltinAnalyzer):
@@ -369,14 +372,15 @@ def online_pass(pipeline: EdgeCloudPipeline, stream, phase: DriftPhase, filter_n
     replaying = replayer(live, LabelAll(budget_offloader(filter_name, budget), updater.wants_full_labels))
     reviewer = None
     if settings.review_share:
-        reviewer = SimulatedReviewer(settings.workdir, len(stream), settings.review_share, seed, detector.labels)
-    finals, edge_finals, sent_regions, regions, served = [], [], 0, 0, []
+        reviewer = SimulatedReviewer(settings.workdir, len(stream), settings.review_share, seed, live)
+    finals, edge_finals, sent_regions, regions, served, overruled = [], [], 0, 0, [], 0
     try:
         for position, sample in enumerate(stream):
             image, template = drifted(position, *read_pair(sample.image_path, sample.template_path), [phase], seed)
             outcome = observe(everything, sample, image, template)
             result = replay_one(replaying, outcome)
             finals.append((outcome.image_id, result.detections, outcome.truth))
+            overruled += result.cloud_labels is not None
             edge_finals.append(fixed_pairs([outcome], send=False)[0])
             sent_regions, regions = sent_regions + regions_sent(result), regions + len(outcome.candidates)
             served.append(edge.version)
@@ -391,7 +395,8 @@ def online_pass(pipeline: EdgeCloudPipeline, stream, phase: DriftPhase, filter_n
             analyzer, classifier = served_classifier
             analyzer.swap_classifier(classifier)
     reviews = None if reviewer is None else {"share": settings.review_share, "images": len(reviewer.picked),
-                                             "after_drift": sum(p >= phase.start for p in reviewer.picked)}
+                                             "after_drift": sum(p >= phase.start for p in reviewer.picked),
+                                             "trust": None if trust is None else {**trust.summary(), "edge_decided_images": overruled}}
     return {"updates": updater.updates, "offload_ratio": round(sent_regions / max(regions, 1), 4), "reviews": reviews,
             "versions_served": {v: served.count(v) for v in dict.fromkeys(served)}, "finals": finals, "edge_finals": edge_finals}
 

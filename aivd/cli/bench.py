@@ -176,6 +176,7 @@ def bench_collab_command(
     train_window: int = typer.Option(100, min=1, help="Newest hard images an update trains on."),
     review_share: float = typer.Option(0.0, min=0.0, max=1.0, help="With --update: a simulated reviewer labels this share of the stream from the ground truth (seeded), through the review store the console writes."),
     cloud_update: bool = typer.Option(True, "--cloud-update/--no-cloud-update", help="With --review-share and the built-in cloud: the reviews also update the cloud's classifier."),
+    tier_trust: bool = typer.Option(True, "--tier-trust/--no-tier-trust", help="With --review-share: the reviews also decide whether the merge believes the cloud or the edge on the regions sent (docs/collab.md)."),
     drift_start: Optional[int] = typer.Option(None, min=1, help="With --drift: the stream image the drift starts at. Default: the middle of the stream."),
     config: Optional[Path] = typer.Option(
         None, "--config", "-c", help="The pipeline config to measure (edge, cloud, and the offload window and warmup the budget "
@@ -229,7 +230,8 @@ def bench_collab_command(
     training = training_module("online_update")
     with tempfile.TemporaryDirectory(prefix="aivd-online-") as temporary:
         settings = OnlineSettings(workdir or Path(temporary), training.LearnerConfig(detector_steps=update_steps, seed=seed),
-                                  TriggerConfig(min_images=min_images), train_window, review_share=review_share, cloud_update=cloud_update)
+                                  TriggerConfig(min_images=min_images), train_window, review_share=review_share, cloud_update=cloud_update,
+                                  tier_trust=tier_trust)
         print(json.dumps(bench_collab(pipeline, samples, budget, budget_filter, seed, phase, settings, effective.offload)))
 
 

@@ -5,7 +5,9 @@ The edge proposes every candidate down to the (lower) proposal threshold. The of
 (`KeepAtEdge`, which is what an edge-only pipeline is), or the hard ones within a budget or an accuracy target.
 The cloud decides whether each region it is sent is a defect, of which class, and writes the record; the edge
 decides the rest at its own calibrated threshold. `merge_tiers` is the one rule that joins the two, used by the
-live path and by `aivd bench collab`'s replay alike. If the cloud fails, the image keeps the edge's own decisions
+live path and by `aivd bench collab`'s replay alike. With a `trust` (`aivd.collab.trust.TierTrust`) whose reviews show
+the cloud measurably worse than the edge, the edge decides the sent regions too; the cloud's answers then still
+drive the offloader's feedback and are what the online learner is taught (`ImageResult.cloud_labels`). If the cloud fails, the image keeps the edge's own decisions
 on every candidate, marked with `cloud_error`, so an unreachable cloud never stops a line.
 
 `EdgeCloudPipeline` is also a `Detector` (its `detect` returns the final boxes), so evaluation and benchmarks
@@ -49,6 +51,8 @@ class ImageResult:
     bytes_to_cloud: int = 0
     bytes_from_cloud: int = 0
     edge_agrees: np.ndarray | None = None  # per sent region: was the edge's own decision the cloud's (None: no answer)
+    # When the trust overruled the cloud: the defects and the rejected boxes the cloud's answers gave (None otherwise)
+    cloud_labels: tuple[Detections, np.ndarray] | None = None
 
 
 @dataclass(frozen=True)
@@ -127,7 +131,8 @@ class EdgeCloudPipeline:
     image; `complete` (the cloud's half) may run on another thread, and also in input order."""
 
     def __init__(self, detector: Detector, analyzer: Analyzer | None = None, proposal_threshold: float | None = None,
-                 pixels_per_mm: float | None = None, offloader: Offloader | None = None, batching: Batching = Batching()):
+                 pixels_per_mm: float | None = None, offloader: Offloader | None = None, batching: Batching = Batching(),
+                 trust=None):
         self.detector = detector
         self.batching = batching
         self.analyzer = analyzer
@@ -137,6 +142,7 @@ class EdgeCloudPipeline:
         self.proposal_threshold = default_proposal if proposal_threshold is None else proposal_threshold
         self.pixels_per_mm = pixels_per_mm
         self.offloader = KeepAtEdge() if analyzer is None else (offloader or SendAll())
+        self.trust = trust  # a TierTrust, or None: the cloud decides what it is sent
 
     @property
     def name(self) -> str:
@@ -193,6 +199,11 @@ class EdgeCloudPipeline:
             proposals.append(Proposal(candidates, decision, regions, edge_threshold, timings))
         return proposals
 
+    def sending_all(self) -> EdgeCloudPipeline:
+        """The same tiers with every candidate at the proposal threshold sent to the cloud (and no trust): what
+        measures both tiers on an image without moving this pipeline's offloading state."""
+        return EdgeCloudPipeline(self.detector, self.analyzer, self.proposal_threshold, self.pixels_per_mm, SendAll())
+
     def decide(self, candidates: Detections) -> OffloadDecision:
         """The offloading stage's decision over an image's candidates; only those at the proposal threshold may go."""
         eligible = candidates.confidence >= self.proposal_threshold
@@ -247,12 +258,18 @@ class EdgeCloudPipeline:
         decided_by_cloud = decision.sent if cloud_error is None else np.zeros(len(candidates), bool)
         cloud = CloudAnswers.of(analyses, decided_by_cloud, self.labels)
         final = merge_tiers(candidates, decided_by_cloud, cloud, proposal.edge_threshold)
+        cloud_labels = None
+        if decided_by_cloud.any() and self.trust is not None and not self.trust.cloud_decides:
+            cloud_labels = (final, candidates.xyxy[decided_by_cloud & ~cloud.keeps])
+            decided_by_cloud = np.zeros(len(candidates), bool)
+            final = merge_tiers(candidates, decided_by_cloud, cloud, proposal.edge_threshold)
         defects, rejected = self._records(proposal, decided_by_cloud, analyses, final)
         agrees = None
         if cloud_error is None and decision.sent.any():
             agrees = edge_agrees(candidates, cloud, proposal.edge_threshold)[decision.sent]
             self.offloader.feedback(decision, agrees)
-        return ImageResult(final, defects, rejected, timings, cloud_error, analyses.bytes_sent, analyses.bytes_received, agrees)
+        return ImageResult(final, defects, rejected, timings, cloud_error, analyses.bytes_sent, analyses.bytes_received, agrees,
+                           cloud_labels)
 
     def _records(self, proposal: Proposal, by_cloud: np.ndarray, analyses: Analyses, final: Detections) -> tuple[list, list]:
         """A record per candidate: the final defects in `final`'s order, and the rest as rejected, each with its

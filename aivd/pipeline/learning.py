@@ -1,7 +1,7 @@
 """Online learning from the pipeline's own results: what an image's result teaches the `OnlineUpdater`.
 
 The same function feeds the updater in `aivd bench collab`'s online pass and in a live run, so both learn from
-exactly the same labels: the final defects as the image's labels, the edge's agreement with the cloud on the
+exactly the same labels: the final defects as the image's labels (the cloud's, where a `TierTrust` kept the edge's), the edge's agreement with the cloud on the
 regions sent, and the boxes the cloud rejected as negatives.
 """
 
@@ -34,5 +34,8 @@ def learn_from(updater, image_id: str, image: np.ndarray, template: np.ndarray |
     if result.cloud_error is not None:
         return None  # without the cloud's answers the image teaches nothing
     agrees = result.edge_agrees if result.edge_agrees is not None else np.zeros(0, bool)
-    return updater.observe(image_id, image, template, result.detections, regions_sent(result), agrees, position,
-                           rejected=cloud_rejected_boxes(result), fully_labelled=fully_labelled(result))
+    # Where the trust kept the edge's decisions, the learner is still taught the cloud's answers: an edge taught its
+    # own decisions learns nothing, and the gate, on reviewed images, rejects a candidate that copies the cloud's errors.
+    labels, rejected = result.cloud_labels or (result.detections, cloud_rejected_boxes(result))
+    return updater.observe(image_id, image, template, labels, regions_sent(result), agrees, position,
+                           rejected=rejected, fully_labelled=fully_labelled(result))

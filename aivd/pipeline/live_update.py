@@ -22,7 +22,9 @@ a background worker, so that learning never blocks inspection:
 - Human reviews teach it too (`update.reviews`): once the run's result database is open (`Live.follow_reviews`),
   after each image it observes the learner reads the reviews stored since the last (`ReviewFeed`, as
   `aivd bench collab --review-share` does) and hands them to the updater with top trust; with the in-process
-  built-in cloud, its classifier learns from them as well (`aivd.training.cloud_update`).
+  built-in cloud, its classifier learns from them as well (`aivd.training.cloud_update`). The reviews also decide
+  which tier the merge believes on the regions sent (`aivd.collab.trust.TierTrust`, the pipeline's `trust`): the
+  feed has both tiers judge each reviewed image on the learner's thread, which publishes the verdict as a plain bool.
 
 With `update.wait_for_updates` the run is reproducible: the loop inspects one image at a time and waits until
 the learner has observed it (and trained, when that image triggered an update), which is exactly what
@@ -154,13 +156,13 @@ class LiveLearner:
         self._worker = threading.Thread(target=self._run, name="aivd-learner", daemon=True)
         self._worker.start()
 
-    def follow_reviews(self, url: str, labels) -> None:
+    def follow_reviews(self, url: str, labels, pipeline: EdgeCloudPipeline | None = None) -> None:
         """Also learn from the human reviews stored in the result database at `url` (the run's own): after each
-        image it observes, the learner reads the reviews stored since the last (`ReviewFeed`). Call before handing
-        over the first image."""
+        image it observes, the learner reads the reviews stored since the last (`ReviewFeed`), and has `pipeline`'s
+        tiers judged on them when it has a `trust`. Call before handing over the first image."""
         from aivd.review.learning import ReviewFeed
 
-        feed = ReviewFeed(url, labels)
+        feed = ReviewFeed(url, labels, pipeline)
         self.reviews = feed
         self._on_close.append(feed.close)
 
@@ -310,6 +312,10 @@ def build_learner(update: UpdateConfig, pipeline: EdgeCloudPipeline, metrics: Li
     pipeline.offloader = LabelAll(pipeline.offloader, learner.wants_full_labels)
     from aivd.cloud.builtin import BuiltinAnalyzer
 
+    if update.reviews:
+        from aivd.collab.trust import TierTrust
+
+        pipeline.trust = TierTrust()
     if update.reviews and isinstance(pipeline.analyzer, BuiltinAnalyzer):
         # The in-process built-in cloud learns from the reviews too, its versions in the store's `cloud` folder. Its
         # fine-tuning is small (the reviewed crops alone) and runs on the learner's thread, at a lowered priority.
@@ -330,12 +336,13 @@ class Live:
     metrics: LiveMetrics | None = None
     metrics_port: int | None = None  # the port metrics are served on
     learn_reviews: bool = False  # update.reviews: the learner also learns from the run database's human reviews
+    pipeline: EdgeCloudPipeline | None = None  # the pipeline the learner teaches, whose trust the reviews judge
 
     def follow_reviews(self, store, labels) -> None:
         """Have the learner, if it learns from reviews, read those of `store` (the run's ResultStore, whose engine
         knows the full URL; its `url` hides the password)."""
         if self.learner is not None and self.learn_reviews and store is not None:
-            self.learner.follow_reviews(store.engine.url.render_as_string(hide_password=False), labels)
+            self.learner.follow_reviews(store.engine.url.render_as_string(hide_password=False), labels, self.pipeline)
 
 
 @contextmanager
@@ -343,7 +350,7 @@ def live(config: PipelineConfig, pipeline: EdgeCloudPipeline, metrics_port: int 
          metrics_host: str = "127.0.0.1") -> Iterator[Live]:
     """The learner (with `config.update.enabled`) and the metrics server (with a `metrics_port`) for one run of
     `pipeline`; pass what it yields to `inspect_tasks`. On leaving, the learner finishes what it was handed."""
-    result = Live(learn_reviews=config.update.reviews)
+    result = Live(learn_reviews=config.update.reviews, pipeline=pipeline)
     if metrics_port is not None:
         result.metrics = LiveMetrics()
     with result.metrics.serving(metrics_port, metrics_host) if metrics_port is not None and result.metrics else nullcontext() as port:

@@ -5,6 +5,9 @@ The same feed serves `aivd bench collab --review-share` and a live run, so both 
 console stores them. A reviewed image's labels are its newest review's boxes; the machine's candidates that no
 human box covers (IoU below `NEGATIVE_IOU` with all of them) are its negatives, the false alarms a refiner with
 `no-defect` learns to reject, as it learns the ones the cloud rejected.
+
+Given the pipeline it teaches, whose `trust` is a `TierTrust` (aivd.collab.trust), the feed also has each reviewed
+image judged by both tiers as they are now, so that the merge learns which tier to believe.
 """
 
 from __future__ import annotations
@@ -28,8 +31,9 @@ NEGATIVE_IOU = 0.25
 class ReviewFeed:
     """Polls the review store at `url` for reviews newer than the last it read (`ReviewStore.reviewed_since`)."""
 
-    def __init__(self, url: str, labels: LabelMap) -> None:
+    def __init__(self, url: str, labels: LabelMap, pipeline=None) -> None:
         self.store, self.labels = ReviewStore(url), labels
+        self.pipeline = pipeline  # an EdgeCloudPipeline with a TierTrust, or None
         self.last_id = 0  # the newest review read so far
 
     def close(self) -> None:
@@ -49,6 +53,8 @@ class ReviewFeed:
                 log.warning("review %s of image %s not learnt from: %s", review.id, review.image_row_id, error)
                 continue
             labels = review.detections(self.labels)
+            if self.pipeline is not None and self.pipeline.trust is not None:
+                self.pipeline.trust.review(self.pipeline, image, template, review.image_id, labels)
             record = updater.observe_review(review.image_id, image, template, labels, self.negatives(review, labels), position)
             if record is not None:
                 records.append(record)

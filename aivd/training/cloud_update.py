@@ -4,7 +4,7 @@ The cloud cannot learn from its own answers, so only reviewed images teach it: t
 the machine's candidates the reviewer called no defect as `no-defect`. The classifier served is fine-tuned from its
 ONNX file (weights read back with `aivd.training.onnx_import`, its first training's crop recipe and augmentation,
 the edge update's epochs and rate) and gated like the edge's update: published as a version of a model store of
-its own, promoted only if its crop accuracy on the held-out reviewed images is not below its parent's, and then
+its own, promoted only if its crop accuracy on the held-out reviewed images is above its parent's (a tie keeps the parent), and then
 swapped into the analyzer. Rollback: at the next update, the promoted version and its parent are scored on the
 images reviewed since the promotion (neither has seen them); if the new one is worse, the store rolls back.
 """
@@ -130,9 +130,9 @@ class CloudLearner:
                                          self.workdir / f"cloud-candidate-{self.updates}", self.config)
         summary = update.summary()
         version = self.store.publish(update.classifier, parent=parent, metrics=summary)
-        promoted = update.accuracy_after >= update.accuracy_before
+        promoted = update.accuracy_after > update.accuracy_before
         if promoted:
-            self.store.promote(version, f"reviewed crop accuracy {update.accuracy_after} >= {update.accuracy_before}")
+            self.store.promote(version, f"reviewed crop accuracy {update.accuracy_after} > {update.accuracy_before}")
             self.analyzer.swap_classifier(self.store.detector_path(version))
             self._watch = (version, parent, buffer.reviewed_added)
         records.append({"position": position, "tier": "cloud", "action": "promote" if promoted else "reject", "version": version,

@@ -5,7 +5,7 @@ fine-tuned for `refiner_epochs` epochs on the boxes of the buffer's training ima
 augmentation as its first training; a refiner with `no-defect` also on the regions the cloud rejected) and, if
 `detector_steps` > 0, the detector for that many steps on augmented crops of them. The new pair keeps its parent's score threshold unless `recalibrate` is set, and is scored against
 its parent on the buffer's validation images, both by the official DeepPCB protocol with the pipeline's labels
-as truth: `OnlineUpdater` (below) promotes it only if it is not worse.
+as truth: `OnlineUpdater` (below) promotes it only if it is better.
 """
 
 from __future__ import annotations
@@ -166,7 +166,9 @@ class OnlineUpdater:
     whether the edge agreed. Hard images go to the replay buffer (validation images with every candidate
     decided by the cloud: ask `wants_full_labels` before sending). When the trigger fires, the newest
     `train_window` training images fine-tune the served pair; the result is published as a new version and
-    promoted only if it scores at least `min_gain` above its parent on the validation images. After a promotion
+    promoted only if it scores more than `min_gain` above its parent on the validation images: a tie keeps the
+    served model, since on the few reviewed images an update is validated on, a tie is the common case and says
+    nothing (a promotion on a 3-image tie once made the edge worse under drift). After a promotion
     the monitor watches the new model over its first `monitor.reference` regions; if it disagrees with the cloud
     more than its parent did just before the update (plus the monitor's tolerance), the store rolls back.
 
@@ -244,12 +246,12 @@ class OnlineUpdater:
             return record
         summary = update.summary()
         version = self.store.publish(update.detector, update.companions, parent=parent, metrics=summary)
-        promoted = update.fscore_after >= update.fscore_before + self.min_gain
+        promoted = update.fscore_after > update.fscore_before + self.min_gain
         record = {"position": position, "tier": "edge", "action": "promote" if promoted else "reject", "version": version, "parent": parent,
                   **{k: v for k, v in summary.items() if k != "detector"}}
         self.trigger.updated(promoted)
         if promoted:
-            self.store.promote(version, f"validation F {update.fscore_after} >= {update.fscore_before} + {self.min_gain}")
+            self.store.promote(version, f"validation F {update.fscore_after} > {update.fscore_before} + {self.min_gain}")
             # The parent's disagreement just before: its window if full, else its reference. With neither (an
             # update before the monitor has measured anything) there is nothing to compare the new model with.
             recent, reference = self.monitor.recent_disagreement, self.monitor.reference_disagreement
