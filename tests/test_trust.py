@@ -74,7 +74,7 @@ def test_an_overruled_cloud_leaves_the_edges_decisions_in_the_result_and_its_own
     answers = [_analysis(True, names[3]), _analysis(False, names[1]), _analysis(True, names[2])]
     analyzer.answers = {region.region_id: (answer, 10) for region, answer in zip(regions, answers)}
     trust = TierTrust()
-    pipeline = EdgeCloudPipeline(detector, analyzer, 0.0, None, SendAll(), trust)
+    pipeline = EdgeCloudPipeline(detector, analyzer, 0.0, None, SendAll(), trust=trust)
 
     def run():
         decision = pipeline.decide(candidates)

@@ -123,7 +123,7 @@ def replayer(pipeline: EdgeCloudPipeline, offloader: Offloader) -> EdgeCloudPipe
     """`pipeline` with `offloader` as its offloading stage and recorded answers as its cloud (and its trust)."""
     assert pipeline.analyzer is not None  # the bench measures offloading: its callers refuse a pipeline without a cloud
     recorded = RecordedAnalyzer(pipeline.analyzer.name)
-    return EdgeCloudPipeline(pipeline.detector, recorded, pipeline.proposal_threshold, pipeline.pixels_per_mm, offloader, pipeline.trust)
+    return EdgeCloudPipeline(pipeline.detector, recorded, pipeline.proposal_threshold, pipeline.pixels_per_mm, offloader, trust=pipeline.trust)
 
 
 def replay_one(replaying: EdgeCloudPipeline, outcome: ImageOutcome) -> ImageResult:

@@ -131,8 +131,8 @@ class EdgeCloudPipeline:
     image; `complete` (the cloud's half) may run on another thread, and also in input order."""
 
     def __init__(self, detector: Detector, analyzer: Analyzer | None = None, proposal_threshold: float | None = None,
-                 pixels_per_mm: float | None = None, offloader: Offloader | None = None, batching: Batching = Batching(),
-                 trust=None):
+                 pixels_per_mm: float | None = None, offloader: Offloader | None = None, *,
+                 batching: Batching = Batching(), trust=None):
         self.detector = detector
         self.batching = batching
         self.analyzer = analyzer

@@ -33,7 +33,7 @@ def build_pipeline(config: PipelineConfig, pixels_per_mm: float | None = None, *
         scale = pack.pixels_per_mm if pack is not None and pack.pixels_per_mm is not None else pixels_per_mm
     analyzer = cloud if cloud is not None else build_analyzer(config.cloud, list(detector.labels.names), pack)
     batching = Batching(config.edge.batch, config.edge.batch_wait_ms, config.cloud.batch)
-    return EdgeCloudPipeline(detector, analyzer, config.cloud.proposal_threshold, scale, build_offloader(config.offload), batching)
+    return EdgeCloudPipeline(detector, analyzer, config.cloud.proposal_threshold, scale, build_offloader(config.offload), batching=batching)
 
 
 def load_pack(name: str) -> ModelPack:
