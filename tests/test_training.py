@@ -219,3 +219,36 @@ def test_cli_calibrate_rewrites_the_classifier_thresholds_for_a_detector(tmp_pat
     missing = subprocess.run([sys.executable, "-m", "aivd.cli.main", "train", "calibrate", "--classifier", str(tmp_path / "none.onnx")],
                              capture_output=True, text=True, timeout=60)
     assert missing.returncode != 0 and "classifier model not found" in missing.stdout + missing.stderr
+
+
+def test_distillation_mixes_the_labels_with_the_teachers_softened_probabilities():
+    from torch.nn import functional as F
+
+    from aivd.training.crop_training import Distillation
+
+    torch.manual_seed(0)
+    logits, targets, crops = torch.randn(8, 7), torch.randint(0, 7, (8,)), np.zeros((8, 3, 48, 48), np.float32)
+    own = torch.softmax(logits, dim=1).numpy()
+    hard = F.cross_entropy(logits, targets)
+    # A teacher that agrees with the student adds nothing, at any temperature: only the labels' share is left.
+    for temperature in (1.0, 4.0):
+        agreeing = Distillation(lambda _: own, weight=0.3, temperature=temperature)
+        torch.testing.assert_close(agreeing.loss(logits, crops, targets), 0.7 * hard)
+    assert Distillation(lambda _: own[::-1].copy(), weight=0.0, temperature=4.0).loss(logits, crops, targets) == hard
+    disagreeing = Distillation(lambda _: own[::-1].copy(), weight=0.3, temperature=4.0).loss(logits, crops, targets)
+    assert disagreeing > 0.7 * hard
+
+
+def test_the_cloud_classifier_teaches_in_the_refiners_label_order_and_refuses_other_classes():
+    from aivd.cloud.builtin import BUILTIN_CLASSIFIER
+    from aivd.edge.detector import ModelError
+    from aivd.training.refiner import RefinerTrainConfig, teacher
+
+    config = RefinerTrainConfig(distill_from=str(BUILTIN_CLASSIFIER), threads=1)
+    labels = [*DEEPPCB_CLASSES.names, "no-defect"]
+    crops = np.random.default_rng(0).random((4, 3, 48, 48), dtype=np.float32)
+    in_order = teacher(config, labels).teacher(crops)
+    reversed_order = teacher(config, labels[::-1]).teacher(crops)
+    np.testing.assert_allclose(reversed_order, in_order[:, ::-1])
+    with pytest.raises(ModelError, match="--reject"):
+        teacher(RefinerTrainConfig(distill_from=str(BUILTIN_CLASSIFIER), reject=False), list(DEEPPCB_CLASSES.names))
