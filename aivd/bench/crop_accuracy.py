@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from aivd.cloud.builtin import CropClassifier
+from aivd.cloud.builtin import CropClassifier, edge_scores
 from aivd.core import Detections, cut_regions
 from aivd.core.detections import box_iou
 from aivd.data.images import read_pair
@@ -21,7 +21,8 @@ from aivd.eval.protocol import IOU_THRESHOLD
 
 
 def _score(classifier: CropClassifier, image, template, boxes: Detections, image_id: str):
-    names, _, is_defect = classifier.decide(classifier.probabilities(cut_regions(image, template, boxes, image_id)))
+    regions = cut_regions(image, template, boxes, image_id)
+    names, _, is_defect = classifier.decide(classifier.probabilities(regions), edge_scores(regions))
     return np.array(names, dtype=object), is_defect
 
 
