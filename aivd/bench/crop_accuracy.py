@@ -6,6 +6,9 @@
 - edge boxes: the detector's candidates at the proposal threshold. A candidate overlapping a defect
   (IoU > 0.33, the DeepPCB pairing rule) should get that defect's class; one overlapping none should be
   rejected as no-defect.
+
+The verdict is the analyzer's: the classifier's score blended with the edge's score of the box (see
+`aivd.cloud.builtin`). A ground-truth box carries the score 1, as if the edge were sure of it.
 """
 
 from __future__ import annotations
