@@ -249,3 +249,18 @@ def test_a_backend_that_loses_answers_is_a_cloud_failure_and_the_edge_result_sta
     result = pipeline.run(image, template, "00041200")
     assert "answered" in result.cloud_error and "regions" in result.cloud_error
     assert [d.source for d in result.defects] == ["edge"] * len(detector.detect(image, template))
+
+
+def test_the_classifier_score_blends_the_edge_score_with_its_weight():
+    classifier = BuiltinAnalyzer().classifier
+    probs = np.zeros((3, 7), np.float32)
+    probs[:, classifier.reject_index] = 0.1
+    defect_columns = [i for i in range(7) if i != classifier.reject_index]
+    probs[:, defect_columns[2]] = 0.9  # the classifier is sure of the third class for all three regions
+    edge = np.array([1.0, 0.25, 0.01])
+    names, alone, _ = classifier.decide(probs, edge, edge_weight=0.0)
+    _, blended, is_defect = classifier.decide(probs, edge, threshold=0.2, edge_weight=0.5)
+    assert names == [classifier.class_names[2]] * 3
+    np.testing.assert_allclose(alone, 0.9, rtol=1e-6)  # weight 0: the classifier alone, whatever the edge said
+    np.testing.assert_allclose(blended, np.sqrt(edge * 0.9), rtol=1e-6)
+    assert is_defect.tolist() == [True, True, False]  # a box the edge barely proposed needs more than the classifier's word

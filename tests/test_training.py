@@ -110,6 +110,20 @@ def test_cli_refiner_training_packages_a_detector_that_uses_it(tmp_path, deeppcb
     assert isinstance(detector.detect(test, template).class_names, list)
 
 
+@pytest.mark.integration
+def test_cli_refiner_training_learns_from_a_teacher_when_asked(tmp_path, deeppcb_root):
+    from aivd.cloud.builtin import BUILTIN_CLASSIFIER
+
+    args = [sys.executable, "-m", "aivd.cli.main", "train", "refiner", "--deeppcb", str(deeppcb_root), "--detector", str(BUILTIN_MODEL),
+            "--out", str(tmp_path / "ref"), "--epochs", "1", "--limit", "10", "--threads", "1"]
+    subprocess.run([*args, "--distill-from", str(BUILTIN_CLASSIFIER), "--distill-weight", "0.7", "--temperature", "2"],
+                   check=True, capture_output=True, timeout=600)
+    config = json.loads((tmp_path / "ref" / "training.json").read_text())["config"]
+    assert (config["distill_from"], config["distill_weight"], config["temperature"]) == (str(BUILTIN_CLASSIFIER), 0.7, 2.0)
+    missing = subprocess.run([*args, "--distill-from", str(tmp_path / "none.onnx")], capture_output=True, text=True, timeout=60)
+    assert missing.returncode != 0 and "classifier model not found" in missing.stdout + missing.stderr
+
+
 def _packaged_refiner(tmp_path, head_bias, labels=(*DEEPPCB_CLASSES.names, "no-defect"), reject="no-defect"):
     """The shipped detector beside a refiner whose answer is `head_bias`'s softmax for every crop."""
     import shutil
@@ -205,6 +219,7 @@ def test_cli_calibrate_rewrites_the_classifier_thresholds_for_a_detector(tmp_pat
     import shutil
 
     from aivd.cloud.builtin import BUILTIN_CLASSIFIER, BuiltinAnalyzer
+    from aivd.training.classifier_calibration import EDGE_WEIGHTS
     from aivd.training.common import write_metadata
 
     classifier = tmp_path / "classifier.onnx"
@@ -216,6 +231,41 @@ def test_cli_calibrate_rewrites_the_classifier_thresholds_for_a_detector(tmp_pat
     analyzer = BuiltinAnalyzer(classifier)
     assert analyzer.proposal_threshold <= TemplateDetector().min_confidence
     assert f"chosen: proposal threshold {analyzer.proposal_threshold}" in " ".join((done.stdout + done.stderr).split())
+    assert analyzer.classifier.edge_weight in EDGE_WEIGHTS
+    assert f"edge weight {analyzer.classifier.edge_weight}" in " ".join((done.stdout + done.stderr).split())
     missing = subprocess.run([sys.executable, "-m", "aivd.cli.main", "train", "calibrate", "--classifier", str(tmp_path / "none.onnx")],
                              capture_output=True, text=True, timeout=60)
     assert missing.returncode != 0 and "classifier model not found" in missing.stdout + missing.stderr
+
+
+def test_distillation_mixes_the_labels_with_the_teachers_softened_probabilities():
+    from torch.nn import functional as F
+
+    from aivd.training.crop_training import Distillation
+
+    torch.manual_seed(0)
+    logits, targets, crops = torch.randn(8, 7), torch.randint(0, 7, (8,)), np.zeros((8, 3, 48, 48), np.float32)
+    own = torch.softmax(logits, dim=1).numpy()
+    hard = F.cross_entropy(logits, targets)
+    # A teacher that agrees with the student adds nothing, at any temperature: only the labels' share is left.
+    for temperature in (1.0, 4.0):
+        agreeing = Distillation(lambda _: own, weight=0.3, temperature=temperature)
+        torch.testing.assert_close(agreeing.loss(logits, crops, targets), 0.7 * hard)
+    assert Distillation(lambda _: own[::-1].copy(), weight=0.0, temperature=4.0).loss(logits, crops, targets) == hard
+    disagreeing = Distillation(lambda _: own[::-1].copy(), weight=0.3, temperature=4.0).loss(logits, crops, targets)
+    assert disagreeing > 0.7 * hard
+
+
+def test_the_cloud_classifier_teaches_in_the_refiners_label_order_and_refuses_other_classes():
+    from aivd.cloud.builtin import BUILTIN_CLASSIFIER
+    from aivd.edge.detector import ModelError
+    from aivd.training.refiner import RefinerTrainConfig, teacher
+
+    config = RefinerTrainConfig(distill_from=str(BUILTIN_CLASSIFIER), threads=1)
+    labels = [*DEEPPCB_CLASSES.names, "no-defect"]
+    crops = np.random.default_rng(0).random((4, 3, 48, 48), dtype=np.float32)
+    in_order = teacher(config, labels).teacher(crops)
+    reversed_order = teacher(config, labels[::-1]).teacher(crops)
+    np.testing.assert_allclose(reversed_order, in_order[:, ::-1])
+    with pytest.raises(ModelError, match="--reject"):
+        teacher(RefinerTrainConfig(distill_from=str(BUILTIN_CLASSIFIER), reject=False), list(DEEPPCB_CLASSES.names))

@@ -6,13 +6,16 @@
 - edge boxes: the detector's candidates at the proposal threshold. A candidate overlapping a defect
   (IoU > 0.33, the DeepPCB pairing rule) should get that defect's class; one overlapping none should be
   rejected as no-defect.
+
+The verdict is the analyzer's: the classifier's score blended with the edge's score of the box (see
+`aivd.cloud.builtin`). A ground-truth box carries the score 1, as if the edge were sure of it.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from aivd.cloud.builtin import CropClassifier
+from aivd.cloud.builtin import CropClassifier, edge_scores
 from aivd.core import Detections, cut_regions
 from aivd.core.detections import box_iou
 from aivd.data.images import read_pair
@@ -21,7 +24,8 @@ from aivd.eval.protocol import IOU_THRESHOLD
 
 
 def _score(classifier: CropClassifier, image, template, boxes: Detections, image_id: str):
-    names, _, is_defect = classifier.decide(classifier.probabilities(cut_regions(image, template, boxes, image_id)))
+    regions = cut_regions(image, template, boxes, image_id)
+    names, _, is_defect = classifier.decide(classifier.probabilities(regions), edge_scores(regions))
     return np.array(names, dtype=object), is_defect
 
 

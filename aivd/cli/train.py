@@ -136,13 +136,20 @@ def train_refiner_command(
     seed: int = typer.Option(0),
     limit: Optional[int] = typer.Option(None, min=10, help="Use only the first N trainval samples (smoke tests)."),
     threads: int = typer.Option(2, min=1, help="CPU threads for torch."),
+    distill_from: Optional[Path] = typer.Option(None, help="A crop classifier ONNX (`aivd train classifier`) with the refiner's classes and no-defect, whose soft labels it also learns."),
+    distill_weight: float = typer.Option(0.5, min=0.0, max=1.0, help="With --distill-from: the soft labels' share of the loss (the rest: the labels)."),
+    temperature: float = typer.Option(4.0, min=0.1, help="With --distill-from: the temperature that softens the teacher's and the refiner's probabilities."),
 ) -> None:
     """Train the second-stage class refiner and package it with a detector, re-calibrating the threshold."""
     training = training_module("refiner")
     RefinerTrainConfig, train_refiner = training.RefinerTrainConfig, training.train_refiner
     if not detector.is_file():
         raise fail(f"{detector}: detector model not found")
-    config = RefinerTrainConfig(epochs=epochs, reject=reject, seed=seed, limit=limit, threads=threads)
+    if distill_from is not None and not distill_from.is_file():
+        raise fail(f"{distill_from}: classifier model not found")
+    config = RefinerTrainConfig(epochs=epochs, reject=reject, seed=seed, limit=limit, threads=threads,
+                                distill_from=None if distill_from is None else str(distill_from),
+                                distill_weight=distill_weight, temperature=temperature)
 
     record = train_refiner(resolve_deeppcb(deeppcb), detector, out, config, _print_crop_epoch)
     pipeline = record["pipeline"]
@@ -185,7 +192,7 @@ def train_classifier_command(
     record = train_classifier(resolve_deeppcb(deeppcb), detector, out, config, _print_crop_epoch)
     chosen = record["calibration"]["chosen"]
     _print_trained(record, out, f"edge + cloud on held-out trainval: F {chosen['fscore']:.4f} at proposal threshold "
-                   f"{chosen['proposal_threshold']}, score threshold {chosen['score_threshold']}")
+                   f"{chosen['proposal_threshold']}, score threshold {chosen['score_threshold']}, edge weight {chosen['edge_weight']}")
 
 
 @train_app.command("calibrate")
@@ -207,9 +214,11 @@ def train_calibrate_command(
     _, held_out = holdout_split(load_split(resolve_deeppcb(deeppcb), "trainval"))
     result = calibration.calibrate_classifier(classifier, detector, held_out)
     for row in result["table"]:
-        console.print(f"proposal {row['proposal_threshold']:.2f}: F {row['fscore']:.4f} at score threshold "
-                      f"{row['score_threshold']:.2f}, {row['regions_per_image']} regions per image", highlight=False)
+        console.print(f"edge weight {row['edge_weight']:.2f}, proposal {row['proposal_threshold']:.2f}: F {row['fscore']:.4f}, "
+                      f"AP {row['ap']:.4f} at score threshold {row['score_threshold']:.2f}, {row['regions_per_image']} regions per image",
+                      highlight=False)
     chosen = result["chosen"]
-    console.print(f"chosen: proposal threshold {chosen['proposal_threshold']}, score threshold {chosen['score_threshold']} "
-                  f"(held-out F {chosen['fscore']:.4f}) -> {classifier}", highlight=False)
+    console.print(f"chosen: proposal threshold {chosen['proposal_threshold']}, score threshold {chosen['score_threshold']}, "
+                  f"edge weight {chosen['edge_weight']} (held-out F {chosen['fscore']:.4f}, AP {chosen['ap']:.4f}) -> {classifier}",
+                  highlight=False)
 

@@ -1,9 +1,12 @@
 """The built-in cloud backend: an ONNX crop classifier (`aivd train classifier`) plus pixel measurements and
 the knowledge base's text.
 
-The classifier answers for its defect classes (the shipped one: DeepPCB's six) and `no-defect`; a region is a
-defect when its most likely defect class reaches the score threshold calibrated on held-out data (stored in the
-model's metadata with the edge proposal threshold it was calibrated with).
+The classifier answers for its defect classes (the shipped one: DeepPCB's six) and `no-defect`; a region's score
+is the classifier's probability of its most likely defect class blended with the edge's score of the box,
+edge^w x classifier^(1 - w), and the region is a defect when that score reaches the score threshold. The weight
+w, the score threshold and the edge proposal threshold are calibrated together on held-out data and stored in
+the model's metadata. Why blend: the classifier alone is too sure to rank defects (most it keeps score >= 0.99),
+while the edge's score still orders them; w = 0 is the classifier alone.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from aivd.edge.runtimes import ModelError, open_session
 BUILTIN_CLASSIFIER = Path(__file__).parent / "models" / "deeppcb_classifier.onnx"
 DEFAULT_PROPOSAL_THRESHOLD = 0.05
 DEFAULT_SCORE_THRESHOLD = 0.5
+DEFAULT_EDGE_WEIGHT = 0.0  # a model calibrated before the blend: its thresholds are for the classifier alone
 
 
 class CropClassifier:
@@ -42,6 +46,7 @@ class CropClassifier:
         self.crop_size, self.context, self.min_side = int(meta["crop_size"]), float(meta["context"]), int(meta["min_side"])
         self.proposal_threshold = float(meta.get("proposal_threshold", DEFAULT_PROPOSAL_THRESHOLD))
         self.score_threshold = float(meta.get("score_threshold", DEFAULT_SCORE_THRESHOLD))
+        self.edge_weight = float(meta.get("edge_weight", DEFAULT_EDGE_WEIGHT))
 
     def probabilities(self, regions: Sequence[Region]) -> np.ndarray:
         """(N, classes + 1) probabilities, the reject class at `reject_index`."""
@@ -52,12 +57,19 @@ class CropClassifier:
         ])
         return self.session.run(None, {"crops": crops})[0]
 
-    def decide(self, probs: np.ndarray, threshold: float | None = None) -> tuple[list[str], np.ndarray, np.ndarray]:
-        """Per region: the most likely defect class, its probability, and whether it is a defect."""
+    def decide(self, probs: np.ndarray, edge_confidence: np.ndarray, threshold: float | None = None,
+               edge_weight: float | None = None) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """Per region: the most likely defect class, its score (blended with the edge's `edge_confidence`, see the
+        module doc), and whether it is a defect."""
         defect_probs = np.delete(probs, self.reject_index, axis=1)
         best = defect_probs.argmax(axis=1)
-        confidence = defect_probs[np.arange(len(best)), best]
+        weight = self.edge_weight if edge_weight is None else edge_weight
+        confidence = np.asarray(edge_confidence, np.float32) ** weight * defect_probs[np.arange(len(best)), best] ** (1 - weight)
         return [self.class_names[i] for i in best], confidence, confidence >= (self.score_threshold if threshold is None else threshold)
+
+
+def edge_scores(regions: Sequence[Region]) -> np.ndarray:
+    return np.array([region.edge_confidence for region in regions], np.float32)
 
 
 class BuiltinAnalyzer:
@@ -93,7 +105,7 @@ class BuiltinAnalyzer:
             probs = classifier.probabilities(regions)
         except Exception as error:  # onnxruntime raises private types; a bad batch must not end the caller's run
             raise AnalyzerError(f"classifier failed: {type(error).__name__}: {error}") from None
-        names, confidence, is_defect = classifier.decide(probs)
+        names, confidence, is_defect = classifier.decide(probs, edge_scores(regions))
         return Analyses(
             self.knowledge.analysis(name, round(float(score), 4), bool(defect), measure(region, pcb_facts=self.pcb_facts), region.edge_class)
             for region, name, score, defect in zip(regions, names, confidence, is_defect)

@@ -169,6 +169,27 @@ def export_probabilities(net: nn.Module, path: Path, size: int, metadata: dict) 
 
 
 @dataclass(frozen=True)
+class Distillation:
+    """Soft labels from a teacher (Hinton et al., 2015): the loss is `weight` x T^2 x KL(teacher || student), both
+    softened by temperature T, plus (1 - `weight`) x the hard-label cross-entropy. T^2 keeps the soft term's
+    gradients at the hard term's scale whatever T is. The teacher sees the student's own augmented crops, so it
+    judges exactly what the student is shown."""
+
+    teacher: Callable[[np.ndarray], np.ndarray]  # (N, 3, H, W) crops -> (N, classes) probabilities, the student's order
+    weight: float
+    temperature: float
+
+    def loss(self, logits: torch.Tensor, crops: np.ndarray, targets: torch.Tensor) -> torch.Tensor:
+        hard = F.cross_entropy(logits, targets)
+        # log p is the teacher's logits up to a per-row constant, which the softmax ignores; the floor keeps a
+        # probability that underflowed to 0 finite.
+        teacher_logits = torch.from_numpy(self.teacher(crops)).clamp_min(1e-12).log()
+        soft_targets = torch.softmax(teacher_logits / self.temperature, dim=1)
+        soft = F.kl_div(F.log_softmax(logits / self.temperature, dim=1), soft_targets, reduction="batchmean")
+        return (1 - self.weight) * hard + self.weight * self.temperature**2 * soft
+
+
+@dataclass(frozen=True)
 class LoopConfig:
     epochs: int
     batch_size: int
@@ -180,9 +201,10 @@ class LoopConfig:
 
 def train_loop(
     net: nn.Module, train: BoxSet, val: BoxSet, recipe: CropRecipe, augment: AugmentConfig, loop: LoopConfig,
-    rng: np.random.Generator, checkpoint: Path, progress=None,
+    rng: np.random.Generator, checkpoint: Path, progress=None, distill: Distillation | None = None,
 ) -> tuple[dict, list[dict]]:
-    """AdamW with a cosine schedule; keeps the epoch with the best held-out crop accuracy in `net`.
+    """AdamW with a cosine schedule; keeps the epoch with the best held-out crop accuracy in `net`. The loss is the
+    cross-entropy to the labels, or `distill`'s mix of it with a teacher's soft labels.
 
     With `loop.time_budget_s` the epoch count is what the budget allows after timing the first epoch (at most
     `loop.max_epochs`); the cosine schedule spans that count and the first epoch runs at the full rate.
@@ -205,8 +227,9 @@ def train_loop(
         losses = []
         for step in range(steps_per_epoch):
             indices = order[step * loop.batch_size : (step + 1) * loop.batch_size]
-            x = torch.from_numpy(make_batch(train, indices, rng, recipe, augment))
-            loss = F.cross_entropy(net(x), torch.from_numpy(train.classes[indices]))
+            crops = make_batch(train, indices, rng, recipe, augment)
+            logits, targets = net(torch.from_numpy(crops)), torch.from_numpy(train.classes[indices])
+            loss = F.cross_entropy(logits, targets) if distill is None else distill.loss(logits, crops, targets)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

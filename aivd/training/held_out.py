@@ -41,6 +41,10 @@ class HeldOutScoring(Protocol):
         """An epoch's held-out figures: "score" (higher is better), "threshold" and what else is worth logging."""
         ...
 
+    def ranking(self, predictions: Predictions) -> float:
+        """How well the scores rank the detections (the data set's AP)."""
+        ...
+
     def is_copy(self, image_id: str) -> bool:
         """Whether a pair is a perturbed copy (left out of the reported held-out figures)."""
         ...
@@ -60,6 +64,9 @@ class DeepPCBScoring:
         threshold, _ = best_threshold(predictions)
         summary = evaluate([(i, d.with_min_confidence(threshold), g) for i, d, g in predictions]).summary()
         return {"score": summary["fscore"], "threshold": threshold, **summary}
+
+    def ranking(self, predictions: Predictions) -> float:
+        return evaluate(predictions).ap
 
     def is_copy(self, image_id: str) -> bool:
         return image_id.endswith(PERTURBED_SUFFIX)
@@ -84,6 +91,11 @@ class DetectionScoring:
         figures = coco_map(predictions, self.labels)
         return {"score": figures["map50"], "threshold": threshold, "map50": figures["map50"], "map50_95": figures["map50_95"],
                 "fscore": round(f1, 4)}
+
+    def ranking(self, predictions: Predictions) -> float:
+        from aivd.eval.detection_metrics import coco_map
+
+        return coco_map(predictions, self.labels)["map50"]
 
     def is_copy(self, image_id: str) -> bool:
         return False

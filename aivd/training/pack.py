@@ -245,7 +245,8 @@ def model_card(plan: PackPlan, manifest, state: dict, data_summary: dict) -> str
         f"detector + refiner at threshold {refiner['pipeline']['threshold']:.3f}: {_figures(refiner['pipeline']['val'], ('map50', 'map50_95', 'fscore', 'ap'))}.",
         f"- Cloud classifier: {classifier['best']['epochs']} epochs, held-out crop accuracy {classifier['best']['accuracy']:.4f}; "
         f"proposal threshold {classifier['calibration']['chosen']['proposal_threshold']}, score threshold "
-        f"{classifier['calibration']['chosen']['score_threshold']:.3f}, held-out F {classifier['calibration']['chosen']['fscore']:.4f}.",
+        f"{classifier['calibration']['chosen']['score_threshold']:.3f}, edge weight {classifier['calibration']['chosen']['edge_weight']}, "
+        f"held-out F {classifier['calibration']['chosen']['fscore']:.4f}.",
         "- Epoch counts follow the machine's speed (each stage fills its share of the budget): the same command on a faster "
         "machine trains more epochs, and its figures differ.",
         "",

@@ -5,6 +5,10 @@ box); 48x48 crops at a fixed 1.5x context. Besides the ground-truth boxes it lea
 own candidates (at a low threshold, without any refiner): those on a defect as extra examples of its class with
 the detector's real box noise, those on no defect as `no-defect`. At inference the `no-defect` probability is
 taken out of the box's confidence, so the edge drops most of its false alarms on its own.
+
+With `distill_from` the cloud's crop classifier teaches it as well (`crop_training.Distillation`): the refiner's
+loss mixes the labels with the classifier's temperature-softened probabilities on the same crops, which carry
+what the larger model learnt about which classes look alike.
 """
 
 from __future__ import annotations
@@ -17,15 +21,17 @@ import numpy as np
 import torch
 from torch import nn
 
+from aivd.cloud.builtin import CropClassifier
 from aivd.data.deeppcb import holdout_split, load_split
 from aivd.edge.crops import CONTEXT, CROP_SIZE, MIN_SIDE
-from aivd.edge.detector import BUILTIN_MODEL, TemplateDetector
+from aivd.edge.detector import BUILTIN_MODEL, ModelError, TemplateDetector
 from aivd.training.common import seed_everything, write_metadata
 from aivd.training.crop_training import (
     MINING_THRESHOLD,
     REJECT_LABEL,
     AugmentConfig,
     CropRecipe,
+    Distillation,
     LoopConfig,
     edge_candidates,
     export_probabilities,
@@ -51,6 +57,9 @@ class RefinerTrainConfig:
     seed: int = 0
     threads: int = 2
     limit: int | None = None
+    distill_from: str | None = None  # a crop classifier ONNX (`aivd train classifier`) with the refiner's labels
+    distill_weight: float = 0.5  # the soft labels' share of the loss
+    temperature: float = 4.0
 
 
 class RefinerNet(nn.Module):
@@ -74,6 +83,24 @@ class RefinerNet(nn.Module):
 def recipe_and_augment(config: RefinerTrainConfig) -> tuple[CropRecipe, AugmentConfig]:
     recipe = CropRecipe(CROP_SIZE, CONTEXT, (CONTEXT, CONTEXT), MIN_SIDE)
     return recipe, AugmentConfig(config.jitter, config.template_dropout, config.thickness_prob)
+
+
+def teacher(config: RefinerTrainConfig, labels: list[str]) -> Distillation:
+    """`config.distill_from`'s classifier as a teacher for a refiner with `labels`. It is fed the refiner's crops
+    (context 1.5), which lie inside the context range the classifier was trained on (1.2 to 2.0)."""
+    assert config.distill_from is not None
+    classifier = CropClassifier(config.distill_from, config.threads)
+    names = list(classifier.class_names)
+    names.insert(classifier.reject_index, classifier.reject_label)
+    if sorted(names) != sorted(labels):
+        raise ModelError(f"{config.distill_from}: classes {names} cannot teach a refiner with classes {labels}"
+                         f"{'' if config.reject else ' (train the refiner with --reject)'}")
+    order = np.array([names.index(label) for label in labels])
+
+    def probabilities(crops: np.ndarray) -> np.ndarray:
+        return classifier.session.run(None, {"crops": crops})[0][:, order]
+
+    return Distillation(probabilities, config.distill_weight, config.temperature)
 
 
 def package_with_detector(detector_path: Path, out_dir: Path, val_samples, scoring: HeldOutScoring = DeepPCBScoring(),
@@ -113,11 +140,12 @@ def fit_refiner(train_samples, val_samples, detector_path: Path, out_dir: Path, 
     else:
         train, val = load_boxes(train_samples), load_boxes(val_samples)
 
+    distill = None if config.distill_from is None else teacher(config, labels)
     rng = np.random.default_rng(config.seed)
     net = RefinerNet(len(labels))
     recipe, augment = recipe_and_augment(config)
     loop = LoopConfig(config.epochs, config.batch_size, config.lr, config.weight_decay, time_budget_s)
-    best, history = train_loop(net, train, val, recipe, augment, loop, rng, out_dir / "refiner_best.pt", progress)
+    best, history = train_loop(net, train, val, recipe, augment, loop, rng, out_dir / "refiner_best.pt", progress, distill)
     onnx_path = out_dir / refiner_file
     export_probabilities(net, onnx_path, CROP_SIZE, {**metadata, "labels": labels, "best_epoch": best["epoch"]})
     return {"config": asdict(config), "train_boxes": int(len(train.classes)),
