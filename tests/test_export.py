@@ -14,11 +14,11 @@ from typer.testing import CliRunner
 
 from aivd.cli.main import app
 from aivd.core import DEEPPCB_CLASSES, Detections
+from aivd.deploy.export import DEFAULT_TOLERANCE, ExportError, _openvino, export_pack
 from aivd.edge.detector import BUILTIN_MODEL
 from aivd.edge.runtimes import open_session
 from aivd.eval.parity import box_agreement, losses, metric_deltas
 from aivd.packs import PackError, load_pack
-from aivd.packs.export import DEFAULT_TOLERANCE, ExportError, _openvino, export_pack
 from aivd.packs.pack import PackManifest, write_manifest
 
 REFINER = BUILTIN_MODEL.with_name("deeppcb_refiner.onnx")

@@ -141,9 +141,9 @@ def test_a_live_learner_with_the_builtin_cloud_updates_it_in_a_store_of_its_own_
     pytest.importorskip("torch")
     from test_live_update import learning_config
 
-    from aivd.collab.trust import TierTrust
     from aivd.pipeline.factory import build_pipeline
     from aivd.pipeline.live_update import build_learner
+    from aivd.pipeline.trust import TierTrust
     from aivd.training.cloud_update import CloudLearner
 
     config = learning_config(tmp_path / "store")

@@ -1,4 +1,4 @@
-"""Tier trust learnt from reviews (aivd.collab.trust), the merge that follows it, and the gate that needs a gain."""
+"""Tier trust learnt from reviews (aivd.pipeline.trust), the merge that follows it, and the gate that needs a gain."""
 
 import shutil
 
@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from conftest import dets
 
-from aivd.collab.trust import TierTrust, region_verdicts, sign_test
 from aivd.edge.detector import BUILTIN_MODEL, TemplateDetector
 from aivd.model_store import ModelStore
+from aivd.pipeline.trust import TierTrust, region_verdicts, sign_test
 from aivd.schema.analysis import DefectAnalysis
 
 REFINER = BUILTIN_MODEL.parent / "deeppcb_refiner.onnx"

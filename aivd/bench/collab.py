@@ -20,7 +20,7 @@ region sent to the cloud gets the cloud's decision and one kept at the edge the 
   images after its first promotion, for the pipeline and for the edge alone; with a `review_share`, a simulated
   reviewer labels that share of the stream and the update learns from the reviews too (`SimulatedReviewer`), the
   built-in cloud's classifier as well (`aivd.training.cloud_update`), and the reviews decide which tier the merge
-  believes (`aivd.collab.trust.TierTrust`).
+  believes (`aivd.pipeline.trust.TierTrust`).
 """
 
 from __future__ import annotations
@@ -355,7 +355,7 @@ def online_pass(pipeline: EdgeCloudPipeline, stream, phase: DriftPhase, filter_n
     edge = HotSwapDetector(store, poll_s=0.0)
     trust = None
     if settings.review_share and settings.tier_trust:
-        from aivd.collab.trust import TierTrust
+        from aivd.pipeline.trust import TierTrust
 
         trust = TierTrust()
     live = EdgeCloudPipeline(edge, pipeline.analyzer, pipeline.proposal_threshold, pipeline.pixels_per_mm, trust=trust)

@@ -87,7 +87,7 @@ def bench_edge(root: Path, split: str = "test", packs: dict[str, str] | None = N
                limit: int | None = None, samples: int = 100, seed: int = 0, log: Callable[[str], None] = lambda _: None) -> dict:
     """Every run side by side. `packs` gives a run's pack folder (the reference's default: the built-in pack);
     the others are exported from the reference, calibrated on the split's data set's training images."""
-    from aivd.packs.export import export_pack
+    from aivd.deploy.export import export_pack
 
     given = dict(packs or {})
     unknown = sorted(set(given) - set(RUN_NAMES))

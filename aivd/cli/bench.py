@@ -82,7 +82,7 @@ def bench_edge_command(
     p50/p99 ms, peak RSS and the official F-score and AP, edge alone at batch 1, each run in a process of its own."""
     from aivd.bench.edge import BenchError, bench_edge
     from aivd.cli.ui import console, shown
-    from aivd.packs.export import ExportError
+    from aivd.deploy.export import ExportError
 
     given = {}
     for item in packs or []:

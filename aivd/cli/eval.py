@@ -180,10 +180,10 @@ def parity_command(
     B loses more than the tolerance."""
     from aivd.config import ConfigError
     from aivd.data.sources import open_data
+    from aivd.deploy.export import DEFAULT_TOLERANCE
     from aivd.eval.dataset_eval import predict_samples
     from aivd.eval.detection_metrics import evaluate_detections
     from aivd.eval.parity import box_agreement, deeppcb_figures, losses, metric_deltas
-    from aivd.packs.export import DEFAULT_TOLERANCE
     from aivd.pipeline.factory import load_pack
 
     if len(packs) != 2:

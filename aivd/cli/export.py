@@ -1,4 +1,4 @@
-"""`aivd export`: a pack for another runtime or precision (aivd.packs.export)."""
+"""`aivd export`: a pack for another runtime or precision (aivd.deploy.export)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def export_command(
     tolerance: float = typer.Option(0.01, min=0.0, max=1.0, help="The most the exported pack's F1 or mAP@0.5 may lose against its source's on held-out data; recorded in the pack and checked by `aivd eval parity`."),
 ) -> None:
     """Export a pack's detectors, their refiners and its cloud classifier to another runtime or to int8, as a complete pack."""
-    from aivd.packs.export import ExportError, export_pack
+    from aivd.deploy.export import ExportError, export_pack
 
     try:
         written = export_pack(pack, to, out, calibration, samples, seed, tolerance, log=lambda line: console.print(shown(line), highlight=False))

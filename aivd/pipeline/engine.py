@@ -5,7 +5,7 @@ The edge proposes every candidate down to the (lower) proposal threshold. The of
 (`KeepAtEdge`, which is what an edge-only pipeline is), or the hard ones within a budget or an accuracy target.
 The cloud decides whether each region it is sent is a defect, of which class, and writes the record; the edge
 decides the rest at its own calibrated threshold. `merge_tiers` is the one rule that joins the two, used by the
-live path and by `aivd bench collab`'s replay alike. With a `trust` (`aivd.collab.trust.TierTrust`) whose reviews show
+live path and by `aivd bench collab`'s replay alike. With a `trust` (`aivd.pipeline.trust.TierTrust`) whose reviews show
 the cloud measurably worse than the edge, the edge decides the sent regions too; the cloud's answers then still
 drive the offloader's feedback and are what the online learner is taught (`ImageResult.cloud_labels`). If the cloud fails, the image keeps the edge's own decisions
 on every candidate, marked with `cloud_error`, so an unreachable cloud never stops a line.

@@ -23,7 +23,7 @@ a background worker, so that learning never blocks inspection:
   after each image it observes the learner reads the reviews stored since the last (`ReviewFeed`, as
   `aivd bench collab --review-share` does) and hands them to the updater with top trust; with the in-process
   built-in cloud, its classifier learns from them as well (`aivd.training.cloud_update`). The reviews also decide
-  which tier the merge believes on the regions sent (`aivd.collab.trust.TierTrust`, the pipeline's `trust`): the
+  which tier the merge believes on the regions sent (`aivd.pipeline.trust.TierTrust`, the pipeline's `trust`): the
   feed has both tiers judge each reviewed image on the learner's thread, which publishes the verdict as a plain bool.
 
 With `update.wait_for_updates` the run is reproducible: the loop inspects one image at a time and waits until
@@ -313,7 +313,7 @@ def build_learner(update: UpdateConfig, pipeline: EdgeCloudPipeline, metrics: Li
     from aivd.cloud.builtin import BuiltinAnalyzer
 
     if update.reviews:
-        from aivd.collab.trust import TierTrust
+        from aivd.pipeline.trust import TierTrust
 
         pipeline.trust = TierTrust()
     if update.reviews and isinstance(pipeline.analyzer, BuiltinAnalyzer):

@@ -6,7 +6,7 @@ console stores them. A reviewed image's labels are its newest review's boxes; th
 human box covers (IoU below `NEGATIVE_IOU` with all of them) are its negatives, the false alarms a refiner with
 `no-defect` learns to reject, as it learns the ones the cloud rejected.
 
-Given the pipeline it teaches, whose `trust` is a `TierTrust` (aivd.collab.trust), the feed also has each reviewed
+Given the pipeline it teaches, whose `trust` is a `TierTrust` (aivd.pipeline.trust), the feed also has each reviewed
 image judged by both tiers as they are now, so that the merge learns which tier to believe.
 """
 
