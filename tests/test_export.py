@@ -3,13 +3,12 @@ whose parity with their source is measured (`aivd eval parity`), and `aivd bench
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
+from conftest import aivd
 from typer.testing import CliRunner
 
 from aivd.cli.main import app
@@ -137,14 +136,6 @@ def test_eval_is_still_one_command_with_parity_beside_it(tmp_path):
     assert misplaced.exit_code == 2 and "--json: options of `aivd eval` itself, not of `parity`" in misplaced.output
 
 
-def _aivd(*args, check=True) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, "-m", "aivd.cli.main", *map(str, args)], capture_output=True, text=True, timeout=900)
-    if check:
-        assert result.returncode == 0, result.stderr[-3000:]
-    assert "Traceback" not in result.stderr, result.stderr[-3000:]
-    return result
-
-
 @pytest.mark.integration
 @pytest.mark.parametrize("to, runtime, precision, suffix", [
     ("onnx-int8", "onnxruntime", "int8", ".onnx"), ("openvino", "openvino", "fp32", ".xml"), ("openvino-int8", "openvino", "int8", ".xml"),
@@ -153,7 +144,7 @@ def test_an_exported_pack_loses_no_more_than_its_tolerance_on_held_out_data(tmp_
     """The shipped pack (its two detectors, their refiners, the cloud classifier) exported, int8 calibrated on
     DeepPCB's trainval, then compared with its source, edge and cloud, on the first 100 test pairs."""
     out = tmp_path / to
-    _aivd("export", "--pack", "builtin", "--to", to, "--out", out, "--calibration", deeppcb_root, "--samples", "20")
+    aivd("export", "--pack", "builtin", "--to", to, "--out", out, "--calibration", deeppcb_root, "--samples", "20", timeout=900)
     pack = load_pack(out)
     assert (pack.runtime, pack.precision, pack.manifest.tolerance) == (runtime, precision, DEFAULT_TOLERANCE)
     models = sorted(path.name for path in out.iterdir() if path.suffix == suffix)
@@ -164,8 +155,8 @@ def test_an_exported_pack_loses_no_more_than_its_tolerance_on_held_out_data(tmp_
     assert exported == source | {"refiner": f"deeppcb_refiner{suffix}"}
     detector = pack.load_detector().template_aware.detector
     assert detector.session.runtime == runtime and detector.refiner.runtime == runtime
-    result = _aivd("eval", "parity", "--pack", "builtin", "--pack", out, "--data", deeppcb_root, "--split", "test", "--limit", "100", "--json",
-                   check=False)
+    result = aivd("eval", "parity", "--pack", "builtin", "--pack", out, "--data", deeppcb_root, "--split", "test", "--limit", "100", "--json",
+                  rc=None, timeout=900)
     parity = json.loads(result.stdout)
     assert parity["images"] == 100 and parity["tolerance"] == DEFAULT_TOLERANCE and parity["b"]["runtime"] == runtime
     assert parity["boxes"]["matched"] > 500 and parity["a"]["metrics"]["deeppcb"]["fscore"] > 0.9
@@ -175,7 +166,7 @@ def test_an_exported_pack_loses_no_more_than_its_tolerance_on_held_out_data(tmp_
 
 @pytest.mark.integration
 def test_bench_edge_runs_every_runtime_side_by_side(deeppcb_root):
-    result = _aivd("bench", "edge", "--deeppcb", deeppcb_root, "--limit", "6", "--warmup", "1", "--repeat", "2", "--samples", "4")
+    result = aivd("bench", "edge", "--deeppcb", deeppcb_root, "--limit", "6", "--warmup", "1", "--repeat", "2", "--samples", "4", timeout=900)
     output = json.loads(result.stdout)
     assert list(output["runs"]) == ["onnx-fp32", "onnx-int8", "openvino-fp32", "openvino-int8"]
     for run in output["runs"].values():
