@@ -11,6 +11,7 @@ and the simulator is run with the same scale. Arrivals are open-loop (sent on sc
 from __future__ import annotations
 
 import asyncio
+import os
 import statistics
 import time
 from pathlib import Path
@@ -145,6 +146,10 @@ def bench_cluster(nodes: int, scenario_id: int, policies: list[str], requests: i
     """Every policy `repeat` times, alternating; repeat r uses seed `seed + r` for every policy in it."""
     from aivd.runtime.cluster import deploy, shutdown
 
+    # Ray starts its workers (every replica, the ingress and the HTTP proxy) at nice 15, below this process (the load
+    # generator) and level with other work on a shared machine: the emulated devices' sleeps then woke late by as
+    # much as that work took. Read by the raylet that `deploy` starts; a Ray this process already runs keeps its own.
+    os.environ.setdefault("RAY_worker_niceness", "0")
     image = sample.with_name(sample.name.replace("_temp", "_test")).read_bytes()
     template = sample.with_name(sample.name.replace("_test", "_temp")).read_bytes()
     base = measure_service_s(image, template)
