@@ -125,6 +125,15 @@ def test_aivd_penalty_turns_the_choice_away_from_overloaded_and_anomalous_nodes(
         assert AivdScore(config).choose(TASK, [healthy_twin, slightly_worse], rng()) == bad.node_id
 
 
+def test_aivd_counts_overload_in_time_by_default_and_in_tasks_in_the_paper_form():
+    fast = node("fast", queue_len=10, service_rate=12.5)  # 0.8 s of work in flight
+    slow = node("slow", queue_len=5, service_rate=2.5)  # 2 s; the bound is 8 tasks at the mean 7.5/s = 1.07 s
+    in_time, in_tasks = AivdScore(), AivdScore(AivdConfig(overload="queue"))
+    mean_rate = 7.5
+    assert not in_time.penalised(fast, mean_rate) and in_time.penalised(slow, mean_rate)
+    assert in_tasks.penalised(fast, mean_rate) and not in_tasks.penalised(slow, mean_rate)
+
+
 def test_aivd_smoothing_delays_the_reaction_to_a_change():
     config = AivdConfig(a=1, b=0, c=0, d=0, e=0, eta=0.8, max_skips=1000)
     before = [node("x", cpu_idle=1.0), node("y", cpu_idle=0.5)]

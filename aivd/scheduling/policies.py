@@ -9,7 +9,7 @@ each run makes its own with `make_policy`. All randomness comes from the `rng` t
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import Literal, Protocol
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -43,10 +43,14 @@ class AivdConfig(BaseModel):
     eta: float = Field(0.0, ge=0, lt=1, description="weight of a node's previous smoothed score; 0 = no smoothing")
     gamma: float = Field(0.5, gt=0, lt=1, description="multiplicative penalty for overloaded or anomalous nodes")
     max_skips: int = Field(64, ge=1, description="a healthy node passed over this many decisions in a row is chosen")
+    overload: Literal["queue", "time"] = Field(
+        "time", description="a node is overloaded past queue_bound tasks in flight (queue, the paper's), or past the "
+        "time queue_bound tasks take at the candidates' mean service rate (time: a fast node may hold more; counted in "
+        "tasks, the penalty sent work from busy GPU modules to idle ARM boards at saturation)")
 
 
 # The paper's score as it was tuned before C existed: Q dominates because the dispatcher knows it exactly.
-PAPER_WEIGHTS = AivdConfig(a=0.05, b=0.85, c=0.0, d=0.05, e=0.05, eta=0.2)
+PAPER_WEIGHTS = AivdConfig(a=0.05, b=0.85, c=0.0, d=0.05, e=0.05, eta=0.2, overload="queue")
 
 
 class PolicyConfig(BaseModel):
@@ -184,9 +188,13 @@ class AivdScore:
             for s, done in zip(states, completion)
         ]
 
-    @staticmethod
-    def penalised(state: NodeState) -> bool:
-        return state.queue_len > state.queue_bound or state.missed_heartbeats > 0 or state.errors > 0
+    def penalised(self, state: NodeState, mean_rate: float) -> bool:
+        """Overloaded (past the queue bound, in tasks or in time, see AivdConfig.overload) or anomalous."""
+        if self.config.overload == "queue":
+            overloaded = state.queue_len > state.queue_bound
+        else:
+            overloaded = state.queue_len / state.service_rate > state.queue_bound / mean_rate
+        return overloaded or state.missed_heartbeats > 0 or state.errors > 0
 
     def choose(self, task: Task, states: Sequence[NodeState], rng: np.random.Generator) -> str:
         return self.choose_scored(task, states, rng)[0]
@@ -197,13 +205,14 @@ class AivdScore:
         one call, so that showing the scores neither moves the smoothing nor the skip counts a second time."""
         c = self.config
         nodes = eligible(states)
+        mean_rate = sum(state.service_rate for state in nodes) / len(nodes)
         scores = []
         for state, raw in zip(nodes, self.raw_scores(task, nodes)):
             previous = self._smoothed.get(state.node_id, raw)
             smooth = c.eta * previous + (1.0 - c.eta) * raw
             self._smoothed[state.node_id] = smooth
             # The penalty applies after smoothing so that a node turning bad is avoided at once, not eta-slowly.
-            scores.append(smooth * c.gamma if self.penalised(state) else smooth)
+            scores.append(smooth * c.gamma if self.penalised(state, mean_rate) else smooth)
         starved = [i for i, s in enumerate(nodes) if self._skips.get(s.node_id, 0) >= c.max_skips]
         if starved:
             chosen = nodes[max(starved, key=lambda i: self._skips[nodes[i].node_id])]
