@@ -104,8 +104,9 @@ def mean_ci95(values: list[float]) -> tuple[float, list[float] | None]:
     return mean, [mean - half, mean + half]
 
 
-# Seconds from a deployment's start to its load's: the first run's guess, then LEAD_MARGIN x the last run's.
-FIRST_LEAD_S = 60.0
+# Seconds from a deployment's start to its load's: the first run's guess (it includes starting Ray), then LEAD_MARGIN x
+# the last run's.
+FIRST_LEAD_S = 90.0
 LEAD_MARGIN = 1.3
 SUMMARISED = ("throughput_per_s", "latency_mean_ms", "latency_p99_ms")
 REFERENCE = "p2c"  # Ray Serve's default rule, run through our router so that only the rule differs
