@@ -123,6 +123,17 @@ def test_emulated_link_follows_the_simulators_trace():
     assert [emulated.at(t) for t in (0.0, 3.5, 40.0)] == [simulated.at(t) for t in (0.0, 3.5, 40.0)]
 
 
+def test_replicas_given_one_clock_start_meet_the_same_link_epoch():
+    profile = SCENARIOS[3].links[1]
+    started = time.time() - 3.5  # as if the load had started 3.5 s ago
+    early, late = EmulatedNode(link=profile, seed=7, clock_start_unix=started), EmulatedNode(link=profile, seed=7)
+    time.sleep(0.05)
+    late_too = EmulatedNode(link=profile, seed=7, clock_start_unix=started)
+    reference = LinkTrace(profile, np.random.default_rng(7))
+    assert early.link_now() == late_too.link_now() == reference.at(3.5)
+    assert late.link_now() == reference.at(0.0)  # without one, each replica's trace starts with the replica
+
+
 def test_router_penalises_a_replica_reporting_errors_and_its_floor_still_feeds_it():
     pytest.importorskip("ray.serve")
     from types import SimpleNamespace
@@ -718,3 +729,5 @@ def test_bench_cluster_prints_one_json_object_with_every_request_answered(tmp_pa
         assert (measured["completed"], measured["lost"], measured["errors"]) == (12, 0, 0)
         assert measured["throughput_per_s"] > 0 and measured["latency_p99_ms"] >= measured["latency_p50_ms"]
     assert report["policies"]["ect"]["router"]["decisions"] >= 12
+    assert [len(report["policies"][p]["runs"]) for p in ("ect", "rr")] == [1, 1]  # --repeat 1: one run, no interval
+    assert report["policies"]["rr"]["latency_mean_ms_ci95"] is None and "noise_floor" not in report

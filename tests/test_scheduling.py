@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from aivd.scheduling import POLICIES, AivdConfig, AivdScore, NodeState, PolicyConfig, Task, make_policy
+from aivd.scheduling import POLICIES, AivdConfig, AivdScore, NodeState, PolicyConfig, Task, expected_completion_s, make_policy
+from aivd.scheduling.policies import PAPER_WEIGHTS
 
 TASK = Task(0, 84_000)
 
@@ -21,7 +22,7 @@ def rng(seed=0):
 
 
 def test_registry_names_and_unknown_policy():
-    assert set(POLICIES) == {"rr", "sra", "random", "jsq", "p2c", "aivd", "ect"}
+    assert set(POLICIES) == {"rr", "sra", "random", "jsq", "p2c", "aivd", "aivd-paper", "ect"}
     for name in POLICIES:
         assert make_policy(name).name == name
     with pytest.raises(KeyError, match="known: rr"):
@@ -83,14 +84,38 @@ def test_aivd_prefers_idle_short_queue_fast_link():
     good = node("good", cpu_idle=1.0, queue_len=0, bandwidth_bps=20e6, latency_s=0.005)
     bad = node("bad", cpu_idle=0.1, queue_len=6, bandwidth_bps=5e6, latency_s=0.05)
     policy = AivdScore()
-    scores = policy.raw_scores([good, bad])
-    assert scores[0] == pytest.approx(sum(AivdConfig().model_dump(include={"a", "b", "d", "e"}).values()))
+    scores = policy.raw_scores(TASK, [good, bad])
+    assert scores[0] == pytest.approx(sum(AivdConfig().model_dump(include={"a", "b", "c", "d", "e"}).values()))
     assert scores[1] < scores[0]
     assert policy.choose(TASK, [bad, good], rng()) == "good"
 
 
+def test_aivd_weighs_speed_and_link_where_the_paper_score_sees_only_queues():
+    # A GPU module with three tasks in flight finishes a new one before an ARM board with one (0.32 s against 0.8 s).
+    fast = node("fast", queue_len=3, service_rate=12.5)
+    slow = node("slow", queue_len=1, service_rate=2.5)
+    assert make_policy("aivd").choose(TASK, [slow, fast], rng()) == "fast"
+    assert make_policy("aivd-paper").choose(TASK, [slow, fast], rng()) == "slow"
+    # The same node behind a link that needs 8 s for this payload is the worse choice.
+    behind_a_slow_link = node("fast", queue_len=3, service_rate=12.5, bandwidth_bps=10e3)
+    assert make_policy("aivd").choose(TASK, [slow, behind_a_slow_link], rng()) == "slow"
+    # C is the best expected completion over the node's own: 1 for the fastest, their ratio for the other.
+    config = AivdConfig(a=0, b=0, c=1, d=0, e=0)
+    ratio = expected_completion_s(TASK, fast) / expected_completion_s(TASK, slow)
+    assert AivdScore(config).raw_scores(TASK, [fast, slow]) == pytest.approx([1.0, ratio])
+
+
+def test_aivd_paper_is_the_paper_score_with_its_weights_and_weights_go_to_the_policy_named():
+    paper = make_policy("aivd-paper")
+    assert isinstance(paper, AivdScore) and paper.config == PAPER_WEIGHTS and PAPER_WEIGHTS.c == 0
+    mine = AivdConfig(a=1, b=0, c=0, d=0, e=0)
+    assert PolicyConfig.with_weights("aivd-paper", mine) == PolicyConfig(aivd_paper=mine)
+    assert PolicyConfig.with_weights("aivd", mine) == PolicyConfig(aivd=mine)
+    assert PolicyConfig.with_weights("ect", mine) == PolicyConfig.with_weights("aivd", None) == PolicyConfig()
+
+
 def test_aivd_penalty_turns_the_choice_away_from_overloaded_and_anomalous_nodes():
-    config = AivdConfig(a=1, b=0, d=0, e=0, eta=0, gamma=0.5)
+    config = AivdConfig(a=1, b=0, c=0, d=0, e=0, eta=0, gamma=0.5)
     slightly_worse = node("ok", cpu_idle=0.7)
     for bad in (node("over", cpu_idle=0.9, queue_len=9), node("flaky", cpu_idle=0.9, missed_heartbeats=1),
                 node("errors", cpu_idle=0.9, errors=2)):
@@ -100,8 +125,17 @@ def test_aivd_penalty_turns_the_choice_away_from_overloaded_and_anomalous_nodes(
         assert AivdScore(config).choose(TASK, [healthy_twin, slightly_worse], rng()) == bad.node_id
 
 
+def test_aivd_counts_overload_in_time_by_default_and_in_tasks_in_the_paper_form():
+    fast = node("fast", queue_len=10, service_rate=12.5)  # 0.8 s of work in flight
+    slow = node("slow", queue_len=5, service_rate=2.5)  # 2 s; the bound is 8 tasks at the mean 7.5/s = 1.07 s
+    in_time, in_tasks = AivdScore(), AivdScore(AivdConfig(overload="queue"))
+    mean_rate = 7.5
+    assert not in_time.penalised(fast, mean_rate) and in_time.penalised(slow, mean_rate)
+    assert in_tasks.penalised(fast, mean_rate) and not in_tasks.penalised(slow, mean_rate)
+
+
 def test_aivd_smoothing_delays_the_reaction_to_a_change():
-    config = AivdConfig(a=1, b=0, d=0, e=0, eta=0.8, max_skips=1000)
+    config = AivdConfig(a=1, b=0, c=0, d=0, e=0, eta=0.8, max_skips=1000)
     before = [node("x", cpu_idle=1.0), node("y", cpu_idle=0.5)]
     after = [node("x", cpu_idle=0.4), node("y", cpu_idle=0.5)]
     smoothed, unsmoothed = AivdScore(config), AivdScore(config.model_copy(update={"eta": 0.0}))
@@ -133,7 +167,7 @@ def test_aivd_scores_come_with_the_same_choices_and_rank_the_nodes():
         chosen, scores = scored.choose_scored(TASK, states, scored_rng)
         assert chosen == plain.choose(TASK, states, plain_rng)
         assert set(scores) == {s.node_id for s in states}
-    fresh = AivdScore(AivdConfig(a=0, b=1, d=0, e=0))
+    fresh = AivdScore(AivdConfig(a=0, b=1, c=0, d=0, e=0))
     queues = [node("short", queue_len=0), node("mid", queue_len=3), node("long", queue_len=6), node("down", healthy=False)]
     chosen, scores = fresh.choose_scored(TASK, queues, rng())
     assert chosen == "short" and list(scores) == ["short", "mid", "long"]  # an unhealthy node is not scored

@@ -112,6 +112,21 @@ def test_link_values_depend_on_the_seed_not_on_the_order_of_queries():
     assert max(latencies) > 5 * min(latencies)  # spikes and fluctuation, not a constant
 
 
+def test_a_transfer_goes_at_each_epochs_bandwidth_in_turn():
+    profile = LinkProfile(kind="degraded", bandwidth_bps=1e6, latency_s=0.05, sigma=0.8, spike_prob=0.3, spike_factor=8)
+    link = Link(simpy.Environment(), profile, np.random.default_rng(4))
+    rates = [link.at(float(epoch))[0] for epoch in range(40)]
+    # Within one epoch: the payload at that epoch's rate.
+    assert link.transfer_s(3.25, rates[3] * 0.5) == pytest.approx(0.5)
+    # Across epochs: the rest of the first epoch at its rate, then whole epochs, then the remainder of the last.
+    payload = rates[3] * 0.75 + rates[4] + rates[5] * 0.1
+    assert link.transfer_s(3.25, payload) == pytest.approx(0.75 + 1.0 + 0.1)
+    # So a transfer started in a spike takes far less than the payload at the spike's rate once the spike ends.
+    spike = next(epoch for epoch in range(39) if rates[epoch] < rates[epoch + 1] / 5)
+    big = rates[spike + 1] * 0.5 + rates[spike] * 0.5
+    assert link.transfer_s(spike + 0.5, big) < 0.5 * big / rates[spike]
+
+
 @pytest.mark.integration
 def test_ten_thousand_tasks_simulate_in_seconds():
     start = time.perf_counter()

@@ -11,6 +11,7 @@ and the simulator is run with the same scale. Arrivals are open-loop (sent on sc
 from __future__ import annotations
 
 import asyncio
+import os
 import statistics
 import time
 from pathlib import Path
@@ -46,7 +47,7 @@ def measure_service_s(image: bytes, template: bytes, repeats: int = 10) -> float
 
 
 def emulated_config(scenario_id: int, nodes: int, time_scale: float, policy: str,
-                    max_ongoing: int, port: int, seed: int) -> ClusterConfig:
+                    max_ongoing: int, port: int, seed: int, clock_start_unix: float | None = None) -> ClusterConfig:
     scenario = SCENARIOS[scenario_id].model_copy(update={"service_scale": time_scale})
     edge = []
     for i in range(nodes):
@@ -55,7 +56,8 @@ def emulated_config(scenario_id: int, nodes: int, time_scale: float, policy: str
                                   service_s=device.service_mean_s, service_cv=device.service_cv,
                                   link=scenario.links[i % len(scenario.links)]))
     return ClusterConfig(edge=edge, policy=policy, max_ongoing_requests=max_ongoing, port=port, seed=seed,
-                         pipeline=BENCH_PIPELINE, routing_stats_period_s=scenario.telemetry_period_s)
+                         pipeline=BENCH_PIPELINE, routing_stats_period_s=scenario.telemetry_period_s,
+                         link_clock_start_unix=clock_start_unix)
 
 
 async def drive(url: str, sends: np.ndarray, image: bytes, template: bytes, timeout_s: float) -> dict:
@@ -91,10 +93,64 @@ async def drive(url: str, sends: np.ndarray, image: bytes, template: bytes, time
     }
 
 
+def mean_ci95(values: list[float]) -> tuple[float, list[float] | None]:
+    """The mean and its 95% Student-t interval over independent repeats; no interval from a single value."""
+    from scipy.stats import t
+
+    mean = float(np.mean(values))
+    if len(values) < 2:
+        return mean, None
+    half = float(t.ppf(0.975, len(values) - 1) * np.std(values, ddof=1) / np.sqrt(len(values)))
+    return mean, [mean - half, mean + half]
+
+
+# Seconds from a deployment's start to its load's: the first run's guess (it includes starting Ray), then LEAD_MARGIN x
+# the last run's.
+FIRST_LEAD_S = 90.0
+LEAD_MARGIN = 1.3
+SUMMARISED = ("throughput_per_s", "latency_mean_ms", "latency_p99_ms")
+REFERENCE = "p2c"  # Ray Serve's default rule, run through our router so that only the rule differs
+NOISE_FLOOR = f"{REFERENCE}-again"  # the reference run a second time in every repeat: what no policy changed
+
+
+def summarise(runs: list[dict]) -> dict:
+    """A policy's figures over its repeats: today's keys as means, each with `_ci95` beside it."""
+    out: dict = {}
+    for key in SUMMARISED:
+        mean, interval = mean_ci95([run[key] for run in runs])
+        out[key], out[f"{key}_ci95"] = round(mean, 3), interval and [round(v, 3) for v in interval]
+    for key in ("lost", "errors", "completed"):
+        out[key] = sum(run[key] for run in runs)
+    return out
+
+
+def ratios(runs: list[dict], reference: list[dict]) -> dict:
+    """Per-repeat ratios against the reference's run of the same repeat (same seed, same arrivals, same link and
+    service draws), then their mean and t-interval: pairing removes what the repeats' seeds change."""
+    out: dict = {}
+    for key in SUMMARISED:
+        mean, interval = mean_ci95([run[key] / ref[key] for run, ref in zip(runs, reference)])
+        out[key], out[f"{key}_ci95"] = round(mean, 3), interval and [round(v, 3) for v in interval]
+    return out
+
+
+def run_order(labels: list[str], repeat: int) -> list[str]:
+    """Repeat `repeat` runs the labels rotated by `repeat` places: every label takes every position in turn, so
+    that a drift of the host (warming caches, another session's load) is spread over all of them."""
+    shift = repeat % len(labels)
+    return labels[shift:] + labels[:shift]
+
+
 def bench_cluster(nodes: int, scenario_id: int, policies: list[str], requests: int, seed: int, load: float | None,
-                  time_scale: float, max_ongoing: int, port: int, sample: Path) -> dict:
+                  time_scale: float, max_ongoing: int, port: int, sample: Path, repeat: int = 1,
+                  noise_floor: bool = True) -> dict:
+    """Every policy `repeat` times, alternating; repeat r uses seed `seed + r` for every policy in it."""
     from aivd.runtime.cluster import deploy, shutdown
 
+    # Ray starts its workers (every replica, the ingress and the HTTP proxy) at nice 15, below this process (the load
+    # generator) and level with other work on a shared machine: the emulated devices' sleeps then woke late by as
+    # much as that work took. Read by the raylet that `deploy` starts; a Ray this process already runs keeps its own.
+    os.environ.setdefault("RAY_worker_niceness", "0")
     image = sample.with_name(sample.name.replace("_temp", "_test")).read_bytes()
     template = sample.with_name(sample.name.replace("_test", "_temp")).read_bytes()
     base = measure_service_s(image, template)
@@ -102,28 +158,85 @@ def bench_cluster(nodes: int, scenario_id: int, policies: list[str], requests: i
     if load is not None:
         scenario = with_load(scenario, load)
     capacity = capacity_per_s(scenario, nodes)
-    sends = arrival_times(scenario.arrivals, scenario.arrivals.load * capacity, requests, np.random.default_rng(seed))
-    report: dict = {"scenario": scenario_id, "nodes": nodes, "requests": requests, "time_scale": time_scale,
-                    "load": scenario.arrivals.load, "capacity_per_s": round(capacity, 3),
+    labels = list(policies)
+    if noise_floor and REFERENCE in policies and repeat > 1:
+        labels.append(NOISE_FLOOR)
+    report: dict = {"scenario": scenario_id, "nodes": nodes, "requests": requests, "repeat": repeat,
+                    "time_scale": time_scale, "load": scenario.arrivals.load, "capacity_per_s": round(capacity, 3),
                     "measured_edge_service_ms": round(base * 1000, 2), "policies": {}, "simulator": {}}
+    runs: dict[str, list[dict]] = {label: [] for label in labels}
+    lead_s = FIRST_LEAD_S
+    routers: dict[str, dict] = {}
     try:
-        for policy in policies:
-            config = emulated_config(scenario_id, nodes, time_scale, policy, max_ongoing, port, seed)
-            url = deploy(config)
-            with httpx.Client(timeout=120) as client:  # warm every replica's model before the clock starts
-                files = {"image": ("warm_test.jpg", image), "template": ("warm_temp.jpg", template)}
-                for _ in range(2 * nodes):
-                    client.post(f"{url}/v1/inspect", files=files)
-                before = client.get(f"{url}/v1/router").json()
-            result = asyncio.run(drive(url, sends, image, template, timeout_s=600))
-            with httpx.Client(timeout=30) as client:
-                result["router"] = client.get(f"{url}/v1/router").json()
-            result["router"]["decisions_before_run"] = before.get("decisions", 0)
-            report["policies"][policy] = result
-            predicted = simulate(scenario, nodes, SIMULATOR_NAME.get(policy, policy), requests, seed,
-                                 max_in_flight=max_ongoing)
-            report["simulator"][policy] = {k: round(getattr(predicted, k), 3) for k in
-                                           ("throughput_per_s", "latency_mean_ms", "latency_p99_ms")}
+        for r in range(repeat):
+            sends = arrival_times(scenario.arrivals, scenario.arrivals.load * capacity, requests,
+                                  np.random.default_rng(seed + r))
+            for label in run_order(labels, r):
+                policy = label.removesuffix("-again")
+                # The links' traces start when the load does, in every run: a deployment's start-up time varies
+                # with the host's load, and without this each run met the spikes at other points of its arrivals.
+                deploying = time.time()
+                start_at = deploying + lead_s
+                config = emulated_config(scenario_id, nodes, time_scale, policy, max_ongoing, port, seed + r, start_at)
+                url = deploy(config)
+                with httpx.Client(timeout=120) as client:  # warm every replica's model before the clock starts
+                    files = {"image": ("warm_test.jpg", image), "template": ("warm_temp.jpg", template)}
+                    for _ in range(2 * nodes):
+                        client.post(f"{url}/v1/inspect", files=files)
+                    before = client.get(f"{url}/v1/router").json()
+                ready_s = time.time() - deploying
+                lead_s = LEAD_MARGIN * ready_s
+                time.sleep(max(0.0, start_at - time.time()))
+                late_s = time.time() - start_at  # > 0: the deployment was ready after its links' start
+                result = asyncio.run(drive(url, sends, image, template, timeout_s=600))
+                result["late_start_s"] = round(late_s, 3)
+                with httpx.Client(timeout=30) as client:
+                    router = client.get(f"{url}/v1/router").json()
+                router["decisions_before_run"] = before.get("decisions", 0)
+                routers[label] = router
+                runs[label].append({"repeat": r, "seed": seed + r, **result, "router_p99_ms": router.get("p99_ms")})
     finally:
         shutdown()
+    for label in labels:
+        report["policies"][label] = {**summarise(runs[label]), "router": routers[label], "runs": runs[label]}
+        if REFERENCE in runs and label != REFERENCE:
+            report["policies"][label][f"ratio_to_{REFERENCE}"] = ratios(runs[label], runs[REFERENCE])
+    if NOISE_FLOOR in runs:
+        report["noise_floor"] = report["policies"].pop(NOISE_FLOOR)[f"ratio_to_{REFERENCE}"]
+    for policy in policies:
+        predicted = [simulate(scenario, nodes, SIMULATOR_NAME.get(policy, policy), requests, seed + r,
+                              max_in_flight=max_ongoing) for r in range(repeat)]
+        report["simulator"][policy] = {k: round(float(np.mean([getattr(p, k) for p in predicted])), 3) for k in SUMMARISED}
+    return report
+
+
+def bench_router(replica_counts: list[int], decisions: int, policy: str, seed: int) -> dict:
+    """The routing decision's time at each replica count, as the router's metrics give it: `PolicyDecider` (the
+    code `choose_replicas` runs, timed by the same DecisionTimes histogram `/v1/router` reads) on routing stats
+    drawn as scenario 3's replicas report them (classes and links cycled, each link's bandwidth and latency from
+    its trace) with new queue lengths at every decision. Ray's own part of a request (probing, sending) is not in it."""
+    from aivd.runtime.router import PolicyDecider
+    from aivd.runtime.telemetry import DecisionTimes
+
+    rng = np.random.default_rng(seed)
+    scenario = SCENARIOS[3]
+    report: dict = {"policy": policy, "decisions": decisions, "seed": seed, "replicas": {}}
+    for count in replica_counts:
+        now = time.time()
+        ids = [f"edge-{i:04d}" for i in range(count)]
+        stats = {}
+        for i, replica in enumerate(ids):
+            link = scenario.links[i % len(scenario.links)]
+            factor = float(np.exp(link.sigma * rng.standard_normal()))
+            stats[replica] = {"time": now, "node_class": scenario.node_mix[i % len(scenario.node_mix)],
+                              "cpu_idle": float(rng.random()), "queue_len": 0,
+                              "service_s": node_class(scenario, i).service_mean_s * float(rng.lognormal(0, 0.2)),
+                              "bandwidth_bps": link.bandwidth_bps * factor, "latency_s": link.latency_s / factor, "errors": 0}
+        queues = rng.integers(0, scenario.queue_bound + 1, size=(decisions, count))
+        times = DecisionTimes()
+        decider = PolicyDecider(policy, None, scenario.queue_bound, scenario.telemetry_period_s, seed, times=times)
+        for row in queues:
+            decider.decide(stats, dict(zip(ids, row.tolist())), scenario.payload_bytes, now)
+        summary = times.summary(policy)
+        report["replicas"][str(count)] = {"median_ms": summary["median_ms"], "p99_ms": summary["p99_ms"]}
     return report

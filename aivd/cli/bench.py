@@ -126,6 +126,24 @@ def bench_live_update_command(
     print(json.dumps(bench_live_update(config, tasks, tasks_from_deeppcb(root, "trainval")[:train_images], duration, idle)))
 
 
+@bench_app.command("router")
+def bench_router_command(
+    replicas: str = typer.Option("8,64,256", help="Comma-separated replica counts."),
+    decisions: int = typer.Option(2000, min=10, help="Decisions timed per replica count."),
+    policy: str = typer.Option("aivd", help="Routing policy."),
+    seed: int = typer.Option(0),
+    as_json: bool = JSON_ALWAYS,
+) -> None:
+    """The router's time per decision (median and p99, from its decision-time histogram) at each replica count."""
+    from aivd.bench.cluster import bench_router
+    from aivd.cli.simulate import check_policies, parse_list
+
+    counts = parse_list(replicas, int)
+    if not counts or min(counts) < 1:
+        raise typer.BadParameter(f"replica counts must be positive integers, got {replicas!r}", param_hint="--replicas")
+    print(json.dumps(bench_router(counts, decisions, check_policies([policy])[0], seed)))
+
+
 @bench_app.command("cluster")
 def bench_cluster_command(
     nodes: int = typer.Option(8, min=1, max=64, help="Emulated edge nodes (classes cycle gpu, ipc, arm, ipc)."),
@@ -138,9 +156,12 @@ def bench_cluster_command(
     max_ongoing: int = typer.Option(8, min=1, help="Requests in flight per edge replica (Ray's max_ongoing_requests)."),
     port: int = typer.Option(8000, min=1, max=65535),
     sample: Optional[Path] = typer.Option(None, exists=True, dir_okay=False, help="A *_test.jpg with its *_temp.jpg beside it. Default: a bundled DeepPCB pair."),
+    repeat: int = typer.Option(1, min=1, help="Runs per policy, alternating the policies; repeat r uses seed + r for all."),
+    noise_floor: bool = typer.Option(True, help="With p2c and --repeat >= 2: run p2c twice per repeat; its ratio to itself is the noise floor."),
     as_json: bool = JSON_ALWAYS,
 ) -> None:
-    """Drive real HTTP load through the Ray Serve runtime per policy; print measured and simulated figures as JSON."""
+    """Drive real HTTP load through the Ray Serve runtime per policy; print measured and simulated figures as JSON:
+    per policy the mean over the repeats with a 95% t-interval, and the ratio to p2c (per-repeat pairs) with its own."""
     from aivd.bench.cluster import bench_cluster
     from aivd.cli.simulate import check_policies, parse_list
     from aivd.runtime.config import RAY_DEFAULT_ROUTER
@@ -152,7 +173,8 @@ def bench_cluster_command(
     real_stdout = os.dup(1)
     os.dup2(2, 1)
     try:
-        report = bench_cluster(nodes, scenario, names, requests, seed, load, time_scale, max_ongoing, port, sample)
+        report = bench_cluster(nodes, scenario, names, requests, seed, load, time_scale, max_ongoing, port, sample,
+                               repeat, noise_floor)
     finally:
         sys.stdout.flush()
         os.dup2(real_stdout, 1)

@@ -157,7 +157,8 @@ class EdgeNode:
         self.replica_id, rank, self.node_class = _replica_class(config)
         # Each replica's link draws its own trace, fixed by the config's seed and the replica's rank.
         self.emulated = EmulatedNode(self.node_class.slowdown, self.node_class.link, seed=[config.seed, rank],
-                                     service_s=self.node_class.service_s, service_cv=self.node_class.service_cv)
+                                     service_s=self.node_class.service_s, service_cv=self.node_class.service_cv,
+                                     clock_start_unix=config.link_clock_start_unix)
         self.telemetry = telemetry.ReplicaTelemetry(self.node_class.name, self.emulated)
         self.metrics = telemetry.EdgeMetrics(self.node_class.name)
         self.cloud_health, remote = None, None
@@ -381,7 +382,7 @@ def request_router_config(config: ClusterConfig) -> RequestRouterConfig:
         return RequestRouterConfig(**stats)  # type: ignore[arg-type]
     return RequestRouterConfig(
         request_router_class="aivd.runtime.router:PolicyRequestRouter",  # type: ignore[arg-type]
-        request_router_kwargs={"policy": config.policy, "weights": config.weights.model_dump(),
+        request_router_kwargs={"policy": config.policy, "weights": config.weights and config.weights.model_dump(),
                                "queue_bound": config.max_ongoing_requests,
                                "stats_period_s": config.routing_stats_period_s, "seed": config.seed},
         **stats,  # type: ignore[arg-type]

@@ -58,7 +58,8 @@ class CloudTier(Strict):
 class ClusterConfig(Strict):
     edge: list[EdgeNodeClass] = Field(min_length=1)
     policy: str = Field("aivd", description=f"one of aivd's policies or '{RAY_DEFAULT_ROUTER}' for Ray Serve's own router")
-    weights: AivdConfig = AivdConfig()
+    weights: AivdConfig | None = Field(None, description="weights of the aivd score the policy names (aivd or aivd-paper); "
+                                       "default: that policy's own")
     cloud: CloudTier = CloudTier()
     max_ongoing_requests: int = Field(4, ge=1, le=1024, description="per edge replica; more wait at the router")
     routing_stats_period_s: float = Field(0.5, gt=0.0, le=60.0, description="how often replicas report their state")
@@ -87,6 +88,10 @@ class ClusterConfig(Strict):
         "--db`) the updater learns from, with pipeline.update.enabled and pipeline.update.reviews (as a live run learns "
         "from its own database's). The updater's replica opens it: on several machines, PostgreSQL or a file on its node")
     seed: int = 0
+    link_clock_start_unix: float | None = Field(
+        None, description="wall-clock time (Unix seconds) at which every replica's emulated link trace starts; default: "
+        "when the replica starts. `aivd bench cluster` sets it to when its load starts, so that every run of a repeat "
+        "meets the same link conditions at the same point of its arrivals")
     placement: Literal["rank", "resources"] = Field(
         "rank", description="how a replica finds its node class: by replica rank in the order of `edge`, or by "
         "a resource `aivd_class_<name>` on its Ray node")

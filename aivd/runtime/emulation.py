@@ -25,14 +25,16 @@ T = TypeVar("T")
 
 class EmulatedNode:
     def __init__(self, slowdown: float = 1.0, link: LinkProfile | None = None, seed: int | list[int] = 0,
-                 service_s: float | None = None, service_cv: float = 0.0) -> None:
+                 service_s: float | None = None, service_cv: float = 0.0, clock_start_unix: float | None = None) -> None:
         self.slowdown = slowdown
         self.service_s, self.service_cv = service_s, service_cv
         # The link draws from the seed itself, as the simulator's link with that seed does; the device's service
         # times from an independent child stream.
         self.trace = LinkTrace(link, np.random.default_rng(seed)) if link else None
         self._work = np.random.default_rng(np.random.SeedSequence(seed).spawn(1)[0])
-        self.started = time.monotonic()
+        # The trace's time zero: when this replica starts, or a wall-clock time shared by every replica (a benchmark
+        # sets it to when its load starts, so that every run meets the same link conditions at the same point).
+        self.started = time.monotonic() - (0.0 if clock_start_unix is None else time.time() - clock_start_unix)
         self._wire = asyncio.Lock()  # one transfer at a time on the link
         self._server = asyncio.Lock()  # one inspection at a time: the device's single accelerator
         self.busy_s = 0.0
@@ -49,8 +51,9 @@ class EmulatedNode:
             return 0.0
         started = time.monotonic()
         async with self._wire:
-            bandwidth, latency = self.link_now()
-            await asyncio.sleep(payload_bytes / bandwidth)
+            now = time.monotonic() - self.started
+            await asyncio.sleep(self.trace.transfer_s(now, payload_bytes))
+            latency = self.link_now()[1]
         await asyncio.sleep(latency)
         return time.monotonic() - started
 

@@ -27,38 +27,56 @@ def payload_bytes(request: PendingRequest | None) -> int:
     return sum(len(v) for v in values if isinstance(v, (bytes, bytearray)))
 
 
-class PolicyRequestRouter(FIFOMixin, RequestRouter):
-    def initialize_state(self, policy: str = "aivd", weights: dict[str, Any] | None = None, queue_bound: int = 4,
-                         stats_period_s: float = 0.5, seed: int = 0, **_: Any) -> None:
+class PolicyDecider:
+    """One routing decision from the replicas' routing stats and queue lengths, timed into `times` (the module's
+    DecisionTimes unless given). Free of Ray's types so that `aivd bench router` times the same code at replica
+    counts one machine cannot run."""
+
+    def __init__(self, policy: str = "aivd", weights: dict[str, Any] | None = None, queue_bound: int = 4,
+                 stats_period_s: float = 0.5, seed: int = 0, times: telemetry.DecisionTimes | None = None) -> None:
         self.policy_name = policy
-        self.policy = make_policy(policy, PolicyConfig(aivd=AivdConfig(**(weights or {}))))
+        self.policy = make_policy(policy, PolicyConfig.with_weights(policy, AivdConfig(**weights) if weights else None))
         self.queue_bound = queue_bound
         self.stats_period_s = stats_period_s
         self.rng = np.random.default_rng(seed)
         self.decisions = 0
+        self.times = times
+
+    def decide(self, stats: dict[str, dict], queue_lens: dict[str, int | None], payload: int, now: float,
+               started: float | None = None) -> str:
+        """The replica id the policy picks; `stats` and `queue_lens` are keyed by replica id. The time observed runs
+        from `started` (a caller's `perf_counter()`, so that its own preparation counts) or from this call."""
+        started = time.perf_counter() if started is None else started
+        states = [telemetry.node_state(rid, stats[rid], queue_lens.get(rid), self.queue_bound, self.stats_period_s, now)
+                  for rid in stats]
+        self.decisions += 1
+        task = Task(self.decisions, payload)
+        scores: dict[str, float] = {}
+        if isinstance(self.policy, AivdScore):
+            chosen_id, scores = self.policy.choose_scored(task, states, self.rng)
+        else:
+            chosen_id = self.policy.choose(task, states, self.rng)
+        # Through the module, not a name imported from it: Ray ships this class to the replicas by value, and
+        # the counts must be the one object the ingress reads.
+        (self.times or telemetry.DECISIONS).observe(time.perf_counter() - started, self.policy_name)
+        telemetry.NODES.record(states, {rid: s.get("node_class") for rid, s in stats.items()}, scores)
+        return chosen_id
+
+
+class PolicyRequestRouter(FIFOMixin, RequestRouter):
+    def initialize_state(self, policy: str = "aivd", weights: dict[str, Any] | None = None, queue_bound: int = 4,
+                         stats_period_s: float = 0.5, seed: int = 0, **_: Any) -> None:
+        self.decider = PolicyDecider(policy, weights, queue_bound, stats_period_s, seed)
 
     async def choose_replicas(self, candidate_replicas: list[RunningReplica],
                               pending_request: PendingRequest | None = None) -> list[list[RunningReplica]]:
         if not candidate_replicas:
             return []
         started = time.perf_counter()
-        now = time.time()
         cache = self.replica_queue_len_cache
         by_id = {r.replica_id.unique_id: r for r in candidate_replicas}
-        stats = {rid: r.routing_stats or {} for rid, r in by_id.items()}
-        states = [telemetry.node_state(rid, stats[rid], cache.get(r.replica_id), self.queue_bound, self.stats_period_s, now)
-                  for rid, r in by_id.items()]
-        self.decisions += 1
-        task = Task(self.decisions, payload_bytes(pending_request))
-        scores: dict[str, float] = {}
-        if isinstance(self.policy, AivdScore):
-            chosen_id, scores = self.policy.choose_scored(task, states, self.rng)
-        else:
-            chosen_id = self.policy.choose(task, states, self.rng)
-        chosen = by_id[chosen_id]
+        chosen = by_id[self.decider.decide({rid: r.routing_stats or {} for rid, r in by_id.items()},
+                                           {rid: cache.get(r.replica_id) for rid, r in by_id.items()},
+                                           payload_bytes(pending_request), time.time(), started)]
         rest = [r for r in candidate_replicas if r is not chosen]
-        # Through the module, not a name imported from it: Ray ships this class to the replicas by value, and
-        # the counts must be the one object the ingress reads.
-        telemetry.DECISIONS.observe(time.perf_counter() - started, self.policy_name)
-        telemetry.NODES.record(states, {rid: s.get("node_class") for rid, s in stats.items()}, scores)
         return [[chosen], rest] if rest else [[chosen]]

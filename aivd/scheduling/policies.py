@@ -9,7 +9,7 @@ each run makes its own with `make_policy`. All randomness comes from the `rng` t
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import Literal, Protocol
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -24,30 +24,48 @@ class Policy(Protocol):
 
 
 class AivdConfig(BaseModel):
-    """Parameters of the paper's score S = a*U + b*Q + d*B + e*L (each term in [0, 1], higher = better).
+    """Parameters of the score S = a*U + b*Q + c*C + d*B + e*L (each term in [0, 1], higher = better).
 
-    Defaults favour queue congestion because it is the only term the dispatcher knows exactly at decision time
-    (it counts its own in-flight tasks); U, B and L come from telemetry that is a period plus a delay old, and
-    in the simulator larger weights on them lowered throughput under load (docs/scheduling.md).
+    The paper's score has no `c`: with `c = 0` this is its exact form (the `aivd-paper` policy, PAPER_WEIGHTS).
+    C is the speed-aware term (expected completion time, see AivdScore). The defaults are the best measured
+    weights (docs/scheduling.md): mostly C, whose inputs (in-flight count, service rate, link) predict when a
+    task would finish; U, B and L are telemetry a period plus a delay old, and smoothing a score that changes
+    with every task sent only delays what the in-flight count says at once.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     a: float = Field(0.05, ge=0, description="weight of CPU idle U")
-    b: float = Field(0.85, ge=0, description="weight of queue headroom Q")
-    d: float = Field(0.05, ge=0, description="weight of relative bandwidth B")
-    e: float = Field(0.05, ge=0, description="weight of relative latency L")
-    eta: float = Field(0.2, ge=0, lt=1, description="weight of a node's previous smoothed score; 0 = no smoothing")
+    b: float = Field(0.05, ge=0, description="weight of queue headroom Q")
+    c: float = Field(0.85, ge=0, description="weight of expected completion C (0: the paper's score)")
+    d: float = Field(0.025, ge=0, description="weight of relative bandwidth B")
+    e: float = Field(0.025, ge=0, description="weight of relative latency L")
+    eta: float = Field(0.0, ge=0, lt=1, description="weight of a node's previous smoothed score; 0 = no smoothing")
     gamma: float = Field(0.5, gt=0, lt=1, description="multiplicative penalty for overloaded or anomalous nodes")
     max_skips: int = Field(64, ge=1, description="a healthy node passed over this many decisions in a row is chosen")
+    overload: Literal["queue", "time"] = Field(
+        "time", description="a node is overloaded past queue_bound tasks in flight (queue, the paper's), or past the "
+        "time queue_bound tasks take at the candidates' mean service rate (time: a fast node may hold more; counted in "
+        "tasks, the penalty sent work from busy GPU modules to idle ARM boards at saturation)")
+
+
+# The paper's score as it was tuned before C existed: Q dominates because the dispatcher knows it exactly.
+PAPER_WEIGHTS = AivdConfig(a=0.05, b=0.85, c=0.0, d=0.05, e=0.05, eta=0.2, overload="queue")
 
 
 class PolicyConfig(BaseModel):
-    """Configuration for every policy in the registry; only `aivd` has parameters today."""
+    """Configuration for every policy in the registry; only the aivd scores have parameters today."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     aivd: AivdConfig = AivdConfig()
+    aivd_paper: AivdConfig = PAPER_WEIGHTS
+
+    @classmethod
+    def with_weights(cls, policy: str, weights: AivdConfig | None) -> PolicyConfig:
+        """The default configuration, with `weights` for the aivd score `policy` names (ignored for the others)."""
+        field = {"aivd": "aivd", "aivd-paper": "aivd_paper"}.get(policy)
+        return cls(**{field: weights}) if weights is not None and field else cls()
 
 
 def eligible(states: Sequence[NodeState]) -> list[NodeState]:
@@ -131,41 +149,52 @@ class ExpectedCompletionTime:
 
 
 class AivdScore:
-    """The paper's resource-aware score with smoothing, a penalty for bad nodes, a starvation floor and argmax.
+    """The paper's resource-aware score with smoothing, a penalty for bad nodes, a starvation floor and argmax,
+    plus a speed-aware term C.
 
     Normalisation, every term in [0, 1] with higher = better:
       U = cpu_idle;
       Q = queue_bound / (queue_bound + queue_len)   (congestion inverted: an empty queue scores 1, one at the
           bound 0.5; it never reaches 0, so nodes past the bound are still told apart by their queues instead of
           all scoring 0 and the choice falling to U, B and L alone, which herds work onto the best link);
+      C = the earliest expected completion among the candidates / this node's   (`expected_completion_s`: the
+          link's transfer time for this payload, the work in flight at the node's measured service rate, then
+          this task; the node that would finish the task first scores 1);
       B = bandwidth / the best bandwidth among the candidates;
       L = the lowest latency among the candidates / latency   (latency inverted: the fastest link scores 1).
-    B and L are relative to the other nodes so that the score does not depend on the units or the network.
+    C, B and L are relative to the other nodes so that the score does not depend on the units or the network.
+    With `c = 0` this is the paper's score; `aivd-paper` is that form with PAPER_WEIGHTS.
     """
 
-    name = "aivd"
-
-    def __init__(self, config: AivdConfig | None = None) -> None:
+    def __init__(self, config: AivdConfig | None = None, name: str = "aivd") -> None:
         self.config = config or AivdConfig()
+        self.name = name
         self._smoothed: dict[str, float] = {}
         self._skips: dict[str, int] = {}
 
-    def raw_scores(self, states: Sequence[NodeState]) -> list[float]:
+    def raw_scores(self, task: Task, states: Sequence[NodeState]) -> list[float]:
         c = self.config
         best_bw = max(s.bandwidth_bps for s in states)
         # A latency floor of 1 microsecond keeps L finite for a node that reports zero latency.
         best_lat = max(min(s.latency_s for s in states), 1e-6)
+        completion = [expected_completion_s(task, s) for s in states] if c.c else [1.0] * len(states)
+        best_completion = min(completion)
         return [
             c.a * s.cpu_idle
             + c.b * s.queue_bound / (s.queue_bound + s.queue_len)
+            + c.c * best_completion / done
             + c.d * s.bandwidth_bps / best_bw
             + c.e * best_lat / max(s.latency_s, 1e-6)
-            for s in states
+            for s, done in zip(states, completion)
         ]
 
-    @staticmethod
-    def penalised(state: NodeState) -> bool:
-        return state.queue_len > state.queue_bound or state.missed_heartbeats > 0 or state.errors > 0
+    def penalised(self, state: NodeState, mean_rate: float) -> bool:
+        """Overloaded (past the queue bound, in tasks or in time, see AivdConfig.overload) or anomalous."""
+        if self.config.overload == "queue":
+            overloaded = state.queue_len > state.queue_bound
+        else:
+            overloaded = state.queue_len / state.service_rate > state.queue_bound / mean_rate
+        return overloaded or state.missed_heartbeats > 0 or state.errors > 0
 
     def choose(self, task: Task, states: Sequence[NodeState], rng: np.random.Generator) -> str:
         return self.choose_scored(task, states, rng)[0]
@@ -176,13 +205,14 @@ class AivdScore:
         one call, so that showing the scores neither moves the smoothing nor the skip counts a second time."""
         c = self.config
         nodes = eligible(states)
+        mean_rate = sum(state.service_rate for state in nodes) / len(nodes)
         scores = []
-        for state, raw in zip(nodes, self.raw_scores(nodes)):
+        for state, raw in zip(nodes, self.raw_scores(task, nodes)):
             previous = self._smoothed.get(state.node_id, raw)
             smooth = c.eta * previous + (1.0 - c.eta) * raw
             self._smoothed[state.node_id] = smooth
             # The penalty applies after smoothing so that a node turning bad is avoided at once, not eta-slowly.
-            scores.append(smooth * c.gamma if self.penalised(state) else smooth)
+            scores.append(smooth * c.gamma if self.penalised(state, mean_rate) else smooth)
         starved = [i for i, s in enumerate(nodes) if self._skips.get(s.node_id, 0) >= c.max_skips]
         if starved:
             chosen = nodes[max(starved, key=lambda i: self._skips[nodes[i].node_id])]
@@ -200,6 +230,7 @@ POLICIES: dict[str, Callable[[PolicyConfig], Policy]] = {
     "jsq": lambda config: JoinShortestQueue(),
     "p2c": lambda config: PowerOfTwoChoices(),
     "aivd": lambda config: AivdScore(config.aivd),
+    "aivd-paper": lambda config: AivdScore(config.aivd_paper, name="aivd-paper"),
     "ect": lambda config: ExpectedCompletionTime(),
 }
 

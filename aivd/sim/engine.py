@@ -2,7 +2,7 @@
 
 A task arrives at the dispatcher, which asks the policy for a node using what it knows: its own count of tasks
 in flight per node (exact) and each node's last telemetry (a period plus a delivery delay old). The payload
-crosses that node's link (transfers share the link's bandwidth one at a time, then pay the propagation
+crosses that node's link (transfers go one at a time, each at the link's bandwidth of the moment, then pay the propagation
 latency), waits in the node's FIFO queue, is inspected, and the result is acknowledged to the dispatcher. The
 crops then go up a shared uplink to the cloud, which analyses them in batches. A task's latency runs from its
 arrival to the end of its cloud batch. Nothing is dropped: a crashed node keeps its queue and serves it after
@@ -212,9 +212,8 @@ class Simulation:
         arrived, dispatched = float(self.arrivals[i]), env.now
         with node.link.wire.request() as wire:
             yield wire
-            bandwidth, latency = node.link.at(env.now)
-            yield env.timeout(s.payload_bytes / bandwidth)
-        yield env.timeout(latency)
+            yield env.timeout(node.link.transfer_s(env.now, s.payload_bytes))
+        yield env.timeout(node.link.at(env.now)[1])
         comm = env.now - dispatched  # link queue, transfer and propagation
         with node.server.request() as slot:
             yield slot
@@ -327,9 +326,8 @@ class Simulation:
             mine = [(kind, t0, t1, factor) for n, kind, t0, t1, factor in windows if n is node]
             link_free = server_free = start
             while True:
-                bandwidth, latency = node.link.at(link_free)
-                link_free += payload / bandwidth
-                begin = max(link_free + latency, server_free)
+                link_free += node.link.transfer_s(link_free, payload)
+                begin = max(link_free + node.link.at(link_free)[1], server_free)
                 for kind, t0, t1, _ in mine:
                     if kind == "crash" and t0 <= begin < t1:
                         begin = t1
