@@ -108,7 +108,7 @@ def mean_ci95(values: list[float]) -> tuple[float, list[float] | None]:
 # the last run's.
 FIRST_LEAD_S = 90.0
 LEAD_MARGIN = 1.3
-SUMMARISED = ("throughput_per_s", "latency_mean_ms", "latency_p99_ms")
+SUMMARISED = ("throughput_per_s", "latency_mean_ms", "latency_p50_ms", "latency_p99_ms")
 REFERENCE = "p2c"  # Ray Serve's default rule, run through our router so that only the rule differs
 NOISE_FLOOR = f"{REFERENCE}-again"  # the reference run a second time in every repeat: what no policy changed
 

@@ -280,6 +280,7 @@ class OnlineSettings:
     config: LearnerConfig | None = None  # None: the defaults
     trigger: TriggerConfig = field(default_factory=TriggerConfig)
     train_window: int = 100
+    min_gain: float = 0.0  # the edge gate's, as UpdateConfig.min_gain
     window: int = 50  # images per point of the timeline
     review_share: float = 0.0  # share of the stream a simulated reviewer labels from the ground truth (`SimulatedReviewer`)
     cloud_update: bool = True  # with reviews and the built-in cloud: its classifier learns from them too (CloudLearner)
@@ -368,7 +369,7 @@ def online_pass(pipeline: EdgeCloudPipeline, stream, phase: DriftPhase, filter_n
         served_classifier = (pipeline.analyzer, pipeline.analyzer.classifier.path)  # served again after the pass
         cloud = CloudLearner(ModelStore(settings.workdir / "cloud-models"), pipeline.analyzer, settings.workdir, config)
     updater = OnlineUpdater(store, settings.workdir, config, trigger=UpdateTrigger(settings.trigger),
-                            train_window=settings.train_window, cloud=cloud)
+                            train_window=settings.train_window, min_gain=settings.min_gain, cloud=cloud)
     replaying = replayer(live, LabelAll(budget_offloader(filter_name, budget), updater.wants_full_labels))
     reviewer = None
     if settings.review_share:

@@ -170,6 +170,10 @@ class UpdateConfig(_Section):
     trigger: TriggerConfig = TriggerConfig()
     learner: LearnerConfig = LearnerConfig()
     train_window: int = Field(100, ge=2, description="the most recent hard images an update trains and validates on")
+    min_gain: float = Field(
+        0.0, ge=-1.0, le=1.0, description="an update is promoted only when its validation F exceeds its parent's by more "
+                                          "than this: 0 keeps the parent on a tie (on a few validation images a tie says "
+                                          "nothing); a small negative value (-1e-6) promotes on ties")
     reviews: bool = Field(True, description="also learn from the human reviews stored in the run's result database, "
                                             "above the cloud's labels (aivd.review.learning)")
     queue: int = Field(

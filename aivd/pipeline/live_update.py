@@ -300,7 +300,7 @@ def learner_for(update: UpdateConfig, metrics: LiveMetrics | None = None, isolat
     workdir = tempfile.TemporaryDirectory(prefix="aivd-learner-")  # candidates, until published into the store
     trainer = ProcessTrainer() if (isolation or update.isolation) == "process" else None
     updater = OnlineUpdater(ModelStore(update.model_store), Path(workdir.name), update.learner, trigger=UpdateTrigger(update.trigger),
-                            train_window=update.train_window, train=trainer or thread_trainer())
+                            train_window=update.train_window, min_gain=update.min_gain, train=trainer or thread_trainer())
     closers = [trainer.close] if trainer else []
     return LiveLearner(updater, update.queue, update.wait_for_updates, metrics, [*closers, workdir.cleanup])
 
