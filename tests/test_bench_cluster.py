@@ -10,8 +10,8 @@ from aivd.bench.cluster import mean_ci95, ratios, run_order, summarise
 
 
 def run(throughput, mean, p99, lost=0, errors=0):
-    return {"throughput_per_s": throughput, "latency_mean_ms": mean, "latency_p99_ms": p99, "lost": lost,
-            "errors": errors, "completed": 10}
+    return {"throughput_per_s": throughput, "latency_mean_ms": mean, "latency_p50_ms": 0.9 * mean, "latency_p99_ms": p99,
+            "lost": lost, "errors": errors, "completed": 10}
 
 
 def test_mean_and_t_interval_over_repeats():
@@ -24,6 +24,7 @@ def test_mean_and_t_interval_over_repeats():
 def test_summary_keeps_the_keys_as_means_with_intervals_beside_them_and_counts_every_loss():
     summary = summarise([run(10, 100, 300, lost=1), run(12, 140, 500, errors=2)])
     assert summary["throughput_per_s"] == 11 and summary["latency_mean_ms"] == 120 and summary["latency_p99_ms"] == 400
+    assert summary["latency_p50_ms"] == 108 and summary["latency_p50_ms_ci95"] is not None
     low, high = summary["latency_mean_ms_ci95"]
     assert low < 120 < high
     assert (summary["lost"], summary["errors"], summary["completed"]) == (1, 2, 20)
