@@ -18,6 +18,7 @@ from aivd.pipeline.inspect import InspectOptions, inspect_tasks
 from aivd.pipeline.run_folder import OutputBusy, OutputLock, ResumeError, read_marker, resume_database, write_marker
 from aivd.schema.records import InspectionRecord
 from aivd.store import ResultStore
+from aivd.store.errors import StoreError
 
 PAIRS = sorted(path.name.removesuffix("_test.jpg") for path in SAMPLES.glob("*_test.jpg"))
 
@@ -98,6 +99,26 @@ def test_a_stopped_run_is_closed_as_interrupted_and_resumed_to_the_same_records(
     assert (run.id, run.status, run.images) == (1, "finished", 6)
     assert records == written(out)
     assert without_timings(records) == without_timings(written(tmp_path / "whole"))
+
+
+def test_a_failing_database_write_ends_the_run_with_its_error_and_the_records_before_it_kept(six_boards, tmp_path, monkeypatch):
+    # Records are written on a thread of their own: its failure must still reach the caller, with nothing after the
+    # failing image written (a --resume redoes it) and the records before it in both stores.
+    add, calls = ResultStore.add, []
+
+    def failing_third(store, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise StoreError("disk full")
+        return add(store, *args, **kwargs)
+
+    monkeypatch.setattr(ResultStore, "add", failing_third)
+    out, seen = tmp_path / "out", []
+    with pytest.raises(StoreError, match="disk full"):
+        inspect_tasks(tasks_from_paths([six_boards]), TemplateDetector(), out, InspectOptions(), seen.append)
+    assert len(calls) == 3 and len(seen) == 2
+    monkeypatch.setattr(ResultStore, "add", add)
+    assert [r.image_id for r in stored(out)[1]] == [r.image_id for r in written(out)] == [r.image_id for r in seen]
 
 
 def test_resume_rewrites_results_jsonl_from_the_database(six_boards, tmp_path):

@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from aivd.pipeline.live_update import Live
 
 CLOUD_IN_FLIGHT = 2  # images whose cloud half may be pending while the edge goes on
+WRITES_IN_FLIGHT = 2  # and images done by the cloud, waiting to be written
 
 
 @dataclass
@@ -408,6 +409,53 @@ class _CloudWorker:
         self.thread.join()
 
 
+class _InOrderWriting:
+    """`finish` of each image, in input order, on a thread of its own: writing the outputs (the annotated JPEG, the
+    database row, the report's record) then overlaps with the edge's next images instead of waiting for them, as
+    the cloud's half does. At most `depth` images wait here (with the cloud or to be written), which holds the edge
+    back when writing or the cloud is slower. The first failure of `finish` ends the writing: the images after it are
+    dropped, and the failure is raised to the edge's thread at its next `put`, `drain` or `close`."""
+
+    def __init__(self, finish: Callable, depth: int):
+        self._finish = finish
+        self._items: queue.Queue = queue.Queue(maxsize=max(1, depth))
+        self._failure: BaseException | None = None
+        self._thread = threading.Thread(target=self._work, name="aivd-write", daemon=True)
+        self._thread.start()
+
+    def put(self, item: tuple) -> None:
+        self._raise_failure()
+        self._items.put(item)
+
+    def drain(self) -> None:
+        """Return once every image put is written."""
+        self._items.join()
+        self._raise_failure()
+
+    def close(self) -> None:
+        """Write every image put, end the thread, and raise the failure if there was one."""
+        self._items.put(_END)
+        self._thread.join()
+        self._raise_failure()
+
+    def _raise_failure(self) -> None:
+        if self._failure is not None:
+            raise self._failure
+
+    def _work(self) -> None:
+        while True:
+            item = self._items.get()
+            try:
+                if item is _END:
+                    return
+                if self._failure is None:
+                    self._finish(*item)
+            except BaseException as failure:
+                self._failure = failure
+            finally:
+                self._items.task_done()
+
+
 def _record(task: InspectionTask, read_ms: float, pipeline: EdgeCloudPipeline, outcome: ImageResult | ImageError) -> InspectionRecord:
     template = str(task.template_path) if task.template_path else None
     return inspection_record(str(task.image_path), task.image_id, template, pipeline, outcome, read_ms)
@@ -477,32 +525,31 @@ def inspect_tasks(
 
     try:
         # The cloud's half of image i runs on its own thread while the edge works on image i + 1, as the two
-        # tiers would on two machines; records are still written in input order.
+        # tiers would on two machines, and writing image i on a third; records are still written in input order.
         # A learner that waits sees image i, and may swap the edge's model, before image i + 1 is proposed.
         waits = live is not None and live.learner is not None and live.learner.wait
         batching = pipeline.batching
         edge_batch, cloud_batch = (1, 1) if waits else (batching.edge, batching.cloud)
-        # Up to a cloud batch of images may wait for the cloud while the edge goes on.
-        overlap = 0 if waits else max(CLOUD_IN_FLIGHT, cloud_batch)
+        # Up to a cloud batch of images may wait for the cloud, and a few more to be written, while the edge goes on.
         cloud = _CloudWorker(pipeline, cloud_batch)
+        writing = _InOrderWriting(finish, max(CLOUD_IN_FLIGHT, cloud_batch) + WRITES_IN_FLIGHT)
         try:
-            in_flight: deque = deque()
-            for batch in _prefetched(tasks, options, edge_batch, batching.edge_wait_ms / 1000):
-                if should_stop():
-                    summary.interrupted = True
-                    break
-                if batch is None:  # a live source has nothing yet: what is in hand is not held back for it
-                    while in_flight:
-                        finish(*in_flight.popleft())
-                    continue
-                for (task, loaded), proposal in zip(batch, _start_batch(batch, pipeline)):
-                    in_flight.append((task, loaded, cloud.submit(task, proposal)))
-                while len(in_flight) > overlap:
-                    finish(*in_flight.popleft())
-            while in_flight:
-                finish(*in_flight.popleft())
+            try:
+                for batch in _prefetched(tasks, options, edge_batch, batching.edge_wait_ms / 1000):
+                    if should_stop():
+                        summary.interrupted = True
+                        break
+                    if batch is None:  # a live source has nothing yet: what is in hand is not held back for it
+                        writing.drain()
+                        continue
+                    for (task, loaded), proposal in zip(batch, _start_batch(batch, pipeline)):
+                        writing.put((task, loaded, cloud.submit(task, proposal)))
+                        if waits:
+                            writing.drain()
+            finally:
+                cloud.close()
         finally:
-            cloud.close()
+            writing.close()  # every image in hand is written, also when the edge's loop failed
         summary.wall_s = time.perf_counter() - started  # the database records the inspection time alone
         writer.finish(summary)
     finally:
