@@ -1,9 +1,10 @@
 """Run the pipeline (edge detector, and the cloud tier when configured) over inspection tasks and write what
 was found.
 
-Reading and decoding the next images overlaps with inference (OpenCV and ONNX Runtime release the GIL);
-results are written in input order so runs are reproducible, and a stopped run is a prefix of the inputs
-that `--resume` completes.
+Four stages overlap, as they would on separate machines: reading and decoding the next images (a pool of
+threads), the edge (the calling thread), the cloud's half (a thread) and writing the outputs (a thread); OpenCV,
+ONNX Runtime and OpenVINO release the GIL. Results are written in input order so runs are reproducible, and a
+stopped run is a prefix of the inputs that `--resume` completes.
 """
 
 from __future__ import annotations
