@@ -128,18 +128,22 @@ class RunResult:
 class Simulation:
     def __init__(self, scenario: Scenario, nodes: int, policy: str | None, tasks: int, seed: int,
                  policy_config: PolicyConfig | None = None, upload: Upload = "crops",
-                 max_in_flight: int | None = None) -> None:
+                 max_in_flight: int | None = None, arrivals: np.ndarray | None = None) -> None:
         if nodes < 1 or tasks < 1:
             raise ValueError("need at least one node and one task")
         if max_in_flight is not None and max_in_flight < 1:
             raise ValueError("max_in_flight must be at least 1")
+        if arrivals is not None and (len(arrivals) != tasks or np.any(np.diff(arrivals) < 0) or np.any(arrivals < 0)):
+            raise ValueError(f"arrivals must be {tasks} non-negative times in order")
         self.scenario, self.tasks, self.max_in_flight = scenario, tasks, max_in_flight
         self.waiting: deque[int] = deque()  # tasks held by the dispatcher while every node is at max_in_flight
         self.env = simpy.Environment()
         streams = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2 + nodes)]
         work_rng, self.policy_rng = streams[:2]
         self.capacity = capacity_per_s(scenario, nodes)
-        self.arrivals = arrival_times(scenario.arrivals, scenario.arrivals.load * self.capacity, tasks, work_rng)
+        # Drawn even when given, so that the work per task below is the same draw either way.
+        drawn = arrival_times(scenario.arrivals, scenario.arrivals.load * self.capacity, tasks, work_rng)
+        self.arrivals = drawn if arrivals is None else np.asarray(arrivals, dtype=float)
         # One standard-normal draw of work per task, shared by every policy (common random numbers).
         self.work = work_rng.standard_normal(tasks)
         self.expected_s = float(self.arrivals[-1])
@@ -360,11 +364,12 @@ class Simulation:
 
 def simulate(scenario: Scenario, nodes: int, policy: str | None, tasks: int, seed: int,
              policy_config: PolicyConfig | None = None, upload: Upload = "crops",
-             max_in_flight: int | None = None) -> RunResult:
+             max_in_flight: int | None = None, arrivals: np.ndarray | None = None) -> RunResult:
     """Run one policy on one scenario; identical arguments give identical results.
 
     `policy=None` is the cloud-only pipeline (every image analysed in the cloud); `upload="image"` makes the edge
     forward whole images instead of crops, as a traditional edge-cloud pipeline does. `max_in_flight` caps the
     tasks in flight per node; the dispatcher holds the rest and places each when a slot frees (late binding).
+    `arrivals` (seconds, in order, one per task) replaces the scenario's draw: a benchmark's own send times.
     """
-    return Simulation(scenario, nodes, policy, tasks, seed, policy_config, upload, max_in_flight).run()
+    return Simulation(scenario, nodes, policy, tasks, seed, policy_config, upload, max_in_flight, arrivals).run()
