@@ -6,7 +6,17 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from aivd.scheduling import POLICIES, AivdConfig, AivdScore, NodeState, PolicyConfig, Task, expected_completion_s, make_policy
+from aivd.scheduling import (
+    POLICIES,
+    AivdConfig,
+    AivdScore,
+    NodeState,
+    PolicyConfig,
+    Task,
+    expected_completion_s,
+    make_policy,
+    waits_for_room,
+)
 from aivd.scheduling.policies import PAPER_WEIGHTS
 
 TASK = Task(0, 84_000)
@@ -153,6 +163,35 @@ def test_aivd_floor_stops_starvation():
     policy = AivdScore(config)
     picks = [policy.choose(TASK, states, rng()) for _ in range(18)]
     assert picks.count("worst") == 3 and picks[5] == "worst"
+
+
+def test_aivd_holds_for_a_full_fast_node_rather_than_queue_behind_a_slow_one_with_room():
+    # At the cap: a GPU module with 8 in flight finishes a new task in 0.72 s, an ARM board with 2 in 1.2 s. Offered
+    # only the nodes with room (the old way, and still the other policies'), the ARM board got it; aivd now picks the
+    # GPU module, and the dispatcher holds the task until it has a slot.
+    full_fast = node("fast", queue_len=8, service_rate=12.5, room=False)
+    slow = node("slow", queue_len=2, service_rate=2.5)
+    assert waits_for_room(make_policy("aivd")) and make_policy("aivd").choose(TASK, [full_fast, slow], rng()) == "fast"
+    assert make_policy("aivd").choose(TASK, [slow], rng()) == "slow"  # the old offer: only the nodes with room
+    assert not any(waits_for_room(make_policy(name)) for name in POLICIES if name != "aivd")
+    assert not waits_for_room(AivdScore(AivdConfig(hold=False))) and not PAPER_WEIGHTS.hold
+    # When the ARM board would finish first (it is idle: 0.4 s), it gets the task at once.
+    assert make_policy("aivd").choose(TASK, [full_fast, node("slow", queue_len=0, service_rate=2.5)], rng()) == "slow"
+
+
+def test_aivd_held_decisions_pass_no_node_over_and_a_full_node_is_never_forced():
+    # On Ray the router asks again at every backoff while a task is held; those decisions must not push the slow
+    # node past the floor, or it would be forced to take work that a fast node finishes first.
+    policy = AivdScore(AivdConfig(max_skips=3))
+    full_fast, slow = node("fast", queue_len=8, service_rate=12.5, room=False), node("slow", queue_len=2, service_rate=2.5)
+    assert [policy.choose(TASK, [full_fast, slow], rng()) for _ in range(10)] == ["fast"] * 10
+    with_room = node("fast", queue_len=7, service_rate=12.5)
+    assert [policy.choose(TASK, [with_room, slow], rng()) for _ in range(4)] == ["fast"] * 3 + ["slow"]
+    # Passed over 3 times but full: not starved, so not forced.
+    starved_but_full = node("slow", queue_len=8, service_rate=2.5, room=False)
+    for _ in range(3):
+        policy.choose(TASK, [with_room, node("slow", queue_len=2, service_rate=2.5)], rng())
+    assert policy.choose(TASK, [with_room, starved_but_full], rng()) == "fast"
 
 
 def test_aivd_scores_come_with_the_same_choices_and_rank_the_nodes():

@@ -57,6 +57,37 @@ def test_late_binding_keeps_every_node_within_its_cap_and_loses_nothing():
     assert result.throughput_per_s > 1.2 * unbounded.throughput_per_s
 
 
+def test_under_a_cap_aivd_holds_work_for_the_fast_nodes_instead_of_filling_the_slow_ones():
+    # The Ray bench's setup (8 nodes of scenario 3 at time scale 10, cap 8) on its burstiest seed: offered only the
+    # nodes with room, aivd filled the ARM boards (n2, n6) to the cap during the burst, 8 x 4 s of work that drained
+    # alone at its end; holding the task for a node that finishes it sooner keeps them at 2.
+    from aivd.scheduling import AivdConfig, PolicyConfig
+    from aivd.sim.engine import Simulation
+
+    scenario = SCENARIOS[3].model_copy(update={"service_scale": 10.0, "events": []})
+    sends = arrival_times(scenario.arrivals, scenario.arrivals.load * capacity_per_s(scenario, 8), 300, np.random.default_rng(1))
+    runs = {}
+    for hold in (True, False):
+        run = Simulation(scenario, 8, "aivd", 300, 1, PolicyConfig(aivd=AivdConfig(hold=hold)), max_in_flight=8, arrivals=sends)
+        runs[hold] = run.run(), [node.peak_in_flight for node in run.nodes]
+    (held, held_peaks), (filled, filled_peaks) = runs[True], runs[False]
+    assert held.lost == filled.lost == 0 and max(held_peaks) == 8
+    assert filled_peaks[2] == filled_peaks[6] == 8 and held_peaks[2] <= 2 and held_peaks[6] <= 2
+    assert held.throughput_per_s > 1.2 * filled.throughput_per_s and held.latency_p99_ms < 0.5 * filled.latency_p99_ms
+    assert held.latency_mean_ms < filled.latency_mean_ms
+
+
+def test_given_arrivals_replace_the_scenarios_draw_and_keep_the_work_per_task():
+    from aivd.sim.engine import Simulation
+
+    own = Simulation(SCENARIOS[1], 4, "jsq", 50, seed=2)
+    given = Simulation(SCENARIOS[1], 4, "jsq", 50, seed=2, arrivals=own.arrivals * 2)
+    assert np.array_equal(given.arrivals, own.arrivals * 2) and np.array_equal(given.work, own.work)
+    for bad in (own.arrivals[:-1], own.arrivals[::-1], own.arrivals - 1.0):
+        with pytest.raises(ValueError, match="50 non-negative times in order"):
+            Simulation(SCENARIOS[1], 4, "jsq", 50, seed=2, arrivals=bad)
+
+
 def test_reachable_bound_counts_the_links_crashes_and_slow_downs():
     normal = simulate(with_load(SCENARIOS[1], 1.5), 8, "ect", 2000, seed=0)
     assert normal.reachable_per_s == pytest.approx(normal.capacity_per_s, rel=0.02)  # a fast LAN, no events

@@ -4,7 +4,10 @@ Ray Serve calls `choose_replicas` for every request with the replicas it may use
 `NodeState` (the router's own count of requests in flight, the replica's last routing stats) and let the same
 policy object the simulator uses pick one. We return it as the first rank and the others as the second: Ray
 sends the request to our choice unless that replica is at `max_ongoing_requests`, and then to the least loaded
-of the rest, so a request waits at the router only when every replica is full (late binding).
+of the rest, so a request waits at the router only when every replica is full (late binding). A policy that waits
+for room (`waits_for_room`: aivd's hold) gets its choice as the only rank: when that replica is full, Ray backs off
+and asks again, so the request waits at the router for a replica that would finish it sooner than one with room,
+as the simulator's dispatcher holds it.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import numpy as np
 from ray.serve.request_router import FIFOMixin, PendingRequest, RequestRouter, RunningReplica
 
 from aivd.runtime import telemetry
-from aivd.scheduling import AivdConfig, AivdScore, PolicyConfig, Task, make_policy
+from aivd.scheduling import AivdConfig, AivdScore, PolicyConfig, Task, make_policy, waits_for_room
 
 
 def payload_bytes(request: PendingRequest | None) -> int:
@@ -43,12 +46,14 @@ class PolicyDecider:
         self.times = times
 
     def decide(self, stats: dict[str, dict], queue_lens: dict[str, int | None], payload: int, now: float,
-               started: float | None = None) -> str:
-        """The replica id the policy picks; `stats` and `queue_lens` are keyed by replica id. The time observed runs
-        from `started` (a caller's `perf_counter()`, so that its own preparation counts) or from this call."""
+               started: float | None = None, caps: dict[str, int] | None = None) -> str:
+        """The replica id the policy picks; `stats`, `queue_lens` and `caps` (each replica's max_ongoing_requests)
+        are keyed by replica id. The time observed runs from `started` (a caller's `perf_counter()`, so that its own
+        preparation counts) or from this call."""
         started = time.perf_counter() if started is None else started
-        states = [telemetry.node_state(rid, stats[rid], queue_lens.get(rid), self.queue_bound, self.stats_period_s, now)
-                  for rid in stats]
+        caps = caps or {}
+        states = [telemetry.node_state(rid, stats[rid], queue_lens.get(rid), self.queue_bound, self.stats_period_s, now,
+                                       cap=caps.get(rid)) for rid in stats]
         self.decisions += 1
         task = Task(self.decisions, payload)
         scores: dict[str, float] = {}
@@ -77,6 +82,7 @@ class PolicyRequestRouter(FIFOMixin, RequestRouter):
         by_id = {r.replica_id.unique_id: r for r in candidate_replicas}
         chosen = by_id[self.decider.decide({rid: r.routing_stats or {} for rid, r in by_id.items()},
                                            {rid: cache.get(r.replica_id) for rid, r in by_id.items()},
-                                           payload_bytes(pending_request), time.time(), started)]
+                                           payload_bytes(pending_request), time.time(), started,
+                                           {rid: r.max_ongoing_requests for rid, r in by_id.items()})]
         rest = [r for r in candidate_replicas if r is not chosen]
-        return [[chosen], rest] if rest else [[chosen]]
+        return [[chosen], rest] if rest and not waits_for_room(self.decider.policy) else [[chosen]]

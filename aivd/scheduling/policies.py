@@ -47,10 +47,14 @@ class AivdConfig(BaseModel):
         "time", description="a node is overloaded past queue_bound tasks in flight (queue, the paper's), or past the "
         "time queue_bound tasks take at the candidates' mean service rate (time: a fast node may hold more; counted in "
         "tasks, the penalty sent work from busy GPU modules to idle ARM boards at saturation)")
+    hold: bool = Field(
+        True, description="under a cap on tasks in flight per node, choose among every node, full ones too, and let "
+        "the dispatcher hold the task while the chosen node is full, instead of choosing only among nodes with room: "
+        "once the fast nodes are full, those are the slow ones, which then drained a burst alone (see waits_for_room)")
 
 
 # The paper's score as it was tuned before C existed: Q dominates because the dispatcher knows it exactly.
-PAPER_WEIGHTS = AivdConfig(a=0.05, b=0.85, c=0.0, d=0.05, e=0.05, eta=0.2, overload="queue")
+PAPER_WEIGHTS = AivdConfig(a=0.05, b=0.85, c=0.0, d=0.05, e=0.05, eta=0.2, overload="queue", hold=False)
 
 
 class PolicyConfig(BaseModel):
@@ -66,6 +70,13 @@ class PolicyConfig(BaseModel):
         """The default configuration, with `weights` for the aivd score `policy` names (ignored for the others)."""
         field = {"aivd": "aivd", "aivd-paper": "aivd_paper"}.get(policy)
         return cls(**{field: weights}) if weights is not None and field else cls()
+
+
+def waits_for_room(policy: Policy) -> bool:
+    """Whether `policy` is to be offered every node, those without room (at the dispatcher's cap) too. If it picks
+    one of those, the dispatcher holds the task and asks again when a slot frees (or, on Ray, after its backoff).
+    The others are offered only the nodes with room, and always place the task at once."""
+    return isinstance(policy, AivdScore) and policy.config.hold
 
 
 def eligible(states: Sequence[NodeState]) -> list[NodeState]:
@@ -164,6 +175,10 @@ class AivdScore:
       L = the lowest latency among the candidates / latency   (latency inverted: the fastest link scores 1).
     C, B and L are relative to the other nodes so that the score does not depend on the units or the network.
     With `c = 0` this is the paper's score; `aivd-paper` is that form with PAPER_WEIGHTS.
+
+    With `hold` (the default) and a cap on tasks in flight per node, the candidates include the full nodes
+    (`room=False`); choosing one tells the dispatcher to hold the task until a slot frees. A slow node then takes a
+    task only when it would finish it before the fast ones could, instead of whenever it is the only one with room.
     """
 
     def __init__(self, config: AivdConfig | None = None, name: str = "aivd") -> None:
@@ -213,13 +228,17 @@ class AivdScore:
             self._smoothed[state.node_id] = smooth
             # The penalty applies after smoothing so that a node turning bad is avoided at once, not eta-slowly.
             scores.append(smooth * c.gamma if self.penalised(state, mean_rate) else smooth)
-        starved = [i for i, s in enumerate(nodes) if self._skips.get(s.node_id, 0) >= c.max_skips]
+        # A full node is not starved: it has work. Only with `hold` can a full node be offered here at all.
+        starved = [i for i, s in enumerate(nodes) if self._skips.get(s.node_id, 0) >= c.max_skips and (s.room or not c.hold)]
         if starved:
             chosen = nodes[max(starved, key=lambda i: self._skips[nodes[i].node_id])]
         else:
             chosen = nodes[best_index(scores, rng)]
-        for state in nodes:
-            self._skips[state.node_id] = 0 if state is chosen else self._skips.get(state.node_id, 0) + 1
+        # A held decision (the chosen node is full) places nothing, so it passes no node over: on Ray the router asks
+        # again at every backoff while a task is held, and counting those would force slow nodes past the floor.
+        if chosen.room or not c.hold:
+            for state in nodes:
+                self._skips[state.node_id] = 0 if state is chosen else self._skips.get(state.node_id, 0) + 1
         return chosen.node_id, {state.node_id: score for state, score in zip(nodes, scores)}
 
 

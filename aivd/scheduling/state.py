@@ -37,6 +37,9 @@ class NodeState:
     healthy: bool = True  # false once the node misses too many heartbeats; no policy sends work there
     missed_heartbeats: int = 0
     errors: int = 0  # errors the node reported since its last telemetry
+    # False when the node is at the dispatcher's cap on tasks in flight (late binding, Ray Serve's
+    # max_ongoing_requests): a task sent now would wait at the dispatcher until the node frees a slot.
+    room: bool = True
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.cpu_idle <= 1.0:

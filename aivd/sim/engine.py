@@ -22,7 +22,7 @@ from typing import Literal
 import numpy as np
 import simpy
 
-from aivd.scheduling import NodeState, PolicyConfig, Task, make_policy
+from aivd.scheduling import NodeState, PolicyConfig, Task, make_policy, waits_for_room
 from aivd.sim.links import LinkTrace
 from aivd.sim.scenarios import NODE_CLASSES, Arrivals, LinkProfile, NodeClass, Scenario
 
@@ -179,8 +179,9 @@ class Simulation:
                 node.report = node.pending.pop(0)[1]
             sampled, idle, bandwidth, latency, rate = node.report
             missed = max(0, int((now - s.telemetry_delay_s - sampled) / s.telemetry_period_s))
+            room = self.max_in_flight is None or node.in_flight < self.max_in_flight
             states.append(NodeState(node.node_id, idle, node.in_flight, s.queue_bound, bandwidth, latency, rate,
-                                    healthy=missed < s.unhealthy_after_missed, missed_heartbeats=missed))
+                                    healthy=missed < s.unhealthy_after_missed, missed_heartbeats=missed, room=room))
         return states
 
     # --- processes ------------------------------------------------------------------------------------------
@@ -196,17 +197,21 @@ class Simulation:
     def dispatch_waiting(self) -> None:
         """Place waiting tasks in arrival order. Without `max_in_flight` every task is placed on arrival; with it,
         only on nodes below the cap (late binding, as Ray Serve's max_ongoing_requests does), and the rest wait
-        here until an acknowledgement frees a slot."""
-        payload, cap = self.scenario.payload_bytes, self.max_in_flight
+        here until an acknowledgement frees a slot. A policy that waits for room (`waits_for_room`) is offered the
+        full nodes too; when it picks one, the task stays first in line and is decided again at the next chance."""
+        payload = self.scenario.payload_bytes
         assert self.policy is not None  # only tasks for an edge stage wait here
+        offer_full = waits_for_room(self.policy)
         while self.waiting:
             states = self.states(self.env.now)
-            if cap is not None:
-                states = [s for s in states if s.queue_len < cap]
-                if not states:
-                    return
-            i = self.waiting.popleft()
-            node = self.by_id[self.policy.choose(Task(i, payload), states, self.policy_rng)]
+            if not any(s.room for s in states):
+                return
+            offered = states if offer_full else [s for s in states if s.room]
+            i = self.waiting[0]
+            node = self.by_id[self.policy.choose(Task(i, payload), offered, self.policy_rng)]
+            if self.max_in_flight is not None and node.in_flight >= self.max_in_flight:
+                return  # held: the policy would rather wait for this node than use one with room
+            self.waiting.popleft()
             node.in_flight += 1
             node.peak_in_flight = max(node.peak_in_flight, node.in_flight)
             self.env.process(self.task(i, node))
@@ -288,6 +293,10 @@ class Simulation:
             last_busy = busy
             bandwidth, latency = node.link.at(env.now)
             node.pending.append((env.now + s.telemetry_delay_s, (env.now, idle, bandwidth, latency, 1.0 / node.mean_service_s)))
+            if self.waiting:
+                # A held task is decided again as time passes, not only on acknowledgements: the node it waits for
+                # may have crashed and will acknowledge nothing until it is back (Ray's router retries on a backoff).
+                self.dispatch_waiting()
 
     def event(self, node: Node, kind: str, start: float, duration: float, factor: float):
         yield self.env.timeout(start)
