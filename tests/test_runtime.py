@@ -172,8 +172,17 @@ def test_router_penalises_a_replica_reporting_errors_and_its_floor_still_feeds_i
     seen = {row["replica"]: row for row in telemetry.NODES.rows() if row["replica"] in ("healthy", "erroring")}
     assert {name: row["node_class"] for name, row in seen.items()} == {"healthy": "fast", "erroring": "fast"}
     assert seen["healthy"]["score"] == pytest.approx(2 * seen["erroring"]["score"])  # gamma = 0.5
+    # At its max_ongoing_requests (4, in the router's queue-length cache) the healthy replica still finishes a request
+    # before an idle one 20 times slower: aivd holds the request, no rank at all, and tells Ray to back off before
+    # asking again (without that, Ray would ask again at once, in a loop that never yields to its event loop).
+    router.initialize_state(policy="aivd", weights={"eta": 0.0}, queue_bound=4, stats_period_s=0.5)
+    router.replica_queue_len_cache.update(healthy.replica_id, 4)
+    request = SimpleNamespace(args=[b"x" * 1000], kwargs={}, routing_context=SimpleNamespace(should_backoff=False))
+    assert asyncio.run(router.choose_replicas([healthy, replica("slow", service_s=2.0)], request)) == []
+    assert request.routing_context.should_backoff
     # A policy that does not wait for room gets the others as Ray's fallback, for when its choice is full.
     router.initialize_state(policy="jsq", queue_bound=4, stats_period_s=0.5)
+    router.replica_queue_len_cache.update(healthy.replica_id, 0)
     assert sorted(choose()) == [["erroring"], ["healthy"]]
 
 

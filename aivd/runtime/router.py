@@ -5,9 +5,9 @@ Ray Serve calls `choose_replicas` for every request with the replicas it may use
 policy object the simulator uses pick one. We return it as the first rank and the others as the second: Ray
 sends the request to our choice unless that replica is at `max_ongoing_requests`, and then to the least loaded
 of the rest, so a request waits at the router only when every replica is full (late binding). A policy that waits
-for room (`waits_for_room`: aivd's hold) gets its choice as the only rank: when that replica is full, Ray backs off
-and asks again, so the request waits at the router for a replica that would finish it sooner than one with room,
-as the simulator's dispatcher holds it.
+for room (`waits_for_room`: aivd's hold) gets its choice as the only rank, and when it holds the request we return
+no rank at all: Ray then backs off and asks again, so the request waits at the router for a replica that would
+finish it sooner than one with room, as the simulator's dispatcher holds it.
 """
 
 from __future__ import annotations
@@ -46,10 +46,10 @@ class PolicyDecider:
         self.times = times
 
     def decide(self, stats: dict[str, dict], queue_lens: dict[str, int | None], payload: int, now: float,
-               started: float | None = None, caps: dict[str, int] | None = None) -> str:
-        """The replica id the policy picks; `stats`, `queue_lens` and `caps` (each replica's max_ongoing_requests)
-        are keyed by replica id. The time observed runs from `started` (a caller's `perf_counter()`, so that its own
-        preparation counts) or from this call."""
+               started: float | None = None, caps: dict[str, int] | None = None) -> str | None:
+        """The replica id the policy picks, None if it holds the request; `stats`, `queue_lens` and `caps` (each
+        replica's max_ongoing_requests) are keyed by replica id. The time observed runs from `started` (a caller's
+        `perf_counter()`, so that its own preparation counts) or from this call."""
         started = time.perf_counter() if started is None else started
         caps = caps or {}
         states = [telemetry.node_state(rid, stats[rid], queue_lens.get(rid), self.queue_bound, self.stats_period_s, now,
@@ -57,6 +57,7 @@ class PolicyDecider:
         self.decisions += 1
         task = Task(self.decisions, payload)
         scores: dict[str, float] = {}
+        chosen_id: str | None
         if isinstance(self.policy, AivdScore):
             chosen_id, scores = self.policy.choose_scored(task, states, self.rng)
         else:
@@ -75,14 +76,22 @@ class PolicyRequestRouter(FIFOMixin, RequestRouter):
 
     async def choose_replicas(self, candidate_replicas: list[RunningReplica],
                               pending_request: PendingRequest | None = None) -> list[list[RunningReplica]]:
+        if pending_request is not None:
+            # Ray retries a request none of our ranks could take (every replica full, or a hold) at once, in a loop
+            # that yields to nothing unless this is set: with [] it would spin the router's event loop, and with full
+            # replicas it probed them back to back. Ray's own routers set it too (after their locality tries).
+            pending_request.routing_context.should_backoff = True
         if not candidate_replicas:
             return []
         started = time.perf_counter()
         cache = self.replica_queue_len_cache
         by_id = {r.replica_id.unique_id: r for r in candidate_replicas}
-        chosen = by_id[self.decider.decide({rid: r.routing_stats or {} for rid, r in by_id.items()},
-                                           {rid: cache.get(r.replica_id) for rid, r in by_id.items()},
-                                           payload_bytes(pending_request), time.time(), started,
-                                           {rid: r.max_ongoing_requests for rid, r in by_id.items()})]
+        chosen_id = self.decider.decide({rid: r.routing_stats or {} for rid, r in by_id.items()},
+                                        {rid: cache.get(r.replica_id) for rid, r in by_id.items()},
+                                        payload_bytes(pending_request), time.time(), started,
+                                        {rid: r.max_ongoing_requests for rid, r in by_id.items()})
+        if chosen_id is None:
+            return []  # held: Ray backs off and asks again
+        chosen = by_id[chosen_id]
         rest = [r for r in candidate_replicas if r is not chosen]
         return [[chosen], rest] if rest and not waits_for_room(self.decider.policy) else [[chosen]]

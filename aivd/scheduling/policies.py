@@ -20,7 +20,10 @@ from aivd.scheduling.state import NodeState, Task
 class Policy(Protocol):
     name: str
 
-    def choose(self, task: Task, states: Sequence[NodeState], rng: np.random.Generator) -> str: ...
+    def choose(self, task: Task, states: Sequence[NodeState], rng: np.random.Generator) -> str | None:
+        """The node to send `task` to, or None: hold it at the dispatcher and ask again later (only a policy that
+        `waits_for_room` holds; the others always name a node)."""
+        ...
 
 
 class AivdConfig(BaseModel):
@@ -48,13 +51,18 @@ class AivdConfig(BaseModel):
         "time queue_bound tasks take at the candidates' mean service rate (time: a fast node may hold more; counted in "
         "tasks, the penalty sent work from busy GPU modules to idle ARM boards at saturation)")
     hold: bool = Field(
-        True, description="under a cap on tasks in flight per node, choose among every node, full ones too, and let "
-        "the dispatcher hold the task while the chosen node is full, instead of choosing only among nodes with room: "
-        "once the fast nodes are full, those are the slow ones, which then drained a burst alone (see waits_for_room)")
+        True, description="choose among every node, full ones too, and hold the task at the dispatcher while the chosen "
+        "node is full, instead of choosing only among nodes with room: under a cap, once the fast nodes were full those "
+        "were the slow ones, which then drained a burst alone (see waits_for_room)")
+    bind_ahead_s: float | None = Field(
+        4.0, gt=0, description="with hold, a node is also full once it has two tasks or more in flight and its work in "
+        "flight (queue_len / service_rate) reaches its link's round trip for this payload plus this many seconds: the "
+        "rest wait at the dispatcher and are bound late, on fresh queue counts, instead of queueing behind work "
+        "estimated seconds earlier (at saturation the last nodes then drained alone); None: only the dispatcher's cap")
 
 
 # The paper's score as it was tuned before C existed: Q dominates because the dispatcher knows it exactly.
-PAPER_WEIGHTS = AivdConfig(a=0.05, b=0.85, c=0.0, d=0.05, e=0.05, eta=0.2, overload="queue", hold=False)
+PAPER_WEIGHTS = AivdConfig(a=0.05, b=0.85, c=0.0, d=0.05, e=0.05, eta=0.2, overload="queue", hold=False, bind_ahead_s=None)
 
 
 class PolicyConfig(BaseModel):
@@ -73,9 +81,9 @@ class PolicyConfig(BaseModel):
 
 
 def waits_for_room(policy: Policy) -> bool:
-    """Whether `policy` is to be offered every node, those without room (at the dispatcher's cap) too. If it picks
-    one of those, the dispatcher holds the task and asks again when a slot frees (or, on Ray, after its backoff).
-    The others are offered only the nodes with room, and always place the task at once."""
+    """Whether `policy` is to be offered every node, those without room (at the dispatcher's cap) too, and may
+    answer None: hold the task, ask again when a slot frees (or, on Ray, after its backoff). The others are offered
+    only the nodes with room, and always place the task at once."""
     return isinstance(policy, AivdScore) and policy.config.hold
 
 
@@ -176,9 +184,11 @@ class AivdScore:
     C, B and L are relative to the other nodes so that the score does not depend on the units or the network.
     With `c = 0` this is the paper's score; `aivd-paper` is that form with PAPER_WEIGHTS.
 
-    With `hold` (the default) and a cap on tasks in flight per node, the candidates include the full nodes
-    (`room=False`); choosing one tells the dispatcher to hold the task until a slot frees. A slow node then takes a
-    task only when it would finish it before the fast ones could, instead of whenever it is the only one with room.
+    With `hold` (the default) the candidates include the full nodes: those at the dispatcher's cap (`room=False`)
+    and those with `bind_ahead_s` of work beyond their link's round trip. When the best node is full, `choose`
+    answers None and the dispatcher holds the task. A slow node then takes a task only when it would finish it before
+    the fast ones could, not whenever it is the only one with room, and work is bound to a node only shortly before
+    the node can start it, on the queue counts of then.
     """
 
     def __init__(self, config: AivdConfig | None = None, name: str = "aivd") -> None:
@@ -203,6 +213,14 @@ class AivdScore:
             for s, done in zip(states, completion)
         ]
 
+    def has_room(self, task: Task, state: NodeState) -> bool:
+        """Below the dispatcher's cap and, with `bind_ahead_s`, below that much work beyond the link's round trip."""
+        ahead = self.config.bind_ahead_s
+        if not state.room or ahead is None or state.queue_len < 2:
+            return state.room
+        round_trip = 2 * state.latency_s + task.payload_bytes / state.bandwidth_bps
+        return state.queue_len / state.service_rate < round_trip + ahead
+
     def penalised(self, state: NodeState, mean_rate: float) -> bool:
         """Overloaded (past the queue bound, in tasks or in time, see AivdConfig.overload) or anomalous."""
         if self.config.overload == "queue":
@@ -211,13 +229,14 @@ class AivdScore:
             overloaded = state.queue_len / state.service_rate > state.queue_bound / mean_rate
         return overloaded or state.missed_heartbeats > 0 or state.errors > 0
 
-    def choose(self, task: Task, states: Sequence[NodeState], rng: np.random.Generator) -> str:
+    def choose(self, task: Task, states: Sequence[NodeState], rng: np.random.Generator) -> str | None:
         return self.choose_scored(task, states, rng)[0]
 
     def choose_scored(self, task: Task, states: Sequence[NodeState],
-                      rng: np.random.Generator) -> tuple[str, dict[str, float]]:
-        """`choose`'s node and the score each eligible node had for it (smoothed, penalised), for a runtime to show;
-        one call, so that showing the scores neither moves the smoothing nor the skip counts a second time."""
+                      rng: np.random.Generator) -> tuple[str | None, dict[str, float]]:
+        """`choose`'s node (None: hold the task) and the score each eligible node had for it (smoothed, penalised),
+        for a runtime to show; one call, so that showing the scores neither moves the smoothing nor the skip counts a
+        second time."""
         c = self.config
         nodes = eligible(states)
         mean_rate = sum(state.service_rate for state in nodes) / len(nodes)
@@ -228,18 +247,18 @@ class AivdScore:
             self._smoothed[state.node_id] = smooth
             # The penalty applies after smoothing so that a node turning bad is avoided at once, not eta-slowly.
             scores.append(smooth * c.gamma if self.penalised(state, mean_rate) else smooth)
-        # A full node is not starved: it has work. Only with `hold` can a full node be offered here at all.
-        starved = [i for i, s in enumerate(nodes) if self._skips.get(s.node_id, 0) >= c.max_skips and (s.room or not c.hold)]
-        if starved:
-            chosen = nodes[max(starved, key=lambda i: self._skips[nodes[i].node_id])]
-        else:
-            chosen = nodes[best_index(scores, rng)]
-        # A held decision (the chosen node is full) places nothing, so it passes no node over: on Ray the router asks
-        # again at every backoff while a task is held, and counting those would force slow nodes past the floor.
-        if chosen.room or not c.hold:
-            for state in nodes:
-                self._skips[state.node_id] = 0 if state is chosen else self._skips.get(state.node_id, 0) + 1
-        return chosen.node_id, {state.node_id: score for state, score in zip(nodes, scores)}
+        room = [self.has_room(task, state) if c.hold else True for state in nodes]
+        scored = {state.node_id: score for state, score in zip(nodes, scores)}
+        # A full node is not starved: it has work.
+        starved = [i for i, s in enumerate(nodes) if self._skips.get(s.node_id, 0) >= c.max_skips and room[i]]
+        best = max(starved, key=lambda i: self._skips[nodes[i].node_id]) if starved else best_index(scores, rng)
+        if not room[best]:
+            # Held: nothing is placed, so no node is passed over (on Ray the router asks again at every backoff while
+            # a task is held, and counting those would force slow nodes past the floor).
+            return None, scored
+        for state in nodes:
+            self._skips[state.node_id] = 0 if state is nodes[best] else self._skips.get(state.node_id, 0) + 1
+        return nodes[best].node_id, scored
 
 
 POLICIES: dict[str, Callable[[PolicyConfig], Policy]] = {

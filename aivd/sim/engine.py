@@ -198,7 +198,8 @@ class Simulation:
         """Place waiting tasks in arrival order. Without `max_in_flight` every task is placed on arrival; with it,
         only on nodes below the cap (late binding, as Ray Serve's max_ongoing_requests does), and the rest wait
         here until an acknowledgement frees a slot. A policy that waits for room (`waits_for_room`) is offered the
-        full nodes too; when it picks one, the task stays first in line and is decided again at the next chance."""
+        full nodes too; when it holds the task (None), the task stays first in line and is decided again at the next
+        acknowledgement, arrival or telemetry report."""
         payload = self.scenario.payload_bytes
         assert self.policy is not None  # only tasks for an edge stage wait here
         offer_full = waits_for_room(self.policy)
@@ -208,9 +209,10 @@ class Simulation:
                 return
             offered = states if offer_full else [s for s in states if s.room]
             i = self.waiting[0]
-            node = self.by_id[self.policy.choose(Task(i, payload), offered, self.policy_rng)]
-            if self.max_in_flight is not None and node.in_flight >= self.max_in_flight:
-                return  # held: the policy would rather wait for this node than use one with room
+            chosen = self.policy.choose(Task(i, payload), offered, self.policy_rng)
+            if chosen is None:
+                return  # held: the policy would rather wait for a full node than use one with room
+            node = self.by_id[chosen]
             self.waiting.popleft()
             node.in_flight += 1
             node.peak_in_flight = max(node.peak_in_flight, node.in_flight)
