@@ -247,12 +247,12 @@ class AivdScore:
             self._smoothed[state.node_id] = smooth
             # The penalty applies after smoothing so that a node turning bad is avoided at once, not eta-slowly.
             scores.append(smooth * c.gamma if self.penalised(state, mean_rate) else smooth)
-        room = [self.has_room(task, state) if c.hold else True for state in nodes]
         scored = {state.node_id: score for state, score in zip(nodes, scores)}
-        # A full node is not starved: it has work.
-        starved = [i for i, s in enumerate(nodes) if self._skips.get(s.node_id, 0) >= c.max_skips and room[i]]
+        # A full node is not starved: it has work. Room is asked of the few nodes that need it, not of every node.
+        starved = [i for i, s in enumerate(nodes)
+                   if self._skips.get(s.node_id, 0) >= c.max_skips and (not c.hold or self.has_room(task, s))]
         best = max(starved, key=lambda i: self._skips[nodes[i].node_id]) if starved else best_index(scores, rng)
-        if not room[best]:
+        if c.hold and not self.has_room(task, nodes[best]):
             # Held: nothing is placed, so no node is passed over (on Ray the router asks again at every backoff while
             # a task is held, and counting those would force slow nodes past the floor).
             return None, scored
