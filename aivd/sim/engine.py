@@ -136,7 +136,8 @@ class Simulation:
         if arrivals is not None and (len(arrivals) != tasks or np.any(np.diff(arrivals) < 0) or np.any(arrivals < 0)):
             raise ValueError(f"arrivals must be {tasks} non-negative times in order")
         self.scenario, self.tasks, self.max_in_flight = scenario, tasks, max_in_flight
-        self.waiting: deque[int] = deque()  # tasks held by the dispatcher while every node is at max_in_flight
+        # Tasks held by the dispatcher: while every node is at max_in_flight, or while the policy holds the first.
+        self.waiting: deque[int] = deque()
         self.env = simpy.Environment()
         streams = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2 + nodes)]
         work_rng, self.policy_rng = streams[:2]
