@@ -181,6 +181,19 @@ def test_aivd_holds_for_a_full_fast_node_rather_than_queue_behind_a_slow_one_wit
     assert policy.choose(TASK, [full_fast, node("slow", queue_len=0, service_rate=2.5)], rng()) == "slow"
 
 
+def test_aivd_stops_holding_for_a_full_node_when_enough_tasks_wait_to_keep_the_faster_nodes_busy():
+    # The GPU module at the cap finishes a task in 0.72 s, the ARM board with room in 1.2 s + link: 0.48 s later, in
+    # which the GPU module (12.5/s) gets through 6 tasks. One task waiting: hold it; 7 waiting: the ARM board takes it.
+    full_fast = node("fast", queue_len=8, service_rate=12.5, room=False)
+    slow = node("slow", queue_len=2, service_rate=2.5)
+    assert make_policy("aivd").choose(Task(0, 84_000, waiting=1), [full_fast, slow], rng()) is None
+    assert make_policy("aivd").choose(Task(0, 84_000, waiting=7), [full_fast, slow], rng()) == "slow"
+    # A node full past bind_ahead_s has seconds of work: a slower node is held for, whatever the backlog.
+    loaded = node("fast", queue_len=60, service_rate=12.5)
+    assert make_policy("aivd").choose(Task(0, 84_000, waiting=10_000), [loaded, node("slow", queue_len=1, service_rate=0.15)],
+                                      rng()) is None
+
+
 def test_aivd_binds_work_to_a_node_only_a_few_seconds_ahead_of_its_link():
     # 60 tasks at 12.5/s is 4.8 s of work, past the link's round trip (2 x 10 ms + 84 kB at 10 MB/s) + 4 s: full,
     # though the dispatcher has no cap; 50 (4 s) is not. A slow board with one task would finish a new one in 13 s:

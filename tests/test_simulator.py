@@ -77,6 +77,19 @@ def test_under_a_cap_aivd_holds_work_for_the_fast_nodes_instead_of_filling_the_s
     assert held.latency_mean_ms < filled.latency_mean_ms
 
 
+def test_under_a_small_cap_aivd_stops_holding_once_the_backlog_would_keep_the_fast_nodes_busy(monkeypatch):
+    # Scenario 3 at saturation with 4 in flight per node: a fast node at the cap finishes a new task soonest, but holding
+    # every task for it idled the slow nodes (0.61 of capacity on 16 nodes). With tasks enough waiting, the best node
+    # with room takes the task, and aivd does as well as the policies that never hold.
+    from aivd.scheduling import AivdScore
+
+    saturated = with_load(SCENARIOS[3], 1.5)
+    aivd, ect = (simulate(saturated, 8, policy, 3000, seed=0, max_in_flight=4) for policy in ("aivd", "ect"))
+    assert aivd.lost == 0 and aivd.throughput_per_s > 0.97 * ect.throughput_per_s
+    monkeypatch.setattr(AivdScore, "worth_the_wait", lambda *args: None)  # hold whatever the backlog
+    assert simulate(saturated, 8, "aivd", 3000, seed=0, max_in_flight=4).throughput_per_s < 0.9 * aivd.throughput_per_s
+
+
 def test_binding_work_late_lifts_saturation_where_early_binding_left_the_last_nodes_draining_alone():
     # Scenario 3 at saturation: bound on arrival, each node's queue was tens of seconds of work estimated on rates and
     # links that changed before it ran, and the last nodes drained alone. Held at the dispatcher past 4 s of work

@@ -46,16 +46,17 @@ class PolicyDecider:
         self.times = times
 
     def decide(self, stats: dict[str, dict], queue_lens: dict[str, int | None], payload: int, now: float,
-               started: float | None = None, caps: dict[str, int] | None = None) -> str | None:
+               started: float | None = None, caps: dict[str, int] | None = None, waiting: int = 1) -> str | None:
         """The replica id the policy picks, None if it holds the request; `stats`, `queue_lens` and `caps` (each
-        replica's max_ongoing_requests) are keyed by replica id. The time observed runs from `started` (a caller's
-        `perf_counter()`, so that its own preparation counts) or from this call."""
+        replica's max_ongoing_requests) are keyed by replica id, `waiting` counts the requests waiting for a replica,
+        this one included. The time observed runs from `started` (a caller's `perf_counter()`, so that its own
+        preparation counts) or from this call."""
         started = time.perf_counter() if started is None else started
         caps = caps or {}
         states = [telemetry.node_state(rid, stats[rid], queue_lens.get(rid), self.queue_bound, self.stats_period_s, now,
                                        cap=caps.get(rid)) for rid in stats]
         self.decisions += 1
-        task = Task(self.decisions, payload)
+        task = Task(self.decisions, payload, waiting)
         scores: dict[str, float] = {}
         chosen_id: str | None
         if isinstance(self.policy, AivdScore):
@@ -89,7 +90,8 @@ class PolicyRequestRouter(FIFOMixin, RequestRouter):
         chosen_id = self.decider.decide({rid: r.routing_stats or {} for rid, r in by_id.items()},
                                         {rid: cache.get(r.replica_id) for rid, r in by_id.items()},
                                         payload_bytes(pending_request), time.time(), started,
-                                        {rid: r.max_ongoing_requests for rid, r in by_id.items()})
+                                        {rid: r.max_ongoing_requests for rid, r in by_id.items()},
+                                        max(self.num_pending_requests, 1))
         if chosen_id is None:
             return []  # held: Ray backs off and asks again
         chosen = by_id[chosen_id]

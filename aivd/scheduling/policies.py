@@ -221,6 +221,22 @@ class AivdScore:
         round_trip = 2 * state.latency_s + task.payload_bytes / state.bandwidth_bps
         return state.queue_len / state.service_rate < round_trip + ahead
 
+    def worth_the_wait(self, task: Task, nodes: list[NodeState], scores: list[float], full: int) -> int | None:
+        """The best-scored node with room, if the tasks waiting at the dispatcher are enough to keep the nodes that
+        would finish sooner busy while it works (so that it adds capacity instead of delaying this task); else None.
+
+        Holding every task for the best node left slow nodes idle once the backlog was long (scenario 3 with 4 in
+        flight per node: 0.61 of capacity): with W tasks waiting, a node that finishes this one t seconds after the
+        full node does is worth using when the nodes faster than it cannot get through W tasks in those t seconds."""
+        roomy = [i for i, state in enumerate(nodes) if self.has_room(task, state)]
+        if not roomy:
+            return None
+        best = max(roomy, key=lambda i: scores[i])
+        done = expected_completion_s(task, nodes[best])
+        later = done - expected_completion_s(task, nodes[full])
+        faster = sum(state.service_rate for state in nodes if expected_completion_s(task, state) < done)
+        return best if task.waiting >= later * faster else None
+
     def penalised(self, state: NodeState, mean_rate: float) -> bool:
         """Overloaded (past the queue bound, in tasks or in time, see AivdConfig.overload) or anomalous."""
         if self.config.overload == "queue":
@@ -253,9 +269,14 @@ class AivdScore:
                    if self._skips.get(s.node_id, 0) >= c.max_skips and (not c.hold or self.has_room(task, s))]
         best = max(starved, key=lambda i: self._skips[nodes[i].node_id]) if starved else best_index(scores, rng)
         if c.hold and not self.has_room(task, nodes[best]):
-            # Held: nothing is placed, so no node is passed over (on Ray the router asks again at every backoff while
-            # a task is held, and counting those would force slow nodes past the floor).
-            return None, scored
+            # Past bind_ahead_s a node holds seconds of work, so a slower node with room is the better choice by then
+            # anyway; at a small cap a full fast node may hold a fraction of a second, and waiting for it idles the rest.
+            fallback = None if nodes[best].room else self.worth_the_wait(task, nodes, scores, best)
+            if fallback is None:
+                # Held: nothing is placed, so no node is passed over (on Ray the router asks again at every backoff
+                # while a task is held, and counting those would force slow nodes past the floor).
+                return None, scored
+            best = fallback
         for state in nodes:
             self._skips[state.node_id] = 0 if state is nodes[best] else self._skips.get(state.node_id, 0) + 1
         return nodes[best].node_id, scored

@@ -16,6 +16,7 @@ class Task:
 
     task_id: int
     payload_bytes: int
+    waiting: int = 1  # tasks waiting at the dispatcher for a node, this one included
 
 
 @dataclass(frozen=True, slots=True)

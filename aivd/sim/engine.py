@@ -210,7 +210,7 @@ class Simulation:
                 return
             offered = states if offer_full else [s for s in states if s.room]
             i = self.waiting[0]
-            chosen = self.policy.choose(Task(i, payload), offered, self.policy_rng)
+            chosen = self.policy.choose(Task(i, payload, len(self.waiting)), offered, self.policy_rng)
             if chosen is None:
                 return  # held: the policy would rather wait for a full node than use one with room
             node = self.by_id[chosen]
