@@ -269,8 +269,9 @@ class AivdScore:
                    if self._skips.get(s.node_id, 0) >= c.max_skips and (not c.hold or self.has_room(task, s))]
         best = max(starved, key=lambda i: self._skips[nodes[i].node_id]) if starved else best_index(scores, rng)
         if c.hold and not self.has_room(task, nodes[best]):
-            # Past bind_ahead_s a node holds seconds of work, so a slower node with room is the better choice by then
-            # anyway; at a small cap a full fast node may hold a fraction of a second, and waiting for it idles the rest.
+            # Full past bind_ahead_s, the node has seconds of work queued, and a node about to run dry would score best
+            # itself: waiting idles nobody (falling back here cost scenario 3's saturation 0.954 -> 0.939). At a small
+            # cap a full fast node may hold a fraction of a second of work, and waiting for it idled the slow nodes.
             fallback = None if nodes[best].room else self.worth_the_wait(task, nodes, scores, best)
             if fallback is None:
                 # Held: nothing is placed, so no node is passed over (on Ray the router asks again at every backoff
