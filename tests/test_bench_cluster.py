@@ -57,3 +57,26 @@ def test_bench_router_prints_decision_times_per_replica_count():
         assert 0 < times["median_ms"] <= times["p99_ms"]
     bad = CliRunner().invoke(bench_app, ["router", "--replicas", "0"])
     assert bad.exit_code != 0 and "positive" in bad.output
+
+
+def test_simulate_only_predicts_the_runs_with_the_bench_s_own_send_times_and_no_node_events():
+    import numpy as np
+
+    from aivd.bench.cluster import bench_arrivals, bench_scenario
+    from aivd.cli.bench import bench_app
+    from aivd.sim import capacity_per_s, simulate
+
+    result = CliRunner().invoke(bench_app, ["cluster", "--simulate-only", "--nodes", "4", "--scenario", "3", "--policies",
+                                            "aivd,p2c", "--requests", "60", "--repeat", "2", "--time-scale", "10", "--seed", "5"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    aivd, p2c = report["simulator"]["aivd"], report["simulator"]["p2c"]
+    assert len(aivd["runs"]) == len(p2c["runs"]) == 2 and "ratio_to_p2c" in aivd and "ratio_to_p2c" not in p2c
+    assert aivd["latency_mean_ms"] == pytest.approx(np.mean([r["latency_mean_ms"] for r in aivd["runs"]]), abs=1e-3)
+    # The emulated nodes have no crashes or slow-downs, and the load is the bench's send times: so the prediction.
+    scenario = bench_scenario(3, 10.0, None)
+    assert scenario.events == [] and scenario.service_scale == 10.0
+    sends = bench_arrivals(scenario, capacity_per_s(scenario, 4), 60, 6)
+    second = simulate(scenario, 4, "aivd", 60, 6, max_in_flight=8, arrivals=sends)
+    assert aivd["runs"][1]["latency_mean_ms"] == pytest.approx(second.latency_mean_ms, abs=1e-3)
+    assert aivd["runs"][1]["latency_mean_ms"] != pytest.approx(simulate(scenario, 4, "aivd", 60, 6, max_in_flight=8).latency_mean_ms)

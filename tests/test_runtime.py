@@ -70,6 +70,8 @@ def test_node_state_from_routing_stats():
     assert stale.queue_len == 9 and stale.missed_heartbeats == 3 and not stale.healthy
     fresh = node_state("r2", {}, None, 4, 0.5, now)  # a replica that has not reported yet looks ready for work
     assert fresh.healthy and fresh.queue_len == 0 and fresh.cpu_idle == 1.0
+    # At its max_ongoing_requests a replica has no room; without a cap, always.
+    assert state.room and not node_state("r1", stats, 3, 4, 0.5, now, cap=3).room and node_state("r1", stats, 2, 4, 0.5, now, cap=3).room
 
 
 def test_node_table_keeps_each_replicas_last_state_and_forgets_the_long_unseen():
@@ -149,9 +151,9 @@ def test_router_penalises_a_replica_reporting_errors_and_its_floor_still_feeds_i
     router.initialize_state(policy="aivd", weights={"max_skips": 3, "eta": 0.0}, queue_bound=4, stats_period_s=0.5)
     now = time.time()
 
-    # Ray's RunningReplica needs a live actor behind it; the router reads only these two attributes.
+    # Ray's RunningReplica needs a live actor behind it; the router reads only these three attributes.
     def replica(name: str, **stats):
-        return SimpleNamespace(replica_id=ReplicaID(unique_id=name, deployment_id=deployment),
+        return SimpleNamespace(replica_id=ReplicaID(unique_id=name, deployment_id=deployment), max_ongoing_requests=4,
                                routing_stats={"time": now, "node_class": "fast", "cpu_idle": 1.0, "service_s": 0.1, **stats})
 
     healthy, erroring = replica("healthy"), replica("erroring", errors=2)
@@ -160,15 +162,28 @@ def test_router_penalises_a_replica_reporting_errors_and_its_floor_still_feeds_i
         ranks = asyncio.run(router.choose_replicas([healthy, erroring]))
         return [[r.replica_id.unique_id for r in rank] for rank in ranks]
 
-    # Equal in every metric but the errors: the penalty sends work to the healthy one, the other is the fallback.
-    assert [choose() for _ in range(3)] == [[["healthy"], ["erroring"]]] * 3
+    # Equal in every metric but the errors: the penalty sends work to the healthy one. aivd holds a request for the
+    # replica it chose (no second rank: Ray waits for that one to have room rather than fall back to another).
+    assert [choose() for _ in range(3)] == [[["healthy"]]] * 3
     # Passed over max_skips = 3 times in a row: the floor gives the erroring replica the next request.
-    assert choose() == [["erroring"], ["healthy"]]
-    assert choose() == [["healthy"], ["erroring"]]
+    assert choose() == [["erroring"]]
+    assert choose() == [["healthy"]]
     # What it routed on is the ingress's node table, the penalty in the scores.
     seen = {row["replica"]: row for row in telemetry.NODES.rows() if row["replica"] in ("healthy", "erroring")}
     assert {name: row["node_class"] for name, row in seen.items()} == {"healthy": "fast", "erroring": "fast"}
     assert seen["healthy"]["score"] == pytest.approx(2 * seen["erroring"]["score"])  # gamma = 0.5
+    # At its max_ongoing_requests (4, in the router's queue-length cache) the healthy replica still finishes a request
+    # before an idle one 20 times slower: aivd holds the request, no rank at all, and tells Ray to back off before
+    # asking again (without that, Ray would ask again at once, in a loop that never yields to its event loop).
+    router.initialize_state(policy="aivd", weights={"eta": 0.0}, queue_bound=4, stats_period_s=0.5)
+    router.replica_queue_len_cache.update(healthy.replica_id, 4)
+    request = SimpleNamespace(args=[b"x" * 1000], kwargs={}, routing_context=SimpleNamespace(should_backoff=False))
+    assert asyncio.run(router.choose_replicas([healthy, replica("slow", service_s=2.0)], request)) == []
+    assert request.routing_context.should_backoff
+    # A policy that does not wait for room gets the others as Ray's fallback, for when its choice is full.
+    router.initialize_state(policy="jsq", queue_bound=4, stats_period_s=0.5)
+    router.replica_queue_len_cache.update(healthy.replica_id, 0)
+    assert sorted(choose()) == [["erroring"], ["healthy"]]
 
 
 def bound_deployments(app) -> dict:

@@ -6,7 +6,17 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from aivd.scheduling import POLICIES, AivdConfig, AivdScore, NodeState, PolicyConfig, Task, expected_completion_s, make_policy
+from aivd.scheduling import (
+    POLICIES,
+    AivdConfig,
+    AivdScore,
+    NodeState,
+    PolicyConfig,
+    Task,
+    expected_completion_s,
+    make_policy,
+    waits_for_room,
+)
 from aivd.scheduling.policies import PAPER_WEIGHTS
 
 TASK = Task(0, 84_000)
@@ -153,6 +163,68 @@ def test_aivd_floor_stops_starvation():
     policy = AivdScore(config)
     picks = [policy.choose(TASK, states, rng()) for _ in range(18)]
     assert picks.count("worst") == 3 and picks[5] == "worst"
+
+
+def test_aivd_holds_for_a_full_fast_node_rather_than_queue_behind_a_slow_one_with_room():
+    # At the cap: a GPU module with 8 in flight finishes a new task in 0.72 s, an ARM board with 2 in 1.2 s. Offered
+    # only the nodes with room (the old way, and still the other policies'), the ARM board got it; aivd now answers
+    # None: hold the task until the GPU module has a slot.
+    full_fast = node("fast", queue_len=8, service_rate=12.5, room=False)
+    slow = node("slow", queue_len=2, service_rate=2.5)
+    policy = make_policy("aivd")
+    assert waits_for_room(policy) and policy.choose(TASK, [full_fast, slow], rng()) is None
+    assert policy.choose(TASK, [slow], rng()) == "slow"  # the old offer: only the nodes with room
+    assert not any(waits_for_room(make_policy(name)) for name in POLICIES if name != "aivd")
+    assert not waits_for_room(AivdScore(AivdConfig(hold=False))) and not PAPER_WEIGHTS.hold
+    assert AivdScore(AivdConfig(hold=False)).choose(TASK, [full_fast, slow], rng()) == "fast"  # not held: sent
+    # When the ARM board would finish first (it is idle: 0.4 s), it gets the task at once.
+    assert policy.choose(TASK, [full_fast, node("slow", queue_len=0, service_rate=2.5)], rng()) == "slow"
+
+
+def test_aivd_stops_holding_for_a_full_node_when_enough_tasks_wait_to_keep_the_faster_nodes_busy():
+    # The GPU module at the cap finishes a task in 0.72 s, the ARM board with room in 1.2 s + link: 0.48 s later, in
+    # which the GPU module (12.5/s) gets through 6 tasks. One task waiting: hold it; 7 waiting: the ARM board takes it.
+    full_fast = node("fast", queue_len=8, service_rate=12.5, room=False)
+    slow = node("slow", queue_len=2, service_rate=2.5)
+    assert make_policy("aivd").choose(Task(0, 84_000, waiting=1), [full_fast, slow], rng()) is None
+    assert make_policy("aivd").choose(Task(0, 84_000, waiting=7), [full_fast, slow], rng()) == "slow"
+    # A node full past bind_ahead_s has seconds of work: a slower node is held for, whatever the backlog.
+    loaded = node("fast", queue_len=60, service_rate=12.5)
+    assert make_policy("aivd").choose(Task(0, 84_000, waiting=10_000), [loaded, node("slow", queue_len=1, service_rate=0.15)],
+                                      rng()) is None
+
+
+def test_aivd_binds_work_to_a_node_only_a_few_seconds_ahead_of_its_link():
+    # 60 tasks at 12.5/s is 4.8 s of work, past the link's round trip (2 x 10 ms + 84 kB at 10 MB/s) + 4 s: full,
+    # though the dispatcher has no cap; 50 (4 s) is not. A slow board with one task would finish a new one in 13 s:
+    # the task waits for the fast node rather than queue there.
+    policy = AivdScore()
+    assert not policy.has_room(TASK, node("fast", queue_len=60, service_rate=12.5))
+    assert policy.has_room(TASK, node("fast", queue_len=50, service_rate=12.5))
+    slow = node("slow", queue_len=1, service_rate=0.15)
+    assert policy.choose(TASK, [node("fast", queue_len=60, service_rate=12.5), slow], rng()) is None
+    assert policy.choose(TASK, [node("fast", queue_len=49, service_rate=12.5), slow], rng()) == "fast"
+    # A node with one task is never full by time (a slow board must get work at all), and a slow link buys time.
+    assert policy.has_room(TASK, node("slow", queue_len=1, service_rate=0.1))
+    assert policy.has_room(TASK, node("far", queue_len=45, service_rate=10.0, latency_s=0.3))
+    assert not policy.has_room(TASK, node("near", queue_len=45, service_rate=10.0, latency_s=0.01))
+    assert AivdScore(AivdConfig(bind_ahead_s=None)).has_room(TASK, node("fast", queue_len=500, service_rate=12.5))
+    assert not AivdScore(AivdConfig(bind_ahead_s=None)).has_room(TASK, node("fast", queue_len=8, room=False))
+
+
+def test_aivd_held_decisions_pass_no_node_over_and_a_full_node_is_never_forced():
+    # On Ray the router asks again at every backoff while a task is held; those decisions must not push the slow
+    # node past the floor, or it would be forced to take work that a fast node finishes first.
+    policy = AivdScore(AivdConfig(max_skips=3))
+    full_fast, slow = node("fast", queue_len=8, service_rate=12.5, room=False), node("slow", queue_len=2, service_rate=2.5)
+    assert [policy.choose(TASK, [full_fast, slow], rng()) for _ in range(10)] == [None] * 10
+    with_room = node("fast", queue_len=7, service_rate=12.5)
+    assert [policy.choose(TASK, [with_room, slow], rng()) for _ in range(4)] == ["fast"] * 3 + ["slow"]
+    # Passed over 3 times but full: not starved, so not forced.
+    starved_but_full = node("slow", queue_len=8, service_rate=2.5, room=False)
+    for _ in range(3):
+        policy.choose(TASK, [with_room, node("slow", queue_len=2, service_rate=2.5)], rng())
+    assert policy.choose(TASK, [with_room, starved_but_full], rng()) == "fast"
 
 
 def test_aivd_scores_come_with_the_same_choices_and_rank_the_nodes():

@@ -21,7 +21,7 @@ import numpy as np
 
 from aivd.config import ImagingConfig, PipelineConfig
 from aivd.runtime.config import RAY_DEFAULT_ROUTER, ClusterConfig, EdgeNodeClass
-from aivd.sim import SCENARIOS, capacity_per_s, simulate, with_load
+from aivd.sim import SCENARIOS, Scenario, capacity_per_s, simulate, with_load
 from aivd.sim.engine import arrival_times, node_class
 
 # What `ray` (Ray Serve's own router) is in the simulator: power of two choices.
@@ -154,9 +154,7 @@ def bench_cluster(nodes: int, scenario_id: int, policies: list[str], requests: i
     image = sample.with_name(sample.name.replace("_temp", "_test")).read_bytes()
     template = sample.with_name(sample.name.replace("_test", "_temp")).read_bytes()
     base = measure_service_s(image, template)
-    scenario = SCENARIOS[scenario_id].model_copy(update={"service_scale": time_scale})
-    if load is not None:
-        scenario = with_load(scenario, load)
+    scenario = bench_scenario(scenario_id, time_scale, load)
     capacity = capacity_per_s(scenario, nodes)
     labels = list(policies)
     if noise_floor and REFERENCE in policies and repeat > 1:
@@ -167,10 +165,9 @@ def bench_cluster(nodes: int, scenario_id: int, policies: list[str], requests: i
     runs: dict[str, list[dict]] = {label: [] for label in labels}
     lead_s = FIRST_LEAD_S
     routers: dict[str, dict] = {}
+    sends = [bench_arrivals(scenario, capacity, requests, seed + r) for r in range(repeat)]
     try:
         for r in range(repeat):
-            sends = arrival_times(scenario.arrivals, scenario.arrivals.load * capacity, requests,
-                                  np.random.default_rng(seed + r))
             for label in run_order(labels, r):
                 policy = label.removesuffix("-again")
                 # The links' traces start when the load does, in every run: a deployment's start-up time varies
@@ -188,7 +185,7 @@ def bench_cluster(nodes: int, scenario_id: int, policies: list[str], requests: i
                 lead_s = LEAD_MARGIN * ready_s
                 time.sleep(max(0.0, start_at - time.time()))
                 late_s = time.time() - start_at  # > 0: the deployment was ready after its links' start
-                result = asyncio.run(drive(url, sends, image, template, timeout_s=600))
+                result = asyncio.run(drive(url, sends[r], image, template, timeout_s=600))
                 result["late_start_s"] = round(late_s, 3)
                 with httpx.Client(timeout=30) as client:
                     router = client.get(f"{url}/v1/router").json()
@@ -203,11 +200,51 @@ def bench_cluster(nodes: int, scenario_id: int, policies: list[str], requests: i
             report["policies"][label][f"ratio_to_{REFERENCE}"] = ratios(runs[label], runs[REFERENCE])
     if NOISE_FLOOR in runs:
         report["noise_floor"] = report["policies"].pop(NOISE_FLOOR)[f"ratio_to_{REFERENCE}"]
-    for policy in policies:
-        predicted = [simulate(scenario, nodes, SIMULATOR_NAME.get(policy, policy), requests, seed + r,
-                              max_in_flight=max_ongoing) for r in range(repeat)]
-        report["simulator"][policy] = {k: round(float(np.mean([getattr(p, k) for p in predicted])), 3) for k in SUMMARISED}
+    report["simulator"] = predict(scenario, nodes, policies, requests, seed, repeat, max_ongoing, sends)
     return report
+
+
+def bench_scenario(scenario_id: int, time_scale: float, load: float | None) -> Scenario:
+    """The scenario as the emulated cluster runs it: its node classes (service times x `time_scale`), links and
+    arrivals, but none of its crashes or slow-downs, which the emulated nodes do not have. The simulator's prediction
+    runs this too (until 2026-12-05 it kept the events and drew arrivals of its own, not the bench's)."""
+    scenario = SCENARIOS[scenario_id].model_copy(update={"service_scale": time_scale, "events": []})
+    return scenario if load is None else with_load(scenario, load)
+
+
+def bench_arrivals(scenario: Scenario, capacity: float, requests: int, seed: int) -> np.ndarray:
+    """The send times of one run (seconds from its start): the scenario's arrival process at its load."""
+    return arrival_times(scenario.arrivals, scenario.arrivals.load * capacity, requests, np.random.default_rng(seed))
+
+
+def predict(scenario: Scenario, nodes: int, policies: list[str], requests: int, seed: int, repeat: int,
+            max_ongoing: int, sends: list[np.ndarray]) -> dict:
+    """What the simulator predicts for the runs, each repeat with the send times the bench used (`sends[r]`) and its
+    seed, at max_ongoing_requests as the cap: per policy the means over the repeats, the ratio to p2c as the bench
+    pairs it, and every repeat's figures."""
+    runs = {policy: [{k: round(float(getattr(result, k)), 3) for k in SUMMARISED}
+                     for result in (simulate(scenario, nodes, SIMULATOR_NAME.get(policy, policy), requests, seed + r,
+                                             max_in_flight=max_ongoing, arrivals=sends[r]) for r in range(repeat))]
+            for policy in policies}
+    out: dict = {}
+    for policy, mine in runs.items():
+        out[policy] = {k: round(float(np.mean([run[k] for run in mine])), 3) for k in SUMMARISED}
+        if REFERENCE in runs and policy != REFERENCE:
+            out[policy][f"ratio_to_{REFERENCE}"] = ratios(mine, runs[REFERENCE])
+        out[policy]["runs"] = mine
+    return out
+
+
+def simulate_bench(nodes: int, scenario_id: int, policies: list[str], requests: int, seed: int, load: float | None,
+                   time_scale: float, max_ongoing: int, repeat: int) -> dict:
+    """The simulator's prediction for `bench_cluster` with the same arguments, without Ray: seconds, not hours, so
+    that a policy can be judged over many seeds before the cluster runs it."""
+    scenario = bench_scenario(scenario_id, time_scale, load)
+    capacity = capacity_per_s(scenario, nodes)
+    sends = [bench_arrivals(scenario, capacity, requests, seed + r) for r in range(repeat)]
+    return {"scenario": scenario_id, "nodes": nodes, "requests": requests, "repeat": repeat, "time_scale": time_scale,
+            "load": scenario.arrivals.load, "capacity_per_s": round(capacity, 3),
+            "simulator": predict(scenario, nodes, policies, requests, seed, repeat, max_ongoing, sends)}
 
 
 def bench_router(replica_counts: list[int], decisions: int, policy: str, seed: int) -> dict:

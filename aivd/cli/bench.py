@@ -158,16 +158,20 @@ def bench_cluster_command(
     sample: Optional[Path] = typer.Option(None, exists=True, dir_okay=False, help="A *_test.jpg with its *_temp.jpg beside it. Default: a bundled DeepPCB pair."),
     repeat: int = typer.Option(1, min=1, help="Runs per policy, alternating the policies; repeat r uses seed + r for all."),
     noise_floor: bool = typer.Option(True, help="With p2c and --repeat >= 2: run p2c twice per repeat; its ratio to itself is the noise floor."),
+    simulate_only: bool = typer.Option(False, "--simulate-only", help="Only the simulator's prediction for these runs (the same send times, seeds and cap), without Ray."),
     as_json: bool = JSON_ALWAYS,
 ) -> None:
     """Drive real HTTP load through the Ray Serve runtime per policy; print measured and simulated figures as JSON:
     per policy the mean over the repeats with a 95% t-interval, and the ratio to p2c (per-repeat pairs) with its own."""
-    from aivd.bench.cluster import bench_cluster
+    from aivd.bench.cluster import bench_cluster, simulate_bench
     from aivd.cli.simulate import check_policies, parse_list
     from aivd.runtime.config import RAY_DEFAULT_ROUTER
 
     names = parse_list(policies)
     check_policies([n for n in names if n != RAY_DEFAULT_ROUTER] or ["rr"])
+    if simulate_only:
+        print(json.dumps(simulate_bench(nodes, scenario, names, requests, seed, load, time_scale, max_ongoing, repeat)))
+        return
     sample = sample or Path(__file__).resolve().parents[1] / "data" / "samples" / "deeppcb" / "20085291_test.jpg"
     # Ray prints its workers' and raylets' messages on the driver's stdout; keep stdout for the one JSON object.
     real_stdout = os.dup(1)

@@ -47,7 +47,7 @@ def compare(
     load: Optional[float] = typer.Option(None, min=0.01, help="Override the scenario's load (1 = the capacity bound)."),
     max_in_flight: Optional[int] = typer.Option(
         None, min=1, help="Cap on tasks in flight per node; the dispatcher holds the rest (late binding). "
-        "Default: every task is placed on arrival."),
+        "Default: every task is placed on arrival (aivd still holds work a node could not start within bind_ahead_s)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
 ) -> None:
     """Run each policy on one scenario and print throughput, latency and lost tasks per policy."""

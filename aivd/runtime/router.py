@@ -4,7 +4,10 @@ Ray Serve calls `choose_replicas` for every request with the replicas it may use
 `NodeState` (the router's own count of requests in flight, the replica's last routing stats) and let the same
 policy object the simulator uses pick one. We return it as the first rank and the others as the second: Ray
 sends the request to our choice unless that replica is at `max_ongoing_requests`, and then to the least loaded
-of the rest, so a request waits at the router only when every replica is full (late binding).
+of the rest, so a request waits at the router only when every replica is full (late binding). A policy that waits
+for room (`waits_for_room`: aivd's hold) gets its choice as the only rank, and when it holds the request we return
+no rank at all: Ray then backs off and asks again, so the request waits at the router for a replica that would
+finish it sooner than one with room, as the simulator's dispatcher holds it.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import numpy as np
 from ray.serve.request_router import FIFOMixin, PendingRequest, RequestRouter, RunningReplica
 
 from aivd.runtime import telemetry
-from aivd.scheduling import AivdConfig, AivdScore, PolicyConfig, Task, make_policy
+from aivd.scheduling import AivdConfig, AivdScore, PolicyConfig, Task, make_policy, waits_for_room
 
 
 def payload_bytes(request: PendingRequest | None) -> int:
@@ -43,15 +46,19 @@ class PolicyDecider:
         self.times = times
 
     def decide(self, stats: dict[str, dict], queue_lens: dict[str, int | None], payload: int, now: float,
-               started: float | None = None) -> str:
-        """The replica id the policy picks; `stats` and `queue_lens` are keyed by replica id. The time observed runs
-        from `started` (a caller's `perf_counter()`, so that its own preparation counts) or from this call."""
+               started: float | None = None, caps: dict[str, int] | None = None, waiting: int = 1) -> str | None:
+        """The replica id the policy picks, None if it holds the request; `stats`, `queue_lens` and `caps` (each
+        replica's max_ongoing_requests) are keyed by replica id, `waiting` counts the requests waiting for a replica,
+        this one included. The time observed runs from `started` (a caller's `perf_counter()`, so that its own
+        preparation counts) or from this call."""
         started = time.perf_counter() if started is None else started
-        states = [telemetry.node_state(rid, stats[rid], queue_lens.get(rid), self.queue_bound, self.stats_period_s, now)
-                  for rid in stats]
+        caps = caps or {}
+        states = [telemetry.node_state(rid, stats[rid], queue_lens.get(rid), self.queue_bound, self.stats_period_s, now,
+                                       cap=caps.get(rid)) for rid in stats]
         self.decisions += 1
-        task = Task(self.decisions, payload)
+        task = Task(self.decisions, payload, waiting)
         scores: dict[str, float] = {}
+        chosen_id: str | None
         if isinstance(self.policy, AivdScore):
             chosen_id, scores = self.policy.choose_scored(task, states, self.rng)
         else:
@@ -70,13 +77,23 @@ class PolicyRequestRouter(FIFOMixin, RequestRouter):
 
     async def choose_replicas(self, candidate_replicas: list[RunningReplica],
                               pending_request: PendingRequest | None = None) -> list[list[RunningReplica]]:
+        if pending_request is not None:
+            # Ray retries a request none of our ranks could take (every replica full, or a hold) at once, in a loop
+            # that yields to nothing unless this is set: with [] it would spin the router's event loop, and with full
+            # replicas it probed them back to back. Ray's own routers set it too (after their locality tries).
+            pending_request.routing_context.should_backoff = True
         if not candidate_replicas:
             return []
         started = time.perf_counter()
         cache = self.replica_queue_len_cache
         by_id = {r.replica_id.unique_id: r for r in candidate_replicas}
-        chosen = by_id[self.decider.decide({rid: r.routing_stats or {} for rid, r in by_id.items()},
-                                           {rid: cache.get(r.replica_id) for rid, r in by_id.items()},
-                                           payload_bytes(pending_request), time.time(), started)]
+        chosen_id = self.decider.decide({rid: r.routing_stats or {} for rid, r in by_id.items()},
+                                        {rid: cache.get(r.replica_id) for rid, r in by_id.items()},
+                                        payload_bytes(pending_request), time.time(), started,
+                                        {rid: r.max_ongoing_requests for rid, r in by_id.items()},
+                                        max(self.num_pending_requests, 1))
+        if chosen_id is None:
+            return []  # held: Ray backs off and asks again
+        chosen = by_id[chosen_id]
         rest = [r for r in candidate_replicas if r is not chosen]
-        return [[chosen], rest] if rest else [[chosen]]
+        return [[chosen], rest] if rest and not waits_for_room(self.decider.policy) else [[chosen]]

@@ -179,16 +179,18 @@ class ReplicaTelemetry:
 
 
 def node_state(node_id: str, stats: dict[str, Any], queue_len: int | None, queue_bound: int, period_s: float,
-               now: float, missed_for_unhealthy: int = 3) -> NodeState:
+               now: float, missed_for_unhealthy: int = 3, cap: int | None = None) -> NodeState:
     """A policy's view of one replica. A replica that has not reported yet looks idle, fast and close, so that a
-    new or restarted replica gets work at once; a report older than a period counts missed heartbeats."""
+    new or restarted replica gets work at once; a report older than a period counts missed heartbeats. `cap` is the
+    replica's max_ongoing_requests: at it, the replica has no room."""
     reported_at = stats.get("time")
     missed = 0 if reported_at is None else max(0, int((now - reported_at) / period_s) - 1)
     service_s = stats.get("service_s")
+    queue_len = int(queue_len if queue_len is not None else stats.get("queue_len", 0))
     return NodeState(
         node_id=node_id,
         cpu_idle=float(min(max(stats.get("cpu_idle", 1.0), 0.0), 1.0)),
-        queue_len=int(queue_len if queue_len is not None else stats.get("queue_len", 0)),
+        queue_len=queue_len,
         queue_bound=queue_bound,
         bandwidth_bps=float(stats.get("bandwidth_bps") or UNKNOWN_BANDWIDTH_BPS),
         latency_s=float(max(stats.get("latency_s") or 0.0, 0.0)),
@@ -196,4 +198,5 @@ def node_state(node_id: str, stats: dict[str, Any], queue_len: int | None, queue
         healthy=missed < missed_for_unhealthy,
         missed_heartbeats=missed,
         errors=int(stats.get("errors", 0)),
+        room=cap is None or queue_len < cap,
     )

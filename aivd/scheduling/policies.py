@@ -20,7 +20,10 @@ from aivd.scheduling.state import NodeState, Task
 class Policy(Protocol):
     name: str
 
-    def choose(self, task: Task, states: Sequence[NodeState], rng: np.random.Generator) -> str: ...
+    def choose(self, task: Task, states: Sequence[NodeState], rng: np.random.Generator) -> str | None:
+        """The node to send `task` to, or None: hold it at the dispatcher and ask again later (only a policy that
+        `waits_for_room` holds; the others always name a node)."""
+        ...
 
 
 class AivdConfig(BaseModel):
@@ -47,10 +50,19 @@ class AivdConfig(BaseModel):
         "time", description="a node is overloaded past queue_bound tasks in flight (queue, the paper's), or past the "
         "time queue_bound tasks take at the candidates' mean service rate (time: a fast node may hold more; counted in "
         "tasks, the penalty sent work from busy GPU modules to idle ARM boards at saturation)")
+    hold: bool = Field(
+        True, description="choose among every node, full ones too, and hold the task at the dispatcher while the chosen "
+        "node is full, instead of choosing only among nodes with room: under a cap, once the fast nodes were full those "
+        "were the slow ones, which then drained a burst alone (see waits_for_room)")
+    bind_ahead_s: float | None = Field(
+        4.0, gt=0, description="with hold, a node is also full once it has two tasks or more in flight and its work in "
+        "flight (queue_len / service_rate) reaches its link's round trip for this payload plus this many seconds: the "
+        "rest wait at the dispatcher and are bound late, on fresh queue counts, instead of queueing behind work "
+        "estimated seconds earlier (at saturation the last nodes then drained alone); None: only the dispatcher's cap")
 
 
 # The paper's score as it was tuned before C existed: Q dominates because the dispatcher knows it exactly.
-PAPER_WEIGHTS = AivdConfig(a=0.05, b=0.85, c=0.0, d=0.05, e=0.05, eta=0.2, overload="queue")
+PAPER_WEIGHTS = AivdConfig(a=0.05, b=0.85, c=0.0, d=0.05, e=0.05, eta=0.2, overload="queue", hold=False, bind_ahead_s=None)
 
 
 class PolicyConfig(BaseModel):
@@ -66,6 +78,13 @@ class PolicyConfig(BaseModel):
         """The default configuration, with `weights` for the aivd score `policy` names (ignored for the others)."""
         field = {"aivd": "aivd", "aivd-paper": "aivd_paper"}.get(policy)
         return cls(**{field: weights}) if weights is not None and field else cls()
+
+
+def waits_for_room(policy: Policy) -> bool:
+    """Whether `policy` is to be offered every node, those without room (at the dispatcher's cap) too, and may
+    answer None: hold the task, ask again when a slot frees (or, on Ray, after its backoff). The others are offered
+    only the nodes with room, and always place the task at once."""
+    return isinstance(policy, AivdScore) and policy.config.hold
 
 
 def eligible(states: Sequence[NodeState]) -> list[NodeState]:
@@ -164,6 +183,12 @@ class AivdScore:
       L = the lowest latency among the candidates / latency   (latency inverted: the fastest link scores 1).
     C, B and L are relative to the other nodes so that the score does not depend on the units or the network.
     With `c = 0` this is the paper's score; `aivd-paper` is that form with PAPER_WEIGHTS.
+
+    With `hold` (the default) the candidates include the full nodes: those at the dispatcher's cap (`room=False`)
+    and those with `bind_ahead_s` of work beyond their link's round trip. When the best node is full, `choose`
+    answers None and the dispatcher holds the task. A slow node then takes a task only when it would finish it before
+    the fast ones could, not whenever it is the only one with room, and work is bound to a node only shortly before
+    the node can start it, on the queue counts of then.
     """
 
     def __init__(self, config: AivdConfig | None = None, name: str = "aivd") -> None:
@@ -188,6 +213,30 @@ class AivdScore:
             for s, done in zip(states, completion)
         ]
 
+    def has_room(self, task: Task, state: NodeState) -> bool:
+        """Below the dispatcher's cap and, with `bind_ahead_s`, below that much work beyond the link's round trip."""
+        ahead = self.config.bind_ahead_s
+        if not state.room or ahead is None or state.queue_len < 2:
+            return state.room
+        round_trip = 2 * state.latency_s + task.payload_bytes / state.bandwidth_bps
+        return state.queue_len / state.service_rate < round_trip + ahead
+
+    def worth_the_wait(self, task: Task, nodes: list[NodeState], scores: list[float], full: int) -> int | None:
+        """The best-scored node with room, if the tasks waiting at the dispatcher are enough to keep the nodes that
+        would finish sooner busy while it works (so that it adds capacity instead of delaying this task); else None.
+
+        Holding every task for the best node left slow nodes idle once the backlog was long (scenario 3 with 4 in
+        flight per node: 0.61 of capacity): with W tasks waiting, a node that finishes this one t seconds after the
+        full node does is worth using when the nodes faster than it cannot get through W tasks in those t seconds."""
+        roomy = [i for i, state in enumerate(nodes) if self.has_room(task, state)]
+        if not roomy:
+            return None
+        best = max(roomy, key=lambda i: scores[i])
+        done = expected_completion_s(task, nodes[best])
+        later = done - expected_completion_s(task, nodes[full])
+        faster = sum(state.service_rate for state in nodes if expected_completion_s(task, state) < done)
+        return best if task.waiting >= later * faster else None
+
     def penalised(self, state: NodeState, mean_rate: float) -> bool:
         """Overloaded (past the queue bound, in tasks or in time, see AivdConfig.overload) or anomalous."""
         if self.config.overload == "queue":
@@ -196,13 +245,14 @@ class AivdScore:
             overloaded = state.queue_len / state.service_rate > state.queue_bound / mean_rate
         return overloaded or state.missed_heartbeats > 0 or state.errors > 0
 
-    def choose(self, task: Task, states: Sequence[NodeState], rng: np.random.Generator) -> str:
+    def choose(self, task: Task, states: Sequence[NodeState], rng: np.random.Generator) -> str | None:
         return self.choose_scored(task, states, rng)[0]
 
     def choose_scored(self, task: Task, states: Sequence[NodeState],
-                      rng: np.random.Generator) -> tuple[str, dict[str, float]]:
-        """`choose`'s node and the score each eligible node had for it (smoothed, penalised), for a runtime to show;
-        one call, so that showing the scores neither moves the smoothing nor the skip counts a second time."""
+                      rng: np.random.Generator) -> tuple[str | None, dict[str, float]]:
+        """`choose`'s node (None: hold the task) and the score each eligible node had for it (smoothed, penalised),
+        for a runtime to show; one call, so that showing the scores neither moves the smoothing nor the skip counts a
+        second time."""
         c = self.config
         nodes = eligible(states)
         mean_rate = sum(state.service_rate for state in nodes) / len(nodes)
@@ -213,14 +263,24 @@ class AivdScore:
             self._smoothed[state.node_id] = smooth
             # The penalty applies after smoothing so that a node turning bad is avoided at once, not eta-slowly.
             scores.append(smooth * c.gamma if self.penalised(state, mean_rate) else smooth)
-        starved = [i for i, s in enumerate(nodes) if self._skips.get(s.node_id, 0) >= c.max_skips]
-        if starved:
-            chosen = nodes[max(starved, key=lambda i: self._skips[nodes[i].node_id])]
-        else:
-            chosen = nodes[best_index(scores, rng)]
+        scored = {state.node_id: score for state, score in zip(nodes, scores)}
+        # A full node is not starved: it has work. Room is asked of the few nodes that need it, not of every node.
+        starved = [i for i, s in enumerate(nodes)
+                   if self._skips.get(s.node_id, 0) >= c.max_skips and (not c.hold or self.has_room(task, s))]
+        best = max(starved, key=lambda i: self._skips[nodes[i].node_id]) if starved else best_index(scores, rng)
+        if c.hold and not self.has_room(task, nodes[best]):
+            # Full past bind_ahead_s, the node has seconds of work queued, and a node about to run dry would score best
+            # itself: waiting idles nobody (falling back here cost scenario 3's saturation 0.954 -> 0.939). At a small
+            # cap a full fast node may hold a fraction of a second of work, and waiting for it idled the slow nodes.
+            fallback = None if nodes[best].room else self.worth_the_wait(task, nodes, scores, best)
+            if fallback is None:
+                # Held: nothing is placed, so no node is passed over (on Ray the router asks again at every backoff
+                # while a task is held, and counting those would force slow nodes past the floor).
+                return None, scored
+            best = fallback
         for state in nodes:
-            self._skips[state.node_id] = 0 if state is chosen else self._skips.get(state.node_id, 0) + 1
-        return chosen.node_id, {state.node_id: score for state, score in zip(nodes, scores)}
+            self._skips[state.node_id] = 0 if state is nodes[best] else self._skips.get(state.node_id, 0) + 1
+        return nodes[best].node_id, scored
 
 
 POLICIES: dict[str, Callable[[PolicyConfig], Policy]] = {

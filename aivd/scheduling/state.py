@@ -16,6 +16,7 @@ class Task:
 
     task_id: int
     payload_bytes: int
+    waiting: int = 1  # tasks waiting at the dispatcher for a node, this one included
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +38,9 @@ class NodeState:
     healthy: bool = True  # false once the node misses too many heartbeats; no policy sends work there
     missed_heartbeats: int = 0
     errors: int = 0  # errors the node reported since its last telemetry
+    # False when the node is at the dispatcher's cap on tasks in flight (late binding, Ray Serve's
+    # max_ongoing_requests): a task sent now would wait at the dispatcher until the node frees a slot.
+    room: bool = True
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.cpu_idle <= 1.0:

@@ -22,7 +22,7 @@ from typing import Literal
 import numpy as np
 import simpy
 
-from aivd.scheduling import NodeState, PolicyConfig, Task, make_policy
+from aivd.scheduling import NodeState, PolicyConfig, Task, make_policy, waits_for_room
 from aivd.sim.links import LinkTrace
 from aivd.sim.scenarios import NODE_CLASSES, Arrivals, LinkProfile, NodeClass, Scenario
 
@@ -128,18 +128,23 @@ class RunResult:
 class Simulation:
     def __init__(self, scenario: Scenario, nodes: int, policy: str | None, tasks: int, seed: int,
                  policy_config: PolicyConfig | None = None, upload: Upload = "crops",
-                 max_in_flight: int | None = None) -> None:
+                 max_in_flight: int | None = None, arrivals: np.ndarray | None = None) -> None:
         if nodes < 1 or tasks < 1:
             raise ValueError("need at least one node and one task")
         if max_in_flight is not None and max_in_flight < 1:
             raise ValueError("max_in_flight must be at least 1")
+        if arrivals is not None and (len(arrivals) != tasks or np.any(np.diff(arrivals) < 0) or np.any(arrivals < 0)):
+            raise ValueError(f"arrivals must be {tasks} non-negative times in order")
         self.scenario, self.tasks, self.max_in_flight = scenario, tasks, max_in_flight
-        self.waiting: deque[int] = deque()  # tasks held by the dispatcher while every node is at max_in_flight
+        # Tasks held by the dispatcher: while every node is at max_in_flight, or while the policy holds the first.
+        self.waiting: deque[int] = deque()
         self.env = simpy.Environment()
         streams = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2 + nodes)]
         work_rng, self.policy_rng = streams[:2]
         self.capacity = capacity_per_s(scenario, nodes)
-        self.arrivals = arrival_times(scenario.arrivals, scenario.arrivals.load * self.capacity, tasks, work_rng)
+        # Drawn even when given, so that the work per task below is the same draw either way.
+        drawn = arrival_times(scenario.arrivals, scenario.arrivals.load * self.capacity, tasks, work_rng)
+        self.arrivals = drawn if arrivals is None else np.asarray(arrivals, dtype=float)
         # One standard-normal draw of work per task, shared by every policy (common random numbers).
         self.work = work_rng.standard_normal(tasks)
         self.expected_s = float(self.arrivals[-1])
@@ -175,8 +180,9 @@ class Simulation:
                 node.report = node.pending.pop(0)[1]
             sampled, idle, bandwidth, latency, rate = node.report
             missed = max(0, int((now - s.telemetry_delay_s - sampled) / s.telemetry_period_s))
+            room = self.max_in_flight is None or node.in_flight < self.max_in_flight
             states.append(NodeState(node.node_id, idle, node.in_flight, s.queue_bound, bandwidth, latency, rate,
-                                    healthy=missed < s.unhealthy_after_missed, missed_heartbeats=missed))
+                                    healthy=missed < s.unhealthy_after_missed, missed_heartbeats=missed, room=room))
         return states
 
     # --- processes ------------------------------------------------------------------------------------------
@@ -192,17 +198,23 @@ class Simulation:
     def dispatch_waiting(self) -> None:
         """Place waiting tasks in arrival order. Without `max_in_flight` every task is placed on arrival; with it,
         only on nodes below the cap (late binding, as Ray Serve's max_ongoing_requests does), and the rest wait
-        here until an acknowledgement frees a slot."""
-        payload, cap = self.scenario.payload_bytes, self.max_in_flight
+        here until an acknowledgement frees a slot. A policy that waits for room (`waits_for_room`) is offered the
+        full nodes too; when it holds the task (None), the task stays first in line and is decided again at the next
+        acknowledgement, arrival or telemetry report."""
+        payload = self.scenario.payload_bytes
         assert self.policy is not None  # only tasks for an edge stage wait here
+        offer_full = waits_for_room(self.policy)
         while self.waiting:
             states = self.states(self.env.now)
-            if cap is not None:
-                states = [s for s in states if s.queue_len < cap]
-                if not states:
-                    return
-            i = self.waiting.popleft()
-            node = self.by_id[self.policy.choose(Task(i, payload), states, self.policy_rng)]
+            if not any(s.room for s in states):
+                return
+            offered = states if offer_full else [s for s in states if s.room]
+            i = self.waiting[0]
+            chosen = self.policy.choose(Task(i, payload, len(self.waiting)), offered, self.policy_rng)
+            if chosen is None:
+                return  # held: the policy would rather wait for a full node than use one with room
+            node = self.by_id[chosen]
+            self.waiting.popleft()
             node.in_flight += 1
             node.peak_in_flight = max(node.peak_in_flight, node.in_flight)
             self.env.process(self.task(i, node))
@@ -284,6 +296,10 @@ class Simulation:
             last_busy = busy
             bandwidth, latency = node.link.at(env.now)
             node.pending.append((env.now + s.telemetry_delay_s, (env.now, idle, bandwidth, latency, 1.0 / node.mean_service_s)))
+            if self.waiting:
+                # A held task is decided again as time passes, not only on acknowledgements: the node it waits for
+                # may have crashed and will acknowledge nothing until it is back (Ray's router retries on a backoff).
+                self.dispatch_waiting()
 
     def event(self, node: Node, kind: str, start: float, duration: float, factor: float):
         yield self.env.timeout(start)
@@ -360,11 +376,12 @@ class Simulation:
 
 def simulate(scenario: Scenario, nodes: int, policy: str | None, tasks: int, seed: int,
              policy_config: PolicyConfig | None = None, upload: Upload = "crops",
-             max_in_flight: int | None = None) -> RunResult:
+             max_in_flight: int | None = None, arrivals: np.ndarray | None = None) -> RunResult:
     """Run one policy on one scenario; identical arguments give identical results.
 
     `policy=None` is the cloud-only pipeline (every image analysed in the cloud); `upload="image"` makes the edge
     forward whole images instead of crops, as a traditional edge-cloud pipeline does. `max_in_flight` caps the
     tasks in flight per node; the dispatcher holds the rest and places each when a slot frees (late binding).
+    `arrivals` (seconds, in order, one per task) replaces the scenario's draw: a benchmark's own send times.
     """
-    return Simulation(scenario, nodes, policy, tasks, seed, policy_config, upload, max_in_flight).run()
+    return Simulation(scenario, nodes, policy, tasks, seed, policy_config, upload, max_in_flight, arrivals).run()
