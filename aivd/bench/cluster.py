@@ -113,12 +113,18 @@ REFERENCE = "p2c"  # Ray Serve's default rule, run through our router so that on
 NOISE_FLOOR = f"{REFERENCE}-again"  # the reference run a second time in every repeat: what no policy changed
 
 
+def with_ci95(values: dict[str, list[float]]) -> dict:
+    """Each key's mean over its values, with the 95% interval beside it as `KEY_ci95` (None from a single value)."""
+    out: dict = {}
+    for key, series in values.items():
+        mean, interval = mean_ci95(series)
+        out[key], out[f"{key}_ci95"] = round(mean, 3), interval and [round(v, 3) for v in interval]
+    return out
+
+
 def summarise(runs: list[dict]) -> dict:
     """A policy's figures over its repeats: today's keys as means, each with `_ci95` beside it."""
-    out: dict = {}
-    for key in SUMMARISED:
-        mean, interval = mean_ci95([run[key] for run in runs])
-        out[key], out[f"{key}_ci95"] = round(mean, 3), interval and [round(v, 3) for v in interval]
+    out = with_ci95({key: [run[key] for run in runs] for key in SUMMARISED})
     for key in ("lost", "errors", "completed"):
         out[key] = sum(run[key] for run in runs)
     return out
@@ -127,11 +133,7 @@ def summarise(runs: list[dict]) -> dict:
 def ratios(runs: list[dict], reference: list[dict]) -> dict:
     """Per-repeat ratios against the reference's run of the same repeat (same seed, same arrivals, same link and
     service draws), then their mean and t-interval: pairing removes what the repeats' seeds change."""
-    out: dict = {}
-    for key in SUMMARISED:
-        mean, interval = mean_ci95([run[key] / ref[key] for run, ref in zip(runs, reference)])
-        out[key], out[f"{key}_ci95"] = round(mean, 3), interval and [round(v, 3) for v in interval]
-    return out
+    return with_ci95({key: [run[key] / ref[key] for run, ref in zip(runs, reference)] for key in SUMMARISED})
 
 
 def run_order(labels: list[str], repeat: int) -> list[str]:
@@ -154,18 +156,14 @@ def bench_cluster(nodes: int, scenario_id: int, policies: list[str], requests: i
     image = sample.with_name(sample.name.replace("_temp", "_test")).read_bytes()
     template = sample.with_name(sample.name.replace("_test", "_temp")).read_bytes()
     base = measure_service_s(image, template)
-    scenario = bench_scenario(scenario_id, time_scale, load)
-    capacity = capacity_per_s(scenario, nodes)
+    scenario, sends, report = bench_plan(nodes, scenario_id, requests, seed, load, time_scale, repeat)
     labels = list(policies)
     if noise_floor and REFERENCE in policies and repeat > 1:
         labels.append(NOISE_FLOOR)
-    report: dict = {"scenario": scenario_id, "nodes": nodes, "requests": requests, "repeat": repeat,
-                    "time_scale": time_scale, "load": scenario.arrivals.load, "capacity_per_s": round(capacity, 3),
-                    "measured_edge_service_ms": round(base * 1000, 2), "policies": {}, "simulator": {}}
+    report.update({"measured_edge_service_ms": round(base * 1000, 2), "policies": {}, "simulator": {}})
     runs: dict[str, list[dict]] = {label: [] for label in labels}
     lead_s = FIRST_LEAD_S
     routers: dict[str, dict] = {}
-    sends = [bench_arrivals(scenario, capacity, requests, seed + r) for r in range(repeat)]
     try:
         for r in range(repeat):
             for label in run_order(labels, r):
@@ -212,6 +210,17 @@ def bench_scenario(scenario_id: int, time_scale: float, load: float | None) -> S
     return scenario if load is None else with_load(scenario, load)
 
 
+def bench_plan(nodes: int, scenario_id: int, requests: int, seed: int, load: float | None, time_scale: float,
+               repeat: int) -> tuple[Scenario, list[np.ndarray], dict]:
+    """What the runs of `bench_cluster` (and the simulator's prediction of them) are: the scenario as emulated, each
+    repeat's send times (repeat r: seed + r), and the report's keys that describe them."""
+    scenario = bench_scenario(scenario_id, time_scale, load)
+    capacity = capacity_per_s(scenario, nodes)
+    sends = [bench_arrivals(scenario, capacity, requests, seed + r) for r in range(repeat)]
+    return scenario, sends, {"scenario": scenario_id, "nodes": nodes, "requests": requests, "repeat": repeat,
+                             "time_scale": time_scale, "load": scenario.arrivals.load, "capacity_per_s": round(capacity, 3)}
+
+
 def bench_arrivals(scenario: Scenario, capacity: float, requests: int, seed: int) -> np.ndarray:
     """The send times of one run (seconds from its start): the scenario's arrival process at its load."""
     return arrival_times(scenario.arrivals, scenario.arrivals.load * capacity, requests, np.random.default_rng(seed))
@@ -239,12 +248,8 @@ def simulate_bench(nodes: int, scenario_id: int, policies: list[str], requests: 
                    time_scale: float, max_ongoing: int, repeat: int) -> dict:
     """The simulator's prediction for `bench_cluster` with the same arguments, without Ray: seconds, not hours, so
     that a policy can be judged over many seeds before the cluster runs it."""
-    scenario = bench_scenario(scenario_id, time_scale, load)
-    capacity = capacity_per_s(scenario, nodes)
-    sends = [bench_arrivals(scenario, capacity, requests, seed + r) for r in range(repeat)]
-    return {"scenario": scenario_id, "nodes": nodes, "requests": requests, "repeat": repeat, "time_scale": time_scale,
-            "load": scenario.arrivals.load, "capacity_per_s": round(capacity, 3),
-            "simulator": predict(scenario, nodes, policies, requests, seed, repeat, max_ongoing, sends)}
+    scenario, sends, report = bench_plan(nodes, scenario_id, requests, seed, load, time_scale, repeat)
+    return {**report, "simulator": predict(scenario, nodes, policies, requests, seed, repeat, max_ongoing, sends)}
 
 
 def bench_router(replica_counts: list[int], decisions: int, policy: str, seed: int) -> dict:
