@@ -56,6 +56,20 @@ def test_edge_only_inspection_skips_the_cloud(tmp_path):
     assert set(records[0]["timings_ms"]) == {"read", "detect", "total"}
 
 
+def test_augment_runs_the_detector_on_every_view_at_its_own_threshold(tmp_path):
+    from aivd.data.images import read_pair
+    from aivd.edge.detector import TemplateDetector
+
+    aivd("inspect", SAMPLES, "--out", tmp_path, "--edge-only", "--no-annotate", "--no-report", "--augment", check_rc=0)
+    records = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    augmented = TemplateDetector(augment=True)
+    for record in records:
+        expected = augmented.detect(*read_pair(record["image"], record["template"]))
+        assert [d["confidence"] for d in record["defects"]] == pytest.approx(expected.confidence.tolist(), abs=1e-4)
+        assert all(d["confidence"] >= 0.24 for d in record["defects"])
+    assert sum(len(r["defects"]) for r in records) > 0
+
+
 def test_an_unreachable_cloud_leaves_the_edge_results_marked(tmp_path):
     result = aivd("inspect", SAMPLES, "--out", tmp_path, "--cloud", "http://127.0.0.1:9", "--no-annotate", check_rc=0)
     records = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]

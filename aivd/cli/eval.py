@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from aivd.cli.pipeline_options import (
+    AUGMENT,
     CLASSIFIER,
     CLOUD_URL,
     DEEPPCB_HELP,
@@ -48,6 +49,7 @@ def eval_command(
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as one JSON object."),
     data: Optional[Path] = typer.Option(None, "--data", help="Any labelled data set (a data YAML, VOC root, COCO JSON or DeepPCB root), scored with COCO mAP and P/R/F1 at the pack's threshold."),
     pack: Optional[Path] = PACK,
+    augment: Optional[bool] = AUGMENT,
 ) -> None:
     """Score detections: on DeepPCB with its official protocol (and COCO mAP), on any data set (--data) with COCO
     mAP@0.5 and mAP@0.5:0.95 and precision/recall/F1 at the pack's threshold; per-class figures and a confusion matrix."""
@@ -66,7 +68,8 @@ def eval_command(
     if data is not None:
         if results is not None or gt_zip is not None or deeppcb is not None:
             raise fail("--data runs a pack over a data set: --results, --gt-zip and --deeppcb do not apply")
-        _eval_data(data, split, pack, model, min_confidence, use_templates, edge_only, cloud, classifier, proposal_threshold, report, as_json)
+        _eval_data(data, split, pack, model, min_confidence, use_templates, edge_only, cloud, classifier, proposal_threshold, report, as_json,
+                   augment)
         return
     if pack is not None and results is not None:
         raise fail("--pack runs a pack; --results scores files that were already written: give one")
@@ -79,7 +82,7 @@ def eval_command(
             predictions, source = read_results(results), str(results)
         else:
             pipeline = load_pipeline(model, min_confidence, edge_only, cloud, classifier, None, proposal_threshold, DEEPPCB_PIXELS_PER_MM,
-                                      pack=pack)
+                                      pack=pack, augment=augment)
             predictions = _detect_split(root, split, pipeline, use_templates)
             source = f"live run of {pipeline.name}" + ("" if use_templates else " without templates")
         # DeepPCB's board group is the folder an image lies in; four test groups are absent from trainval.
@@ -99,12 +102,13 @@ def eval_command(
         console.print(f"report -> {shown(report)}")
 
 
-def _eval_data(data, split, pack, model, min_confidence, use_templates, edge_only, cloud, classifier, proposal_threshold, report, as_json):
+def _eval_data(data, split, pack, model, min_confidence, use_templates, edge_only, cloud, classifier, proposal_threshold, report, as_json,
+               augment):
     from aivd.eval.dataset_eval import evaluate_pipeline
     from aivd.eval.report import write_report
 
     loaded = data_split(data, split)
-    pipeline = load_pipeline(model, min_confidence, edge_only, cloud, classifier, None, proposal_threshold, pack=pack)
+    pipeline = load_pipeline(model, min_confidence, edge_only, cloud, classifier, None, proposal_threshold, pack=pack, augment=augment)
     if list(pipeline.labels.names) != list(loaded.labels.names):
         raise fail(f"the model's classes {list(pipeline.labels.names)} are not the data set's {list(loaded.labels.names)}")
     with progress_bar() as progress:

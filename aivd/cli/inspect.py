@@ -17,6 +17,7 @@ import typer
 
 from aivd.cli.output_folder import claim_output, open_writer
 from aivd.cli.pipeline_options import (
+    AUGMENT,
     CLASSIFIER,
     CLOUD_BACKEND,
     CLOUD_URL,
@@ -97,6 +98,7 @@ def inspect(
         None, "--tile-size", min=0,
         help="Detect images longer than 1.5 tiles in overlapping tiles of this many px. Default: 640 for the built-in detector, "
              "none for --model; 0: never tile."),
+    augment: Optional[bool] = AUGMENT,
     stream: Optional[str] = typer.Option(
         None, "--stream", metavar="URL|INDEX",
         help="Inspect a live stream instead of PATHS: an rtsp:// or http(s):// URL (MJPEG, HLS) or a camera number. Runs until "
@@ -182,7 +184,7 @@ def _inspect_overrides(args: SimpleNamespace) -> dict:
     llm = LLMOptions(args.llm_config, args.llm_base_url, args.llm_model, args.llm_adapter, args.llm_prompt)
     shared = flag_overrides(args.model, args.min_confidence, args.edge_only, args.cloud, args.classifier, args.knowledge,
                             args.proposal_threshold, args.pixels_per_mm, args.cloud_backend, llm, args.pack, args.tile_size,
-                            args.offload_budget, args.offload_filter)
+                            args.offload_budget, args.offload_filter, args.augment)
     own = {"edge": {"templates": args.templates, "template": args.template},
            "outputs": {"annotate": args.annotate, "report": args.report}}
     return merged(shared, {section: {k: v for k, v in values.items() if v is not None} for section, values in own.items()})

@@ -87,6 +87,10 @@ SET = typer.Option(
 OFFLOAD_BUDGET = typer.Option(
     None, "--offload-budget", min=0.0, max=1.0, help="Share of candidate regions sent to the cloud (the hardest first, held over a "
                                                      "sliding window); 1 sends all, 0 none. Default: the config's, else 1.")
+AUGMENT = typer.Option(
+    None, "--augment/--no-augment", show_default=False,
+    help="Test-time augmentation: the detector sees each image in its eight rotations and mirror images, at the threshold "
+         "calibrated for it; more accurate, about eight times slower. Default: the config's, else no.")
 OFFLOAD_FILTER = typer.Option(None, "--offload-filter", help="Hard-example filter ranking the regions: threshold, margin, cross_entropy, ibt, random.")
 
 
@@ -115,7 +119,7 @@ def flag_overrides(
     classifier: Optional[Path] = None, knowledge: Optional[Path] = None, proposal: Optional[float] = None,
     pixels_per_mm: Optional[float] = None, backend: Optional[CloudBackend] = None, llm: LLMOptions = LLMOptions(),
     pack: Optional[Path] = None, tile_size: Optional[int] = None, offload_budget: Optional[float] = None,
-    offload_filter: Optional[str] = None,
+    offload_filter: Optional[str] = None, augment: Optional[bool] = None,
 ) -> dict:
     """The config keys the pipeline options set; an option left out sets nothing, so a config file's value stands.
     Options that contradict each other get a one-line exit naming them."""
@@ -126,7 +130,8 @@ def flag_overrides(
         raise fail(f"{' and '.join(chosen)} each choose the cloud tier: give one")
     if backend not in (None, CloudBackend.builtin) and classifier:
         raise fail(f"--cloud-backend {backend.value} runs an LLM: --classifier is for the builtin backend")
-    edge = {"model": model, "min_confidence": min_confidence, "tile_size": tile_size, "pack": None if pack is None else str(pack)}
+    edge = {"model": model, "min_confidence": min_confidence, "tile_size": tile_size, "pack": None if pack is None else str(pack),
+            "augment": augment}
     cloud_tier: dict[str, Any] = {"classifier": classifier, "knowledge": knowledge, "proposal_threshold": proposal,
                   "llm": {name: value for name, value in llm._asdict().items() if value is not None}}
     if edge_only:
@@ -169,12 +174,13 @@ def load_pipeline(
     model: Optional[Path], min_confidence: Optional[float], edge_only: bool, cloud: Optional[str] = None,
     classifier: Optional[Path] = None, knowledge: Optional[Path] = None, proposal: Optional[float] = None,
     pixels_per_mm: Optional[float] = None, backend: Optional[CloudBackend] = None, llm: LLMOptions = LLMOptions(),
-    pack: Optional[Path] = None, tile_size: Optional[int] = None,
+    pack: Optional[Path] = None, tile_size: Optional[int] = None, augment: Optional[bool] = None,
 ):
     """The pipeline these options describe, built by the one factory every command uses (problems exit with one line).
 
     `pixels_per_mm` is the default imaging scale of the input (DeepPCB's 48) where the pack sets none."""
-    overrides = flag_overrides(model, min_confidence, edge_only, cloud, classifier, knowledge, proposal, None, backend, llm, pack, tile_size)
+    overrides = flag_overrides(model, min_confidence, edge_only, cloud, classifier, knowledge, proposal, None, backend, llm, pack, tile_size,
+                               augment=augment)
     return built_pipeline(pipeline_config(None, overrides), pixels_per_mm)
 
 

@@ -20,9 +20,10 @@ import cv2
 import numpy as np
 
 from aivd.core import Detections, LabelMap
-from aivd.edge import centernet
+from aivd.edge import centernet, tta
 from aivd.edge.crops import crop_windows
 from aivd.edge.runtimes import ModelError, ModelSession, open_session
+from aivd.edge.tta import AUGMENTED_THRESHOLD_KEY
 
 BUILTIN_MODEL = Path(__file__).parent / "models" / "deeppcb_centernet.onnx"
 BUILTIN_OUTPUTS = ("peaks", "class_probs", "sizes", "offsets")
@@ -74,7 +75,9 @@ class TemplateDetector:
     uses_template = True
 
     def __init__(self, path: str | Path = BUILTIN_MODEL, min_confidence: float | None = None, threads: int = 2, session=None,
-                 use_refiner: bool = True):
+                 use_refiner: bool = True, augment: bool = False):
+        """`augment`: test-time augmentation over the eight dihedral views (`aivd.edge.tta`), with the threshold
+        calibrated for it; about eight times slower."""
         self.path = Path(path)
         self.session = session or open_session(self.path, threads)
         meta = self.session.metadata
@@ -85,7 +88,12 @@ class TemplateDetector:
             raise ModelError(f"{self.path}: outputs {outputs}, expected {list(BUILTIN_OUTPUTS)}; retrain it with this version of aivd")
         self.labels = LabelMap(tuple(json.loads(meta["labels"])))
         self.input_scale = float(meta["input_scale"])
-        self.min_confidence = float(meta["score_threshold"]) if min_confidence is None else min_confidence
+        self.augment = augment
+        threshold_key = AUGMENTED_THRESHOLD_KEY if augment else "score_threshold"
+        if min_confidence is None and threshold_key not in meta:
+            raise ModelError(f"{self.path}: no {threshold_key} in its metadata; it was packaged before aivd calibrated one for "
+                             "test-time augmentation: give a score threshold (--min-confidence), or package it again with this version")
+        self.min_confidence = float(meta[threshold_key]) if min_confidence is None else min_confidence
         self.refiner_path = self.path.parent / meta["refiner"] if meta.get("refiner") and use_refiner else None
         self.refiner = open_session(self.refiner_path, threads) if self.refiner_path else None
         self.refiner_reject = self._refiner_reject_index(self.refiner) if self.refiner is not None else None
@@ -99,19 +107,22 @@ class TemplateDetector:
         """`detect` of each image, in order, with one detector run per input size (images of the same padded size
         and template presence stack) and one refiner run for the crops of all of them."""
         threshold = self.min_confidence if min_confidence is None else min_confidence
-        inputs = [centernet.make_input(image, template, self.input_scale) for image, template in zip(images, templates)]
-        outputs: list = [None] * len(inputs)
-        for same_size in _stackable(inputs):
-            stacked = self.session.run(None, {"input": np.concatenate([inputs[i] for i in same_size])})
-            for row, index in enumerate(same_size):
-                outputs[index] = [output[row] for output in stacked]
-        found = []
-        for image, (peaks, class_probs, sizes, offsets) in zip(images, outputs):
-            height, width = image.shape[:2]
-            found.append(centernet.candidates(peaks, class_probs, sizes, offsets, self.input_scale, (width, height), threshold))
+        if self.augment:
+            found = [self._augmented_candidates(image, template, threshold) for image, template in zip(images, templates)]
+        else:
+            outputs = self._run([centernet.make_input(image, template, self.input_scale) for image, template in zip(images, templates)])
+            found = []
+            for image, (peaks, class_probs, sizes, offsets) in zip(images, outputs):
+                height, width = image.shape[:2]
+                found.append(centernet.candidates(peaks, class_probs, sizes, offsets, self.input_scale, (width, height), threshold))
         if self.refiner is not None and any(len(boxes) for boxes, _, _ in found):
             crops = np.concatenate([crop_windows(image, template, boxes) for image, template, (boxes, _, _) in zip(images, templates, found)])
-            probs = self.refiner.run(None, {"crops": crops})[0]
+            refiner = self.refiner
+
+            def refine(batch: np.ndarray) -> np.ndarray:
+                return refiner.run(None, {"crops": batch})[0]
+
+            probs = tta.mean_over_views(refine, crops) if self.augment else refine(crops)
             if self.refiner_reject is not None:
                 # The mass the refiner gives `no-defect` is taken from every class, which lowers the confidence
                 # of a box it thinks is a false alarm.
@@ -119,6 +130,28 @@ class TemplateDetector:
             per_image = np.split(probs, np.cumsum([len(boxes) for boxes, _, _ in found])[:-1])
             found = [(boxes, objectness, refined) for (boxes, objectness, _), refined in zip(found, per_image)]
         return [centernet.score(boxes, objectness, probs, self.labels, threshold) for boxes, objectness, probs in found]
+
+    def _run(self, inputs: list[np.ndarray]) -> list[list[np.ndarray]]:
+        """The model's outputs for each input, in order, with one run per input size."""
+        outputs: list = [None] * len(inputs)
+        for same_size in _stackable(inputs):
+            stacked = self.session.run(None, {"input": np.concatenate([inputs[i] for i in same_size])})
+            for row, index in enumerate(same_size):
+                outputs[index] = [output[row] for output in stacked]
+        return outputs
+
+    def _augmented_candidates(self, image: np.ndarray, template: np.ndarray | None, threshold: float):
+        """`centernet.candidates` of the eight views of `image` (and `template`), fused (`aivd.edge.tta`)."""
+        height, width = image.shape[:2]
+        inputs = [centernet.make_input(tta.view(image, turns, mirrored), None if template is None else tta.view(template, turns, mirrored),
+                                       self.input_scale) for turns, mirrored in tta.VIEWS]
+        per_view = []
+        for (turns, mirrored), (peaks, class_probs, sizes, offsets) in zip(tta.VIEWS, self._run(inputs)):
+            view_size = (width, height) if turns % 2 == 0 else (height, width)
+            boxes, objectness, probs = centernet.candidates(peaks, class_probs, sizes, offsets, self.input_scale, view_size,
+                                                            min(tta.VIEW_FLOOR, threshold))
+            per_view.append((tta.boxes_from_view(boxes, turns, mirrored, width, height), objectness, probs))
+        return tta.fuse(per_view, threshold)
 
     def _refiner_reject_index(self, refiner: ModelSession) -> int | None:
         """Where the refiner's `no-defect` output is, if it has one; its other labels must be the detector's."""
@@ -195,11 +228,14 @@ class YoloOnnxDetector:
         return Detections(xyxy[kept], confidence[kept], class_id[kept], self.labels).sorted_by_confidence()
 
 
-def load_detector(path: str | Path | None = None, min_confidence: float | None = None, threads: int = 2) -> Detector:
-    """The built-in detector, or the ONNX file at `path` (aivd built-in or Ultralytics YOLO layout)."""
+def load_detector(path: str | Path | None = None, min_confidence: float | None = None, threads: int = 2, augment: bool = False) -> Detector:
+    """The built-in detector, or the ONNX file at `path` (aivd built-in or Ultralytics YOLO layout); `augment`:
+    test-time augmentation, for aivd's own detectors (`aivd.edge.tta`)."""
     if path is None:
-        return TemplateDetector(BUILTIN_MODEL, min_confidence, threads)
+        return TemplateDetector(BUILTIN_MODEL, min_confidence, threads, augment=augment)
     session = open_session(Path(path), threads)
     if session.metadata.get("aivd_model") == "centernet-lite":
-        return TemplateDetector(path, min_confidence, threads, session)
+        return TemplateDetector(path, min_confidence, threads, session, augment=augment)
+    if augment:
+        raise ModelError(f"{path}: test-time augmentation is for aivd's own detectors; a YOLO export has its own (Ultralytics' augment)")
     return YoloOnnxDetector(path, 0.25 if min_confidence is None else min_confidence, threads=threads, session=session)

@@ -94,8 +94,10 @@ class ModelPack:
         """Joined or split conductors are measured only for a template-aware PCB pack."""
         return self.domain == "pcb" and self.template_detector is not None
 
-    def load_detector(self, min_confidence: float | None = None, threads: int = 2, tile_size: int | None = None) -> PackDetector:
-        """The pack's edge; images much larger than `tile_size` (default: the pack's; 0: never) go in tiles."""
+    def load_detector(self, min_confidence: float | None = None, threads: int = 2, tile_size: int | None = None,
+                      augment: bool = False) -> PackDetector:
+        """The pack's edge; images much larger than `tile_size` (default: the pack's; 0: never) go in tiles; `augment`:
+        test-time augmentation (`aivd.edge.tta`)."""
         from aivd.edge.tiling import TiledDetector
 
         tile_size = self.tile_size if tile_size is None else tile_size
@@ -103,7 +105,7 @@ class ModelPack:
         def load(path: Path | None):
             if path is None:
                 return None
-            detector = TemplateDetector(path, min_confidence, threads)
+            detector = TemplateDetector(path, min_confidence, threads, augment=augment)
             if list(detector.labels.names) != list(self.labels.names):
                 raise PackError(f"{path}: labels {list(detector.labels.names)} differ from the pack's {list(self.labels.names)}")
             return TiledDetector(detector, tile_size) if tile_size else detector

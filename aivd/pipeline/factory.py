@@ -57,7 +57,7 @@ def build_detector(edge: EdgeConfig, threads: int = 2) -> tuple[Detector, ModelP
         if edge.model is None:
             pack = load_pack(edge.pack or BUILTIN)
             try:
-                return pack.load_detector(edge.min_confidence, threads, edge.tile_size), pack
+                return pack.load_detector(edge.min_confidence, threads, edge.tile_size, edge.augment), pack
             except ValueError as error:  # what TiledDetector says of a tile size it cannot use
                 if isinstance(error, (ModelError, PackError)):
                     raise
@@ -78,6 +78,8 @@ def following_update_store(update: UpdateConfig, edge: EdgeConfig, detector: Det
 
     if edge.min_confidence is not None:
         raise ConfigError("edge.min_confidence does not apply with update.enabled: each version in the store carries its threshold")
+    if edge.augment:
+        raise ConfigError("edge.augment does not apply with update.enabled: the versions an update trains are not calibrated for it")
     model, tile_size = served_model(detector)
     assert update.model_store is not None  # UpdateConfig requires one when enabled
     try:
@@ -135,8 +137,10 @@ def _model_detector(edge: EdgeConfig, threads: int) -> Detector:
             raise ConfigError(f"{model}: a folder, but not a model store (no versions/ folder); give an ONNX file or a store")
         if min_confidence is not None:
             raise ConfigError("edge.min_confidence does not apply to a model store: each version carries its threshold")
+        if edge.augment:
+            raise ConfigError("edge.augment does not apply to a model store: its versions are not calibrated for it")
         return HotSwapDetector(ModelStore(model), edge.model_poll_s, threads)
-    return load_detector(model, min_confidence, threads)
+    return load_detector(model, min_confidence, threads, edge.augment)
 
 
 def edge_classes(edge: EdgeConfig) -> tuple[list[str], ModelPack | None]:

@@ -25,6 +25,7 @@ from aivd.cloud.builtin import CropClassifier
 from aivd.data.deeppcb import holdout_split, load_split
 from aivd.edge.crops import CONTEXT, CROP_SIZE, MIN_SIDE
 from aivd.edge.detector import BUILTIN_MODEL, ModelError, TemplateDetector
+from aivd.edge.tta import AUGMENTED_THRESHOLD_KEY
 from aivd.training.common import seed_everything, write_metadata
 from aivd.training.crop_training import (
     MINING_THRESHOLD,
@@ -105,22 +106,30 @@ def teacher(config: RefinerTrainConfig, labels: list[str]) -> Distillation:
 
 def package_with_detector(detector_path: Path, out_dir: Path, val_samples, scoring: HeldOutScoring = DeepPCBScoring(),
                           detector_file: str = BUILTIN_MODEL.name, refiner_file: str = REFINER_FILE) -> dict:
-    """Write the shipped pair into `out_dir`: the detector with `refiner` and a re-calibrated `score_threshold` in
-    its metadata, beside the refiner. The threshold is chosen through the real ONNX inference on `scoring`'s
-    held-out pairs; `val` is scored on the held-out pairs alone (not on perturbed copies)."""
+    """Write the shipped pair into `out_dir`: the detector with `refiner` and re-calibrated thresholds in its metadata
+    (`score_threshold`, and the one for test-time augmentation), beside the refiner. The thresholds are chosen
+    through the real ONNX inference on `scoring`'s held-out pairs; `val` is scored on the held-out pairs alone (not
+    on perturbed copies)."""
     import shutil
 
     detector_out = out_dir / detector_file
     if detector_out.resolve() != Path(detector_path).resolve():
         shutil.copyfile(detector_path, detector_out)
     write_metadata(detector_out, {"refiner": refiner_file})
-    detector = TemplateDetector(detector_out, min_confidence=0.05)
+    plain = calibrate_threshold(detector_out, val_samples, scoring, augment=False)
+    augmented = calibrate_threshold(detector_out, val_samples, scoring, augment=True)
+    return {**plain, "augmented": augmented, "detector": str(detector_out)}
+
+
+def calibrate_threshold(detector_path: Path, val_samples, scoring: HeldOutScoring = DeepPCBScoring(), augment: bool = False) -> dict:
+    """Choose the detector's score threshold on `scoring`'s held-out pairs through the real ONNX inference, and write it
+    into its metadata: `score_threshold`, or with `augment` the one for test-time augmentation (`aivd.edge.tta`)."""
+    detector = TemplateDetector(detector_path, min_confidence=0.05, augment=augment)
     pairs = [(image_id, detector.detect(image, template), truth) for image_id, image, template, truth in scoring.pairs(val_samples)]
     threshold, calibration_score = scoring.threshold(pairs)
-    write_metadata(detector_out, {"score_threshold": threshold})
+    write_metadata(detector_path, {AUGMENTED_THRESHOLD_KEY if augment else "score_threshold": threshold})
     held_out = [(i, d.with_min_confidence(threshold), g) for i, d, g in pairs if not scoring.is_copy(i)]
-    return {"threshold": threshold, "val": scoring.select(held_out), "calibration_score": round(calibration_score, 5),
-            "detector": str(detector_out)}
+    return {"threshold": threshold, "val": scoring.select(held_out), "calibration_score": round(calibration_score, 5)}
 
 
 def fit_refiner(train_samples, val_samples, detector_path: Path, out_dir: Path, config: RefinerTrainConfig,
