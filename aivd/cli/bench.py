@@ -12,6 +12,7 @@ from typing import Optional
 import typer
 
 from aivd.cli.pipeline_options import (
+    AUGMENT,
     CLASSIFIER,
     CLOUD_URL,
     DEEPPCB_HELP,
@@ -47,6 +48,7 @@ def bench_inspect_command(
     repeat: int = typer.Option(1, min=1, help="Passes over the images."),
     edge_only: bool = EDGE_ONLY,
     cloud: Optional[str] = CLOUD_URL,
+    augment: Optional[bool] = AUGMENT,
 ) -> None:
     """Inspection speed end to end at batch 1 (decode, pre/post-processing, edge and cloud models), and peak memory."""
     from aivd.bench.inspect_speed import bench_inspect
@@ -61,7 +63,7 @@ def bench_inspect_command(
         pixels_per_mm = DEEPPCB_PIXELS_PER_MM
     if templates is TemplateMode.none:
         tasks = [dataclasses.replace(task, template_path=None) for task in tasks]
-    pipeline = load_pipeline(model, None, edge_only, cloud, pixels_per_mm=pixels_per_mm, pack=pack)
+    pipeline = load_pipeline(model, None, edge_only, cloud, pixels_per_mm=pixels_per_mm, pack=pack, augment=augment)
     print(json.dumps(bench_inspect(tasks, pipeline, annotate, repeat=repeat)))
 
 
