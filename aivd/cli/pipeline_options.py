@@ -90,7 +90,7 @@ OFFLOAD_BUDGET = typer.Option(
 AUGMENT = typer.Option(
     None, "--augment/--no-augment", show_default=False,
     help="Test-time augmentation: the detector sees each image in its eight rotations and mirror images, at the threshold "
-         "calibrated for it; more accurate, about eight times slower. Default: the config's, else no.")
+         "calibrated for it; more accurate, about six times slower. Default: the config's, else no.")
 OFFLOAD_FILTER = typer.Option(None, "--offload-filter", help="Hard-example filter ranking the regions: threshold, margin, cross_entropy, ibt, random.")
 
 

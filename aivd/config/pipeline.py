@@ -50,7 +50,7 @@ class EdgeConfig(_Section):
     model_poll_s: float = Field(5.0, gt=0.0, description="a model store as `model`: how often the edge looks for a newly promoted version")
     augment: bool = Field(
         False, description="test-time augmentation: the built-in kind of detector sees each image in its eight rotations and mirror "
-                           "images, with the threshold calibrated for it; more accurate, about eight times slower (docs/edge.md)")
+                           "images, with the threshold calibrated for it; more accurate, about six times slower (docs/edge.md)")
     batch: int = Field(
         1, ge=1, le=64, description="the most images, already decoded and waiting, that the edge detects in one model run "
                                     "(and whose boxes its refiner takes in one run); 1: one image at a time")

@@ -77,7 +77,7 @@ class TemplateDetector:
     def __init__(self, path: str | Path = BUILTIN_MODEL, min_confidence: float | None = None, threads: int = 2, session=None,
                  use_refiner: bool = True, augment: bool = False):
         """`augment`: test-time augmentation over the eight dihedral views (`aivd.edge.tta`), with the threshold
-        calibrated for it; about eight times slower."""
+        calibrated for it; about six times slower."""
         self.path = Path(path)
         self.session = session or open_session(self.path, threads)
         meta = self.session.metadata
