@@ -23,6 +23,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from aivd.core.detections import box_iou
+
 AUGMENTED_THRESHOLD_KEY = "augmented_score_threshold"
 VIEWS = tuple((turns, mirrored) for turns in range(4) for mirrored in (False, True))  # (quarter turns, then mirrored)
 # A view's candidates count from this objectness, below any threshold: a defect one view sees weakly still adds its
@@ -55,14 +57,6 @@ def boxes_from_view(xyxy: np.ndarray, turns: int, mirrored: bool, width: int, he
     return np.concatenate([corners.min(axis=1), corners.max(axis=1)], axis=1).astype(np.float32)
 
 
-def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    left, top = np.maximum(box[0], boxes[:, 0]), np.maximum(box[1], boxes[:, 1])
-    right, bottom = np.minimum(box[2], boxes[:, 2]), np.minimum(box[3], boxes[:, 3])
-    inter = (right - left).clip(0) * (bottom - top).clip(0)
-    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    return inter / np.maximum((box[2] - box[0]) * (box[3] - box[1]) + areas - inter, 1e-9)
-
-
 def fuse(per_view: list[tuple[np.ndarray, np.ndarray, np.ndarray]], min_objectness: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Each view's (boxes, objectness, class probabilities), boxes in image pixels, as one such triple of at least
     `min_objectness`: greedily from the most confident candidate, the candidates overlapping it above `FUSE_IOU`
@@ -79,7 +73,7 @@ def fuse(per_view: list[tuple[np.ndarray, np.ndarray, np.ndarray]], min_objectne
     for first in range(len(objectness)):
         if not free[first]:
             continue
-        overlapping = np.flatnonzero(free & (_iou(boxes[first], boxes) > FUSE_IOU))  # `first` among them
+        overlapping = np.flatnonzero(free & (box_iou(boxes[first], boxes)[0] > FUSE_IOU))  # `first` among them
         free[overlapping] = False  # a view's second box on the same defect is a duplicate, as in NMS
         members = overlapping[np.unique(source[overlapping], return_index=True)[1]]  # each view's best: sorted by objectness
         mean = objectness[members].sum() / len(per_view)
